@@ -1,0 +1,205 @@
+//! The loaded configuration and what it does to a body: the one object the Envoy layer holds.
+use std::fmt;
+
+use crate::catalog::{Catalog, FieldRule, Operation};
+use crate::config_error::ConfigError;
+use crate::fail_closed::FailReason;
+use crate::json_rewrite::{rewrite, write_json_string, FieldHandler, MatchedValue, RewriteError};
+use crate::keyring;
+use crate::pii::PiiClass;
+use crate::policy::{parse_doc, Action, Policy};
+use crate::tokens::{TokenEngine, ValueKind};
+
+/// Everything a VM needs to protect traffic, built once per configuration.
+pub struct Guard {
+    pub policy: Policy,
+    pub catalog: Catalog,
+    pub tokens: TokenEngine,
+}
+
+impl Guard {
+    /// Loads a policy document. `env` reads a variable of the VM's environment.
+    pub fn load(config: &[u8], env: &dyn Fn(&str) -> Option<String>) -> Result<Guard, ConfigError> {
+        let doc = parse_doc(config)?;
+        let policy = Policy::from_doc(&doc)?;
+        let catalog = Catalog::build(&doc.catalog)?;
+        let ring = keyring::load(&doc.keys, env)?;
+        let tokens = TokenEngine::new(ring.keys, &ring.active).map_err(|m| ConfigError::new("keys", m))?;
+        Ok(Guard { policy, catalog, tokens })
+    }
+
+    /// Rewrites a response body of `op` per the policy. `Ok` with `body: None` means the body
+    /// passes unchanged (no PII value in it).
+    pub fn protect_response(&self, op: &Operation, body: &[u8]) -> Result<Protected, FailReason> {
+        if body.len() > self.policy.max_body_bytes {
+            return Err(FailReason::BodyTooLarge);
+        }
+        let mut protector = Protector { guard: self, rules: &op.response_rules, counts: FieldCounts::default(), scratch: String::new() };
+        match rewrite(body, &op.response_matcher, &mut protector) {
+            Ok(body) => Ok(Protected { body, counts: protector.counts }),
+            Err(RewriteError::InvalidJson { .. }) => Err(FailReason::InvalidJson),
+            Err(RewriteError::Handler(never)) => match never {},
+        }
+    }
+}
+
+/// A protected body and what was done to it.
+#[derive(Debug)]
+pub struct Protected {
+    /// The rewritten body, or `None` when nothing had to change.
+    pub body: Option<Vec<u8>>,
+    pub counts: FieldCounts,
+}
+
+/// PII values seen, by class and by what was done with them.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct FieldCounts {
+    counts: [[u32; ACTIONS]; 8],
+}
+
+const ACTIONS: usize = 4;
+
+fn action_slot(action: Action) -> usize {
+    match action {
+        Action::Tokenize(_) => 0,
+        Action::Hash => 1,
+        Action::Redact => 2,
+        Action::Clear => 3,
+    }
+}
+
+impl FieldCounts {
+    fn add(&mut self, class: PiiClass, action: Action) {
+        let slot = &mut self.counts[class.index()][action_slot(action)];
+        *slot = slot.saturating_add(1);
+    }
+
+    /// How many values of `class` got `action`'s treatment (the mode of tokenize is ignored).
+    pub fn get(&self, class: PiiClass, action: Action) -> u32 {
+        self.counts[class.index()][action_slot(action)]
+    }
+
+    /// All values seen.
+    pub fn total(&self) -> u32 {
+        self.counts.iter().flatten().sum()
+    }
+
+    /// Non-zero counts as (class, action name, count).
+    pub fn entries(&self) -> impl Iterator<Item = (PiiClass, &'static str, u32)> + '_ {
+        const NAMES: [&str; ACTIONS] = ["tokenized", "hashed", "redacted", "clear"];
+        PiiClass::ALL.into_iter().flat_map(move |class| {
+            (0..ACTIONS).filter_map(move |a| {
+                let n = self.counts[class.index()][a];
+                (n > 0).then_some((class, NAMES[a], n))
+            })
+        })
+    }
+}
+
+/// The enum with no values: protecting a well-formed value cannot fail.
+pub enum Never {}
+
+impl fmt::Display for Never {
+    fn fmt(&self, _: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match *self {}
+    }
+}
+
+/// Applies the policy's action to each PII value the rewriter finds.
+struct Protector<'g> {
+    guard: &'g Guard,
+    rules: &'g [FieldRule],
+    counts: FieldCounts,
+    scratch: String,
+}
+
+impl FieldHandler for Protector<'_> {
+    type Error = Never;
+
+    fn replace(&mut self, rule: u32, value: MatchedValue<'_>, out: &mut Vec<u8>) -> Result<bool, Never> {
+        let Some(rule) = self.rules.get(rule as usize) else { return Ok(false) };
+        let (plaintext, kind): (&[u8], ValueKind) = match &value {
+            // An empty string carries no PII; keeping it keeps "was it empty" answerable.
+            MatchedValue::Text(t) if t.is_empty() => return Ok(false),
+            MatchedValue::Text(t) => (t.as_bytes(), ValueKind::Text),
+            MatchedValue::Raw(r) => (r.as_bytes(), ValueKind::RawJson),
+        };
+        let action = self.guard.policy.action(rule.class);
+        self.counts.add(rule.class, action);
+        self.scratch.clear();
+        match action {
+            Action::Clear => return Ok(false),
+            Action::Tokenize(mode) => self.guard.tokens.seal_into(rule.class, mode, kind, plaintext, &mut self.scratch),
+            Action::Hash => self.guard.tokens.hash_into(rule.class, plaintext, &mut self.scratch),
+            Action::Redact => match kind {
+                ValueKind::Text => {
+                    write_json_string(&self.guard.policy.redact_mask, out);
+                    return Ok(true);
+                }
+                ValueKind::RawJson => {
+                    out.extend_from_slice(b"null");
+                    return Ok(true);
+                }
+            },
+        }
+        // Tokens and pseudonyms are URL-safe ASCII: nothing to escape.
+        out.push(b'"');
+        out.extend_from_slice(self.scratch.as_bytes());
+        out.push(b'"');
+        Ok(true)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::tokens::Mode;
+
+    const KEY_HEX: &str = "8f4c1a2b3d5e6f708192a3b4c5d6e7f8091a2b3c4d5e6f708192a3b4c5d6e7f8";
+
+    fn guard(extra: &str) -> Guard {
+        let config = format!(r#"{{"version":1,"keys":{{"active":"k1","env":{{"k1":"SPAPI_GUARD_KEY_K1"}}}}{extra}}}"#);
+        Guard::load(config.as_bytes(), &|name| (name == "SPAPI_GUARD_KEY_K1").then(|| KEY_HEX.to_string())).expect("loads")
+    }
+
+    #[test]
+    fn tokenizes_catalog_fields_of_get_order_address() {
+        let g = guard("");
+        let op = g.catalog.route("GET", "/orders/v0/orders/1/address").expect("op");
+        let body = br#"{"payload":{"AmazonOrderId":"1","ShippingAddress":{"Name":"Jane Doe","City":"Seattle","ExtendedFields":{"GeoCoordinates":{"Latitude":47.6}}}}}"#;
+        let out = g.protect_response(op, body).expect("protected");
+        let text = String::from_utf8(out.body.expect("changed")).expect("utf8");
+        assert!(!text.contains("Jane Doe") && !text.contains("Seattle") && !text.contains("47.6"), "{text}");
+        assert!(text.contains(r#""AmazonOrderId":"1""#));
+        let v: serde_json::Value = serde_json::from_str(&text).expect("json");
+        let name = v["payload"]["ShippingAddress"]["Name"].as_str().expect("token");
+        assert_eq!(g.tokens.open(name).expect("opens").plaintext, b"Jane Doe");
+        let lat = v["payload"]["ShippingAddress"]["ExtendedFields"]["GeoCoordinates"]["Latitude"].as_str().expect("token");
+        let opened = g.tokens.open(lat).expect("opens");
+        assert_eq!((opened.plaintext.as_slice(), opened.kind), (&b"47.6"[..], ValueKind::RawJson));
+        assert_eq!(out.counts.get(PiiClass::Name, Action::Tokenize(Mode::Deterministic)), 1);
+        assert_eq!(out.counts.total(), 3);
+    }
+
+    #[test]
+    fn class_actions_apply() {
+        let g = guard(r#","classes":{"name":{"action":"redact"},"address":{"action":"clear"},"phone":{"action":"hash"}}"#);
+        let op = g.catalog.route("GET", "/orders/v0/orders/1/address").expect("op");
+        let body = br#"{"payload":{"ShippingAddress":{"Name":"Jane","City":"Seattle","Phone":"+1 555","ExtendedFields":{"GeoCoordinates":{"Latitude":1.5}}}}}"#;
+        let out = g.protect_response(op, body).expect("protected");
+        let v: serde_json::Value = serde_json::from_slice(&out.body.expect("changed")).expect("json");
+        let a = &v["payload"]["ShippingAddress"];
+        assert_eq!(a["Name"], "REDACTED");
+        assert_eq!(a["City"], "Seattle");
+        assert!(a["Phone"].as_str().expect("hash").starts_with("spgh1.k1.phone."));
+        assert_eq!(out.counts.get(PiiClass::Address, Action::Clear), 2);
+    }
+
+    #[test]
+    fn fails_closed_on_bad_bodies() {
+        let g = guard(r#","maxBodyBytes":1024"#);
+        let op = g.catalog.route("GET", "/orders/v0/orders/1/address").expect("op");
+        assert_eq!(g.protect_response(op, b"{\"payload\":").err(), Some(FailReason::InvalidJson));
+        assert_eq!(g.protect_response(op, &[b' '; 1025]).err(), Some(FailReason::BodyTooLarge));
+    }
+}

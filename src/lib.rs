@@ -1,0 +1,26 @@
+//! spapi-guard: an Envoy Wasm filter that tokenizes customer PII in Amazon SP-API responses.
+//!
+//! Layout: a pure core (no proxy-wasm calls, unit-tested natively) and a thin `filter` layer that
+//! adapts it to the Envoy host (compiled only for wasm32).
+//!
+//! * [`policy`], [`keyring`], [`catalog`] — configuration: what to do, with which keys, where.
+//! * [`router`], [`field_path`], [`path_matcher`] — request → operation; JSONPath → automaton.
+//! * [`json_rewrite`] — byte-faithful, validating one-pass body rewriting.
+//! * [`tokens`] — the AES-256-GCM token engine.
+//! * [`guard`] — the loaded configuration applied to a body.
+//! * [`fail_closed`] — what the client gets when a body cannot be protected.
+pub mod catalog;
+pub mod config_error;
+pub mod fail_closed;
+pub mod field_path;
+pub mod guard;
+pub mod json_rewrite;
+pub mod keyring;
+pub mod path_matcher;
+pub mod pii;
+pub mod policy;
+pub mod router;
+pub mod tokens;
+
+#[cfg(target_arch = "wasm32")]
+mod filter;

@@ -1,0 +1,61 @@
+//! The PII classes of the catalog and the policy.
+use std::fmt;
+
+/// A class of customer PII. Bound into every token, so a token of one class never opens as another.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum PiiClass {
+    Name,
+    Email,
+    Phone,
+    Address,
+    TaxId,
+    GiftMessage,
+    Company,
+    Other,
+}
+
+impl PiiClass {
+    pub const ALL: [PiiClass; 8] = [
+        PiiClass::Name,
+        PiiClass::Email,
+        PiiClass::Phone,
+        PiiClass::Address,
+        PiiClass::TaxId,
+        PiiClass::GiftMessage,
+        PiiClass::Company,
+        PiiClass::Other,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            PiiClass::Name => "name",
+            PiiClass::Email => "email",
+            PiiClass::Phone => "phone",
+            PiiClass::Address => "address",
+            PiiClass::TaxId => "tax_id",
+            PiiClass::GiftMessage => "gift_message",
+            PiiClass::Company => "company",
+            PiiClass::Other => "other",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<PiiClass> {
+        PiiClass::ALL.into_iter().find(|c| c.as_str() == s)
+    }
+
+    /// Position in [`ALL`](Self::ALL), for per-class tables.
+    pub fn index(self) -> usize {
+        self as usize
+    }
+
+    /// The accepted names, for error messages.
+    pub fn names() -> String {
+        PiiClass::ALL.iter().map(|c| c.as_str()).collect::<Vec<_>>().join(", ")
+    }
+}
+
+impl fmt::Display for PiiClass {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}

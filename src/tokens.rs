@@ -1,0 +1,396 @@
+//! Token engine: turns a PII value into a self-describing, versioned AES-256-GCM token and back.
+//!
+//! Token format (all characters URL- and JSON-safe, nothing to escape):
+//!
+//! ```text
+//! spgt1.<mode><kind>.<key id>.<class>.<base64url(nonce ‖ ciphertext ‖ tag)>
+//! ```
+//!
+//! * `spgt1` — magic and format version; no real SP-API value starts like this.
+//! * `mode` — `d` deterministic, `r` randomized. `kind` — `s` the plaintext is a JSON string's
+//!   decoded text, `j` it is the raw text of another JSON value (a number, an object…).
+//! * everything before the last dot (the *header*) is the AEAD's associated data, so a token cannot
+//!   be replayed under another class, key id, mode or kind: any change fails authentication.
+//!
+//! Keys: each 256-bit master key of the ring is expanded with HKDF-SHA256 into independent
+//! sub-keys, one per job (encryption, deterministic nonce, keyed hash). Key schedules are computed
+//! once, when the configuration loads.
+//!
+//! Nonces:
+//! * deterministic — a synthetic IV: `HMAC-SHA256(k_siv, header ‖ 0x00 ‖ plaintext)[..12]`, the
+//!   synthetic-IV idea of SIV (RFC 5297: the IV is a PRF of the associated data and the plaintext)
+//!   with HMAC-SHA256 as the PRF and AES-256-GCM as the cipher, under independent sub-keys. Equal
+//!   plaintexts under the same header give equal tokens (and only that is revealed); distinct
+//!   plaintexts share a nonce only with probability ≈ n²/2⁹⁷ for n distinct values.
+//! * randomized — each VM draws a random 96-bit starting point from getrandom once and counts up
+//!   from it (one getrandom call per VM, not per field). Two VMs' sequences overlap with
+//!   probability ≤ n·T/2⁹⁶ for n VMs and T tokens per key; keep T below 2³² per key (rotate keys
+//!   well before that) and the risk stays below 2⁻⁴⁰ for a million VM starts.
+use aes_gcm::aead::{Aead, KeyInit, Payload};
+use aes_gcm::{Aes256Gcm, Nonce};
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use base64::Engine as _;
+use hkdf::Hkdf;
+use hmac::{Hmac, Mac};
+use sha2::Sha256;
+use std::cell::Cell;
+use std::collections::BTreeMap;
+use std::fmt;
+
+use crate::pii::PiiClass;
+
+/// Magic prefix of a token; also the format version.
+pub const TOKEN_PREFIX: &str = "spgt1.";
+/// Magic prefix of a keyed hash pseudonym (irreversible).
+pub const HASH_PREFIX: &str = "spgh1.";
+/// Bytes of a master key.
+pub const KEY_LEN: usize = 32;
+const NONCE_LEN: usize = 12;
+const TAG_LEN: usize = 16;
+/// Bytes of a keyed-hash pseudonym before encoding (128 bits).
+const HASH_LEN: usize = 16;
+const HKDF_SALT: &[u8] = b"spapi-guard/v1";
+
+type HmacSha256 = Hmac<Sha256>;
+
+/// Deterministic or randomized tokens.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Mode {
+    Deterministic,
+    Randomized,
+}
+
+impl Mode {
+    fn flag(self) -> char {
+        match self {
+            Mode::Deterministic => 'd',
+            Mode::Randomized => 'r',
+        }
+    }
+}
+
+/// What the plaintext of a token is.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ValueKind {
+    /// The decoded text of a JSON string.
+    Text,
+    /// The raw JSON text of a non-string value (number, object, array).
+    RawJson,
+}
+
+impl ValueKind {
+    fn flag(self) -> char {
+        match self {
+            ValueKind::Text => 's',
+            ValueKind::RawJson => 'j',
+        }
+    }
+}
+
+/// Why a token could not be opened. Carries no part of the token or plaintext.
+#[derive(Debug, PartialEq, Eq)]
+pub enum TokenError {
+    /// Not of the `spgt1.` form.
+    Malformed,
+    /// The key id is not in the ring.
+    UnknownKey,
+    /// Authentication failed: the token was altered or presented as another class.
+    Forged,
+}
+
+impl fmt::Display for TokenError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            TokenError::Malformed => "malformed token",
+            TokenError::UnknownKey => "token names a key id that is not in the key ring",
+            TokenError::Forged => "token failed authentication",
+        })
+    }
+}
+
+/// An opened token.
+#[derive(Debug, PartialEq, Eq)]
+pub struct Opened {
+    pub class: PiiClass,
+    pub mode: Mode,
+    pub kind: ValueKind,
+    pub key_id: String,
+    pub plaintext: Vec<u8>,
+}
+
+/// One master key, expanded into its sub-keys.
+struct KeySchedule {
+    aead: Aes256Gcm,
+    siv: HmacSha256,
+    hash: HmacSha256,
+}
+
+impl KeySchedule {
+    fn new(master: &[u8; KEY_LEN]) -> Self {
+        let hk = Hkdf::<Sha256>::new(Some(HKDF_SALT), master);
+        let mut enc = [0u8; KEY_LEN];
+        let mut siv = [0u8; KEY_LEN];
+        let mut hash = [0u8; KEY_LEN];
+        // HKDF-Expand cannot fail for 32-byte outputs (limit is 255 × 32 bytes).
+        let _ = hk.expand(b"aes-256-gcm", &mut enc);
+        let _ = hk.expand(b"siv-nonce", &mut siv);
+        let _ = hk.expand(b"keyed-hash", &mut hash);
+        let schedule = KeySchedule {
+            aead: Aes256Gcm::new((&enc).into()),
+            siv: <HmacSha256 as Mac>::new_from_slice(&siv).unwrap_or_else(|_| unreachable!()),
+            hash: <HmacSha256 as Mac>::new_from_slice(&hash).unwrap_or_else(|_| unreachable!()),
+        };
+        enc.fill(0);
+        siv.fill(0);
+        hash.fill(0);
+        schedule
+    }
+}
+
+/// The counter-based nonce source of randomized mode (see the module comment).
+struct NonceCounter {
+    next: Cell<u128>,
+}
+
+impl NonceCounter {
+    fn new() -> Result<Self, getrandom::Error> {
+        let mut seed = [0u8; 16];
+        getrandom::fill(&mut seed)?;
+        Ok(NonceCounter { next: Cell::new(u128::from_le_bytes(seed) & NONCE_MASK) })
+    }
+
+    fn take(&self) -> [u8; NONCE_LEN] {
+        let n = self.next.get();
+        self.next.set(n.wrapping_add(1) & NONCE_MASK);
+        let mut nonce = [0u8; NONCE_LEN];
+        nonce.copy_from_slice(&n.to_le_bytes()[..NONCE_LEN]);
+        nonce
+    }
+}
+
+const NONCE_MASK: u128 = (1u128 << 96) - 1;
+
+/// A key ring (key id → key) with one active key used for new tokens.
+pub struct TokenEngine {
+    keys: BTreeMap<String, KeySchedule>,
+    active: String,
+    nonces: NonceCounter,
+}
+
+impl TokenEngine {
+    /// Builds the engine. `active` must be a key of `keys` (the policy loader checks this).
+    pub fn new(keys: BTreeMap<String, [u8; KEY_LEN]>, active: &str) -> Result<Self, String> {
+        if !keys.contains_key(active) {
+            return Err(format!("active key id '{active}' is not in the key ring"));
+        }
+        let keys = keys.iter().map(|(id, k)| (id.clone(), KeySchedule::new(k))).collect();
+        let nonces = NonceCounter::new().map_err(|_| "the random source (getrandom) failed".to_string())?;
+        Ok(TokenEngine { keys, active: active.to_string(), nonces })
+    }
+
+    /// The key id new tokens are made with.
+    pub fn active_key_id(&self) -> &str {
+        &self.active
+    }
+
+    fn active_schedule(&self) -> &KeySchedule {
+        // `new` guarantees the active key is present.
+        &self.keys[&self.active]
+    }
+
+    /// Writes the token for `plaintext` to `out` (appending, no quotes).
+    pub fn seal_into(&self, class: PiiClass, mode: Mode, kind: ValueKind, plaintext: &[u8], out: &mut String) {
+        let header_start = out.len();
+        write_header(out, mode, kind, &self.active, class);
+        let schedule = self.active_schedule();
+        let nonce = match mode {
+            Mode::Randomized => self.nonces.take(),
+            Mode::Deterministic => {
+                let mut mac = schedule.siv.clone();
+                mac.update(out[header_start..].as_bytes());
+                mac.update(&[0]);
+                mac.update(plaintext);
+                let tag = mac.finalize().into_bytes();
+                let mut nonce = [0u8; NONCE_LEN];
+                nonce.copy_from_slice(&tag[..NONCE_LEN]);
+                nonce
+            }
+        };
+        let aad = out[header_start..].as_bytes();
+        // AES-GCM encryption only fails for plaintexts over 64 GiB, far above any body limit.
+        let ciphertext = schedule
+            .aead
+            .encrypt(Nonce::from_slice(&nonce), Payload { msg: plaintext, aad })
+            .unwrap_or_default();
+        let mut raw = Vec::with_capacity(NONCE_LEN + ciphertext.len());
+        raw.extend_from_slice(&nonce);
+        raw.extend_from_slice(&ciphertext);
+        out.push('.');
+        URL_SAFE_NO_PAD.encode_string(&raw, out);
+    }
+
+    /// Convenience wrapper of [`seal_into`](Self::seal_into).
+    pub fn seal(&self, class: PiiClass, mode: Mode, kind: ValueKind, plaintext: &[u8]) -> String {
+        let mut out = String::new();
+        self.seal_into(class, mode, kind, plaintext, &mut out);
+        out
+    }
+
+    /// Opens a token made by any key of the ring.
+    pub fn open(&self, token: &str) -> Result<Opened, TokenError> {
+        let body = token.strip_prefix(TOKEN_PREFIX).ok_or(TokenError::Malformed)?;
+        let (header_rest, data) = body.rsplit_once('.').ok_or(TokenError::Malformed)?;
+        let mut parts = header_rest.split('.');
+        let flags = parts.next().ok_or(TokenError::Malformed)?.as_bytes();
+        let key_id = parts.next().ok_or(TokenError::Malformed)?;
+        let class = parts.next().and_then(PiiClass::parse).ok_or(TokenError::Malformed)?;
+        if parts.next().is_some() || flags.len() != 2 {
+            return Err(TokenError::Malformed);
+        }
+        let mode = match flags[0] {
+            b'd' => Mode::Deterministic,
+            b'r' => Mode::Randomized,
+            _ => return Err(TokenError::Malformed),
+        };
+        let kind = match flags[1] {
+            b's' => ValueKind::Text,
+            b'j' => ValueKind::RawJson,
+            _ => return Err(TokenError::Malformed),
+        };
+        let raw = URL_SAFE_NO_PAD.decode(data).map_err(|_| TokenError::Malformed)?;
+        if raw.len() < NONCE_LEN + TAG_LEN {
+            return Err(TokenError::Malformed);
+        }
+        let schedule = self.keys.get(key_id).ok_or(TokenError::UnknownKey)?;
+        let aad = &token.as_bytes()[..token.len() - data.len() - 1];
+        let plaintext = schedule
+            .aead
+            .decrypt(Nonce::from_slice(&raw[..NONCE_LEN]), Payload { msg: &raw[NONCE_LEN..], aad })
+            .map_err(|_| TokenError::Forged)?;
+        Ok(Opened { class, mode, kind, key_id: key_id.to_string(), plaintext })
+    }
+
+    /// Writes the keyed, irreversible pseudonym of `plaintext` to `out`:
+    /// `spgh1.<key id>.<class>.<base64url(HMAC-SHA256(k_hash, class ‖ 0x00 ‖ plaintext)[..16])>`.
+    pub fn hash_into(&self, class: PiiClass, plaintext: &[u8], out: &mut String) {
+        let mut mac = self.active_schedule().hash.clone();
+        mac.update(class.as_str().as_bytes());
+        mac.update(&[0]);
+        mac.update(plaintext);
+        let digest = mac.finalize().into_bytes();
+        out.push_str(HASH_PREFIX);
+        out.push_str(&self.active);
+        out.push('.');
+        out.push_str(class.as_str());
+        out.push('.');
+        URL_SAFE_NO_PAD.encode_string(&digest[..HASH_LEN], out);
+    }
+}
+
+fn write_header(out: &mut String, mode: Mode, kind: ValueKind, key_id: &str, class: PiiClass) {
+    out.push_str(TOKEN_PREFIX);
+    out.push(mode.flag());
+    out.push(kind.flag());
+    out.push('.');
+    out.push_str(key_id);
+    out.push('.');
+    out.push_str(class.as_str());
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn engine() -> TokenEngine {
+        let mut keys = BTreeMap::new();
+        keys.insert("k1".to_string(), [7u8; KEY_LEN]);
+        keys.insert("k0".to_string(), [9u8; KEY_LEN]);
+        TokenEngine::new(keys, "k1").expect("engine")
+    }
+
+    #[test]
+    fn round_trip_both_modes_and_kinds() {
+        let e = engine();
+        for mode in [Mode::Deterministic, Mode::Randomized] {
+            for kind in [ValueKind::Text, ValueKind::RawJson] {
+                let t = e.seal(PiiClass::Email, mode, kind, b"jane@example.com");
+                let o = e.open(&t).expect("opens");
+                assert_eq!(o.plaintext, b"jane@example.com");
+                assert_eq!((o.class, o.mode, o.kind, o.key_id.as_str()), (PiiClass::Email, mode, kind, "k1"));
+            }
+        }
+    }
+
+    #[test]
+    fn deterministic_is_stable_randomized_is_not() {
+        let e = engine();
+        let a = e.seal(PiiClass::Name, Mode::Deterministic, ValueKind::Text, b"Jane Doe");
+        let b = engine().seal(PiiClass::Name, Mode::Deterministic, ValueKind::Text, b"Jane Doe");
+        assert_eq!(a, b, "same key, same value → same token, across engine instances");
+        let r1 = e.seal(PiiClass::Name, Mode::Randomized, ValueKind::Text, b"Jane Doe");
+        let r2 = e.seal(PiiClass::Name, Mode::Randomized, ValueKind::Text, b"Jane Doe");
+        assert_ne!(r1, r2);
+        assert_ne!(a, e.seal(PiiClass::Address, Mode::Deterministic, ValueKind::Text, b"Jane Doe"));
+    }
+
+    #[test]
+    fn tampering_and_class_swap_fail() {
+        let e = engine();
+        let t = e.seal(PiiClass::Phone, Mode::Deterministic, ValueKind::Text, b"+1 555 0100");
+        // One character changed anywhere in the token.
+        for i in 0..t.len() {
+            let mut bytes = t.clone().into_bytes();
+            bytes[i] = if bytes[i] == b'A' { b'B' } else { b'A' };
+            let changed = String::from_utf8(bytes).expect("ascii");
+            assert!(e.open(&changed).is_err(), "changed at {i} still opened");
+        }
+        let swapped = t.replacen(".phone.", ".email.", 1);
+        assert_eq!(e.open(&swapped), Err(TokenError::Forged));
+        let rekeyed = t.replacen(".k1.", ".k0.", 1);
+        assert_eq!(e.open(&rekeyed), Err(TokenError::Forged));
+        assert_eq!(e.open(&t.replacen(".k1.", ".k9.", 1)), Err(TokenError::UnknownKey));
+        assert_eq!(e.open("Jane Doe"), Err(TokenError::Malformed));
+    }
+
+    #[test]
+    fn tokens_are_url_and_json_safe() {
+        let e = engine();
+        let t = e.seal(PiiClass::GiftMessage, Mode::Randomized, ValueKind::Text, "Héllo \"x\" / ?&".as_bytes());
+        assert!(t.bytes().all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b)), "{t}");
+    }
+
+    /// Known-answer vector: pins the deterministic construction (HKDF sub-keys, SIV nonce, AAD =
+    /// header) so that a change to any part of it is caught. Documented in docs/TOKENS.md.
+    #[test]
+    fn deterministic_test_vector() {
+        let mut keys = BTreeMap::new();
+        let mut key = [0u8; KEY_LEN];
+        for (i, b) in key.iter_mut().enumerate() {
+            *b = i as u8;
+        }
+        keys.insert("test".to_string(), key);
+        let e = TokenEngine::new(keys, "test").expect("engine");
+        let t = e.seal(PiiClass::Email, Mode::Deterministic, ValueKind::Text, b"buyer@example.com");
+        assert_eq!(t, DETERMINISTIC_VECTOR);
+        let h = {
+            let mut s = String::new();
+            e.hash_into(PiiClass::Email, b"buyer@example.com", &mut s);
+            s
+        };
+        assert_eq!(h, HASH_VECTOR);
+    }
+
+    const DETERMINISTIC_VECTOR: &str = "spgt1.ds.test.email.BDyT4ou2lghHKe48H_G8Z1cQfvBj5WuvPvmwuOJt9HntKo_-rS6zFV1JsHWC";
+    const HASH_VECTOR: &str = "spgh1.test.email.u9Ix5xYxJJ1EBRU6TtWJ1A";
+
+    #[test]
+    fn hash_is_keyed_and_class_bound() {
+        let e = engine();
+        let mut a = String::new();
+        let mut b = String::new();
+        e.hash_into(PiiClass::Email, b"x@example.com", &mut a);
+        e.hash_into(PiiClass::Name, b"x@example.com", &mut b);
+        assert!(a.starts_with("spgh1.k1.email."));
+        assert_ne!(a[15..], b[14..]);
+    }
+}
