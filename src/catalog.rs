@@ -240,7 +240,12 @@ impl Catalog {
 
     /// The operation a request is for, if the catalog knows it.
     pub fn route(&self, method: &str, path: &str) -> Option<&Operation> {
-        self.router.route(method, path).map(|i| &self.operations[i])
+        self.route_index(method, path).map(|i| &self.operations[i])
+    }
+
+    /// The index in `operations` of the operation a request is for.
+    pub fn route_index(&self, method: &str, path: &str) -> Option<usize> {
+        self.router.route(method, path)
     }
 
     /// The operation with this id.

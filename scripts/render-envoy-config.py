@@ -1,0 +1,62 @@
+#!/usr/bin/env python3
+"""Render an Envoy config from envoy/envoy.template.yaml and a policy file.
+
+The policy is the one source of truth: it is embedded as the plugin configuration, and the
+environment variables its key ring names become the VM's host_env_keys. Tests, the demo and the
+docker-compose config (envoy/envoy.yaml, rendered with --docker) all come from here.
+
+    python3 scripts/render-envoy-config.py --policy policies/default.json --out .run/envoy.yaml \
+        --listen-port 10000 --upstream-port 18081 --admin-port 9901 --wasm target/.../spapi_guard.wasm
+"""
+import argparse
+import json
+import pathlib
+import sys
+
+ROOT = pathlib.Path(__file__).resolve().parent.parent
+DOCKER = dict(bind="0.0.0.0", listen_port=10000, admin_port=9901, upstream_host="127.0.0.1", upstream_port=18081,
+              wasm="/etc/spapi-guard/spapi_guard.wasm")
+
+
+def render(policy_text, bind, listen_port, admin_port, upstream_host, upstream_port, wasm, template=None):
+    policy = json.loads(policy_text)
+    env_keys = sorted(set(policy.get("keys", {}).get("env", {}).values()))
+    compact = json.dumps(policy, separators=(",", ":"))
+    text = template or (ROOT / "envoy" / "envoy.template.yaml").read_text()
+    values = {
+        "BIND": bind,
+        "LISTEN_PORT": str(listen_port),
+        "ADMIN_PORT": str(admin_port),
+        "UPSTREAM_HOST": upstream_host,
+        "UPSTREAM_PORT": str(upstream_port),
+        "WASM_PATH": str(wasm),
+        "HOST_ENV_KEYS": json.dumps(env_keys),
+        # YAML single-quoted scalar: a quote is written twice.
+        "POLICY_JSON": compact.replace("'", "''"),
+    }
+    for name, value in values.items():
+        text = text.replace("{{" + name + "}}", value)
+    return text
+
+
+def main():
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--policy", default=str(ROOT / "policies" / "default.json"))
+    p.add_argument("--out", required=True)
+    p.add_argument("--docker", action="store_true", help="the docker-compose layout (envoy/envoy.yaml)")
+    p.add_argument("--bind", default="127.0.0.1")
+    p.add_argument("--listen-port", type=int, default=10000)
+    p.add_argument("--admin-port", type=int, default=9901)
+    p.add_argument("--upstream-host", default="127.0.0.1")
+    p.add_argument("--upstream-port", type=int, default=18081)
+    p.add_argument("--wasm", default=str(ROOT / "target" / "wasm32-wasip1" / "release" / "spapi_guard.wasm"))
+    a = p.parse_args()
+    policy_text = pathlib.Path(a.policy).read_text()
+    opts = DOCKER if a.docker else dict(bind=a.bind, listen_port=a.listen_port, admin_port=a.admin_port,
+                                        upstream_host=a.upstream_host, upstream_port=a.upstream_port, wasm=a.wasm)
+    pathlib.Path(a.out).write_text(render(policy_text, **opts))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
