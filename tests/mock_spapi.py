@@ -12,7 +12,7 @@ A request is answered by the first entry with the same method and path whose que
 (exactly, else any query); the header `x-mock-fixture: <file>` picks an entry by file name
 instead (several fixtures share a path). Unknown requests get an SP-API-style 404.
 
-Control endpoints (never proxied in the shipped configs: they are under /__mock/):
+Control endpoints (tests call them on the mock's own port, not through Envoy):
   GET  /__mock/calls   JSON list of the requests served so far ({method, path, headers})
   POST /__mock/reset   forget them
 """
@@ -105,6 +105,17 @@ def make_handler(fixtures, calls, lock):
     return Handler
 
 
+class Server(ThreadingHTTPServer):
+    daemon_threads = True
+
+    def handle_error(self, request, client_address):
+        # A client (Envoy) that hangs up mid-body is normal here: a fail-closed filter resets the
+        # upstream stream as soon as it refuses a body.
+        if isinstance(sys.exc_info()[1], (ConnectionResetError, BrokenPipeError)):
+            return
+        super().handle_error(request, client_address)
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--host", default="127.0.0.1")
@@ -112,8 +123,7 @@ def main():
     parser.add_argument("folders", nargs="+", help="fixture folders, each with an INDEX.json")
     args = parser.parse_args()
     fixtures = Fixtures(args.folders)
-    server = ThreadingHTTPServer((args.host, args.port), make_handler(fixtures, [], threading.Lock()))
-    server.daemon_threads = True
+    server = Server((args.host, args.port), make_handler(fixtures, [], threading.Lock()))
     print(f"mock-spapi: {len(fixtures.entries)} fixtures on http://{args.host}:{args.port}", flush=True)
     try:
         server.serve_forever()

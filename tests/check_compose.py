@@ -1,0 +1,54 @@
+#!/usr/bin/env python3
+"""Checks that docker-compose.yml agrees with the Envoy config and policy the tests use:
+the rendered envoy/envoy.yaml is up to date (checked by `make check-config` before this), the
+files compose mounts are the ones the config names, the key variables compose passes are the
+policy's, and the mock listens where the config's upstream points."""
+import json
+import pathlib
+import sys
+
+import yaml
+
+ROOT = pathlib.Path(__file__).resolve().parent.parent
+compose = yaml.safe_load((ROOT / "docker-compose.yml").read_text())
+envoy = yaml.safe_load((ROOT / "envoy" / "envoy.yaml").read_text())
+policy = json.loads((ROOT / "policies" / "default.json").read_text())
+failures = []
+checks = 0
+
+
+def check(ok, what):
+    global checks
+    checks += 1
+    if not ok:
+        failures.append(what)
+
+
+listener = envoy["static_resources"]["listeners"][0]
+hcm = listener["filter_chains"][0]["filters"][0]["typed_config"]
+wasm = next(f for f in hcm["http_filters"] if f["name"] == "envoy.filters.http.wasm")["typed_config"]["config"]
+cluster = envoy["static_resources"]["clusters"][0]
+upstream = cluster["load_assignment"]["endpoints"][0]["lb_endpoints"][0]["endpoint"]["address"]["socket_address"]
+
+svc = compose["services"]["envoy"]
+mounts = {v.split(":")[1]: v.split(":")[0] for v in svc["volumes"]}
+check(mounts.get("/etc/envoy/envoy.yaml") == "./envoy/envoy.yaml", "compose mounts envoy/envoy.yaml")
+check("/etc/envoy/envoy.yaml" in svc["command"], "compose starts Envoy with the mounted config")
+check(mounts.get(wasm["vm_config"]["code"]["local"]["filename"]) == "./target/wasm32-wasip1/release/spapi_guard.wasm",
+      "the wasm path in envoy.yaml is the file compose mounts")
+check(json.loads(wasm["configuration"]["value"]) == policy, "envoy.yaml embeds policies/default.json")
+env_keys = set(policy["keys"]["env"].values())
+check(set(wasm["vm_config"]["environment_variables"]["host_env_keys"]) == env_keys, "host_env_keys are the policy's key variables")
+check(set(svc.get("environment", {})) == env_keys, "compose passes exactly the policy's key variables")
+check(f'{listener["address"]["socket_address"]["port_value"]}:{listener["address"]["socket_address"]["port_value"]}' in svc["ports"],
+      "compose publishes the listener port")
+mock = compose["services"]["spapi-mock"]
+check(mock.get("network_mode") == "service:envoy" and upstream["address"] == "127.0.0.1", "the mock shares Envoy's loopback")
+check(str(upstream["port_value"]) in mock["command"], "the mock listens on the config's upstream port")
+check(wasm.get("failure_policy") == "FAIL_RELOAD", "failure_policy FAIL_RELOAD")
+check(listener["per_connection_buffer_limit_bytes"] > policy["maxBodyBytes"], "buffer limit above maxBodyBytes")
+
+for f in failures:
+    print("docker-compose check failed:", f)
+print(f"docker-compose checks: {checks - len(failures)} passed, {len(failures)} failed")
+sys.exit(1 if failures else 0)

@@ -1,0 +1,361 @@
+//! End-to-end test support: a real Envoy (from `make envoy`) running the built filter in front
+//! of the mock SP-API, on free loopback ports, in a folder under `target/e2e/` that keeps every
+//! byte Envoy printed for the assertions (and for debugging a failure).
+#![allow(dead_code)]
+
+use std::collections::BTreeMap;
+use std::fs;
+use std::io::Read;
+use std::net::{TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+use base64::engine::general_purpose::STANDARD;
+use base64::Engine as _;
+use serde_json::Value;
+use spapi_guard::tokens::{TokenEngine, KEY_LEN};
+
+pub const KEY_VAR: &str = "SPAPI_GUARD_KEY_DEMO_1";
+pub const KEY_ID: &str = "demo-1";
+
+pub fn repo() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+fn envoy_bin() -> PathBuf {
+    std::env::var_os("ENVOY_BIN").map(PathBuf::from).unwrap_or_else(|| repo().join(".venv/envoy-bin"))
+}
+
+fn wasm() -> PathBuf {
+    std::env::var_os("SPAPI_GUARD_WASM")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| repo().join("target/wasm32-wasip1/release/spapi_guard.wasm"))
+}
+
+/// The shipped default policy.
+pub fn default_policy() -> Value {
+    serde_json::from_str(&fs::read_to_string(repo().join("policies/default.json")).expect("policy")).expect("json")
+}
+
+/// A fresh random 256-bit key.
+pub fn random_key() -> [u8; KEY_LEN] {
+    let mut k = [0u8; KEY_LEN];
+    getrandom::fill(&mut k).expect("random");
+    k
+}
+
+pub fn key_b64(key: &[u8; KEY_LEN]) -> String {
+    STANDARD.encode(key)
+}
+
+/// The token engine that opens what the filter made with `key` under the default key id.
+pub fn engine(key: &[u8; KEY_LEN]) -> TokenEngine {
+    let mut keys = BTreeMap::new();
+    keys.insert(KEY_ID.to_string(), *key);
+    TokenEngine::new(keys, KEY_ID).expect("engine")
+}
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0").expect("bind").local_addr().expect("addr").port()
+}
+
+static STACKS: AtomicUsize = AtomicUsize::new(0);
+
+/// What to start.
+pub struct Options {
+    pub name: &'static str,
+    pub policy: Value,
+    /// Environment of the Envoy process (the key variables).
+    pub env: Vec<(String, String)>,
+    /// Extra fixture folders for the mock (the Amazon fixtures are always served).
+    pub fixture_dirs: Vec<PathBuf>,
+    pub concurrency: u32,
+}
+
+impl Options {
+    pub fn new(name: &'static str, key: &[u8; KEY_LEN]) -> Options {
+        Options { name, policy: default_policy(), env: vec![(KEY_VAR.into(), key_b64(key))], fixture_dirs: vec![], concurrency: 1 }
+    }
+}
+
+/// A running mock + Envoy. Dropping it stops both.
+pub struct Stack {
+    pub dir: PathBuf,
+    pub port: u16,
+    pub admin_port: u16,
+    pub mock_port: u16,
+    envoy: Child,
+    mock: Child,
+}
+
+/// Envoy did not come up; `log` is everything it printed.
+#[derive(Debug)]
+pub struct Refused {
+    pub log: String,
+    pub exit_code: Option<i32>,
+}
+
+pub fn stack_dir(name: &str) -> PathBuf {
+    let n = STACKS.fetch_add(1, Ordering::SeqCst);
+    let dir = repo().join("target/e2e").join(format!("{name}-{}-{n}", std::process::id()));
+    let _ = fs::remove_dir_all(&dir);
+    fs::create_dir_all(&dir).expect("mkdir");
+    dir
+}
+
+fn render(dir: &Path, policy: &Value, port: u16, admin_port: u16, mock_port: u16) -> PathBuf {
+    let policy_file = dir.join("policy.json");
+    fs::write(&policy_file, serde_json::to_vec_pretty(policy).expect("json")).expect("write policy");
+    let config = dir.join("envoy.yaml");
+    let status = Command::new("python3")
+        .arg(repo().join("scripts/render-envoy-config.py"))
+        .arg("--policy")
+        .arg(&policy_file)
+        .arg("--out")
+        .arg(&config)
+        .args(["--listen-port", &port.to_string(), "--admin-port", &admin_port.to_string(), "--upstream-port", &mock_port.to_string()])
+        .arg("--wasm")
+        .arg(wasm())
+        .status()
+        .expect("python3");
+    assert!(status.success(), "render failed");
+    config
+}
+
+fn spawn_envoy(dir: &Path, config: &Path, env: &[(String, String)], concurrency: u32) -> Child {
+    let bin = envoy_bin();
+    assert!(bin.exists(), "{} is missing: run the tests with `make test` (it installs Envoy)", bin.display());
+    let mut cmd = Command::new(bin);
+    cmd.arg("-c")
+        .arg(config)
+        .args(["--concurrency", &concurrency.to_string(), "--log-level", "info", "--disable-hot-restart"])
+        .stdin(Stdio::null())
+        .stdout(fs::File::create(dir.join("envoy.stdout")).expect("log"))
+        .stderr(fs::File::create(dir.join("envoy.stderr")).expect("log"))
+        .env_remove(KEY_VAR);
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    cmd.spawn().expect("spawn envoy")
+}
+
+fn read(path: &Path) -> String {
+    fs::read(path).map(|b| String::from_utf8_lossy(&b).into_owned()).unwrap_or_default()
+}
+
+impl Stack {
+    pub fn start(opts: Options) -> Stack {
+        match Stack::try_start(opts) {
+            Ok(s) => s,
+            Err(r) => panic!("Envoy did not start (exit {:?}):\n{}", r.exit_code, r.log),
+        }
+    }
+
+    pub fn try_start(opts: Options) -> Result<Stack, Refused> {
+        let dir = stack_dir(opts.name);
+        let (port, admin_port, mock_port) = (free_port(), free_port(), free_port());
+        let config = render(&dir, &opts.policy, port, admin_port, mock_port);
+        let mut mock_cmd = Command::new("python3");
+        mock_cmd
+            .arg(repo().join("tests/mock_spapi.py"))
+            .args(["--port", &mock_port.to_string()])
+            .arg(repo().join("tests/fixtures/spapi"))
+            .args(&opts.fixture_dirs)
+            .stdin(Stdio::null())
+            .stdout(fs::File::create(dir.join("mock.log")).expect("log"))
+            .stderr(Stdio::inherit());
+        let mock = mock_cmd.spawn().expect("spawn mock");
+        let envoy = spawn_envoy(&dir, &config, &opts.env, opts.concurrency);
+        let mut stack = Stack { dir, port, admin_port, mock_port, envoy, mock };
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            if let Ok(Some(status)) = stack.envoy.try_wait() {
+                return Err(Refused { log: stack.envoy_output(), exit_code: status.code() });
+            }
+            if http_get_status(admin_port, "/ready") == Some(200) && http_get_status(mock_port, "/__mock/calls") == Some(200) {
+                return Ok(stack);
+            }
+            if Instant::now() > deadline {
+                return Err(Refused { log: stack.envoy_output(), exit_code: None });
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    /// Sends a request through Envoy with curl.
+    pub fn request(&self, method: &str, path_and_query: &str, headers: &[(&str, &str)]) -> Response {
+        curl(self.port, method, path_and_query, headers)
+    }
+
+    /// Plays one fixture of the Amazon set (picked by file name).
+    pub fn play(&self, fixture: &Fixture) -> Response {
+        self.request(&fixture.method, &fixture.url(), &[("x-mock-fixture", &fixture.file)])
+    }
+
+    /// Everything Envoy printed so far (stdout: access log; stderr: Envoy and filter logs).
+    pub fn envoy_output(&self) -> String {
+        format!("{}{}", read(&self.dir.join("envoy.stdout")), read(&self.dir.join("envoy.stderr")))
+    }
+
+    /// The filter's audit events so far.
+    pub fn audit_events(&self) -> Vec<Value> {
+        self.envoy_output()
+            .lines()
+            .filter_map(|l| l.split_once("spapi-guard audit ").map(|(_, json)| serde_json::from_str(json).expect("audit json")))
+            .collect()
+    }
+
+    /// Waits until the access log has `n` lines (Envoy writes it after the response).
+    pub fn wait_for_audit_events(&self, n: usize) -> Vec<Value> {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let events = self.audit_events();
+            if events.len() >= n || Instant::now() > deadline {
+                return events;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// The requests the mock SP-API received.
+    pub fn mock_calls(&self) -> Vec<Value> {
+        let r = curl(self.mock_port, "GET", "/__mock/calls", &[]);
+        serde_json::from_slice(&r.body).expect("calls")
+    }
+
+    /// Envoy's admin /stats.
+    pub fn stats(&self) -> String {
+        String::from_utf8_lossy(&curl(self.admin_port, "GET", "/stats", &[]).body).into_owned()
+    }
+}
+
+impl Drop for Stack {
+    fn drop(&mut self) {
+        let _ = self.envoy.kill();
+        let _ = self.mock.kill();
+        let _ = self.envoy.wait();
+        let _ = self.mock.wait();
+    }
+}
+
+/// Starts Envoy with `policy` and `env`, expecting it to refuse the configuration.
+pub fn expect_refusal(name: &'static str, policy: Value, env: Vec<(String, String)>) -> Refused {
+    let opts = Options { name, policy, env, fixture_dirs: vec![], concurrency: 1 };
+    match Stack::try_start(opts) {
+        Ok(stack) => panic!("Envoy accepted the configuration of {name}:\n{}", stack.envoy_output()),
+        Err(refused) => refused,
+    }
+}
+
+fn http_get_status(port: u16, path: &str) -> Option<u16> {
+    let mut s = TcpStream::connect(("127.0.0.1", port)).ok()?;
+    s.set_read_timeout(Some(Duration::from_secs(2))).ok()?;
+    use std::io::Write;
+    write!(s, "GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").ok()?;
+    let mut buf = Vec::new();
+    s.read_to_end(&mut buf).ok()?;
+    let line = String::from_utf8_lossy(&buf);
+    line.split(' ').nth(1)?.parse().ok()
+}
+
+/// A response as the client saw it.
+#[derive(Debug)]
+pub struct Response {
+    pub status: u16,
+    pub headers: Vec<(String, String)>,
+    pub body: Vec<u8>,
+}
+
+impl Response {
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers.iter().find(|(k, _)| k.eq_ignore_ascii_case(name)).map(|(_, v)| v.as_str())
+    }
+
+    pub fn text(&self) -> String {
+        String::from_utf8_lossy(&self.body).into_owned()
+    }
+
+    pub fn json(&self) -> Value {
+        serde_json::from_slice(&self.body).unwrap_or_else(|e| panic!("response is not JSON ({e}): {}", self.text()))
+    }
+}
+
+pub fn curl(port: u16, method: &str, path_and_query: &str, headers: &[(&str, &str)]) -> Response {
+    let mut cmd = Command::new("curl");
+    cmd.args(["-s", "-S", "--http1.1", "-i", "--max-time", "30", "-X", method]);
+    for (k, v) in headers {
+        cmd.arg("-H").arg(format!("{k}: {v}"));
+    }
+    if matches!(method, "POST" | "PUT" | "PATCH") {
+        cmd.args(["--data-binary", "{}", "-H", "content-type: application/json"]);
+    }
+    cmd.arg(format!("http://127.0.0.1:{port}{path_and_query}"));
+    let out = cmd.output().expect("curl");
+    assert!(out.status.success(), "curl failed: {}", String::from_utf8_lossy(&out.stderr));
+    parse_response(&out.stdout)
+}
+
+fn parse_response(raw: &[u8]) -> Response {
+    let split = raw.windows(4).position(|w| w == b"\r\n\r\n").expect("header end");
+    let head = String::from_utf8_lossy(&raw[..split]).into_owned();
+    let mut lines = head.split("\r\n");
+    let status = lines.next().and_then(|l| l.split(' ').nth(1)).and_then(|s| s.parse().ok()).expect("status");
+    let headers = lines
+        .filter_map(|l| l.split_once(':').map(|(k, v)| (k.trim().to_ascii_lowercase(), v.trim().to_string())))
+        .collect();
+    Response { status, headers, body: raw[split + 4..].to_vec() }
+}
+
+/// One entry of tests/fixtures/spapi/INDEX.json.
+#[derive(Debug, Clone, serde::Deserialize)]
+pub struct Fixture {
+    pub file: String,
+    pub kind: String,
+    pub method: String,
+    pub path: String,
+    pub query: String,
+    #[serde(default)]
+    pub status: Option<u16>,
+}
+
+impl Fixture {
+    pub fn url(&self) -> String {
+        if self.query.is_empty() {
+            self.path.clone()
+        } else {
+            format!("{}?{}", self.path, self.query)
+        }
+    }
+
+    pub fn body(&self) -> Vec<u8> {
+        fs::read(repo().join("tests/fixtures/spapi").join(&self.file)).expect("fixture")
+    }
+}
+
+/// The response fixtures of the Amazon set.
+pub fn response_fixtures() -> Vec<Fixture> {
+    let index: Vec<Fixture> =
+        serde_json::from_str(&fs::read_to_string(repo().join("tests/fixtures/spapi/INDEX.json")).expect("index")).expect("json");
+    index.into_iter().filter(|f| f.kind == "response").collect()
+}
+
+impl Fixture {
+    /// The status the mock answers with.
+    pub fn status(&self) -> u16 {
+        self.status.unwrap_or(200)
+    }
+}
+
+/// Writes a fixture folder for the mock: `(file, method, path, status, headers, chunked, body)`.
+pub fn fixture_dir(name: &str, entries: &[(&str, &str, &str, u16, Value, bool, Vec<u8>)]) -> PathBuf {
+    let dir = stack_dir(name);
+    let mut index = Vec::new();
+    for (file, method, path, status, headers, chunked, body) in entries {
+        fs::write(dir.join(file), body).expect("write fixture");
+        index.push(serde_json::json!({"file": file, "method": method, "path": path, "query": "", "status": status, "headers": headers, "chunked": chunked}));
+    }
+    fs::write(dir.join("INDEX.json"), serde_json::to_vec(&index).expect("json")).expect("write index");
+    dir
+}
