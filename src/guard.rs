@@ -195,6 +195,17 @@ mod tests {
         assert_eq!(out.counts.get(PiiClass::Address, Action::Clear), 2);
     }
 
+    /// The example of the policy reference loads, so the reference stays true to the code.
+    #[test]
+    fn policy_reference_example_loads() {
+        let doc = include_str!("../docs/POLICY.md");
+        let example = doc.split("```json").nth(1).and_then(|s| s.split("```").next()).expect("example block");
+        let env = |name: &str| name.starts_with("SPAPI_GUARD_KEY_").then(|| KEY_HEX.to_string());
+        let g = Guard::load(example.as_bytes(), &env).unwrap_or_else(|e| panic!("docs/POLICY.md example: {e}"));
+        assert!(g.catalog.get("my-api-v1.getThing").is_some());
+        assert_eq!(g.policy.action(PiiClass::Other), Action::Redact);
+    }
+
     #[test]
     fn fails_closed_on_bad_bodies() {
         let g = guard(r#","maxBodyBytes":1024"#);
