@@ -4,10 +4,10 @@ use std::fmt;
 use crate::catalog::{Catalog, FieldRule, Operation};
 use crate::config_error::ConfigError;
 use crate::fail_closed::FailReason;
-use crate::json_rewrite::{rewrite, write_json_string, FieldHandler, MatchedValue, RewriteError};
+use crate::json_rewrite::{rewrite, write_json_string, Edit, FieldHandler, MatchedValue, RewriteError};
 use crate::keyring;
 use crate::pii::PiiClass;
-use crate::policy::{parse_doc, Action, Policy};
+use crate::policy::{parse_doc, Action, ClassActions, Policy};
 use crate::tokens::{TokenEngine, ValueKind};
 
 /// Everything a VM needs to protect traffic, built once per configuration.
@@ -28,13 +28,19 @@ impl Guard {
         Ok(Guard { policy, catalog, tokens })
     }
 
-    /// Rewrites a response body of `op` per the policy. `Ok` with `body: None` means the body
-    /// passes unchanged (no PII value in it).
+    /// Rewrites a response body of `op` with the policy's class actions.
     pub fn protect_response(&self, op: &Operation, body: &[u8]) -> Result<Protected, FailReason> {
+        self.protect_response_with(op, body, self.policy.actions())
+    }
+
+    /// Rewrites a response body of `op`, applying `actions` per class (a caller's access levels).
+    /// `Ok` with `body: None` means the body passes unchanged (no PII value in it).
+    pub fn protect_response_with(&self, op: &Operation, body: &[u8], actions: &ClassActions) -> Result<Protected, FailReason> {
         if body.len() > self.policy.max_body_bytes {
             return Err(FailReason::BodyTooLarge);
         }
-        let mut protector = Protector { guard: self, rules: &op.response_rules, counts: FieldCounts::default(), scratch: String::new() };
+        let mut protector =
+            Protector { guard: self, actions, rules: &op.response_rules, counts: FieldCounts::default(), scratch: String::new() };
         match rewrite(body, &op.response_matcher, &mut protector) {
             Ok(body) => Ok(Protected { body, counts: protector.counts }),
             Err(RewriteError::InvalidJson { .. }) => Err(FailReason::InvalidJson),
@@ -57,7 +63,7 @@ pub struct FieldCounts {
     counts: [[u32; ACTIONS]; 8],
 }
 
-const ACTIONS: usize = 4;
+const ACTIONS: usize = 5;
 
 fn action_slot(action: Action) -> usize {
     match action {
@@ -65,6 +71,7 @@ fn action_slot(action: Action) -> usize {
         Action::Hash => 1,
         Action::Redact => 2,
         Action::Clear => 3,
+        Action::Remove => 4,
     }
 }
 
@@ -84,9 +91,14 @@ impl FieldCounts {
         self.counts.iter().flatten().sum()
     }
 
+    /// Values the caller received in some form (every action but removal).
+    pub fn delivered(&self) -> u32 {
+        self.counts.iter().map(|c| c[..4].iter().sum::<u32>()).sum()
+    }
+
     /// Non-zero counts as (class, action name, count).
     pub fn entries(&self) -> impl Iterator<Item = (PiiClass, &'static str, u32)> + '_ {
-        const NAMES: [&str; ACTIONS] = ["tokenized", "hashed", "redacted", "clear"];
+        const NAMES: [&str; ACTIONS] = ["tokenized", "hashed", "redacted", "clear", "removed"];
         PiiClass::ALL.into_iter().flat_map(move |class| {
             (0..ACTIONS).filter_map(move |a| {
                 let n = self.counts[class.index()][a];
@@ -108,6 +120,7 @@ impl fmt::Display for Never {
 /// Applies the policy's action to each PII value the rewriter finds.
 struct Protector<'g> {
     guard: &'g Guard,
+    actions: &'g ClassActions,
     rules: &'g [FieldRule],
     counts: FieldCounts,
     scratch: String,
@@ -116,29 +129,30 @@ struct Protector<'g> {
 impl FieldHandler for Protector<'_> {
     type Error = Never;
 
-    fn replace(&mut self, rule: u32, value: MatchedValue<'_>, out: &mut Vec<u8>) -> Result<bool, Never> {
-        let Some(rule) = self.rules.get(rule as usize) else { return Ok(false) };
+    fn replace(&mut self, rule: u32, value: MatchedValue<'_>, out: &mut Vec<u8>) -> Result<Edit, Never> {
+        let Some(rule) = self.rules.get(rule as usize) else { return Ok(Edit::Keep) };
+        let action = self.actions[rule.class.index()];
         let (plaintext, kind): (&[u8], ValueKind) = match &value {
             // An empty string carries no PII; keeping it keeps "was it empty" answerable.
-            MatchedValue::Text(t) if t.is_empty() => return Ok(false),
+            MatchedValue::Text(t) if t.is_empty() && action != Action::Remove => return Ok(Edit::Keep),
             MatchedValue::Text(t) => (t.as_bytes(), ValueKind::Text),
             MatchedValue::Raw(r) => (r.as_bytes(), ValueKind::RawJson),
         };
-        let action = self.guard.policy.action(rule.class);
         self.counts.add(rule.class, action);
         self.scratch.clear();
         match action {
-            Action::Clear => return Ok(false),
+            Action::Clear => return Ok(Edit::Keep),
+            Action::Remove => return Ok(Edit::Remove),
             Action::Tokenize(mode) => self.guard.tokens.seal_into(rule.class, mode, kind, plaintext, &mut self.scratch),
             Action::Hash => self.guard.tokens.hash_into(rule.class, plaintext, &mut self.scratch),
             Action::Redact => match kind {
                 ValueKind::Text => {
                     write_json_string(&self.guard.policy.redact_mask, out);
-                    return Ok(true);
+                    return Ok(Edit::Replaced);
                 }
                 ValueKind::RawJson => {
                     out.extend_from_slice(b"null");
-                    return Ok(true);
+                    return Ok(Edit::Replaced);
                 }
             },
         }
@@ -146,7 +160,7 @@ impl FieldHandler for Protector<'_> {
         out.push(b'"');
         out.extend_from_slice(self.scratch.as_bytes());
         out.push(b'"');
-        Ok(true)
+        Ok(Edit::Replaced)
     }
 }
 
@@ -204,6 +218,20 @@ mod tests {
         let g = Guard::load(example.as_bytes(), &env).unwrap_or_else(|e| panic!("docs/POLICY.md example: {e}"));
         assert!(g.catalog.get("my-api-v1.getThing").is_some());
         assert_eq!(g.policy.action(PiiClass::Other), Action::Redact);
+    }
+
+    #[test]
+    fn caller_actions_remove_fields() {
+        let g = guard("");
+        let op = g.catalog.route("GET", "/orders/v0/orders/1/address").expect("op");
+        let mut actions = *g.policy.actions();
+        actions[PiiClass::Name.index()] = Action::Remove;
+        actions[PiiClass::Address.index()] = Action::Clear;
+        let body = br#"{"payload":{"ShippingAddress":{"Name":"Jane","City":"Seattle"}}}"#;
+        let out = g.protect_response_with(op, body, &actions).expect("protected");
+        assert_eq!(out.body.as_deref(), Some(&br#"{"payload":{"ShippingAddress":{"City":"Seattle"}}}"#[..]));
+        assert_eq!(out.counts.get(PiiClass::Name, Action::Remove), 1);
+        assert_eq!(out.counts.delivered(), 1);
     }
 
     #[test]

@@ -23,12 +23,23 @@ pub enum MatchedValue<'a> {
     Raw(&'a str),
 }
 
+/// What a handler did with a selected value.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Edit {
+    /// Keep the value as it is (the handler wrote nothing).
+    Keep,
+    /// The handler wrote the replacement JSON text.
+    Replaced,
+    /// Remove the value: the whole object member, or the array element, with its separator.
+    Remove,
+}
+
 /// Decides what replaces each selected value.
 pub trait FieldHandler {
     type Error;
-    /// Writes the JSON text that replaces `value` to `out` and returns true, or returns false to
-    /// keep the value as it is (writing nothing).
-    fn replace(&mut self, rule: u32, value: MatchedValue<'_>, out: &mut Vec<u8>) -> Result<bool, Self::Error>;
+    /// Either writes the JSON text that replaces `value` to `out` and returns `Replaced`, or
+    /// writes nothing and returns `Keep` or `Remove`.
+    fn replace(&mut self, rule: u32, value: MatchedValue<'_>, out: &mut Vec<u8>) -> Result<Edit, Self::Error>;
 }
 
 /// Why a body could not be rewritten.
@@ -59,6 +70,7 @@ pub fn rewrite<H: FieldHandler>(
         .map_err(|e| RewriteError::InvalidJson { offset: e.valid_up_to(), what: "not UTF-8" })?;
     let mut walker = Walker { text, bytes: body, pos: 0, matcher, handler, out: None, copied: 0, scratch: String::new() };
     walker.skip_ws();
+    // A path cannot select the root (`$` alone is refused), so the root is never removed.
     walker.value(matcher.root(), 0)?;
     walker.skip_ws();
     if walker.pos != body.len() {
@@ -101,34 +113,37 @@ impl<'a, H: FieldHandler> Walker<'a, '_, H> {
         self.bytes.get(self.pos).copied()
     }
 
-    fn value(&mut self, state: State, depth: usize) -> Result<(), RewriteError<H::Error>> {
+    /// Walks one value; returns whether the handler asked to remove it from its container.
+    fn value(&mut self, state: State, depth: usize) -> Result<bool, RewriteError<H::Error>> {
         let rule = self.matcher.rule(state);
         let start = self.pos;
+        let mut remove = false;
         match self.peek() {
             Some(b'"') => {
                 let has_escape = self.string()?;
                 if let Some(rule) = rule {
                     let inner = &self.text[start + 1..self.pos - 1];
                     let decoded = if has_escape { Cow::Owned(unescape(inner).ok_or_else(|| self.invalid("bad escape"))?) } else { Cow::Borrowed(inner) };
-                    self.replace(rule, start, MatchedValue::Text(decoded))?;
+                    remove = self.replace(rule, start, MatchedValue::Text(decoded))?;
                 }
             }
-            Some(b'{') => {
-                self.object(if rule.is_some() { DEAD } else { state }, depth)?;
-                if let Some(rule) = rule {
-                    self.replace(rule, start, MatchedValue::Raw(&self.text[start..self.pos]))?;
+            Some(open @ (b'{' | b'[')) => {
+                // Paths below a matched container are still followed: if the handler keeps the
+                // container (e.g. `clear`), the fields inside it still get their own treatment.
+                let before = (self.out.as_ref().map_or(0, Vec::len), self.copied);
+                if open == b'{' {
+                    self.object(state, depth)?;
+                } else {
+                    self.array(state, depth)?;
                 }
-            }
-            Some(b'[') => {
-                self.array(if rule.is_some() { DEAD } else { state }, depth)?;
                 if let Some(rule) = rule {
-                    self.replace(rule, start, MatchedValue::Raw(&self.text[start..self.pos]))?;
+                    remove = self.replace_container(rule, start, before)?;
                 }
             }
             Some(b'-' | b'0'..=b'9') => {
                 self.number()?;
                 if let Some(rule) = rule {
-                    self.replace(rule, start, MatchedValue::Raw(&self.text[start..self.pos]))?;
+                    remove = self.replace(rule, start, MatchedValue::Raw(&self.text[start..self.pos]))?;
                 }
             }
             // Literals carry no PII: kept as they are even where a path matches.
@@ -138,25 +153,102 @@ impl<'a, H: FieldHandler> Walker<'a, '_, H> {
             Some(_) => return Err(self.invalid("unexpected character")),
             None => return Err(self.invalid("unexpected end of body")),
         }
-        Ok(())
+        Ok(remove)
     }
 
-    /// Hands the value `start..self.pos` to the handler.
-    fn replace(&mut self, rule: u32, start: usize, value: MatchedValue<'_>) -> Result<(), RewriteError<H::Error>> {
-        let out = self.out.get_or_insert_with(|| Vec::with_capacity(self.bytes.len() + self.bytes.len() / 2));
+    fn output(out: &mut Option<Vec<u8>>, body_len: usize) -> &mut Vec<u8> {
+        out.get_or_insert_with(|| Vec::with_capacity(body_len + body_len / 2))
+    }
+
+    /// Hands the value `start..self.pos` to the handler; returns whether to remove it.
+    fn replace(&mut self, rule: u32, start: usize, value: MatchedValue<'_>) -> Result<bool, RewriteError<H::Error>> {
+        let (copied, end) = (self.copied, self.pos);
+        let bytes = self.bytes;
+        let out = Self::output(&mut self.out, bytes.len());
         let mark = out.len();
-        out.extend_from_slice(&self.bytes[self.copied..start]);
+        out.extend_from_slice(&bytes[copied..start]);
         match self.handler.replace(rule, value, out) {
-            Ok(true) => {
-                self.copied = self.pos;
-                Ok(())
+            Ok(Edit::Replaced) => {
+                self.copied = end;
+                Ok(false)
             }
-            Ok(false) => {
+            Ok(edit) => {
                 out.truncate(mark);
-                Ok(())
+                Ok(edit == Edit::Remove)
             }
             Err(e) => Err(RewriteError::Handler(e)),
         }
+    }
+
+    /// Hands a whole container `start..self.pos` (as its original text) to the handler. If the
+    /// handler replaces or removes it, the edits made inside it are rolled back first.
+    fn replace_container(&mut self, rule: u32, start: usize, before: (usize, usize)) -> Result<bool, RewriteError<H::Error>> {
+        let mut replacement = Vec::new();
+        let value = MatchedValue::Raw(&self.text[start..self.pos]);
+        let edit = self.handler.replace(rule, value, &mut replacement).map_err(RewriteError::Handler)?;
+        if edit == Edit::Keep {
+            return Ok(false);
+        }
+        let (out_len, copied) = before;
+        if let Some(out) = self.out.as_mut() {
+            out.truncate(out_len);
+        }
+        self.copied = copied;
+        if edit == Edit::Remove {
+            return Ok(true);
+        }
+        let (bytes, end) = (self.bytes, self.pos);
+        let out = Self::output(&mut self.out, bytes.len());
+        out.extend_from_slice(&bytes[copied..start]);
+        out.extend_from_slice(&replacement);
+        self.copied = end;
+        Ok(false)
+    }
+
+    /// Drops `from..to` from the output (everything before `from` is copied first). A part of
+    /// the range that an earlier cut already dropped is skipped.
+    fn cut(&mut self, from: usize, to: usize) {
+        let (copied, bytes) = (self.copied, self.bytes);
+        let from = from.max(copied);
+        Self::output(&mut self.out, bytes.len()).extend_from_slice(&bytes[copied..from]);
+        self.copied = to;
+    }
+
+    /// Finishes one entry of an object or array: consumes the `,` or the closing `close` after
+    /// it, and if the entry is to be removed, drops it with one separator so the JSON stays valid.
+    /// Returns whether more entries follow.
+    fn end_entry(
+        &mut self,
+        remove: bool,
+        entry_start: usize,
+        entries: &mut Entries,
+        close: u8,
+    ) -> Result<bool, RewriteError<H::Error>> {
+        let value_end = self.pos;
+        self.skip_ws();
+        let more = match self.peek() {
+            Some(b',') => true,
+            Some(b) if b == close => false,
+            _ => return Err(self.invalid(if close == b'}' { "expected ',' or '}'" } else { "expected ',' or ']'" })),
+        };
+        if remove {
+            if let Some(previous_end) = entries.kept_end {
+                // `, entry`: the separator before it goes with it.
+                self.cut(previous_end, value_end);
+            }
+        }
+        self.pos += 1;
+        if more {
+            self.skip_ws();
+        }
+        if remove && entries.kept_end.is_none() {
+            // Nothing kept before it: `entry, ` goes, up to the next entry (or the end).
+            self.cut(entry_start, if more { self.pos } else { value_end });
+        }
+        if !remove {
+            entries.kept_end = Some(value_end);
+        }
+        Ok(more)
     }
 
     fn object(&mut self, state: State, depth: usize) -> Result<(), RewriteError<H::Error>> {
@@ -169,10 +261,12 @@ impl<'a, H: FieldHandler> Walker<'a, '_, H> {
             self.pos += 1;
             return Ok(());
         }
+        let mut entries = Entries::default();
         loop {
             if self.peek() != Some(b'"') {
                 return Err(self.invalid("expected a member name"));
             }
+            let member_start = self.pos;
             let name_start = self.pos + 1;
             let has_escape = self.string()?;
             let child = if state == DEAD {
@@ -190,18 +284,9 @@ impl<'a, H: FieldHandler> Walker<'a, '_, H> {
             }
             self.pos += 1;
             self.skip_ws();
-            self.value(child, depth + 1)?;
-            self.skip_ws();
-            match self.peek() {
-                Some(b',') => {
-                    self.pos += 1;
-                    self.skip_ws();
-                }
-                Some(b'}') => {
-                    self.pos += 1;
-                    return Ok(());
-                }
-                _ => return Err(self.invalid("expected ',' or '}'")),
+            let remove = self.value(child, depth + 1)?;
+            if !self.end_entry(remove, member_start, &mut entries, b'}')? {
+                return Ok(());
             }
         }
     }
@@ -217,19 +302,12 @@ impl<'a, H: FieldHandler> Walker<'a, '_, H> {
             return Ok(());
         }
         let child = self.matcher.element(state);
+        let mut entries = Entries::default();
         loop {
-            self.value(child, depth + 1)?;
-            self.skip_ws();
-            match self.peek() {
-                Some(b',') => {
-                    self.pos += 1;
-                    self.skip_ws();
-                }
-                Some(b']') => {
-                    self.pos += 1;
-                    return Ok(());
-                }
-                _ => return Err(self.invalid("expected ',' or ']'")),
+            let element_start = self.pos;
+            let remove = self.value(child, depth + 1)?;
+            if !self.end_entry(remove, element_start, &mut entries, b']')? {
+                return Ok(());
             }
         }
     }
@@ -308,6 +386,13 @@ impl<'a, H: FieldHandler> Walker<'a, '_, H> {
             Err(self.invalid("bad literal"))
         }
     }
+}
+
+/// What happened to the entries of one object or array so far.
+#[derive(Default)]
+struct Entries {
+    /// Where the last kept entry's value ended.
+    kept_end: Option<usize>,
 }
 
 /// Decodes the inside of a JSON string whose escapes were already checked. `None` for a lone
@@ -394,13 +479,15 @@ mod tests {
     struct Tag;
     impl FieldHandler for Tag {
         type Error = String;
-        fn replace(&mut self, rule: u32, value: MatchedValue<'_>, out: &mut Vec<u8>) -> Result<bool, String> {
+        fn replace(&mut self, rule: u32, value: MatchedValue<'_>, out: &mut Vec<u8>) -> Result<Edit, String> {
             let s = match value {
+                MatchedValue::Text(t) if t == "DROP" => return Ok(Edit::Remove),
+                MatchedValue::Text(t) if t == "KEEP" => return Ok(Edit::Keep),
                 MatchedValue::Text(t) => format!("{rule}:s:{t}"),
                 MatchedValue::Raw(r) => format!("{rule}:j:{r}"),
             };
             write_json_string(&s, out);
-            Ok(true)
+            Ok(Edit::Replaced)
         }
     }
 
@@ -426,6 +513,112 @@ mod tests {
     fn untouched_body_is_not_copied() {
         let m = matcher(&["$.nothing"]);
         assert_eq!(rewrite(b"{\"a\":1}", &m, &mut Tag), Ok(None));
+    }
+
+    #[test]
+    fn removes_members_and_elements_keeping_valid_json() {
+        let cases = [
+            (r#"{"a":"DROP","b":1}"#, r#"{"b":1}"#),
+            (r#"{"b":1,"a":"DROP"}"#, r#"{"b":1}"#),
+            (r#"{"a":"DROP"}"#, r#"{}"#),
+            (r#"{ "x" : { "a" : "DROP" , "b" : "DROP" , "c" : 3 } }"#, r#"{ "x" : { "c" : "3:j:3" } }"#),
+            (r#"{"x":{"a":"DROP","c":"v","b":"DROP"}}"#, r#"{"x":{"c":"3:s:v"}}"#),
+            (r#"{"x":{"b":"KEEP","a":"DROP","c":"DROP","d":2}}"#, r#"{"x":{"b":"KEEP","d":2}}"#),
+            (r#"{"l":["DROP","KEEP","DROP","y","DROP"]}"#, r#"{"l":["KEEP","4:s:y"]}"#),
+            (r#"{"l":["DROP","DROP"]}"#, r#"{"l":[]}"#),
+            (r#"{"l":[ "DROP" , "KEEP" ]}"#, r#"{"l":[ "KEEP" ]}"#),
+        ];
+        for (body, want) in cases {
+            let got = run(&["$.a", "$.x.a", "$.x.b", "$.x.c", "$.l[*]"], body).expect("rewrites");
+            assert_eq!(got, want, "{body}");
+            serde_json::from_str::<serde_json::Value>(&got).expect("valid JSON");
+        }
+    }
+
+    /// Keeps everything but removes strings equal to "DROP".
+    struct Dropper;
+    impl FieldHandler for Dropper {
+        type Error = String;
+        fn replace(&mut self, _: u32, value: MatchedValue<'_>, _: &mut Vec<u8>) -> Result<Edit, String> {
+            Ok(if value == MatchedValue::Text(Cow::Borrowed("DROP")) { Edit::Remove } else { Edit::Keep })
+        }
+    }
+
+    /// A small deterministic PRNG (xorshift) for the property test below.
+    struct Rng(u64);
+    impl Rng {
+        fn next(&mut self, n: u64) -> u64 {
+            self.0 ^= self.0 << 13;
+            self.0 ^= self.0 >> 7;
+            self.0 ^= self.0 << 17;
+            self.0 % n
+        }
+        fn ws(&mut self) -> &'static str {
+            [" ", "", "\n  ", ""][self.next(4) as usize]
+        }
+    }
+
+    fn random_json(rng: &mut Rng, depth: u32, out: &mut String) {
+        match if depth > 3 { 2 } else { rng.next(4) } {
+            0 => {
+                out.push('{');
+                for i in 0..rng.next(5) {
+                    if i > 0 {
+                        out.push_str(rng.ws());
+                        out.push(',');
+                    }
+                    out.push_str(rng.ws());
+                    out.push_str(&format!("\"k{i}\""));
+                    out.push_str(rng.ws());
+                    out.push(':');
+                    out.push_str(rng.ws());
+                    random_json(rng, depth + 1, out);
+                }
+                out.push_str(rng.ws());
+                out.push('}');
+            }
+            1 => {
+                out.push('[');
+                for i in 0..rng.next(5) {
+                    if i > 0 {
+                        out.push(',');
+                    }
+                    out.push_str(rng.ws());
+                    random_json(rng, depth + 1, out);
+                    out.push_str(rng.ws());
+                }
+                out.push(']');
+            }
+            _ => out.push_str(["\"DROP\"", "\"DROP\"", "\"v\"", "1.50", "null"][rng.next(5) as usize]),
+        }
+    }
+
+    fn without_drops(v: &serde_json::Value, depth: u32) -> serde_json::Value {
+        use serde_json::Value;
+        let dropped = |x: &Value| depth < 3 && x == "DROP";
+        match v {
+            Value::Object(m) => Value::Object(m.iter().filter(|(_, x)| !dropped(x)).map(|(k, x)| (k.clone(), without_drops(x, depth + 1))).collect()),
+            Value::Array(a) => Value::Array(a.iter().filter(|x| !dropped(x)).map(|x| without_drops(x, depth + 1)).collect()),
+            other => other.clone(),
+        }
+    }
+
+    /// Removal keeps any document valid and removes exactly the selected entries.
+    #[test]
+    fn removal_property_on_random_documents() {
+        let m = matcher(&["$.*", "$.*.*", "$.*.*.*"]);
+        let mut rng = Rng(0x9E37_79B9_7F4A_7C15);
+        for _ in 0..3000 {
+            let mut doc = String::from("{\"root\":");
+            random_json(&mut rng, 1, &mut doc);
+            doc.push('}');
+            let doc = doc.replacen("{\"root\":", "{\"r\":", 1);
+            let out = rewrite(doc.as_bytes(), &m, &mut Dropper).expect("valid input");
+            let out = out.map(|o| String::from_utf8(o).expect("utf8")).unwrap_or_else(|| doc.clone());
+            let got: serde_json::Value = serde_json::from_str(&out).unwrap_or_else(|e| panic!("{e}: {doc} -> {out}"));
+            let want = without_drops(&serde_json::from_str(&doc).expect("input"), 0);
+            assert_eq!(got, want, "{doc} -> {out}");
+        }
     }
 
     #[test]

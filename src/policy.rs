@@ -56,7 +56,12 @@ pub enum Action {
     Hash,
     /// Pass unchanged.
     Clear,
+    /// Remove the field (the object member or array element) altogether.
+    Remove,
 }
+
+/// The action for each PII class, indexed by [`PiiClass::index`].
+pub type ClassActions = [Action; 8];
 
 impl Action {
     /// The name used in audit counts and metrics.
@@ -66,6 +71,30 @@ impl Action {
             Action::Redact => "redacted",
             Action::Hash => "hashed",
             Action::Clear => "clear",
+            Action::Remove => "removed",
+        }
+    }
+
+    /// Parses an action or access-level name (`none` removes the field).
+    pub fn parse(name: &str, mode: Mode) -> Option<Action> {
+        Some(match name {
+            "tokenize" => Action::Tokenize(mode),
+            "redact" => Action::Redact,
+            "hash" => Action::Hash,
+            "clear" => Action::Clear,
+            "none" => Action::Remove,
+            _ => return None,
+        })
+    }
+
+    /// How much of the value the caller gets: the larger, the more (for merging roles).
+    pub fn exposure(self) -> u8 {
+        match self {
+            Action::Remove => 0,
+            Action::Redact => 1,
+            Action::Hash => 2,
+            Action::Tokenize(_) => 3,
+            Action::Clear => 4,
         }
     }
 }
@@ -73,7 +102,7 @@ impl Action {
 /// The validated policy (without the catalog and keys, which live in their own modules).
 #[derive(Debug, Clone)]
 pub struct Policy {
-    actions: [Action; 8],
+    actions: ClassActions,
     pub redact_mask: String,
     pub max_body_bytes: usize,
 }
@@ -108,6 +137,11 @@ impl Policy {
     pub fn action(&self, class: PiiClass) -> Action {
         self.actions[class.index()]
     }
+
+    /// The action of every class.
+    pub fn actions(&self) -> &ClassActions {
+        &self.actions
+    }
 }
 
 fn action(rule: &ClassRuleDoc, inherited: Action, at: &str) -> Result<Action, ConfigError> {
@@ -126,13 +160,9 @@ fn action(rule: &ClassRuleDoc, inherited: Action, at: &str) -> Result<Action, Co
             (Action::Tokenize(_), Some(m)) => Action::Tokenize(m),
             (a, _) => a,
         },
-        Some("tokenize") => Action::Tokenize(mode.unwrap_or(inherited_mode)),
-        Some("redact") => Action::Redact,
-        Some("hash") => Action::Hash,
-        Some("clear") => Action::Clear,
-        Some(other) => {
-            return Err(ConfigError::new(format!("{at}.action"), format!("'{other}' is not an action; use tokenize, redact, hash or clear")))
-        }
+        Some(name) => Action::parse(name, mode.unwrap_or(inherited_mode)).ok_or_else(|| {
+            ConfigError::new(format!("{at}.action"), format!("'{name}' is not an action; use tokenize, redact, hash, clear or none"))
+        })?,
     };
     if mode.is_some() && !matches!(action, Action::Tokenize(_)) {
         return Err(ConfigError::new(format!("{at}.mode"), "applies only to action tokenize; remove it"));
