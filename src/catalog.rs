@@ -38,9 +38,12 @@ struct CatalogOperation {
 }
 
 #[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
 struct CatalogField {
     jsonpath: String,
     class: String,
+    /// The RDT dataElement (Orders v0) or includedData value (Orders 2026-01-01) that unlocks it.
+    data_element: Option<String>,
 }
 
 #[derive(Deserialize)]
@@ -56,10 +59,13 @@ struct NonCustomerPath {
 
 /// A PII field in a policy's catalog section.
 #[derive(Deserialize, Clone)]
-#[serde(deny_unknown_fields)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
 pub struct FieldDoc {
     pub jsonpath: String,
     pub class: String,
+    /// The RDT dataElement or Orders includedData value that gates the field, if any.
+    #[serde(default)]
+    pub data_element: Option<String>,
 }
 
 /// A query parameter that carries PII.
@@ -113,6 +119,8 @@ pub struct CatalogOverrides {
 pub struct FieldRule {
     pub class: PiiClass,
     pub jsonpath: String,
+    /// The RDT dataElement (Orders v0) or includedData value (Orders 2026-01-01) that unlocks it.
+    pub data_element: Option<String>,
 }
 
 /// A compiled catalog operation.
@@ -136,6 +144,14 @@ impl Operation {
     /// Whether responses of this operation must be buffered and rewritten.
     pub fn has_response_pii(&self) -> bool {
         !self.response_rules.is_empty()
+    }
+
+    /// The classes of the response fields that `data_element` unlocks (all fields for `None`).
+    pub fn classes_of<'a>(&'a self, data_element: Option<&'a str>) -> impl Iterator<Item = PiiClass> + 'a {
+        self.response_rules
+            .iter()
+            .filter(move |r| data_element.is_none() || r.data_element.as_deref() == data_element)
+            .map(|r| r.class)
     }
 }
 
@@ -167,7 +183,11 @@ impl Catalog {
             .operations
             .into_iter()
             .map(|op| Draft {
-                response: op.response_pii.into_iter().map(|f| (FieldDoc { jsonpath: f.jsonpath, class: f.class }, format!("(built-in catalog) {}", op.id))).collect(),
+                response: op
+                    .response_pii
+                    .into_iter()
+                    .map(|f| (FieldDoc { jsonpath: f.jsonpath, class: f.class, data_element: f.data_element }, format!("(built-in catalog) {}", op.id)))
+                    .collect(),
                 query: op.query_pii.into_iter().map(|q| (QueryField { param: q.param, class: q.class }, format!("(built-in catalog) {}", op.id))).collect(),
                 protected: op.non_customer_paths.into_iter().map(|p| p.jsonpath).collect(),
                 id: op.id,
@@ -261,7 +281,7 @@ fn compile(draft: Draft) -> Result<Operation, ConfigError> {
         let class = parse_class(&field.class).map_err(|m| ConfigError::new(format!("{at}.class"), m))?;
         let path = FieldPath::parse(&field.jsonpath)
             .map_err(|m| ConfigError::new(format!("{at}.jsonpath"), format!("'{}' {m}", field.jsonpath)))?;
-        rules.push(FieldRule { class, jsonpath: field.jsonpath.clone() });
+        rules.push(FieldRule { class, jsonpath: field.jsonpath.clone(), data_element: field.data_element.clone() });
         paths.push(path);
     }
     let protected = draft

@@ -1,6 +1,7 @@
 //! The loaded configuration and what it does to a body: the one object the Envoy layer holds.
 use std::fmt;
 
+use crate::access::Access;
 use crate::catalog::{Catalog, FieldRule, Operation};
 use crate::config_error::ConfigError;
 use crate::fail_closed::FailReason;
@@ -14,6 +15,7 @@ use crate::tokens::{TokenEngine, ValueKind};
 pub struct Guard {
     pub policy: Policy,
     pub catalog: Catalog,
+    pub access: Access,
     pub tokens: TokenEngine,
 }
 
@@ -23,9 +25,10 @@ impl Guard {
         let doc = parse_doc(config)?;
         let policy = Policy::from_doc(&doc)?;
         let catalog = Catalog::build(&doc.catalog)?;
+        let access = Access::build(&doc.access, &doc.roles, &doc.callers, &catalog, &policy)?;
         let ring = keyring::load(&doc.keys, env)?;
         let tokens = TokenEngine::new(ring.keys, &ring.active).map_err(|m| ConfigError::new("keys", m))?;
-        Ok(Guard { policy, catalog, tokens })
+        Ok(Guard { policy, catalog, access, tokens })
     }
 
     /// Rewrites a response body of `op` with the policy's class actions.

@@ -9,14 +9,17 @@
 //! * [`tokens`] — the AES-256-GCM token engine.
 //! * [`guard`] — the loaded configuration applied to a body.
 //! * [`fail_closed`] — what the client gets when a body cannot be protected.
+pub mod access;
 pub mod audit;
 pub mod catalog;
+pub mod cidr;
 pub mod config_error;
 pub mod fail_closed;
 pub mod field_path;
 pub mod guard;
 pub mod json_rewrite;
 pub mod keyring;
+pub mod lockout;
 pub mod path_matcher;
 pub mod pii;
 pub mod policy;

@@ -3,6 +3,7 @@
 use serde::Deserialize;
 use std::collections::BTreeMap;
 
+use crate::access::{AccessDoc, CallerDoc, RoleDoc};
 use crate::catalog::{parse_class, CatalogOverrides};
 use crate::config_error::ConfigError;
 use crate::keyring::KeysDoc;
@@ -33,6 +34,12 @@ pub struct PolicyDoc {
     pub max_body_bytes: Option<u64>,
     #[serde(default)]
     pub catalog: CatalogOverrides,
+    #[serde(default)]
+    pub access: AccessDoc,
+    #[serde(default)]
+    pub roles: BTreeMap<String, RoleDoc>,
+    #[serde(default)]
+    pub callers: Vec<CallerDoc>,
 }
 
 /// What happens to the values of a PII class.

@@ -1,0 +1,909 @@
+//! Caller access control (DPP 1.1–1.3, 1.5): who is calling, from where, over what, and what
+//! they may do — decided before the SP-API is contacted. Default deny.
+//!
+//! Order of checks: transport (TLS ≥ 1.2 unless plaintext is allowed) → source address (global
+//! deny and allow lists) → identity (the first identity source present, in the policy's order) →
+//! caller (must be listed) → the caller's own address list → lockout → operation (allowed by one
+//! of the caller's roles; paths outside the catalog only under `passThroughPaths`) → Orders
+//! `includedData` → for `createRestrictedDataToken`, every requested resource (needs the body).
+use serde::Deserialize;
+use std::collections::BTreeMap;
+use std::net::{IpAddr, SocketAddr};
+
+use crate::catalog::{Catalog, Operation};
+use crate::cidr::{canonical, Cidr};
+use crate::config_error::ConfigError;
+use crate::lockout::LockoutRules;
+use crate::pii::PiiClass;
+use crate::policy::{Action, ClassActions, Policy};
+
+/// Operation id of the Tokens API call that issues Restricted Data Tokens.
+pub const RDT_OPERATION: &str = "tokens-2021-03-01.createRestrictedDataToken";
+/// The most resources one RDT request may name (Tokens API limit).
+const RDT_MAX_RESOURCES: usize = 50;
+
+/// Names that identify nobody in particular: refused as caller ids (DPP 1.2: no generic,
+/// shared or default accounts).
+const GENERIC_NAMES: &[&str] = &[
+    "", "*", "default", "admin", "administrator", "root", "test", "shared", "anonymous", "guest", "user", "users",
+    "service", "system", "any", "all", "everyone", "public", "nobody",
+];
+
+// ---------------------------------------------------------------------------------------------
+// Policy sections
+
+/// The `access` section of a policy.
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct AccessDoc {
+    /// Compute and log decisions without enforcing them (like Envoy RBAC shadow rules).
+    #[serde(default)]
+    pub dry_run: bool,
+    /// Accept requests that arrived without TLS (e.g. an app → sidecar hop on loopback).
+    #[serde(default)]
+    pub allow_plaintext: bool,
+    #[serde(default)]
+    pub identity: IdentityDoc,
+    /// Proxies in front of Envoy that append to X-Forwarded-For; 0 uses the direct peer.
+    #[serde(default)]
+    pub xff_trusted_hops: u32,
+    /// Source addresses allowed at all (absent: any address).
+    #[serde(default)]
+    pub allow_cidrs: Option<Vec<String>>,
+    /// Source addresses always refused.
+    #[serde(default)]
+    pub deny_cidrs: Vec<String>,
+    /// Path prefixes outside the catalog (SP-API operations without PII) that listed callers may
+    /// use; every other unknown path is denied.
+    #[serde(default)]
+    pub pass_through_paths: Vec<String>,
+    #[serde(default)]
+    pub lockout: LockoutDoc,
+}
+
+/// Where identities come from.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct IdentityDoc {
+    /// Sources in order: `uri_san`, `dns_san`, `subject`, `header`. The first present wins.
+    #[serde(default = "default_sources")]
+    pub sources: Vec<String>,
+    /// Header set by a trusted authentication filter in front of spapi-guard (e.g. a jwt_authn
+    /// claim). Always removed before the upstream; read only when `header` is a source.
+    #[serde(default)]
+    pub header: Option<String>,
+}
+
+impl Default for IdentityDoc {
+    fn default() -> Self {
+        IdentityDoc { sources: default_sources(), header: None }
+    }
+}
+
+fn default_sources() -> Vec<String> {
+    vec!["uri_san".into(), "dns_san".into(), "subject".into()]
+}
+
+/// Lockout thresholds.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct LockoutDoc {
+    /// Denied requests within the window that lock a caller (0 disables this trigger).
+    #[serde(default = "default_max_denials")]
+    pub max_denials: u32,
+    #[serde(default = "default_window")]
+    pub window_seconds: u64,
+    #[serde(default = "default_cooldown")]
+    pub cooldown_seconds: u64,
+}
+
+impl Default for LockoutDoc {
+    fn default() -> Self {
+        LockoutDoc { max_denials: default_max_denials(), window_seconds: default_window(), cooldown_seconds: default_cooldown() }
+    }
+}
+
+fn default_max_denials() -> u32 {
+    10
+}
+fn default_window() -> u64 {
+    60
+}
+fn default_cooldown() -> u64 {
+    300
+}
+
+/// A role: what its callers may do.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct RoleDoc {
+    /// Operation ids, with `*` wildcards (`orders-v0.*`, `*`).
+    pub operations: Vec<String>,
+    /// PII class (or `*`) → access level: `clear`, `tokenize`, `hash`, `redact`, `none`.
+    /// Classes not listed get `none` (need to know).
+    #[serde(default)]
+    pub pii: BTreeMap<String, String>,
+    /// PII values delivered per lockout window above which the caller is locked.
+    #[serde(default)]
+    pub max_pii_fields_per_window: Option<u64>,
+    #[serde(default)]
+    pub dry_run: bool,
+}
+
+/// One caller: a unique identity.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct CallerDoc {
+    pub id: String,
+    /// Which identity source this id comes from (default `uri_san`).
+    #[serde(default)]
+    pub source: Option<String>,
+    pub roles: Vec<String>,
+    /// Addresses this caller may come from (absent: any address the global lists allow).
+    #[serde(default)]
+    pub allow_cidrs: Option<Vec<String>>,
+}
+
+// ---------------------------------------------------------------------------------------------
+// Compiled form
+
+/// Where an identity came from.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum IdentitySource {
+    UriSan,
+    DnsSan,
+    Subject,
+    Header,
+}
+
+impl IdentitySource {
+    fn parse(s: &str) -> Option<IdentitySource> {
+        Some(match s {
+            "uri_san" => IdentitySource::UriSan,
+            "dns_san" => IdentitySource::DnsSan,
+            "subject" => IdentitySource::Subject,
+            "header" => IdentitySource::Header,
+            _ => return None,
+        })
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            IdentitySource::UriSan => "uri_san",
+            IdentitySource::DnsSan => "dns_san",
+            IdentitySource::Subject => "subject",
+            IdentitySource::Header => "header",
+        }
+    }
+}
+
+/// A compiled caller.
+pub struct Caller {
+    pub id: String,
+    pub source: IdentitySource,
+    allow: Option<Vec<Cidr>>,
+    /// Allowed operations, by catalog index.
+    operations: Vec<bool>,
+    /// Access level per PII class (the most generous of the caller's roles).
+    pub actions: ClassActions,
+    /// PII values per lockout window (the largest of the roles' limits; none if no role sets one).
+    pub max_pii_per_window: Option<u64>,
+    pub dry_run: bool,
+}
+
+/// The compiled access policy.
+pub struct Access {
+    pub dry_run: bool,
+    allow_plaintext: bool,
+    sources: Vec<IdentitySource>,
+    /// The trusted identity header (lower-case), removed from every request before the upstream.
+    pub identity_header: Option<String>,
+    xff_trusted_hops: u32,
+    allow: Option<Vec<Cidr>>,
+    deny: Vec<Cidr>,
+    pass_through: Vec<String>,
+    pub lockout: LockoutRules,
+    pub callers: Vec<Caller>,
+}
+
+/// Why a request was denied. Codes are stable: they appear in responses, logs and metrics.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum DenyReason {
+    TlsRequired,
+    IpDenied,
+    IpNotAllowed,
+    Unauthenticated,
+    UnknownCaller,
+    LockedOut,
+    UnknownOperation,
+    OperationNotAllowed,
+    DataElementNotAllowed,
+    RdtResourceNotAllowed,
+    InvalidRdtRequest,
+}
+
+impl DenyReason {
+    pub fn code(self) -> &'static str {
+        match self {
+            DenyReason::TlsRequired => "tls_required",
+            DenyReason::IpDenied => "ip_denied",
+            DenyReason::IpNotAllowed => "ip_not_allowed",
+            DenyReason::Unauthenticated => "unauthenticated",
+            DenyReason::UnknownCaller => "unknown_caller",
+            DenyReason::LockedOut => "locked_out",
+            DenyReason::UnknownOperation => "unknown_operation",
+            DenyReason::OperationNotAllowed => "operation_not_allowed",
+            DenyReason::DataElementNotAllowed => "data_element_not_allowed",
+            DenyReason::RdtResourceNotAllowed => "rdt_resource_not_allowed",
+            DenyReason::InvalidRdtRequest => "invalid_rdt_request",
+        }
+    }
+
+    pub fn status(self) -> u32 {
+        match self {
+            DenyReason::LockedOut => 429,
+            DenyReason::InvalidRdtRequest => 400,
+            _ => 403,
+        }
+    }
+
+    /// The SP-API-style error body: a stable reason, no policy details.
+    pub fn error_body(self) -> String {
+        let (code, message) = match self {
+            DenyReason::LockedOut => ("QuotaExceeded", "This caller is temporarily locked after repeated denied or anomalous requests."),
+            DenyReason::InvalidRdtRequest => ("InvalidInput", "The Restricted Data Token request could not be read."),
+            DenyReason::TlsRequired => ("Unauthorized", "Requests must use TLS 1.2 or later."),
+            _ => ("Unauthorized", "Access to requested resource is denied."),
+        };
+        format!(r#"{{"errors":[{{"code":"{code}","message":"{message}","details":"spapi-guard:{}"}}]}}"#, self.code())
+    }
+}
+
+/// What the filter knows about a request when it decides.
+#[derive(Default, Debug)]
+pub struct RequestFacts<'a> {
+    /// `TLSv1.2`, `TLSv1.3`…; `None` for plaintext.
+    pub tls_version: Option<&'a str>,
+    pub uri_san: Option<&'a str>,
+    pub dns_san: Option<&'a str>,
+    pub subject: Option<&'a str>,
+    /// The value of the trusted identity header, if present.
+    pub header_identity: Option<&'a str>,
+    /// The direct peer, `ip:port`.
+    pub peer_address: Option<&'a str>,
+    pub x_forwarded_for: Option<&'a str>,
+    /// `:path`, query included.
+    pub path: &'a str,
+}
+
+/// The outcome of the access checks.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Verdict {
+    Allow,
+    Deny(DenyReason),
+}
+
+/// A decision, with what was learned on the way.
+#[derive(Debug)]
+pub struct Decision {
+    /// The identity presented (source and value), whether or not it is a known caller.
+    pub identity: Option<(IdentitySource, String)>,
+    /// Index of the caller in [`Access::callers`].
+    pub caller: Option<usize>,
+    pub client_ip: Option<IpAddr>,
+    pub verdict: Verdict,
+    /// The verdict is only logged, not enforced.
+    pub dry_run: bool,
+    /// Allowed so far, but the request body (an RDT request) must still be checked.
+    pub needs_body_check: bool,
+}
+
+impl Decision {
+    /// Whether the request is stopped.
+    pub fn enforced_denial(&self) -> Option<DenyReason> {
+        match self.verdict {
+            Verdict::Deny(reason) if !self.dry_run => Some(reason),
+            _ => None,
+        }
+    }
+}
+
+impl Access {
+    /// Compiles the policy's access sections against the catalog. Errors name the field.
+    pub fn build(
+        doc: &AccessDoc,
+        roles: &BTreeMap<String, RoleDoc>,
+        callers: &[CallerDoc],
+        catalog: &Catalog,
+        policy: &Policy,
+    ) -> Result<Access, ConfigError> {
+        let mut sources = Vec::new();
+        for (i, s) in doc.identity.sources.iter().enumerate() {
+            let source = IdentitySource::parse(s).ok_or_else(|| {
+                ConfigError::new(format!("access.identity.sources[{i}]"), format!("'{s}' is not an identity source; use uri_san, dns_san, subject or header"))
+            })?;
+            if sources.contains(&source) {
+                return Err(ConfigError::new(format!("access.identity.sources[{i}]"), format!("'{s}' is listed twice")));
+            }
+            sources.push(source);
+        }
+        if sources.is_empty() {
+            return Err(ConfigError::new("access.identity.sources", "is empty; list uri_san, dns_san, subject and/or header"));
+        }
+        let identity_header = match &doc.identity.header {
+            Some(h) if is_header_name(h) => Some(h.to_ascii_lowercase()),
+            Some(_) => return Err(ConfigError::new("access.identity.header", "must be an HTTP header name (letters, digits, '-')")),
+            None => None,
+        };
+        if sources.contains(&IdentitySource::Header) && identity_header.is_none() {
+            return Err(ConfigError::new("access.identity.header", "must name the trusted header when 'header' is an identity source"));
+        }
+        if doc.xff_trusted_hops > 10 {
+            return Err(ConfigError::new("access.xffTrustedHops", "must be between 0 and 10"));
+        }
+        let allow = doc.allow_cidrs.as_ref().map(|l| cidrs(l, "access.allowCidrs")).transpose()?;
+        let deny = cidrs(&doc.deny_cidrs, "access.denyCidrs")?;
+        for (i, p) in doc.pass_through_paths.iter().enumerate() {
+            if !p.starts_with('/') {
+                return Err(ConfigError::new(format!("access.passThroughPaths[{i}]"), format!("'{p}' must be a path prefix starting with '/'")));
+            }
+        }
+        let l = &doc.lockout;
+        if l.window_seconds == 0 || l.cooldown_seconds == 0 {
+            return Err(ConfigError::new("access.lockout", "windowSeconds and cooldownSeconds must be at least 1"));
+        }
+        let lockout = LockoutRules { max_denials: l.max_denials, window_ms: l.window_seconds * 1000, cooldown_ms: l.cooldown_seconds * 1000 };
+
+        let compiled_roles = roles
+            .iter()
+            .map(|(name, role)| compile_role(name, role, catalog, policy).map(|r| (name.as_str(), r)))
+            .collect::<Result<BTreeMap<_, _>, _>>()?;
+
+        let mut compiled = Vec::with_capacity(callers.len());
+        for (i, c) in callers.iter().enumerate() {
+            let at = format!("callers[{i}]");
+            if is_generic(&c.id) {
+                return Err(ConfigError::new(
+                    format!("{at}.id"),
+                    format!("'{}' is a generic, shared or default name; give each caller its own identity (DPP 1.2)", c.id),
+                ));
+            }
+            let source = match &c.source {
+                None => IdentitySource::UriSan,
+                Some(s) => IdentitySource::parse(s)
+                    .ok_or_else(|| ConfigError::new(format!("{at}.source"), format!("'{s}' is not an identity source; use uri_san, dns_san, subject or header")))?,
+            };
+            if !sources.contains(&source) {
+                return Err(ConfigError::new(format!("{at}.source"), format!("{} is not in access.identity.sources, so this caller could never be identified", source.as_str())));
+            }
+            if let Some(j) = compiled.iter().position(|other: &Caller| other.id == c.id && other.source == source) {
+                return Err(ConfigError::new(format!("{at}.id"), format!("'{}' is already callers[{j}]; each identity is one caller", c.id)));
+            }
+            if c.roles.is_empty() {
+                return Err(ConfigError::new(format!("{at}.roles"), "is empty; give the caller at least one role"));
+            }
+            let mut caller = Caller {
+                id: c.id.clone(),
+                source,
+                allow: c.allow_cidrs.as_ref().map(|l| cidrs(l, &format!("{at}.allowCidrs"))).transpose()?,
+                operations: vec![false; catalog.operations.len()],
+                actions: [Action::Remove; 8],
+                max_pii_per_window: None,
+                dry_run: false,
+            };
+            for (j, name) in c.roles.iter().enumerate() {
+                let role = compiled_roles
+                    .get(name.as_str())
+                    .ok_or_else(|| ConfigError::new(format!("{at}.roles[{j}]"), format!("'{name}' is not a role of the policy's roles")))?;
+                for (k, allowed) in role.operations.iter().enumerate() {
+                    caller.operations[k] |= allowed;
+                }
+                for class in PiiClass::ALL {
+                    let (mine, theirs) = (caller.actions[class.index()], role.actions[class.index()]);
+                    if theirs.exposure() > mine.exposure() {
+                        caller.actions[class.index()] = theirs;
+                    }
+                }
+                caller.max_pii_per_window = match (caller.max_pii_per_window, role.max_pii) {
+                    (Some(a), Some(b)) => Some(a.max(b)),
+                    (a, b) => a.or(b),
+                };
+                caller.dry_run |= role.dry_run;
+            }
+            compiled.push(caller);
+        }
+
+        Ok(Access {
+            dry_run: doc.dry_run,
+            allow_plaintext: doc.allow_plaintext,
+            sources,
+            identity_header,
+            xff_trusted_hops: doc.xff_trusted_hops,
+            allow,
+            deny,
+            pass_through: doc.pass_through_paths.clone(),
+            lockout,
+            callers: compiled,
+        })
+    }
+
+    /// Decides on a request. `operation` is the routed catalog operation; `is_locked` reads the
+    /// shared lockout state of a listed caller.
+    pub fn decide(&self, facts: &RequestFacts, operation: Option<(usize, &Operation)>, is_locked: &dyn Fn(&Caller) -> bool) -> Decision {
+        let mut d = Decision {
+            identity: self.identity(facts),
+            caller: None,
+            client_ip: self.client_ip(facts),
+            verdict: Verdict::Allow,
+            dry_run: self.dry_run,
+            needs_body_check: false,
+        };
+        d.caller = d.identity.as_ref().and_then(|(source, id)| self.callers.iter().position(|c| c.source == *source && &c.id == id));
+        if let Some(c) = d.caller {
+            d.dry_run |= self.callers[c].dry_run;
+        }
+        d.verdict = match self.check(facts, &d, operation, is_locked) {
+            Ok(needs_body) => {
+                d.needs_body_check = needs_body;
+                Verdict::Allow
+            }
+            Err(reason) => Verdict::Deny(reason),
+        };
+        d
+    }
+
+    fn check(
+        &self,
+        facts: &RequestFacts,
+        d: &Decision,
+        operation: Option<(usize, &Operation)>,
+        is_locked: &dyn Fn(&Caller) -> bool,
+    ) -> Result<bool, DenyReason> {
+        let tls_ok = matches!(facts.tls_version, Some("TLSv1.2" | "TLSv1.3"));
+        if !tls_ok && !(facts.tls_version.is_none() && self.allow_plaintext) {
+            return Err(DenyReason::TlsRequired);
+        }
+        let ip = d.client_ip.ok_or(DenyReason::IpNotAllowed)?;
+        if self.deny.iter().any(|c| c.contains(ip)) {
+            return Err(DenyReason::IpDenied);
+        }
+        if self.allow.as_ref().is_some_and(|l| !l.iter().any(|c| c.contains(ip))) {
+            return Err(DenyReason::IpNotAllowed);
+        }
+        if d.identity.is_none() {
+            return Err(DenyReason::Unauthenticated);
+        }
+        let caller = &self.callers[d.caller.ok_or(DenyReason::UnknownCaller)?];
+        if caller.allow.as_ref().is_some_and(|l| !l.iter().any(|c| c.contains(ip))) {
+            return Err(DenyReason::IpNotAllowed);
+        }
+        if is_locked(caller) {
+            return Err(DenyReason::LockedOut);
+        }
+        let Some((index, op)) = operation else {
+            let path = facts.path.split('?').next().unwrap_or("");
+            return if self.pass_through.iter().any(|p| path.starts_with(p.as_str())) {
+                Ok(false)
+            } else {
+                Err(DenyReason::UnknownOperation)
+            };
+        };
+        if !caller.operations.get(index).copied().unwrap_or(false) {
+            return Err(DenyReason::OperationNotAllowed);
+        }
+        for value in query_values(facts.path, "includedData") {
+            let gate = format!("includedData={value}");
+            if !grants_any(caller, op.classes_of(Some(&gate))) {
+                return Err(DenyReason::DataElementNotAllowed);
+            }
+        }
+        Ok(op.id == RDT_OPERATION)
+    }
+
+    /// Checks a `createRestrictedDataToken` request body: every restricted resource must be an
+    /// operation the caller may use, with access to PII of the requested data elements.
+    pub fn check_rdt(&self, caller: usize, catalog: &Catalog, body: &[u8]) -> Result<(), DenyReason> {
+        let caller = self.callers.get(caller).ok_or(DenyReason::UnknownCaller)?;
+        let doc: serde_json::Value = serde_json::from_slice(body).map_err(|_| DenyReason::InvalidRdtRequest)?;
+        let resources = doc.get("restrictedResources").and_then(|r| r.as_array()).ok_or(DenyReason::InvalidRdtRequest)?;
+        if resources.is_empty() || resources.len() > RDT_MAX_RESOURCES {
+            return Err(DenyReason::InvalidRdtRequest);
+        }
+        for resource in resources {
+            let method = resource.get("method").and_then(|m| m.as_str()).ok_or(DenyReason::InvalidRdtRequest)?;
+            let path = resource.get("path").and_then(|p| p.as_str()).ok_or(DenyReason::InvalidRdtRequest)?;
+            let index = catalog.route_index(method, path).ok_or(DenyReason::RdtResourceNotAllowed)?;
+            if !caller.operations[index] {
+                return Err(DenyReason::RdtResourceNotAllowed);
+            }
+            let op = &catalog.operations[index];
+            let elements: Vec<&str> = match resource.get("dataElements") {
+                None | Some(serde_json::Value::Null) => Vec::new(),
+                Some(serde_json::Value::Array(list)) => {
+                    list.iter().map(|e| e.as_str().ok_or(DenyReason::InvalidRdtRequest)).collect::<Result<_, _>>()?
+                }
+                Some(_) => return Err(DenyReason::InvalidRdtRequest),
+            };
+            if elements.is_empty() {
+                if !grants_any(caller, op.classes_of(None)) {
+                    return Err(DenyReason::RdtResourceNotAllowed);
+                }
+            }
+            for element in elements {
+                if op.classes_of(Some(element)).next().is_none() {
+                    return Err(DenyReason::InvalidRdtRequest);
+                }
+                if !grants_any(caller, op.classes_of(Some(element))) {
+                    return Err(DenyReason::RdtResourceNotAllowed);
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn identity(&self, facts: &RequestFacts) -> Option<(IdentitySource, String)> {
+        self.sources.iter().find_map(|&source| {
+            let value = match source {
+                IdentitySource::UriSan => facts.uri_san,
+                IdentitySource::DnsSan => facts.dns_san,
+                IdentitySource::Subject => facts.subject,
+                IdentitySource::Header => facts.header_identity,
+            };
+            value.filter(|v| !v.is_empty()).map(|v| (source, v.to_string()))
+        })
+    }
+
+    fn client_ip(&self, facts: &RequestFacts) -> Option<IpAddr> {
+        if self.xff_trusted_hops == 0 {
+            return facts.peer_address.and_then(parse_address);
+        }
+        let entries: Vec<&str> = facts.x_forwarded_for?.split(',').map(str::trim).collect();
+        let hops = self.xff_trusted_hops as usize;
+        entries.len().checked_sub(hops).and_then(|i| parse_address(entries[i]))
+    }
+}
+
+/// Whether the caller gets any of these classes in some form.
+fn grants_any(caller: &Caller, mut classes: impl Iterator<Item = PiiClass>) -> bool {
+    classes.any(|c| caller.actions[c.index()] != Action::Remove)
+}
+
+struct CompiledRole {
+    operations: Vec<bool>,
+    actions: ClassActions,
+    max_pii: Option<u64>,
+    dry_run: bool,
+}
+
+fn compile_role(name: &str, role: &RoleDoc, catalog: &Catalog, policy: &Policy) -> Result<CompiledRole, ConfigError> {
+    let at = format!("roles.{name}");
+    let mut operations = vec![false; catalog.operations.len()];
+    for (i, pattern) in role.operations.iter().enumerate() {
+        let mut matched = false;
+        for (k, op) in catalog.operations.iter().enumerate() {
+            if glob(pattern, &op.id) {
+                operations[k] = true;
+                matched = true;
+            }
+        }
+        if !matched {
+            return Err(ConfigError::new(
+                format!("{at}.operations[{i}]"),
+                format!("'{pattern}' matches no operation of the catalog; use ids like orders-v0.getOrder or orders-v0.* (see policies/spapi-catalog.json)"),
+            ));
+        }
+    }
+    let mut actions = [Action::Remove; 8];
+    if let Some(level) = role.pii.get("*") {
+        let all = level_action(level, PiiClass::Other, policy).ok_or_else(|| bad_level(&at, "*", level))?;
+        for class in PiiClass::ALL {
+            actions[class.index()] = level_action(level, class, policy).unwrap_or(all);
+        }
+    }
+    for (key, level) in &role.pii {
+        if key == "*" {
+            continue;
+        }
+        let class = PiiClass::parse(key)
+            .ok_or_else(|| ConfigError::new(format!("{at}.pii.{key}"), format!("'{key}' is not a PII class; use one of {} or *", PiiClass::names())))?;
+        actions[class.index()] = level_action(level, class, policy).ok_or_else(|| bad_level(&at, key, level))?;
+    }
+    Ok(CompiledRole { operations, actions, max_pii: role.max_pii_fields_per_window, dry_run: role.dry_run })
+}
+
+/// An access level as an action; `tokenize` uses the class's configured token mode.
+fn level_action(level: &str, class: PiiClass, policy: &Policy) -> Option<Action> {
+    let mode = match policy.action(class) {
+        Action::Tokenize(mode) => mode,
+        _ => crate::tokens::Mode::Deterministic,
+    };
+    Action::parse(level, mode)
+}
+
+fn bad_level(at: &str, key: &str, level: &str) -> ConfigError {
+    ConfigError::new(format!("{at}.pii.{key}"), format!("'{level}' is not an access level; use clear, tokenize, hash, redact or none"))
+}
+
+fn cidrs(list: &[String], at: &str) -> Result<Vec<Cidr>, ConfigError> {
+    list.iter()
+        .enumerate()
+        .map(|(i, s)| s.parse::<Cidr>().map_err(|m| ConfigError::new(format!("{at}[{i}]"), m)))
+        .collect()
+}
+
+/// Whether an id is generic: the whole id, or its last component (the path of a SPIFFE id, a
+/// DNS label, a subject's CN), is a name that identifies nobody.
+fn is_generic(id: &str) -> bool {
+    let lower = id.trim().to_ascii_lowercase();
+    let cn = lower.split(',').find_map(|part| part.trim().strip_prefix("cn=")).unwrap_or(&lower);
+    let last = cn.rsplit(['/', ':']).next().unwrap_or(cn);
+    let first_label = last.split('.').next().unwrap_or(last);
+    [lower.as_str(), cn, last, first_label].iter().any(|s| GENERIC_NAMES.contains(s))
+}
+
+fn is_header_name(s: &str) -> bool {
+    !s.is_empty() && s.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
+}
+
+/// `*` matches any run of characters.
+fn glob(pattern: &str, text: &str) -> bool {
+    match pattern.split_once('*') {
+        None => pattern == text,
+        Some((head, rest)) => {
+            let Some(tail) = text.strip_prefix(head) else { return false };
+            (0..=tail.len()).any(|i| tail.is_char_boundary(i) && glob(rest, &tail[i..]))
+        }
+    }
+}
+
+fn parse_address(s: &str) -> Option<IpAddr> {
+    let s = s.trim();
+    s.parse::<IpAddr>().ok().or_else(|| s.parse::<SocketAddr>().ok().map(|a| a.ip())).map(canonical)
+}
+
+/// The values of query parameter `name` (comma-separated lists split, percent-decoded).
+fn query_values<'a>(path: &'a str, name: &'a str) -> impl Iterator<Item = String> + 'a {
+    let query = path.split_once('?').map(|(_, q)| q).unwrap_or("");
+    query
+        .split('&')
+        .filter_map(move |pair| {
+            let (k, v) = pair.split_once('=')?;
+            (percent_decode(k) == name).then(|| percent_decode(v))
+        })
+        .flat_map(|v| v.split(',').map(str::to_string).collect::<Vec<_>>())
+        .filter(|v| !v.is_empty())
+}
+
+fn percent_decode(s: &str) -> String {
+    let bytes = s.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        let hex = bytes.get(i + 1..i + 3).and_then(|h| std::str::from_utf8(h).ok()).and_then(|h| u8::from_str_radix(h, 16).ok());
+        match (bytes[i], hex) {
+            (b'%', Some(b)) => {
+                out.push(b);
+                i += 3;
+            }
+            (b'+', _) => {
+                out.push(b' ');
+                i += 1;
+            }
+            (b, _) => {
+                out.push(b);
+                i += 1;
+            }
+        }
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::guard::Guard;
+    use serde_json::{json, Value};
+
+    const KEY: &str = "8f4c1a2b3d5e6f708192a3b4c5d6e7f8091a2b3c4d5e6f708192a3b4c5d6e7f8";
+    const SYNC: &str = "spiffe://test/order-sync";
+    const LABELS: &str = "spiffe://test/label-printer";
+    const ANALYTICS: &str = "spiffe://test/analytics";
+
+    fn policy() -> Value {
+        json!({
+            "version": 1,
+            "keys": {"active": "k1", "env": {"k1": "K1"}},
+            "access": {
+                "identity": {"sources": ["uri_san", "header"], "header": "x-caller"},
+                "allowCidrs": ["127.0.0.0/8", "10.0.0.0/8"],
+                "denyCidrs": ["10.9.0.0/16"],
+                "passThroughPaths": ["/catalog/"]
+            },
+            "roles": {
+                "sync": {"operations": ["*"], "pii": {"*": "tokenize"}},
+                "labels": {"operations": ["orders-v0.getOrderAddress", "tokens-2021-03-01.createRestrictedDataToken"], "pii": {"address": "clear"}},
+                "analytics": {"operations": ["orders-2026-01-01.*"], "dryRun": false}
+            },
+            "callers": [
+                {"id": SYNC, "roles": ["sync"]},
+                {"id": LABELS, "roles": ["labels"]},
+                {"id": ANALYTICS, "roles": ["analytics"], "allowCidrs": ["127.0.0.1/32"]},
+                {"id": "batch-job-7", "source": "header", "roles": ["labels"]}
+            ]
+        })
+    }
+
+    fn guard(p: &Value) -> Result<Guard, ConfigError> {
+        Guard::load(p.to_string().as_bytes(), &|n| (n == "K1").then(|| KEY.to_string()))
+    }
+
+    fn facts<'a>(uri: Option<&'a str>, path: &'a str) -> RequestFacts<'a> {
+        RequestFacts { tls_version: Some("TLSv1.3"), uri_san: uri, peer_address: Some("127.0.0.1:5555"), path, ..Default::default() }
+    }
+
+    fn decide(g: &Guard, f: &RequestFacts, method: &str) -> Decision {
+        let op = g.catalog.route_index(method, f.path).map(|i| (i, &g.catalog.operations[i]));
+        g.access.decide(f, op, &|_| false)
+    }
+
+    fn verdict(g: &Guard, f: &RequestFacts, method: &str) -> Verdict {
+        decide(g, f, method).verdict
+    }
+
+    #[test]
+    fn callers_get_their_operations_and_levels() {
+        let g = guard(&policy()).expect("loads");
+        let allow = Verdict::Allow;
+        let deny = |r| Verdict::Deny(r);
+        assert_eq!(verdict(&g, &facts(Some(SYNC), "/orders/v0/orders"), "GET"), allow);
+        assert_eq!(verdict(&g, &facts(Some(LABELS), "/orders/v0/orders/1/address"), "GET"), allow);
+        assert_eq!(verdict(&g, &facts(Some(LABELS), "/orders/v0/orders"), "GET"), deny(DenyReason::OperationNotAllowed));
+        assert_eq!(verdict(&g, &facts(Some(ANALYTICS), "/orders/2026-01-01/orders"), "GET"), allow);
+        assert_eq!(verdict(&g, &facts(Some("spiffe://test/intruder"), "/orders/v0/orders"), "GET"), deny(DenyReason::UnknownCaller));
+        assert_eq!(verdict(&g, &facts(None, "/orders/v0/orders"), "GET"), deny(DenyReason::Unauthenticated));
+        assert_eq!(verdict(&g, &facts(Some(SYNC), "/reports/2021-06-30/reports"), "GET"), deny(DenyReason::UnknownOperation));
+        assert_eq!(verdict(&g, &facts(Some(SYNC), "/catalog/2022-04-01/items"), "GET"), allow);
+        let labels = &g.access.callers[1];
+        assert_eq!(labels.actions[PiiClass::Address.index()], Action::Clear);
+        assert_eq!(labels.actions[PiiClass::Name.index()], Action::Remove, "unlisted classes: need to know");
+        assert!(matches!(g.access.callers[0].actions[PiiClass::Email.index()], Action::Tokenize(_)));
+    }
+
+    #[test]
+    fn transport_and_addresses() {
+        let g = guard(&policy()).expect("loads");
+        let mut f = facts(Some(SYNC), "/orders/v0/orders");
+        f.tls_version = None;
+        assert_eq!(verdict(&g, &f, "GET"), Verdict::Deny(DenyReason::TlsRequired));
+        f.tls_version = Some("TLSv1.1");
+        assert_eq!(verdict(&g, &f, "GET"), Verdict::Deny(DenyReason::TlsRequired));
+        let mut f = facts(Some(SYNC), "/orders/v0/orders");
+        f.peer_address = Some("192.168.1.1:1");
+        assert_eq!(verdict(&g, &f, "GET"), Verdict::Deny(DenyReason::IpNotAllowed));
+        f.peer_address = Some("10.9.1.1:1");
+        assert_eq!(verdict(&g, &f, "GET"), Verdict::Deny(DenyReason::IpDenied));
+        f.peer_address = Some("[::ffff:10.1.1.1]:1");
+        assert_eq!(verdict(&g, &f, "GET"), Verdict::Allow);
+        let mut a = facts(Some(ANALYTICS), "/orders/2026-01-01/orders");
+        a.peer_address = Some("127.0.0.2:9");
+        assert_eq!(verdict(&g, &a, "GET"), Verdict::Deny(DenyReason::IpNotAllowed), "caller's own list");
+
+        let mut p = policy();
+        p["access"]["xffTrustedHops"] = json!(1);
+        p["access"]["allowPlaintext"] = json!(true);
+        let g = guard(&p).expect("loads");
+        let mut f = facts(Some(SYNC), "/orders/v0/orders");
+        f.tls_version = None;
+        f.peer_address = Some("10.0.0.5:1");
+        f.x_forwarded_for = Some("1.2.3.4, 127.0.0.9");
+        assert_eq!(decide(&g, &f, "GET").client_ip, Some("127.0.0.9".parse().expect("ip")));
+        assert_eq!(verdict(&g, &f, "GET"), Verdict::Allow);
+        f.x_forwarded_for = None;
+        assert_eq!(verdict(&g, &f, "GET"), Verdict::Deny(DenyReason::IpNotAllowed), "no XFF with trusted hops: fail closed");
+    }
+
+    #[test]
+    fn identity_sources_in_order() {
+        let g = guard(&policy()).expect("loads");
+        let mut f = facts(Some(ANALYTICS), "/orders/v0/orders/1/address");
+        f.header_identity = Some("batch-job-7");
+        assert_eq!(decide(&g, &f, "GET").caller, Some(2), "the certificate comes first");
+        f.uri_san = None;
+        let d = decide(&g, &f, "GET");
+        assert_eq!((d.caller, d.verdict), (Some(3), Verdict::Allow));
+        f.header_identity = Some(SYNC);
+        assert_eq!(verdict(&g, &f, "GET"), Verdict::Deny(DenyReason::UnknownCaller), "a header cannot claim a certificate identity");
+    }
+
+    #[test]
+    fn lockout_and_dry_run() {
+        let g = guard(&policy()).expect("loads");
+        let f = facts(Some(SYNC), "/orders/v0/orders");
+        let op = g.catalog.route_index("GET", f.path).map(|i| (i, &g.catalog.operations[i]));
+        assert_eq!(g.access.decide(&f, op, &|c| c.id == SYNC).verdict, Verdict::Deny(DenyReason::LockedOut));
+        let mut p = policy();
+        p["roles"]["labels"]["dryRun"] = json!(true);
+        let g = guard(&p).expect("loads");
+        let d = decide(&g, &facts(Some(LABELS), "/orders/v0/orders"), "GET");
+        assert_eq!(d.verdict, Verdict::Deny(DenyReason::OperationNotAllowed));
+        assert!(d.dry_run && d.enforced_denial().is_none());
+        assert!(!decide(&g, &facts(Some(SYNC), "/x"), "GET").dry_run);
+    }
+
+    #[test]
+    fn included_data_needs_access_to_its_classes() {
+        let mut p = policy();
+        p["roles"]["analytics"]["pii"] = json!({"address": "redact"});
+        let g = guard(&p).expect("loads");
+        let ok = facts(Some(ANALYTICS), "/orders/2026-01-01/orders?includedData=RECIPIENT");
+        assert_eq!(verdict(&g, &ok, "GET"), Verdict::Allow);
+        let bad = facts(Some(ANALYTICS), "/orders/2026-01-01/orders?createdAfter=x&includedData=RECIPIENT%2CBUYER");
+        assert_eq!(verdict(&g, &bad, "GET"), Verdict::Deny(DenyReason::DataElementNotAllowed));
+        let sync = facts(Some(SYNC), "/orders/2026-01-01/orders?includedData=BUYER,RECIPIENT");
+        assert_eq!(verdict(&g, &sync, "GET"), Verdict::Allow);
+    }
+
+    #[test]
+    fn rdt_requests_are_checked_per_resource() {
+        let g = guard(&policy()).expect("loads");
+        let f = facts(Some(LABELS), "/tokens/2021-03-01/restrictedDataToken");
+        let d = decide(&g, &f, "POST");
+        assert_eq!((d.verdict, d.needs_body_check), (Verdict::Allow, true));
+        let labels = d.caller.expect("caller");
+        let rdt = |resources: Value| g.access.check_rdt(labels, &g.catalog, json!({"restrictedResources": resources}).to_string().as_bytes());
+        assert_eq!(rdt(json!([{"method": "GET", "path": "/orders/v0/orders/{orderId}/address", "dataElements": ["shippingAddress"]}])), Ok(()));
+        assert_eq!(rdt(json!([{"method": "GET", "path": "/orders/v0/orders/123-4/address"}])), Ok(()));
+        assert_eq!(
+            rdt(json!([{"method": "GET", "path": "/orders/v0/orders/1/address"}, {"method": "GET", "path": "/orders/v0/orders", "dataElements": ["buyerInfo"]}])),
+            Err(DenyReason::RdtResourceNotAllowed)
+        );
+        assert_eq!(rdt(json!([{"method": "GET", "path": "/orders/v0/orders/1/buyerInfo"}])), Err(DenyReason::RdtResourceNotAllowed));
+        assert_eq!(rdt(json!([{"method": "GET", "path": "/nowhere"}])), Err(DenyReason::RdtResourceNotAllowed));
+        assert_eq!(rdt(json!([{"method": "GET", "path": "/orders/v0/orders/1/address", "dataElements": ["colour"]}])), Err(DenyReason::InvalidRdtRequest));
+        assert_eq!(rdt(json!([])), Err(DenyReason::InvalidRdtRequest));
+        assert_eq!(g.access.check_rdt(labels, &g.catalog, b"{not json"), Err(DenyReason::InvalidRdtRequest));
+        let sync = decide(&g, &facts(Some(SYNC), "/tokens/2021-03-01/restrictedDataToken"), "POST").caller.expect("caller");
+        let body = json!({"restrictedResources": [{"method": "GET", "path": "/orders/v0/orders", "dataElements": ["buyerInfo", "shippingAddress"]}]});
+        assert_eq!(g.access.check_rdt(sync, &g.catalog, body.to_string().as_bytes()), Ok(()));
+    }
+
+    #[test]
+    fn invalid_access_policies_name_the_field() {
+        let cases: Vec<(&str, Value, &str)> = vec![
+            ("/callers/1/id", json!(SYNC), "callers[1].id"),
+            ("/callers/0/id", json!("spiffe://test/admin"), "callers[0].id"),
+            ("/callers/0/id", json!("CN=default,O=Acme"), "callers[0].id"),
+            ("/callers/0/id", json!("*"), "callers[0].id"),
+            ("/callers/0/id", json!(""), "callers[0].id"),
+            ("/callers/0/roles", json!(["nope"]), "callers[0].roles[0]"),
+            ("/callers/0/roles", json!([]), "callers[0].roles"),
+            ("/callers/2/allowCidrs", json!(["10.0.0.0/33"]), "callers[2].allowCidrs[0]"),
+            ("/callers/3/source", json!("dns_san"), "callers[3].source"),
+            ("/roles/sync/operations", json!(["orders-v9.*"]), "roles.sync.operations[0]"),
+            ("/roles/sync/pii", json!({"shoe": "clear"}), "roles.sync.pii.shoe"),
+            ("/roles/sync/pii", json!({"email": "peek"}), "roles.sync.pii.email"),
+            ("/access/denyCidrs", json!(["1.2.3.4/8"]), "access.denyCidrs[0]"),
+            ("/access/identity/sources", json!(["uri_san", "cookie"]), "access.identity.sources[1]"),
+            ("/access/identity/header", json!("bad header"), "access.identity.header"),
+            ("/access/passThroughPaths", json!(["catalog"]), "access.passThroughPaths[0]"),
+        ];
+        for (pointer, value, field) in cases {
+            let mut p = policy();
+            *p.pointer_mut(pointer).unwrap_or_else(|| panic!("{pointer}")) = value;
+            let e = guard(&p).err().unwrap_or_else(|| panic!("{pointer} accepted"));
+            assert_eq!(e.field, field, "{e}");
+        }
+    }
+
+    #[test]
+    fn globs_and_generic_names() {
+        assert!(glob("orders-v0.*", "orders-v0.getOrder") && glob("*", "x") && glob("*.getOrder", "orders-v0.getOrder"));
+        assert!(!glob("orders-v0.*", "orders-2026-01-01.getOrder"));
+        for generic in ["admin", "spiffe://acme/ns/prod/sa/default", "CN=root,O=x", "test.example.com", "shared", "dns:service"] {
+            assert!(is_generic(generic), "{generic}");
+        }
+        for specific in ["spiffe://acme/ns/prod/sa/order-sync", "CN=label-printer,O=Acme", "reporting.acme.example"] {
+            assert!(!is_generic(specific), "{specific}");
+        }
+    }
+}
