@@ -15,10 +15,10 @@ import sys
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 DOCKER = dict(bind="0.0.0.0", listen_port=10000, admin_port=9901, upstream_host="127.0.0.1", upstream_port=18081,
-              wasm="/etc/spapi-guard/spapi_guard.wasm")
+              wasm="/etc/spapi-guard/spapi_guard.wasm", tls_dir="/etc/spapi-guard/tls")
 
 
-def render(policy_text, bind, listen_port, admin_port, upstream_host, upstream_port, wasm, template=None):
+def render(policy_text, bind, listen_port, admin_port, upstream_host, upstream_port, wasm, tls_dir, template=None):
     policy = json.loads(policy_text)
     env_keys = sorted(set(policy.get("keys", {}).get("env", {}).values()))
     compact = json.dumps(policy, separators=(",", ":"))
@@ -30,6 +30,7 @@ def render(policy_text, bind, listen_port, admin_port, upstream_host, upstream_p
         "UPSTREAM_HOST": upstream_host,
         "UPSTREAM_PORT": str(upstream_port),
         "WASM_PATH": str(wasm),
+        "TLS_DIR": str(tls_dir),
         "HOST_ENV_KEYS": json.dumps(env_keys),
         # YAML single-quoted scalar: a quote is written twice.
         "POLICY_JSON": compact.replace("'", "''"),
@@ -50,10 +51,12 @@ def main():
     p.add_argument("--upstream-host", default="127.0.0.1")
     p.add_argument("--upstream-port", type=int, default=18081)
     p.add_argument("--wasm", default=str(ROOT / "target" / "wasm32-wasip1" / "release" / "spapi_guard.wasm"))
+    p.add_argument("--tls-dir", default=str(ROOT / ".run" / "demo" / "tls"), help="ca.crt, server.crt, server.key")
     a = p.parse_args()
     policy_text = pathlib.Path(a.policy).read_text()
     opts = DOCKER if a.docker else dict(bind=a.bind, listen_port=a.listen_port, admin_port=a.admin_port,
-                                        upstream_host=a.upstream_host, upstream_port=a.upstream_port, wasm=a.wasm)
+                                        upstream_host=a.upstream_host, upstream_port=a.upstream_port, wasm=a.wasm,
+                                        tls_dir=a.tls_dir)
     pathlib.Path(a.out).write_text(render(policy_text, **opts))
     return 0
 

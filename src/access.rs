@@ -126,8 +126,16 @@ pub struct RoleDoc {
     /// PII values delivered per lockout window above which the caller is locked.
     #[serde(default)]
     pub max_pii_fields_per_window: Option<u64>,
+    /// `false` excludes the operations Amazon lists as restricted (RDT required), even where a
+    /// wildcard in `operations` matches them.
+    #[serde(default = "yes")]
+    pub allow_restricted: bool,
     #[serde(default)]
     pub dry_run: bool,
+}
+
+fn yes() -> bool {
+    true
 }
 
 /// One caller: a unique identity.
@@ -493,7 +501,9 @@ impl Access {
         }
         for value in query_values(facts.path, "includedData") {
             let gate = format!("includedData={value}");
-            if !grants_any(caller, op.classes_of(Some(&gate))) {
+            // Values that unlock no PII field (PACKAGES, PROCEEDS…) need no PII access.
+            let gated = op.classes_of(Some(&gate)).count() > 0;
+            if gated && !grants_any(caller, op.classes_of(Some(&gate))) {
                 return Err(DenyReason::DataElementNotAllowed);
             }
         }
@@ -582,7 +592,7 @@ fn compile_role(name: &str, role: &RoleDoc, catalog: &Catalog, policy: &Policy) 
         let mut matched = false;
         for (k, op) in catalog.operations.iter().enumerate() {
             if glob(pattern, &op.id) {
-                operations[k] = true;
+                operations[k] = role.allow_restricted || !op.restricted;
                 matched = true;
             }
         }
@@ -722,7 +732,7 @@ mod tests {
             "roles": {
                 "sync": {"operations": ["*"], "pii": {"*": "tokenize"}},
                 "labels": {"operations": ["orders-v0.getOrderAddress", "tokens-2021-03-01.createRestrictedDataToken"], "pii": {"address": "clear"}},
-                "analytics": {"operations": ["orders-2026-01-01.*"], "dryRun": false}
+                "analytics": {"operations": ["orders-2026-01-01.*", "orders-v0.getOrders"], "allowRestricted": false, "dryRun": false}
             },
             "callers": [
                 {"id": SYNC, "roles": ["sync"]},
@@ -759,6 +769,7 @@ mod tests {
         assert_eq!(verdict(&g, &facts(Some(LABELS), "/orders/v0/orders/1/address"), "GET"), allow);
         assert_eq!(verdict(&g, &facts(Some(LABELS), "/orders/v0/orders"), "GET"), deny(DenyReason::OperationNotAllowed));
         assert_eq!(verdict(&g, &facts(Some(ANALYTICS), "/orders/2026-01-01/orders"), "GET"), allow);
+        assert_eq!(verdict(&g, &facts(Some(ANALYTICS), "/orders/v0/orders"), "GET"), deny(DenyReason::OperationNotAllowed), "restricted");
         assert_eq!(verdict(&g, &facts(Some("spiffe://test/intruder"), "/orders/v0/orders"), "GET"), deny(DenyReason::UnknownCaller));
         assert_eq!(verdict(&g, &facts(None, "/orders/v0/orders"), "GET"), deny(DenyReason::Unauthenticated));
         assert_eq!(verdict(&g, &facts(Some(SYNC), "/reports/2021-06-30/reports"), "GET"), deny(DenyReason::UnknownOperation));
@@ -841,6 +852,8 @@ mod tests {
         assert_eq!(verdict(&g, &bad, "GET"), Verdict::Deny(DenyReason::DataElementNotAllowed));
         let sync = facts(Some(SYNC), "/orders/2026-01-01/orders?includedData=BUYER,RECIPIENT");
         assert_eq!(verdict(&g, &sync, "GET"), Verdict::Allow);
+        let no_pii = facts(Some(ANALYTICS), "/orders/2026-01-01/orders?includedData=PACKAGES,PROCEEDS");
+        assert_eq!(verdict(&g, &no_pii, "GET"), Verdict::Allow);
     }
 
     #[test]

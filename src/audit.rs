@@ -16,8 +16,22 @@ pub enum Outcome {
     PassedThrough,
     /// A path the catalog does not know: passed unbuffered.
     Unmatched,
+    /// Denied before the upstream was contacted.
+    Denied,
     /// The response could not be protected: the client got an error instead.
     FailClosed,
+}
+
+/// The access decision on a request.
+#[derive(Serialize, Clone, Copy, Debug, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum DecisionKind {
+    Allow,
+    Deny,
+    /// Would have been denied; dry-run let it through.
+    DryRunDeny,
+    /// Denied because the caller is locked.
+    Lockout,
 }
 
 /// The audit event of one request.
@@ -25,8 +39,16 @@ pub enum Outcome {
 pub struct AuditEvent<'a> {
     pub event: &'static str,
     pub request_id: &'a str,
+    /// The identity presented, as `<source>:<value>` (`uri_san:spiffe://…`); service identities,
+    /// not customer data.
+    pub identity: Option<String>,
+    /// Whether the identity is a caller of the policy.
+    pub known_caller: bool,
+    pub source_ip: Option<String>,
+    pub tls_version: Option<&'a str>,
     pub operation: Option<&'a str>,
     pub method: &'a str,
+    pub decision: DecisionKind,
     pub outcome: Outcome,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub reason: Option<&'static str>,

@@ -10,6 +10,7 @@ use std::net::{TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
 use base64::engine::general_purpose::STANDARD;
@@ -19,6 +20,33 @@ use spapi_guard::tokens::{TokenEngine, KEY_LEN};
 
 pub const KEY_VAR: &str = "SPAPI_GUARD_KEY_DEMO_1";
 pub const KEY_ID: &str = "demo-1";
+/// The demo caller with every operation and tokenized PII.
+pub const ORDER_SYNC: &str = "order-sync";
+
+/// The dev PKI (scripts/gen-certs.sh), made once per test run.
+pub fn certs() -> &'static Path {
+    static DIR: OnceLock<PathBuf> = OnceLock::new();
+    DIR.get_or_init(|| {
+        let dir = repo().join("target/e2e/certs");
+        let _ = fs::remove_dir_all(&dir);
+        let ok = Command::new("bash").arg(repo().join("scripts/gen-certs.sh")).arg(&dir).stdout(Stdio::null()).status().expect("bash");
+        assert!(ok.success(), "gen-certs.sh failed");
+        dir
+    })
+}
+
+/// How a test client connects.
+#[derive(Clone, Copy, Debug)]
+pub enum Client<'a> {
+    /// mTLS with the dev CA's certificate of this caller (`order-sync`, `intruder`…).
+    Cert(&'a str),
+    /// TLS without a client certificate.
+    NoCert,
+    /// A client certificate from a CA Envoy does not trust.
+    Rogue,
+    /// No TLS at all.
+    Plaintext,
+}
 
 pub fn repo() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
@@ -118,6 +146,8 @@ fn render(dir: &Path, policy: &Value, port: u16, admin_port: u16, mock_port: u16
         .args(["--listen-port", &port.to_string(), "--admin-port", &admin_port.to_string(), "--upstream-port", &mock_port.to_string()])
         .arg("--wasm")
         .arg(wasm())
+        .arg("--tls-dir")
+        .arg(certs())
         .status()
         .expect("python3");
     assert!(status.success(), "render failed");
@@ -184,14 +214,60 @@ impl Stack {
         }
     }
 
-    /// Sends a request through Envoy with curl.
+    /// Sends a request through Envoy with curl, as the `order-sync` caller.
     pub fn request(&self, method: &str, path_and_query: &str, headers: &[(&str, &str)]) -> Response {
-        curl(self.port, method, path_and_query, headers)
+        self.request_as(Client::Cert(ORDER_SYNC), method, path_and_query, headers, None)
     }
 
-    /// Plays one fixture of the Amazon set (picked by file name).
+    /// Sends a request as `client`, optionally from another loopback source address, with a body.
+    pub fn request_as(&self, client: Client, method: &str, path_and_query: &str, headers: &[(&str, &str)], from: Option<&str>) -> Response {
+        self.send(client, method, path_and_query, headers, from, None).expect("curl")
+    }
+
+    /// Sends a request with an explicit body; `Err` when the connection failed (e.g. handshake).
+    pub fn send(
+        &self,
+        client: Client,
+        method: &str,
+        path_and_query: &str,
+        headers: &[(&str, &str)],
+        from: Option<&str>,
+        body: Option<&str>,
+    ) -> Result<Response, String> {
+        let dir = certs();
+        let mut args: Vec<String> = Vec::new();
+        let scheme = match client {
+            Client::Plaintext => "http",
+            _ => "https",
+        };
+        if scheme == "https" {
+            args.extend(["--cacert".into(), dir.join("ca.crt").display().to_string()]);
+        }
+        let cert = match client {
+            Client::Cert(name) => Some(name.to_string()),
+            Client::Rogue => Some("rogue".to_string()),
+            _ => None,
+        };
+        if let Some(name) = cert {
+            args.extend(["--cert".into(), dir.join(format!("{name}.crt")).display().to_string()]);
+            args.extend(["--key".into(), dir.join(format!("{name}.key")).display().to_string()]);
+        }
+        if let Some(ip) = from {
+            args.extend(["--interface".into(), ip.to_string()]);
+        }
+        curl_url(&format!("{scheme}://127.0.0.1:{}{path_and_query}", self.port), method, headers, &args, body)
+    }
+
+    /// Plays one fixture of the Amazon set (picked by file name) as the `order-sync` caller,
+    /// with the recorded request body where the set has one.
     pub fn play(&self, fixture: &Fixture) -> Response {
-        self.request(&fixture.method, &fixture.url(), &[("x-mock-fixture", &fixture.file)])
+        self.play_as(Client::Cert(ORDER_SYNC), fixture)
+    }
+
+    /// Plays one fixture as `client`.
+    pub fn play_as(&self, client: Client, fixture: &Fixture) -> Response {
+        let body = fixture.request_body();
+        self.send(client, &fixture.method, &fixture.url(), &[("x-mock-fixture", &fixture.file)], None, body.as_deref()).expect("curl")
     }
 
     /// Everything Envoy printed so far (stdout: access log; stderr: Envoy and filter logs).
@@ -282,19 +358,33 @@ impl Response {
     }
 }
 
+/// A plain HTTP request to a local port (the mock, Envoy's admin).
 pub fn curl(port: u16, method: &str, path_and_query: &str, headers: &[(&str, &str)]) -> Response {
+    curl_url(&format!("http://127.0.0.1:{port}{path_and_query}"), method, headers, &[], None).expect("curl")
+}
+
+fn curl_url(url: &str, method: &str, headers: &[(&str, &str)], extra: &[String], body: Option<&str>) -> Result<Response, String> {
     let mut cmd = Command::new("curl");
     cmd.args(["-s", "-S", "--http1.1", "-i", "--max-time", "30", "-X", method]);
+    cmd.args(extra);
     for (k, v) in headers {
         cmd.arg("-H").arg(format!("{k}: {v}"));
     }
-    if matches!(method, "POST" | "PUT" | "PATCH") {
-        cmd.args(["--data-binary", "{}", "-H", "content-type: application/json"]);
+    match body {
+        Some(b) => {
+            cmd.args(["--data-binary", b, "-H", "content-type: application/json"]);
+        }
+        None if matches!(method, "POST" | "PUT" | "PATCH") => {
+            cmd.args(["--data-binary", "{}", "-H", "content-type: application/json"]);
+        }
+        None => {}
     }
-    cmd.arg(format!("http://127.0.0.1:{port}{path_and_query}"));
-    let out = cmd.output().expect("curl");
-    assert!(out.status.success(), "curl failed: {}", String::from_utf8_lossy(&out.stderr));
-    parse_response(&out.stdout)
+    cmd.arg(url);
+    let out = cmd.output().map_err(|e| e.to_string())?;
+    if !out.status.success() {
+        return Err(String::from_utf8_lossy(&out.stderr).into_owned());
+    }
+    Ok(parse_response(&out.stdout))
 }
 
 fn parse_response(raw: &[u8]) -> Response {
@@ -331,6 +421,12 @@ impl Fixture {
 
     pub fn body(&self) -> Vec<u8> {
         fs::read(repo().join("tests/fixtures/spapi").join(&self.file)).expect("fixture")
+    }
+
+    /// The recorded request body that goes with this response (`X_1.json` ↔ `X_1.request.json`).
+    pub fn request_body(&self) -> Option<String> {
+        let name = self.file.strip_suffix(".json")?;
+        fs::read_to_string(repo().join("tests/fixtures/spapi").join(format!("{name}.request.json"))).ok()
     }
 }
 

@@ -1,0 +1,43 @@
+#!/usr/bin/env bash
+# Generates a development PKI for the demo and the tests, at run time, into an ignored folder:
+#   ca.crt/key            the dev CA that Envoy trusts for client certificates
+#   server.crt/key        Envoy's listener certificate (localhost, 127.0.0.1)
+#   <caller>.crt/key      one client certificate per caller, URI SAN spiffe://spapi-guard.demo/<caller>
+#   rogue-ca.crt, rogue.crt/key   a client certificate from a CA Envoy does not trust
+# Usage: scripts/gen-certs.sh OUT_DIR [caller…]   (default callers: the demo's, plus "intruder")
+set -euo pipefail
+out=$1; shift
+callers=("$@")
+[ ${#callers[@]} -gt 0 ] || callers=(order-sync label-printer analytics intruder)
+domain=spapi-guard.demo
+mkdir -p "$out"
+cd "$out"
+[ -s ca.crt ] && [ -s "${callers[-1]}.crt" ] && exit 0
+umask 077
+
+newkey() { openssl genpkey -algorithm EC -pkeyopt ec_paramgen_curve:P-256 -out "$1" 2>/dev/null; }
+ca() { # name subject
+  newkey "$1.key"
+  openssl req -x509 -new -key "$1.key" -out "$1.crt" -days 30 -subj "$2" \
+    -addext "basicConstraints=critical,CA:TRUE" -addext "keyUsage=critical,keyCertSign,cRLSign" 2>/dev/null
+}
+leaf() { # name ca subject extensions
+  newkey "$1.key"
+  openssl req -new -key "$1.key" -out "$1.csr" -subj "$3" 2>/dev/null
+  printf '%s\n' "$4" > "$1.ext"
+  openssl x509 -req -in "$1.csr" -CA "$2.crt" -CAkey "$2.key" -CAcreateserial -out "$1.crt" -days 30 -extfile "$1.ext" 2>/dev/null
+  rm -f "$1.csr" "$1.ext"
+}
+
+ca ca "/CN=spapi-guard demo CA"
+leaf server ca "/CN=localhost" "subjectAltName=DNS:localhost,IP:127.0.0.1
+extendedKeyUsage=serverAuth"
+for c in "${callers[@]}"; do
+  leaf "$c" ca "/CN=$c/O=spapi-guard demo" "subjectAltName=URI:spiffe://$domain/$c
+extendedKeyUsage=clientAuth"
+done
+ca rogue-ca "/CN=someone else's CA"
+leaf rogue rogue-ca "/CN=order-sync/O=spapi-guard demo" "subjectAltName=URI:spiffe://$domain/order-sync
+extendedKeyUsage=clientAuth"
+chmod 644 ./*.crt
+echo "certificates in $out"
