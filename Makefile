@@ -68,7 +68,7 @@ test-unit:
 	$(VENV)/bin/python tests/vectors/check_token_vectors.py src/tokens.rs
 
 test-e2e: wasm envoy
-	cargo test --test e2e -- --test-threads 2
+	cargo test --test e2e --test access -- --test-threads 2
 
 test: envoy wasm check-config test-unit test-e2e
 	bash scripts/demo.sh --exit --quiet

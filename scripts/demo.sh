@@ -22,7 +22,7 @@ MOCK_PORT=${DEMO_MOCK_PORT:-18081}
 RUN=.run/demo
 ENVOY_BIN=${ENVOY_BIN:-.venv/envoy-bin}
 WASM=target/wasm32-wasip1/release/spapi_guard.wasm
-URL=http://127.0.0.1:$PORT
+URL=https://127.0.0.1:$PORT
 
 exec 3>&1  # the terminal, also from inside $(...)
 say() { [ "$QUIET" = 1 ] || echo -e "$@" >&3; }
@@ -40,8 +40,11 @@ if [ ! -s "$RUN/keys.env" ]; then
 fi
 set -a; . "$RUN/keys.env"; set +a
 
+# A dev PKI, also generated at run time: a CA, Envoy's certificate, one client certificate per
+# demo caller, and "intruder" (signed by the CA but unknown to the policy).
+bash scripts/gen-certs.sh "$RUN/tls" >/dev/null
 python3 scripts/render-envoy-config.py --policy policies/default.json --out "$RUN/envoy.yaml" \
-  --listen-port "$PORT" --admin-port "$ADMIN_PORT" --upstream-port "$MOCK_PORT" --wasm "$WASM"
+  --listen-port "$PORT" --admin-port "$ADMIN_PORT" --upstream-port "$MOCK_PORT" --wasm "$WASM" --tls-dir "$RUN/tls"
 
 cleanup() {
   for p in envoy mock; do
@@ -76,13 +79,23 @@ show() { # title, then curl arguments
   echo "$out"
 }
 
-say "spapi-guard demo: Envoy on $URL, mock SP-API on 127.0.0.1:$MOCK_PORT, Envoy admin on 127.0.0.1:$ADMIN_PORT"
-address=$(show "Orders v0 getOrderAddress: every customer field is a token" \
-  "$URL/orders/v0/orders/902-3159896-1390916/address" -H "x-mock-fixture: orders-v0_getOrderAddress_1.json")
-orders=$(show "Orders 2026-01-01 searchOrders: buyer and recipient tokenized, the rest byte for byte" \
-  "$URL/orders/2026-01-01/orders?createdAfter=2025-01-01T00:00:00Z" -H "x-mock-fixture: orders-2026-01-01_searchOrders_1.json")
-rdt=$(show "Tokens createRestrictedDataToken: no PII, passed through unbuffered" \
-  -X POST "$URL/tokens/2021-03-01/restrictedDataToken" -H "x-mock-fixture: tokens-2021-03-01_createRestrictedDataToken_1.json")
+as() { # caller: curl options for its client certificate
+  echo "--cacert $RUN/tls/ca.crt --cert $RUN/tls/$1.crt --key $RUN/tls/$1.key"
+}
+say "spapi-guard demo: Envoy on $URL (mTLS), mock SP-API on 127.0.0.1:$MOCK_PORT, Envoy admin on 127.0.0.1:$ADMIN_PORT"
+address=$(show "order-sync: Orders v0 getOrderAddress — every customer field is a token" \
+  $(as order-sync) "$URL/orders/v0/orders/902-3159896-1390916/address" -H "x-mock-fixture: orders-v0_getOrderAddress_1.json")
+orders=$(show "order-sync: Orders 2026-01-01 searchOrders — buyer and recipient tokenized, the rest byte for byte" \
+  $(as order-sync) "$URL/orders/2026-01-01/orders?createdAfter=2025-01-01T00:00:00Z" -H "x-mock-fixture: orders-2026-01-01_searchOrders_1.json")
+label=$(show "label-printer: the same address — the address in clear, the name removed (need to know)" \
+  $(as label-printer) "$URL/orders/v0/orders/902-3159896-1390916/address" -H "x-mock-fixture: orders-v0_getOrderAddress_1.json")
+analytics=$(show "analytics: getOrders is a restricted operation — denied before Amazon is contacted" \
+  $(as analytics) "$URL/orders/v0/orders?CreatedAfter=TEST_CASE_200&MarketplaceIds=ATVPDKIKX0DER" -H "x-mock-fixture: orders-v0_getOrders_1.json")
+intruder=$(show "intruder: a valid certificate the policy does not know — denied" \
+  $(as intruder) "$URL/orders/v0/orders/902-3159896-1390916/address" -H "x-mock-fixture: orders-v0_getOrderAddress_1.json")
+rdt=$(show "order-sync: Tokens createRestrictedDataToken — resources checked, response passed through" \
+  $(as order-sync) -X POST "$URL/tokens/2021-03-01/restrictedDataToken" -H "x-mock-fixture: tokens-2021-03-01_createRestrictedDataToken_1.json" \
+  -H "content-type: application/json" --data-binary '{"restrictedResources":[{"method":"GET","path":"/orders/v0/orders/{orderId}/address"}]}')
 
 sleep 0.5
 say "\n\033[1m== Audit log (one event per request; no PII, no paths)\033[0m"
@@ -94,17 +107,25 @@ grep -q '"Name": *"spgt1\.\|"Name":"spgt1\.' <<<"$address" || fail "getOrderAddr
 grep -q 'HTTP 200' <<<"$address" || fail "getOrderAddress did not answer 200"
 ! grep -q 'Michigan address\|1 cross st' <<<"$address" || fail "PII passed through"
 grep -q 'spgt1\.' <<<"$orders" || fail "searchOrders has no token"
+grep -q '"City": *"Canton"\|"City":"Canton"' <<<"$label" || fail "label-printer did not get the address in clear"
+! grep -q '"Name"' <<<"$label" || fail "label-printer got the name"
+grep -q 'HTTP 403' <<<"$analytics" || fail "analytics was not denied getOrders"
+grep -q 'unknown_caller' <<<"$intruder" || fail "intruder was not denied"
 grep -q 'restrictedDataToken' <<<"$rdt" || fail "createRestrictedDataToken was changed"
-[ "$(grep -c '"outcome":"protected"' <<<"$audit")" -ge 2 ] || fail "audit events missing"
-echo "demo: tokenized responses, unchanged non-PII response and audit events: OK"
+[ "$(grep -c '"outcome":"protected"' <<<"$audit")" -ge 3 ] || fail "audit events missing"
+[ "$(grep -c '"decision":"deny"' <<<"$audit")" -ge 2 ] || fail "denials missing from the audit log"
+echo "demo: tokenized responses, per-caller access, denials and audit events: OK"
 
 if [ "$EXIT" = 0 ]; then
   cat <<EOF
 
-The stack keeps running; try (Ctrl-C stops it):
-  curl -s $URL/orders/v0/orders/902-3159896-1390916/address -H 'x-mock-fixture: orders-v0_getOrderAddress_1.json'
-  curl -s '$URL/orders/v0/orders?CreatedAfter=TEST_CASE_200&MarketplaceIds=ATVPDKIKX0DER' -H 'x-mock-fixture: orders-v0_getOrders_1.json'
-  curl -s $URL/mfn/v0/shipments/abc -H 'x-mock-fixture: merchant-fulfillment-v0_getShipment_1.json'
+The stack keeps running; try (Ctrl-C stops it). Each demo caller has its own client certificate:
+  C="--cacert $RUN/tls/ca.crt --cert $RUN/tls/order-sync.crt --key $RUN/tls/order-sync.key"
+  curl -s \$C $URL/orders/v0/orders/902-3159896-1390916/address -H 'x-mock-fixture: orders-v0_getOrderAddress_1.json'
+  curl -s \$C '$URL/orders/v0/orders?CreatedAfter=TEST_CASE_200&MarketplaceIds=ATVPDKIKX0DER' -H 'x-mock-fixture: orders-v0_getOrders_1.json'
+  curl -s \$C $URL/mfn/v0/shipments/abc -H 'x-mock-fixture: merchant-fulfillment-v0_getShipment_1.json'
+  Other callers: label-printer (addresses in clear, nothing else), analytics (no PII, no restricted
+  operations), intruder (unknown): swap the certificate names. Without --cert: denied (unauthenticated).
   curl -s http://127.0.0.1:$ADMIN_PORT/stats | grep wasm
   tail -f $RUN/envoy.log | grep 'spapi-guard audit'
 Fixtures: tests/fixtures/spapi/INDEX.json (x-mock-fixture picks one by file name).

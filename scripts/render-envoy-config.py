@@ -22,6 +22,20 @@ def render(policy_text, bind, listen_port, admin_port, upstream_host, upstream_p
     policy = json.loads(policy_text)
     env_keys = sorted(set(policy.get("keys", {}).get("env", {}).values()))
     compact = json.dumps(policy, separators=(",", ":"))
+    identity = policy.get("access", {}).get("identity", {})
+    strip = ""
+    if "header" in identity.get("sources", []) and identity.get("header"):
+        # Header identities: remove any client-sent copy first, so that only a trusted
+        # authentication filter placed after this one (e.g. jwt_authn claim_to_headers) can set it.
+        strip = (
+            "          - name: envoy.filters.http.header_mutation\n"
+            "            typed_config:\n"
+            '              "@type": type.googleapis.com/envoy.extensions.filters.http.header_mutation.v3.HeaderMutation\n'
+            "              mutations:\n"
+            "                request_mutations:\n"
+            f"                - remove: {identity['header']}\n"
+            "          # Place the authentication filter that sets the identity header here.\n"
+        )
     text = template or (ROOT / "envoy" / "envoy.template.yaml").read_text()
     values = {
         "BIND": bind,
@@ -32,6 +46,7 @@ def render(policy_text, bind, listen_port, admin_port, upstream_host, upstream_p
         "WASM_PATH": str(wasm),
         "TLS_DIR": str(tls_dir),
         "HOST_ENV_KEYS": json.dumps(env_keys),
+        "IDENTITY_HEADER_STRIP": strip,
         # YAML single-quoted scalar: a quote is written twice.
         "POLICY_JSON": compact.replace("'", "''"),
     }

@@ -37,6 +37,10 @@ check("/etc/envoy/envoy.yaml" in svc["command"], "compose starts Envoy with the 
 check(mounts.get(wasm["vm_config"]["code"]["local"]["filename"]) == "./target/wasm32-wasip1/release/spapi_guard.wasm",
       "the wasm path in envoy.yaml is the file compose mounts")
 check(json.loads(wasm["configuration"]["value"]) == policy, "envoy.yaml embeds policies/default.json")
+tls = listener["filter_chains"][0]["transport_socket"]["typed_config"]["common_tls_context"]
+tls_dir = pathlib.PurePosixPath(tls["validation_context"]["trusted_ca"]["filename"]).parent
+check(mounts.get(str(tls_dir)) == "./.run/demo/tls", "compose mounts the certificates where envoy.yaml reads them")
+check(tls["tls_params"]["tls_minimum_protocol_version"] == "TLSv1_2", "TLS 1.2 or later")
 env_keys = set(policy["keys"]["env"].values())
 check(set(wasm["vm_config"]["environment_variables"]["host_env_keys"]) == env_keys, "host_env_keys are the policy's key variables")
 check(set(svc.get("environment", {})) == env_keys, "compose passes exactly the policy's key variables")
