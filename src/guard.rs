@@ -221,6 +221,11 @@ mod tests {
         let g = Guard::load(example.as_bytes(), &env).unwrap_or_else(|e| panic!("docs/POLICY.md example: {e}"));
         assert!(g.catalog.get("my-api-v1.getThing").is_some());
         assert_eq!(g.policy.action(PiiClass::Other), Action::Redact);
+        // The access control example is a fragment of a policy.
+        let fragment = doc.split("```json").nth(2).and_then(|s| s.split("```").next()).expect("access example");
+        let policy = format!(r#"{{"version":1,"keys":{{"active":"k1","env":{{"k1":"SPAPI_GUARD_KEY_K1"}}}},{fragment}}}"#);
+        let g = Guard::load(policy.as_bytes(), &env).unwrap_or_else(|e| panic!("docs/POLICY.md access example: {e}"));
+        assert_eq!(g.access.callers.len(), 2);
     }
 
     #[test]
