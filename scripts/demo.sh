@@ -60,7 +60,8 @@ for port in "$PORT" "$ADMIN_PORT" "$MOCK_PORT"; do
 done
 
 ( python3 tests/mock_spapi.py --port "$MOCK_PORT" tests/fixtures/spapi > "$RUN/mock.log" 2>&1 & echo $! > "$RUN/mock.pid" )
-( "$ENVOY_BIN" -c "$RUN/envoy.yaml" --concurrency 1 --log-level info --disable-hot-restart > "$RUN/envoy.log" 2>&1 & echo $! > "$RUN/envoy.pid" )
+# stdout: the audit log (one JSON event per request); stderr: Envoy's and the filter's log.
+( "$ENVOY_BIN" -c "$RUN/envoy.yaml" --concurrency 1 --log-level info --disable-hot-restart --file-flush-interval-msec 250 > "$RUN/audit.log" 2> "$RUN/envoy.log" & echo $! > "$RUN/envoy.pid" )
 
 for _ in $(seq 1 100); do
   curl -fs "http://127.0.0.1:$ADMIN_PORT/ready" >/dev/null 2>&1 && break
@@ -97,9 +98,10 @@ rdt=$(show "order-sync: Tokens createRestrictedDataToken — resources checked, 
   $(as order-sync) -X POST "$URL/tokens/2021-03-01/restrictedDataToken" -H "x-mock-fixture: tokens-2021-03-01_createRestrictedDataToken_1.json" \
   -H "content-type: application/json" --data-binary '{"restrictedResources":[{"method":"GET","path":"/orders/v0/orders/{orderId}/address"}]}')
 
-sleep 0.5
-say "\n\033[1m== Audit log (one event per request; no PII, no paths)\033[0m"
-audit=$(grep -o 'spapi-guard audit .*' "$RUN/envoy.log" || true)
+# Envoy flushes its access log about once a second.
+for _ in $(seq 1 50); do [ "$(wc -l < "$RUN/audit.log")" -ge 6 ] && break; sleep 0.1; done
+say "\n\033[1m== Audit log: $RUN/audit.log (one JSON event per request; no PII; paths redacted)\033[0m"
+audit=$(cat "$RUN/audit.log")
 say "$audit"
 
 # Checks: the demo fails loudly if the filter did not do its job.
@@ -126,8 +128,8 @@ The stack keeps running; try (Ctrl-C stops it). Each demo caller has its own cli
   curl -s \$C $URL/mfn/v0/shipments/abc -H 'x-mock-fixture: merchant-fulfillment-v0_getShipment_1.json'
   Other callers: label-printer (addresses in clear, nothing else), analytics (no PII, no restricted
   operations), intruder (unknown): swap the certificate names. Without --cert: denied (unauthenticated).
-  curl -s http://127.0.0.1:$ADMIN_PORT/stats | grep wasm
-  tail -f $RUN/envoy.log | grep 'spapi-guard audit'
+  tail -f $RUN/audit.log          # audit events;  grep 'spapi-guard event' $RUN/envoy.log: security events
+  curl -s http://127.0.0.1:$ADMIN_PORT/stats/prometheus | grep spapi_guard
 Fixtures: tests/fixtures/spapi/INDEX.json (x-mock-fixture picks one by file name).
 EOF
   while kill -0 "$(cat "$RUN/envoy.pid")" 2>/dev/null; do sleep 1; done

@@ -228,6 +228,8 @@ pub enum DenyReason {
     DataElementNotAllowed,
     RdtResourceNotAllowed,
     InvalidRdtRequest,
+    /// The request or response carries a canary record and the policy blocks canaries.
+    CanaryBlocked,
 }
 
 impl DenyReason {
@@ -244,6 +246,7 @@ impl DenyReason {
             DenyReason::DataElementNotAllowed => "data_element_not_allowed",
             DenyReason::RdtResourceNotAllowed => "rdt_resource_not_allowed",
             DenyReason::InvalidRdtRequest => "invalid_rdt_request",
+            DenyReason::CanaryBlocked => "canary_blocked",
         }
     }
 

@@ -7,11 +7,18 @@ pub struct ConfigError {
     pub field: String,
     /// What is wrong and how to fix it.
     pub message: String,
+    /// A key variable named by the policy is not set (a security event of its own).
+    pub key_missing: bool,
 }
 
 impl ConfigError {
     pub fn new(field: impl Into<String>, message: impl Into<String>) -> Self {
-        ConfigError { field: field.into(), message: message.into() }
+        ConfigError { field: field.into(), message: message.into(), key_missing: false }
+    }
+
+    /// An error about a key variable that is not set.
+    pub fn key_missing(field: impl Into<String>, message: impl Into<String>) -> Self {
+        ConfigError { key_missing: true, ..ConfigError::new(field, message) }
     }
 }
 

@@ -2,6 +2,7 @@
 use std::fmt;
 
 use crate::access::Access;
+use crate::canary::Canaries;
 use crate::catalog::{Catalog, FieldRule, Operation};
 use crate::config_error::ConfigError;
 use crate::fail_closed::FailReason;
@@ -16,6 +17,7 @@ pub struct Guard {
     pub policy: Policy,
     pub catalog: Catalog,
     pub access: Access,
+    pub canaries: Canaries,
     pub tokens: TokenEngine,
 }
 
@@ -26,9 +28,10 @@ impl Guard {
         let policy = Policy::from_doc(&doc)?;
         let catalog = Catalog::build(&doc.catalog)?;
         let access = Access::build(&doc.access, &doc.roles, &doc.callers, &catalog, &policy)?;
+        let canaries = Canaries::build(&doc.canaries)?;
         let ring = keyring::load(&doc.keys, env)?;
         let tokens = TokenEngine::new(ring.keys, &ring.active).map_err(|m| ConfigError::new("keys", m))?;
-        Ok(Guard { policy, catalog, access, tokens })
+        Ok(Guard { policy, catalog, access, canaries, tokens })
     }
 
     /// Rewrites a response body of `op` with the policy's class actions.

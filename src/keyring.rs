@@ -44,7 +44,7 @@ pub fn load(doc: &KeysDoc, env: &dyn Fn(&str) -> Option<String>) -> Result<KeyRi
             ));
         }
         let value = env(var).ok_or_else(|| {
-            ConfigError::new(
+            ConfigError::key_missing(
                 &at,
                 format!("environment variable {var} is not set in the Wasm VM; export it to Envoy and list it in vm_config.environment_variables.host_env_keys"),
             )

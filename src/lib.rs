@@ -11,6 +11,7 @@
 //! * [`fail_closed`] — what the client gets when a body cannot be protected.
 pub mod access;
 pub mod audit;
+pub mod canary;
 pub mod catalog;
 pub mod cidr;
 pub mod config_error;
@@ -20,6 +21,7 @@ pub mod guard;
 pub mod json_rewrite;
 pub mod keyring;
 pub mod lockout;
+pub mod metrics;
 pub mod path_matcher;
 pub mod pii;
 pub mod policy;

@@ -17,11 +17,23 @@ pub struct LockoutRules {
 }
 
 /// What happened on an update.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
 pub enum Trigger {
+    #[default]
     None,
     Denials,
     PiiVolume,
+}
+
+impl Trigger {
+    /// The metric label and event reason.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Trigger::None => "none",
+            Trigger::Denials => "denials",
+            Trigger::PiiVolume => "pii_volume",
+        }
+    }
 }
 
 /// One caller's state.
@@ -78,6 +90,15 @@ impl LockState {
         self.locked_until_ms.saturating_sub(now_ms)
     }
 
+    /// Clears a lock whose cooldown has passed; returns true if it did (the lockout just ended).
+    pub fn end_expired(&mut self, now_ms: u64) -> bool {
+        if self.locked_until_ms != 0 && now_ms >= self.locked_until_ms {
+            self.locked_until_ms = 0;
+            return true;
+        }
+        false
+    }
+
     /// Records a denied request; locks when it is the `max_denials`-th within the window.
     pub fn record_denial(&mut self, now_ms: u64, rules: &LockoutRules) -> Trigger {
         if rules.max_denials == 0 {
@@ -127,6 +148,9 @@ mod tests {
         assert_eq!(s.record_denial(300, &RULES), Trigger::Denials);
         assert!(s.is_locked(301) && s.is_locked(5299));
         assert!(!s.is_locked(5300));
+        assert!(!s.end_expired(5299));
+        assert!(s.end_expired(5300));
+        assert!(!s.end_expired(5301), "ends once");
     }
 
     #[test]

@@ -4,6 +4,7 @@ use serde::Deserialize;
 use std::collections::BTreeMap;
 
 use crate::access::{AccessDoc, CallerDoc, RoleDoc};
+use crate::canary::CanariesDoc;
 use crate::catalog::{parse_class, CatalogOverrides};
 use crate::config_error::ConfigError;
 use crate::keyring::KeysDoc;
@@ -40,6 +41,8 @@ pub struct PolicyDoc {
     pub roles: BTreeMap<String, RoleDoc>,
     #[serde(default)]
     pub callers: Vec<CallerDoc>,
+    #[serde(default)]
+    pub canaries: CanariesDoc,
 }
 
 /// What happens to the values of a PII class.

@@ -286,16 +286,16 @@ impl Drop for Connections {
     }
 }
 
-/// The Envoy thread that logged each request's audit event.
+/// The Envoy worker thread of each request, from the filter's debug line (`--component-log-level
+/// wasm:debug`): `[time][thread][debug][wasm] … spapi-guard: request <id> decided <decision>`.
 fn worker_of_requests(stack: &Stack) -> BTreeMap<String, String> {
     stack
         .envoy_output()
         .lines()
-        .filter(|l| l.contains("spapi-guard audit "))
         .filter_map(|l| {
+            let (_, rest) = l.split_once("spapi-guard: request ")?;
             let thread = l.split("][").nth(1)?.to_string();
-            let json: Value = serde_json::from_str(l.split_once("spapi-guard audit ")?.1).ok()?;
-            Some((json["request_id"].as_str()?.to_string(), thread))
+            Some((rest.split_whitespace().next()?.to_string(), thread))
         })
         .collect()
 }
@@ -305,6 +305,7 @@ fn lockout_after_exactly_n_denials_across_workers_then_cooldown() {
     let key = random_key();
     let mut opts = Options::new("lockout", &key);
     opts.concurrency = 2;
+    opts.envoy_args = vec!["--component-log-level".into(), "wasm:debug".into()];
     opts.policy["access"]["lockout"] = json!({"maxDenials": 4, "windowSeconds": 60, "cooldownSeconds": 3});
     opts.policy["roles"]["label-printer"]["maxPiiFieldsPerWindow"] = json!(15);
     let stack = Stack::start(opts);
@@ -364,8 +365,21 @@ fn lockout_after_exactly_n_denials_across_workers_then_cooldown() {
     assert_eq!((locked.status, locked.header("x-spapi-guard")), (429, Some("locked_out")));
     assert!(locked.header("retry-after").is_some());
     let log = stack.envoy_output();
-    assert!(log.contains("lockout started: caller spiffe://spapi-guard.demo/analytics after 4 denied requests"), "{log}");
-    assert!(log.contains("lockout started: caller spiffe://spapi-guard.demo/label-printer over its PII volume limit"));
+    assert!(log.contains("lockout started: caller spiffe://spapi-guard.demo/analytics (denials)"), "{log}");
+    assert!(log.contains("lockout started: caller spiffe://spapi-guard.demo/label-printer (pii_volume)"));
+    // The end of a lockout is noticed by a one-second timer.
+    let events = stack.wait_for_security_event("lockout_ended");
+    let started: Vec<(&str, &str)> = events
+        .iter()
+        .filter(|e| e["event"] == "lockout_started")
+        .map(|e| (e["caller"].as_str().expect("caller"), e["reason"].as_str().expect("reason")))
+        .collect();
+    assert_eq!(started, [("spiffe://spapi-guard.demo/analytics", "denials"), ("spiffe://spapi-guard.demo/label-printer", "pii_volume")]);
+    let ended: Vec<&str> = events.iter().filter(|e| e["event"] == "lockout_ended").map(|e| e["caller"].as_str().expect("caller")).collect();
+    assert_eq!(ended, ["spiffe://spapi-guard.demo/analytics"], "the cooldown's end is reported once");
+    let metrics = stack.metrics();
+    assert_eq!(metrics.get(r#"spapi_guard_lockouts_total{trigger="denials"}"#), Some(&1));
+    assert_eq!(metrics.get(r#"spapi_guard_lockouts_total{trigger="pii_volume"}"#), Some(&1));
 }
 
 #[test]

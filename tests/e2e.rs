@@ -145,8 +145,12 @@ fn every_response_fixture_is_tokenized_byte_for_byte() {
     assert_eq!(events.len(), fixtures.len() + 1);
     let output = stack.envoy_output();
     assert!(!output.contains("panicked"), "the filter panicked");
+    // Paths are logged as templates: no path parameter reaches the log.
     for fx in &fixtures {
-        assert!(!output.contains(&fx.path) || fx.path.split('/').count() < 3, "a request path is in Envoy's output: {}", fx.path);
+        let op = catalog.route(&fx.method, &fx.path).expect("op");
+        if fx.path != op.path_template {
+            assert!(!output.contains(&fx.path), "a concrete request path is in Envoy's output: {}", fx.path);
+        }
     }
 }
 

@@ -100,11 +100,13 @@ pub struct Options {
     /// Extra fixture folders for the mock (the Amazon fixtures are always served).
     pub fixture_dirs: Vec<PathBuf>,
     pub concurrency: u32,
+    /// Extra Envoy command-line arguments.
+    pub envoy_args: Vec<String>,
 }
 
 impl Options {
     pub fn new(name: &'static str, key: &[u8; KEY_LEN]) -> Options {
-        Options { name, policy: default_policy(), env: vec![(KEY_VAR.into(), key_b64(key))], fixture_dirs: vec![], concurrency: 1 }
+        Options { name, policy: default_policy(), env: vec![(KEY_VAR.into(), key_b64(key))], fixture_dirs: vec![], concurrency: 1, envoy_args: vec![] }
     }
 }
 
@@ -154,13 +156,16 @@ fn render(dir: &Path, policy: &Value, port: u16, admin_port: u16, mock_port: u16
     config
 }
 
-fn spawn_envoy(dir: &Path, config: &Path, env: &[(String, String)], concurrency: u32) -> Child {
+fn spawn_envoy(dir: &Path, config: &Path, env: &[(String, String)], concurrency: u32, args: &[String]) -> Child {
     let bin = envoy_bin();
     assert!(bin.exists(), "{} is missing: run the tests with `make test` (it installs Envoy)", bin.display());
     let mut cmd = Command::new(bin);
     cmd.arg("-c")
         .arg(config)
         .args(["--concurrency", &concurrency.to_string(), "--log-level", "info", "--disable-hot-restart"])
+        // The audit log is Envoy's stdout access log: flush it promptly for the assertions.
+        .args(["--file-flush-interval-msec", "100"])
+        .args(args)
         .stdin(Stdio::null())
         .stdout(fs::File::create(dir.join("envoy.stdout")).expect("log"))
         .stderr(fs::File::create(dir.join("envoy.stderr")).expect("log"))
@@ -197,7 +202,7 @@ impl Stack {
             .stdout(fs::File::create(dir.join("mock.log")).expect("log"))
             .stderr(Stdio::inherit());
         let mock = mock_cmd.spawn().expect("spawn mock");
-        let envoy = spawn_envoy(&dir, &config, &opts.env, opts.concurrency);
+        let envoy = spawn_envoy(&dir, &config, &opts.env, opts.concurrency, &opts.envoy_args);
         let mut stack = Stack { dir, port, admin_port, mock_port, envoy, mock };
         let deadline = Instant::now() + Duration::from_secs(60);
         loop {
@@ -275,11 +280,40 @@ impl Stack {
         format!("{}{}", read(&self.dir.join("envoy.stdout")), read(&self.dir.join("envoy.stderr")))
     }
 
-    /// The filter's audit events so far.
+    /// The audit events so far: the JSON lines of Envoy's stdout access log.
     pub fn audit_events(&self) -> Vec<Value> {
-        self.envoy_output()
+        read(&self.dir.join("envoy.stdout"))
             .lines()
-            .filter_map(|l| l.split_once("spapi-guard audit ").map(|(_, json)| serde_json::from_str(json).expect("audit json")))
+            .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("access log line is not JSON ({e}): {l}")))
+            .collect()
+    }
+
+    /// The filter's security events so far (`spapi-guard event {json}` in Envoy's log).
+    pub fn security_events(&self) -> Vec<Value> {
+        read(&self.dir.join("envoy.stderr"))
+            .lines()
+            .filter_map(|l| l.split_once("spapi-guard event ").map(|(_, json)| serde_json::from_str(json).expect("event json")))
+            .collect()
+    }
+
+    /// Waits (up to 10 s) until a security event of this kind has been logged.
+    pub fn wait_for_security_event(&self, kind: &str) -> Vec<Value> {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let events = self.security_events();
+            if events.iter().any(|e| e["event"] == kind) || Instant::now() > deadline {
+                return events;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    /// Envoy's Prometheus metrics of the filter: `name{labels}` → value.
+    pub fn metrics(&self) -> BTreeMap<String, u64> {
+        let text = String::from_utf8_lossy(&curl(self.admin_port, "GET", "/stats/prometheus", &[]).body).into_owned();
+        text.lines()
+            .filter(|l| l.starts_with("spapi_guard_"))
+            .filter_map(|l| l.rsplit_once(' ').map(|(k, v)| (k.to_string(), v.parse().unwrap_or(0))))
             .collect()
     }
 
@@ -318,7 +352,7 @@ impl Drop for Stack {
 
 /// Starts Envoy with `policy` and `env`, expecting it to refuse the configuration.
 pub fn expect_refusal(name: &'static str, policy: Value, env: Vec<(String, String)>) -> Refused {
-    let opts = Options { name, policy, env, fixture_dirs: vec![], concurrency: 1 };
+    let opts = Options { name, policy, env, fixture_dirs: vec![], concurrency: 1, envoy_args: vec![] };
     match Stack::try_start(opts) {
         Ok(stack) => panic!("Envoy accepted the configuration of {name}:\n{}", stack.envoy_output()),
         Err(refused) => refused,

@@ -1,0 +1,89 @@
+//! Prometheus metrics the filter emits, and how their labels travel through Envoy.
+//!
+//! The proxy-wasm ABI has no metric labels, so labels are encoded in the stat name the way Istio
+//! does it — `label=.=value;.;` segments before the metric name — and the Envoy config's
+//! `stats_config.stats_tags` extracts them again (`envoy/envoy.template.yaml`). On
+//! `/stats/prometheus` a counter then reads `spapi_guard_requests_total{operation="…",decision="…"}`.
+//! Every label's values are bounded: operation ids of the catalog, reason codes, PII classes and
+//! actions, and the callers listed in the policy (never raw, unknown identities).
+
+/// A metric the filter emits: name, labels, help text.
+pub struct MetricSpec {
+    pub name: &'static str,
+    pub labels: &'static [&'static str],
+    pub help: &'static str,
+}
+
+/// Every metric, for the docs, the Envoy config's tag extraction and the alert rule checks.
+pub const METRICS: &[MetricSpec] = &[
+    MetricSpec { name: "spapi_guard_requests_total", labels: &["operation", "decision"], help: "Requests by catalog operation (`none` outside the catalog) and decision (allow, deny, dry_run_deny, lockout, fail_closed)." },
+    MetricSpec { name: "spapi_guard_denials_total", labels: &["reason"], help: "Denied requests by reason code (dry-run denials included, with their reason)." },
+    MetricSpec { name: "spapi_guard_caller_requests_total", labels: &["caller"], help: "Requests by caller id (`unknown` for identities the policy does not list, `none` without identity)." },
+    MetricSpec { name: "spapi_guard_caller_denials_total", labels: &["caller"], help: "Denied requests by caller id." },
+    MetricSpec { name: "spapi_guard_caller_pii_fields_total", labels: &["caller"], help: "PII values delivered (in any form but removed) by caller id." },
+    MetricSpec { name: "spapi_guard_pii_fields_total", labels: &["class", "action"], help: "PII values by class and what was done to them (tokenized, hashed, redacted, clear, removed)." },
+    MetricSpec { name: "spapi_guard_fail_closed_total", labels: &["reason"], help: "Responses replaced by an error because they could not be protected, by reason." },
+    MetricSpec { name: "spapi_guard_lockouts_total", labels: &["trigger"], help: "Lockouts started, by trigger (denials, pii_volume)." },
+    MetricSpec { name: "spapi_guard_canary_hits_total", labels: &["canary"], help: "Canary records seen in a request or response, by canary id." },
+    MetricSpec { name: "spapi_guard_config_total", labels: &["result"], help: "Configurations loaded or rejected (per Wasm VM)." },
+    MetricSpec { name: "spapi_guard_body_bytes_total", labels: &["direction"], help: "Response body bytes processed: upstream (received) and downstream (sent)." },
+];
+
+/// The Envoy stat name of a counter with its labels encoded.
+pub fn stat_name(metric: &str, labels: &[(&str, &str)]) -> String {
+    let mut name = String::with_capacity(metric.len() + 32 * labels.len());
+    for (label, value) in labels {
+        name.push_str(label);
+        name.push_str("=.=");
+        name.push_str(&label_value(value));
+        name.push_str(";.;");
+    }
+    name.push_str(metric);
+    name
+}
+
+/// A label value safe inside a stat name: the encoding's delimiters and anything unusual become `_`.
+pub fn label_value(value: &str) -> String {
+    let v: String = value
+        .chars()
+        .take(128)
+        .map(|c| if c.is_ascii_alphanumeric() || "-_./:@".contains(c) { c } else { '_' })
+        .collect();
+    if v.is_empty() {
+        "none".to_string()
+    } else {
+        v
+    }
+}
+
+/// The `stats_tags` entries that decode the labels (rendered into the Envoy config).
+pub fn tag_names() -> Vec<&'static str> {
+    let mut names: Vec<&str> = METRICS.iter().flat_map(|m| m.labels.iter().copied()).collect();
+    names.sort();
+    names.dedup();
+    names
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn encodes_labels_istio_style() {
+        assert_eq!(
+            stat_name("spapi_guard_requests_total", &[("operation", "orders-v0.getOrder"), ("decision", "allow")]),
+            "operation=.=orders-v0.getOrder;.;decision=.=allow;.;spapi_guard_requests_total"
+        );
+        assert_eq!(label_value("spiffe://a.b/c d;e=f"), "spiffe://a.b/c_d_e_f");
+        assert_eq!(label_value(""), "none");
+    }
+
+    #[test]
+    fn every_metric_is_named_and_labelled_consistently() {
+        for m in METRICS {
+            assert!(m.name.starts_with("spapi_guard_") && m.name.ends_with("_total"), "{}", m.name);
+            assert!(!m.labels.is_empty());
+        }
+        assert!(tag_names().contains(&"operation"));
+    }
+}
