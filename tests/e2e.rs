@@ -11,31 +11,6 @@ use spapi_guard::pii::PiiClass;
 use spapi_guard::tokens::{Mode, TokenEngine, ValueKind, TOKEN_PREFIX};
 use support::*;
 
-/// A PII value of an upstream body, found by the reference evaluator (jsonpath-rust on a DOM).
-struct PiiValue {
-    location: String,
-    class: PiiClass,
-    value: Value,
-}
-
-/// Every value at a catalog PII path of `op` in `body`, by the JSONPath reference (a DOM query,
-/// independent of the filter's one-pass automaton). Nulls, booleans and empty strings carry no PII.
-fn reference_pii(op: &Operation, body: &Value) -> Vec<PiiValue> {
-    let mut seen = BTreeSet::new();
-    let mut out = Vec::new();
-    for rule in &op.response_rules {
-        for hit in js_path(&rule.jsonpath, body).expect("reference query") {
-            let value = hit.clone().val().clone();
-            let location = hit.path();
-            if matches!(value, Value::Null | Value::Bool(_)) || value == json!("") || !seen.insert(location.clone()) {
-                continue;
-            }
-            out.push(PiiValue { location, class: rule.class, value });
-        }
-    }
-    out
-}
-
 /// Checks that `response` is `upstream` with exactly the reference PII values replaced by tokens
 /// that open to them: every other byte identical, every token at a PII location, of its class.
 fn assert_tokenized(name: &str, op: &Operation, upstream: &[u8], response: &[u8], engine: &TokenEngine) -> usize {

@@ -3,7 +3,7 @@
 //! byte Envoy printed for the assertions (and for debugging a failure).
 #![allow(dead_code)]
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::fs;
 use std::io::Read;
 use std::net::{TcpListener, TcpStream};
@@ -16,6 +16,10 @@ use std::time::{Duration, Instant};
 use base64::engine::general_purpose::STANDARD;
 use base64::Engine as _;
 use serde_json::Value;
+use jsonpath_rust::query::js_path;
+use serde_json::json;
+use spapi_guard::catalog::Operation;
+use spapi_guard::pii::PiiClass;
 use spapi_guard::tokens::{TokenEngine, KEY_LEN};
 
 pub const KEY_VAR: &str = "SPAPI_GUARD_KEY_DEMO_1";
@@ -489,3 +493,29 @@ pub fn fixture_dir(name: &str, entries: &[(&str, &str, &str, u16, Value, bool, V
     fs::write(dir.join("INDEX.json"), serde_json::to_vec(&index).expect("json")).expect("write index");
     dir
 }
+
+/// A PII value of an upstream body, found by the reference evaluator (jsonpath-rust on a DOM).
+pub struct PiiValue {
+    pub location: String,
+    pub class: PiiClass,
+    pub value: Value,
+}
+
+/// Every value at a catalog PII path of `op` in `body`, by the JSONPath reference (a DOM query,
+/// independent of the filter's one-pass automaton). Nulls, booleans and empty strings carry no PII.
+pub fn reference_pii(op: &Operation, body: &Value) -> Vec<PiiValue> {
+    let mut seen = BTreeSet::new();
+    let mut out = Vec::new();
+    for rule in &op.response_rules {
+        for hit in js_path(&rule.jsonpath, body).expect("reference query") {
+            let value = hit.clone().val().clone();
+            let location = hit.path();
+            if matches!(value, Value::Null | Value::Bool(_)) || value == json!("") || !seen.insert(location.clone()) {
+                continue;
+            }
+            out.push(PiiValue { location, class: rule.class, value });
+        }
+    }
+    out
+}
+
