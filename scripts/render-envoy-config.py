@@ -18,7 +18,8 @@ DOCKER = dict(bind="0.0.0.0", listen_port=10000, admin_port=9901, upstream_host=
               wasm="/etc/spapi-guard/spapi_guard.wasm", tls_dir="/etc/spapi-guard/tls")
 
 
-def render(policy_text, bind, listen_port, admin_port, upstream_host, upstream_port, wasm, tls_dir, template=None):
+def render(policy_text, bind, listen_port, admin_port, upstream_host, upstream_port, wasm, tls_dir, template=None,
+           variant="guard", trusted_identity=None):
     policy = json.loads(policy_text)
     env_keys = sorted(set(policy.get("keys", {}).get("env", {}).values()))
     compact = json.dumps(policy, separators=(",", ":"))
@@ -36,6 +37,16 @@ def render(policy_text, bind, listen_port, admin_port, upstream_host, upstream_p
             f"                - remove: {identity['header']}\n"
             "          # Place the authentication filter that sets the identity header here.\n"
         )
+        if trusted_identity:
+            # Benchmarks only: stands in for that authentication filter.
+            strip += (
+                "          - name: envoy.filters.http.header_mutation\n"
+                "            typed_config:\n"
+                '              "@type": type.googleapis.com/envoy.extensions.filters.http.header_mutation.v3.HeaderMutation\n'
+                "              mutations:\n"
+                "                request_mutations:\n"
+                f"                - append: {{ header: {{ key: {identity['header']}, value: {trusted_identity} }}, append_action: OVERWRITE_IF_EXISTS_OR_ADD }}\n"
+            )
     text = template or (ROOT / "envoy" / "envoy.template.yaml").read_text()
     values = {
         "BIND": bind,
@@ -52,6 +63,16 @@ def render(policy_text, bind, listen_port, admin_port, upstream_host, upstream_p
     }
     for name, value in values.items():
         text = text.replace("{{" + name + "}}", value)
+    if variant == "none":
+        # Benchmarks: the same Envoy without any Wasm filter.
+        start = text.index("          - name: envoy.filters.http.wasm")
+        end = text.index("          - name: envoy.filters.http.router")
+        text = text[:start] + text[end:]
+    elif variant in ("floor", "noop"):
+        # Benchmarks: a filter that only buffers and writes back each response body (floor), or
+        # that does nothing (noop).
+        text = text.replace("vm_id: spapi-guard", "vm_id: buffer-filter").replace("root_id: spapi-guard", "root_id: buffer-filter")
+        text = text.replace("value: '" + values["POLICY_JSON"] + "'", "value: '" + ("noop" if variant == "noop" else "buffer") + "'")
     return text
 
 
@@ -67,12 +88,14 @@ def main():
     p.add_argument("--upstream-port", type=int, default=18081)
     p.add_argument("--wasm", default=str(ROOT / "target" / "wasm32-wasip1" / "release" / "spapi_guard.wasm"))
     p.add_argument("--tls-dir", default=str(ROOT / ".run" / "demo" / "tls"), help="ca.crt, server.crt, server.key")
+    p.add_argument("--variant", choices=["guard", "floor", "noop", "none"], default="guard", help="benchmarks: which filter")
+    p.add_argument("--trusted-identity", help="benchmarks: set the policy's identity header to this value, as a trusted authentication filter would")
     a = p.parse_args()
     policy_text = pathlib.Path(a.policy).read_text()
     opts = DOCKER if a.docker else dict(bind=a.bind, listen_port=a.listen_port, admin_port=a.admin_port,
                                         upstream_host=a.upstream_host, upstream_port=a.upstream_port, wasm=a.wasm,
                                         tls_dir=a.tls_dir)
-    pathlib.Path(a.out).write_text(render(policy_text, **opts))
+    pathlib.Path(a.out).write_text(render(policy_text, **opts, variant=a.variant, trusted_identity=a.trusted_identity))
     return 0
 
 

@@ -1,4 +1,5 @@
 //! The loaded configuration and what it does to a body: the one object the Envoy layer holds.
+use std::collections::HashMap;
 use std::fmt;
 
 use crate::access::Access;
@@ -10,7 +11,7 @@ use crate::json_rewrite::{rewrite, write_json_string, Edit, FieldHandler, Matche
 use crate::keyring;
 use crate::pii::PiiClass;
 use crate::policy::{parse_doc, Action, ClassActions, Policy};
-use crate::tokens::{TokenEngine, ValueKind};
+use crate::tokens::{Mode, TokenEngine, ValueKind};
 
 /// Everything a VM needs to protect traffic, built once per configuration.
 pub struct Guard {
@@ -45,8 +46,16 @@ impl Guard {
         if body.len() > self.policy.max_body_bytes {
             return Err(FailReason::BodyTooLarge);
         }
-        let mut protector =
-            Protector { guard: self, actions, rules: &op.response_rules, counts: FieldCounts::default(), scratch: String::new() };
+        let mut protector = Protector {
+            guard: self,
+            actions,
+            rules: &op.response_rules,
+            counts: FieldCounts::default(),
+            token: String::new(),
+            buffer: Vec::new(),
+            key: Vec::new(),
+            repeated: HashMap::new(),
+        };
         match rewrite(body, &op.response_matcher, &mut protector) {
             Ok(body) => Ok(Protected { body, counts: protector.counts }),
             Err(RewriteError::InvalidJson { .. }) => Err(FailReason::InvalidJson),
@@ -129,7 +138,15 @@ struct Protector<'g> {
     actions: &'g ClassActions,
     rules: &'g [FieldRule],
     counts: FieldCounts,
-    scratch: String,
+    /// The token or pseudonym being written.
+    token: String,
+    /// Reusable encryption buffer.
+    buffer: Vec<u8>,
+    /// Reusable cache key: action, class, kind, then the plaintext.
+    key: Vec<u8>,
+    /// Deterministic outputs already computed in this body: values repeated within a page
+    /// (country, state, city…) are encrypted once.
+    repeated: HashMap<Vec<u8>, Box<str>>,
 }
 
 impl FieldHandler for Protector<'_> {
@@ -145,12 +162,24 @@ impl FieldHandler for Protector<'_> {
             MatchedValue::Raw(r) => (r.as_bytes(), ValueKind::RawJson),
         };
         self.counts.add(rule.class, action);
-        self.scratch.clear();
+        let deterministic = matches!(action, Action::Tokenize(Mode::Deterministic) | Action::Hash);
+        if deterministic {
+            self.key.clear();
+            self.key.extend_from_slice(&[action_slot(action) as u8, rule.class.index() as u8, kind as u8]);
+            self.key.extend_from_slice(plaintext);
+            if let Some(token) = self.repeated.get(self.key.as_slice()) {
+                out.push(b'"');
+                out.extend_from_slice(token.as_bytes());
+                out.push(b'"');
+                return Ok(Edit::Replaced);
+            }
+        }
+        self.token.clear();
         match action {
             Action::Clear => return Ok(Edit::Keep),
             Action::Remove => return Ok(Edit::Remove),
-            Action::Tokenize(mode) => self.guard.tokens.seal_into(rule.class, mode, kind, plaintext, &mut self.scratch),
-            Action::Hash => self.guard.tokens.hash_into(rule.class, plaintext, &mut self.scratch),
+            Action::Tokenize(mode) => self.guard.tokens.seal_into(rule.class, mode, kind, plaintext, &mut self.buffer, &mut self.token),
+            Action::Hash => self.guard.tokens.hash_into(rule.class, plaintext, &mut self.token),
             Action::Redact => match kind {
                 ValueKind::Text => {
                     write_json_string(&self.guard.policy.redact_mask, out);
@@ -164,8 +193,11 @@ impl FieldHandler for Protector<'_> {
         }
         // Tokens and pseudonyms are URL-safe ASCII: nothing to escape.
         out.push(b'"');
-        out.extend_from_slice(self.scratch.as_bytes());
+        out.extend_from_slice(self.token.as_bytes());
         out.push(b'"');
+        if deterministic {
+            self.repeated.insert(self.key.clone(), self.token.as_str().into());
+        }
         Ok(Edit::Replaced)
     }
 }
@@ -173,7 +205,6 @@ impl FieldHandler for Protector<'_> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::tokens::Mode;
 
     const KEY_HEX: &str = "8f4c1a2b3d5e6f708192a3b4c5d6e7f8091a2b3c4d5e6f708192a3b4c5d6e7f8";
 

@@ -26,7 +26,7 @@
 //!   from it (one getrandom call per VM, not per field). Two VMs' sequences overlap with
 //!   probability ≤ n·T/2⁹⁶ for n VMs and T tokens per key; keep T below 2³² per key (rotate keys
 //!   well before that) and the risk stays below 2⁻⁴⁰ for a million VM starts.
-use aes_gcm::aead::{Aead, KeyInit, Payload};
+use aes_gcm::aead::{Aead, AeadInPlace, KeyInit, Payload};
 use aes_gcm::{Aes256Gcm, Nonce};
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine as _;
@@ -198,8 +198,9 @@ impl TokenEngine {
         &self.keys[&self.active]
     }
 
-    /// Writes the token for `plaintext` to `out` (appending, no quotes).
-    pub fn seal_into(&self, class: PiiClass, mode: Mode, kind: ValueKind, plaintext: &[u8], out: &mut String) {
+    /// Writes the token for `plaintext` to `out` (appending, no quotes). `scratch` is a reusable
+    /// buffer (no allocation per token once it has grown).
+    pub fn seal_into(&self, class: PiiClass, mode: Mode, kind: ValueKind, plaintext: &[u8], scratch: &mut Vec<u8>, out: &mut String) {
         let header_start = out.len();
         write_header(out, mode, kind, &self.active, class);
         let schedule = self.active_schedule();
@@ -216,23 +217,23 @@ impl TokenEngine {
                 nonce
             }
         };
+        // nonce ‖ ciphertext ‖ tag, encrypted in place.
+        scratch.clear();
+        scratch.extend_from_slice(&nonce);
+        scratch.extend_from_slice(plaintext);
         let aad = out[header_start..].as_bytes();
         // AES-GCM encryption only fails for plaintexts over 64 GiB, far above any body limit.
-        let ciphertext = schedule
-            .aead
-            .encrypt(Nonce::from_slice(&nonce), Payload { msg: plaintext, aad })
-            .unwrap_or_default();
-        let mut raw = Vec::with_capacity(NONCE_LEN + ciphertext.len());
-        raw.extend_from_slice(&nonce);
-        raw.extend_from_slice(&ciphertext);
+        if let Ok(tag) = schedule.aead.encrypt_in_place_detached(Nonce::from_slice(&nonce), aad, &mut scratch[NONCE_LEN..]) {
+            scratch.extend_from_slice(&tag);
+        }
         out.push('.');
-        URL_SAFE_NO_PAD.encode_string(&raw, out);
+        URL_SAFE_NO_PAD.encode_string(&scratch[..], out);
     }
 
     /// Convenience wrapper of [`seal_into`](Self::seal_into).
     pub fn seal(&self, class: PiiClass, mode: Mode, kind: ValueKind, plaintext: &[u8]) -> String {
         let mut out = String::new();
-        self.seal_into(class, mode, kind, plaintext, &mut out);
+        self.seal_into(class, mode, kind, plaintext, &mut Vec::new(), &mut out);
         out
     }
 

@@ -1,0 +1,79 @@
+#!/usr/bin/env python3
+"""Generates the benchmark's payloads into a fixture folder the mock SP-API serves:
+
+- getOrders-100.json: a 100-order Orders v0 getOrders page (~160 KB), built from Amazon's example
+  order with every catalog PII field of getOrders present (~25 per order) and varied values (some
+  repeat within the page, as countries, states and cities do in real pages);
+- getOrder-1.json: Amazon's example getOrder response (one order);
+- catalog-item.json: a response of an operation without PII (a ~16 KB catalog item page).
+
+    python3 benches/gen_payloads.py OUT_DIR
+"""
+import json
+import pathlib
+import random
+import sys
+
+ROOT = pathlib.Path(__file__).resolve().parent.parent
+FIXTURES = ROOT / "tests" / "fixtures" / "spapi"
+FIRST = ["Jane", "John", "Maria", "Wei", "Aisha", "Lukas", "Sofia", "Kenji", "Olga", "Pedro", "Amara", "Noah"]
+LAST = ["Doe", "Smith", "García", "Chen", "Okafor", "Müller", "Rossi", "Tanaka", "Ivanova", "Silva", "Nguyen"]
+CITIES = [("Seattle", "WA", "King"), ("Canton", "MI", "Wayne"), ("Austin", "TX", "Travis"), ("Denver", "CO", "Denver"),
+          ("Portland", "OR", "Multnomah"), ("Boston", "MA", "Suffolk")]
+STREETS = ["Cross St", "Pine Ave", "Lake Rd", "2nd Ave", "Elm Ct", "Harbor Blvd", "Maple Dr"]
+
+
+def order(rng, i, template):
+    first, last = rng.choice(FIRST), rng.choice(LAST)
+    city, state, county = rng.choice(CITIES)
+    street, number = rng.choice(STREETS), str(rng.randint(1, 9999))
+    o = dict(template)
+    o["AmazonOrderId"] = f"902-{rng.randint(1000000, 9999999)}-{rng.randint(1000000, 9999999)}"
+    o["OrderTotal"] = {"CurrencyCode": "USD", "Amount": f"{rng.randint(5, 500)}.{rng.randint(0, 99):02d}"}
+    o["ShippingAddress"] = {
+        "Name": f"{first} {last}", "CompanyName": f"{last} Household", "AddressLine1": f"{number} {street}",
+        "AddressLine2": f"Apt {rng.randint(1, 400)}", "AddressLine3": "", "City": city, "County": county,
+        "District": "Downtown", "StateOrRegion": state, "Municipality": city, "PostalCode": f"{rng.randint(10000, 99999)}",
+        "CountryCode": "US", "Phone": f"+1 206-555-{rng.randint(1000, 9999)}", "AddressType": "Residential",
+        "ExtendedFields": {"StreetName": street, "StreetNumber": number, "Complement": "Door code 1234",
+                           "Neighborhood": "Belltown",
+                           "GeoCoordinates": {"Latitude": round(rng.uniform(25, 48), 6), "Longitude": round(rng.uniform(-122, -71), 6)}},
+    }
+    o["BuyerInfo"] = {
+        "BuyerEmail": f"{first.lower()}.{last.lower()}{i}@marketplace.amazon.com", "BuyerName": f"{first} {last}",
+        "BuyerCounty": county, "BuyerTaxInfo": {"CompanyLegalName": f"{last} LLC", "TaxingRegion": state,
+                                               "TaxClassifications": [{"Name": "VATNumber", "Value": f"XI{rng.randint(10**8, 10**9 - 1)}"}]},
+        "PurchaseOrderNumber": f"PO-{rng.randint(10**6, 10**7 - 1)}",
+    }
+    o["DefaultShipFromLocationAddress"] = {"Name": "Acme Seller Warehouse", "AddressLine1": "100 Commerce Way",
+                                           "City": "Reno", "StateOrRegion": "NV", "PostalCode": "89501", "CountryCode": "US"}
+    return o
+
+
+def main():
+    out = pathlib.Path(sys.argv[1])
+    out.mkdir(parents=True, exist_ok=True)
+    rng = random.Random(20261129)
+    sample = json.loads((FIXTURES / "orders-v0_getOrders_1.json").read_text())
+    template = {k: v for k, v in sample["payload"]["Orders"][0].items() if k not in ("ShippingAddress", "BuyerInfo")}
+    page = {"payload": {"Orders": [order(rng, i, template) for i in range(100)], "NextToken": "2YgYW55IGNhcm5hbCBwbGVhc3VyZQ==",
+                        "CreatedBefore": "2026-11-01T00:00:00Z"}}
+    (out / "getOrders-100.json").write_text(json.dumps(page, ensure_ascii=False))
+    (out / "getOrder-1.json").write_bytes((FIXTURES / "orders-v0_getOrder_1.json").read_bytes())
+    items = {"numberOfResults": 40, "items": [{"asin": f"B0{rng.randint(10**7, 10**8 - 1)}", "summaries": [
+        {"marketplaceId": "ATVPDKIKX0DER", "brandName": "Acme", "itemName": f"Widget model {i} with a fairly long descriptive title",
+         "manufacturer": "Acme Corp", "modelNumber": f"W-{i}", "packageQuantity": 1, "size": "Large", "style": "Modern",
+         "websiteDisplayGroup": "home_display_on_website"}]} for i in range(40)]}
+    (out / "catalog-item.json").write_text(json.dumps(items, indent=1))
+    index = [
+        {"file": "getOrders-100.json", "method": "GET", "path": "/orders/v0/orders", "query": "", "status": 200},
+        {"file": "getOrder-1.json", "method": "GET", "path": "/orders/v0/orders/902-3159896-1390916", "query": "", "status": 200},
+        {"file": "catalog-item.json", "method": "GET", "path": "/catalog/2022-04-01/items", "query": "", "status": 200},
+    ]
+    (out / "INDEX.json").write_text(json.dumps(index, indent=1))
+    for e in index:
+        print(f"{e['file']}: {(out / e['file']).stat().st_size} bytes")
+
+
+if __name__ == "__main__":
+    main()
