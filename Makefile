@@ -19,12 +19,13 @@ export PATH := $(HOME)/.cargo/bin:$(PATH)
 export ENVOY_BIN
 export SPAPI_GUARD_WASM := $(CURDIR)/$(WASM)
 
-.PHONY: help wasm envoy promtool run demo test test-unit test-e2e check-config check-alerts config clean
+.PHONY: help wasm envoy promtool wrk run demo test test-unit test-e2e check-config check-alerts config bench clean
 
 help:
 	@echo "make run    demo stack: mock SP-API + Envoy + spapi-guard on 127.0.0.1:10000 (Ctrl-C stops)"
 	@echo "make demo   the demo, scripted: prints tokenized responses and exits"
 	@echo "make test   all tests (installs Envoy $(ENVOY_VERSION) and the wasm32-wasip1 target)"
+	@echo "make bench  benchmarks: the filter through Envoy side by side (wrk) + the native core"
 	@echo "make wasm   build $(WASM)"
 	@echo "make config re-render envoy/envoy.yaml from the template and policies/default.json"
 
@@ -74,8 +75,22 @@ check-alerts: promtool
 	promtool check rules monitoring/alerts.yml
 	cd monitoring && promtool test rules alerts.test.yml
 
+# wrk (Debian package) drives the benchmark; installed if missing.
+wrk:
+	@command -v wrk >/dev/null || { \
+	  echo "installing wrk (Debian package)"; \
+	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends wrk >/dev/null; }
+
+# Side-by-side through Envoy (no filter / buffer-only Wasm / spapi-guard) and the native core.
+# Results: target/bench/results.md and target/bench/core.md; BENCHMARKS.md explains them.
+bench: wasm envoy wrk
+	cargo build --release --target $(WASM_TARGET) --manifest-path benches/buffer-filter/Cargo.toml --target-dir target
+	$(PYTHON) benches/gen_payloads.py target/bench/fixtures
+	set -o pipefail; cargo bench --bench core | tee target/bench/core.md
+	$(PYTHON) benches/run_bench.py --rounds 3 --seconds 5
+
 test-unit:
-	cargo test --lib
+	cargo test --lib --test fast_path
 	$(VENV)/bin/python tests/vectors/check_token_vectors.py src/tokens.rs
 
 test-e2e: wasm envoy

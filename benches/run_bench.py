@@ -33,7 +33,7 @@ FLOOR_WASM = ROOT / "target" / "wasm32-wasip1" / "release" / "buffer_filter.wasm
 PAYLOADS = [
     ("no-PII operation (16 KB catalog page)", "/catalog/2022-04-01/items", "catalog-item.json"),
     ("1-order getOrder (1.4 KB)", "/orders/v0/orders/902-3159896-1390916", "getOrder-1.json"),
-    ("100-order getOrders (180 KB, 2,800 PII fields)", "/orders/v0/orders", "getOrders-100.json"),
+    ("100-order getOrders (176 KB, 2,500 PII values)", "/orders/v0/orders", "getOrders-100.json"),
 ]
 VARIANTS = ["none", "floor", "guard"]
 # Diagnostics, to show where spapi-guard's time goes: the same filter with every PII class

@@ -554,6 +554,16 @@ impl Access {
         Ok(())
     }
 
+    /// The identity sources, in the order they are tried (the filter reads only what it needs).
+    pub fn identity_sources(&self) -> &[IdentitySource] {
+        &self.sources
+    }
+
+    /// Whether the client address comes from X-Forwarded-For (else the direct peer).
+    pub fn uses_forwarded_for(&self) -> bool {
+        self.xff_trusted_hops > 0
+    }
+
     fn identity(&self, facts: &RequestFacts) -> Option<(IdentitySource, String)> {
         self.sources.iter().find_map(|&source| {
             let value = match source {

@@ -32,28 +32,35 @@ pub const METRICS: &[MetricSpec] = &[
 /// The Envoy stat name of a counter with its labels encoded.
 pub fn stat_name(metric: &str, labels: &[(&str, &str)]) -> String {
     let mut name = String::with_capacity(metric.len() + 32 * labels.len());
+    write_stat_name(&mut name, metric, labels);
+    name
+}
+
+/// Writes the stat name into `name` (cleared first): the hot path reuses one buffer.
+pub fn write_stat_name(name: &mut String, metric: &str, labels: &[(&str, &str)]) {
+    name.clear();
     for (label, value) in labels {
         name.push_str(label);
         name.push_str("=.=");
-        name.push_str(&label_value(value));
+        push_label_value(name, value);
         name.push_str(";.;");
     }
     name.push_str(metric);
-    name
 }
 
 /// A label value safe inside a stat name: the encoding's delimiters and anything unusual become `_`.
 pub fn label_value(value: &str) -> String {
-    let v: String = value
-        .chars()
-        .take(128)
-        .map(|c| if c.is_ascii_alphanumeric() || "-_./:@".contains(c) { c } else { '_' })
-        .collect();
-    if v.is_empty() {
-        "none".to_string()
-    } else {
-        v
+    let mut v = String::new();
+    push_label_value(&mut v, value);
+    v
+}
+
+fn push_label_value(out: &mut String, value: &str) {
+    if value.is_empty() {
+        out.push_str("none");
+        return;
     }
+    out.extend(value.chars().take(128).map(|c| if c.is_ascii_alphanumeric() || "-_./:@".contains(c) { c } else { '_' }));
 }
 
 /// The `stats_tags` entries that decode the labels (rendered into the Envoy config).

@@ -8,7 +8,7 @@ use std::time::UNIX_EPOCH;
 
 use crate::audit::SecurityEvent;
 use crate::lockout::LockState;
-use crate::metrics::stat_name;
+use crate::metrics::write_stat_name;
 
 /// Compare-and-swap attempts on the shared lockout state before giving up (logged).
 const CAS_ATTEMPTS: usize = 32;
@@ -39,6 +39,8 @@ pub fn security(event: &SecurityEvent) {
 thread_local! {
     /// Stat name → metric id, per VM (defining a metric takes a symbol-table lock in Envoy).
     static METRIC_IDS: RefCell<HashMap<String, u32>> = RefCell::new(HashMap::new());
+    /// The stat name being looked up (one buffer, no allocation per count).
+    static NAME: RefCell<String> = const { RefCell::new(String::new()) };
 }
 
 /// Adds `n` to a counter with labels.
@@ -46,14 +48,17 @@ pub fn count(metric: &str, labels: &[(&str, &str)], n: u64) {
     if n == 0 {
         return;
     }
-    let name = stat_name(metric, labels);
-    let id = METRIC_IDS.with(|ids| {
-        if let Some(id) = ids.borrow().get(&name) {
-            return Some(*id);
-        }
-        let id = hostcalls::define_metric(MetricType::Counter, &name).ok()?;
-        ids.borrow_mut().insert(name, id);
-        Some(id)
+    let id = NAME.with(|name| {
+        let mut name = name.borrow_mut();
+        write_stat_name(&mut name, metric, labels);
+        METRIC_IDS.with(|ids| {
+            if let Some(id) = ids.borrow().get(name.as_str()) {
+                return Some(*id);
+            }
+            let id = hostcalls::define_metric(MetricType::Counter, &name).ok()?;
+            ids.borrow_mut().insert(name.clone(), id);
+            Some(id)
+        })
     });
     if let Some(id) = id {
         let _ = hostcalls::increment_metric(id, n as i64);

@@ -20,7 +20,7 @@ use proxy_wasm::types::{Action, LogLevel};
 use std::rc::Rc;
 
 use super::host::{count, lock_state, log, now_ms, security, update_lock};
-use crate::access::{Caller, Decision, DenyReason, RequestFacts, Verdict};
+use crate::access::{Caller, Decision, DenyReason, IdentitySource, RequestFacts, Verdict};
 use crate::audit::{redacted_path, AuditEvent, DecisionIds, DecisionKind, Outcome, SecurityEvent};
 use crate::canary::ChunkScanner;
 use crate::fail_closed::{check_response_headers, FailReason};
@@ -242,15 +242,39 @@ impl HttpContext for Stream {
         // The trusted identity header is read here and never forwarded.
         let header_identity = guard.access.identity_header.as_deref().and_then(|h| {
             let value = self.request_header(h);
-            self.set_http_request_header(h, None);
+            if value.is_some() {
+                self.set_http_request_header(h, None);
+            }
             value
         });
         self.tls_version = self.property(&["connection", "tls_version"]);
-        let uri_san = self.property(&["connection", "uri_san_peer_certificate"]);
-        let dns_san = self.property(&["connection", "dns_san_peer_certificate"]);
-        let subject = self.property(&["connection", "subject_peer_certificate"]);
+        // Certificate properties are read in the policy's order, up to the first one present:
+        // each read is a host call, and the first present source decides anyway.
+        let (mut uri_san, mut dns_san, mut subject) = (None, None, None);
+        let present = |v: &Option<String>| v.as_deref().is_some_and(|v| !v.is_empty());
+        for source in guard.access.identity_sources() {
+            let found = match source {
+                _ if self.tls_version.is_none() && *source != IdentitySource::Header => false,
+                IdentitySource::UriSan => {
+                    uri_san = self.property(&["connection", "uri_san_peer_certificate"]);
+                    present(&uri_san)
+                }
+                IdentitySource::DnsSan => {
+                    dns_san = self.property(&["connection", "dns_san_peer_certificate"]);
+                    present(&dns_san)
+                }
+                IdentitySource::Subject => {
+                    subject = self.property(&["connection", "subject_peer_certificate"]);
+                    present(&subject)
+                }
+                IdentitySource::Header => present(&header_identity),
+            };
+            if found {
+                break;
+            }
+        }
         let peer = self.property(&["source", "address"]);
-        let xff = self.request_header("x-forwarded-for");
+        let xff = if guard.access.uses_forwarded_for() { self.request_header("x-forwarded-for") } else { None };
         let facts = RequestFacts {
             tls_version: self.tls_version.as_deref(),
             uri_san: uri_san.as_deref(),
