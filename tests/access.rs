@@ -22,10 +22,6 @@ enum Level {
     None,
 }
 
-fn fixture(file: &str) -> Fixture {
-    response_fixtures().into_iter().find(|f| f.file == file).unwrap_or_else(|| panic!("no fixture {file}"))
-}
-
 fn catalog() -> Catalog {
     Catalog::build(&CatalogOverrides::default()).expect("catalog")
 }

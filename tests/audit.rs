@@ -10,10 +10,6 @@ use spapi_guard::catalog::{Catalog, CatalogOverrides};
 use spapi_guard::metrics::METRICS;
 use support::*;
 
-fn fixture(file: &str) -> Fixture {
-    response_fixtures().into_iter().find(|f| f.file == file).unwrap_or_else(|| panic!("no fixture {file}"))
-}
-
 /// Bodies the filter must refuse, each carrying real PII of the Amazon fixtures.
 fn fail_closed_fixtures(name: &str) -> std::path::PathBuf {
     let body = fixture("orders-v0_getOrderAddress_1.json").body();

@@ -135,7 +135,7 @@ fn deterministic_tokens_repeat_across_requests_and_vms_randomized_do_not() {
     let engine = engine(&key);
     let a = Stack::start(Options::new("det-a", &key));
     let b = Stack::start(Options::new("det-b", &key));
-    let fx = response_fixtures().into_iter().find(|f| f.file == "orders-2026-01-01_searchOrders_1.json").expect("fixture");
+    let fx = fixture("orders-2026-01-01_searchOrders_1.json");
     let first = a.play(&fx).json();
     let second = a.play(&fx).json();
     let other_vm = b.play(&fx).json();
@@ -180,7 +180,7 @@ fn class_actions_redact_hash_clear_and_randomize() {
         "exclude": {"orders-v0.getOrderAddress": ["$.payload.ShippingAddress.CountryCode"]}
     });
     let stack = Stack::start(opts);
-    let fx = response_fixtures().into_iter().find(|f| f.file == "orders-2026-01-01_searchOrders_1.json").expect("fixture");
+    let fx = fixture("orders-2026-01-01_searchOrders_1.json");
     let up: Value = serde_json::from_slice(&fx.body()).expect("json");
     let got = stack.play(&fx).json();
     let (u, g) = (&up["orders"][0], &got["orders"][0]);
@@ -194,7 +194,7 @@ fn class_actions_redact_hash_clear_and_randomize() {
     assert_eq!(opened.mode, Mode::Randomized);
     assert_eq!(opened.plaintext, u["recipient"]["deliveryAddress"]["phone"].as_str().expect("phone").as_bytes());
     // Catalog overrides from the policy: an added field is protected, an excluded one is not.
-    let fx = response_fixtures().into_iter().find(|f| f.file == "orders-v0_getOrderAddress_1.json").expect("fixture");
+    let fx = fixture("orders-v0_getOrderAddress_1.json");
     let address = stack.play(&fx).json();
     let order_id = address["payload"]["AmazonOrderId"].as_str().expect("token");
     assert_eq!(engine.open(order_id).expect("opens").class, PiiClass::Other);
@@ -236,7 +236,7 @@ fn operations_without_pii_pass_unchanged_and_unbuffered() {
     assert_eq!(unknown.status, 200);
     assert!(unknown.body == big, "path outside the catalog: body changed");
     // A small one from Amazon's examples too, headers and all.
-    let fx = response_fixtures().into_iter().find(|f| f.file == "tokens-2021-03-01_createRestrictedDataToken_1.json").expect("fixture");
+    let fx = fixture("tokens-2021-03-01_createRestrictedDataToken_1.json");
     let resp = stack.play(&fx);
     assert_eq!(resp.body, fx.body());
     let events = stack.wait_for_audit_events(3);
@@ -299,7 +299,7 @@ fn unprocessable_responses_fail_closed_with_no_upstream_bytes() {
     });
     assert_eq!(failed.values().sum::<usize>(), cases.len() - 1, "{failed:?}");
     // The VM survived all of it.
-    let fx = response_fixtures().into_iter().find(|f| f.file == "orders-v0_getOrderAddress_1.json").expect("fixture");
+    let fx = fixture("orders-v0_getOrderAddress_1.json");
     assert_eq!(stack.play(&fx).status, 200);
     let output = stack.envoy_output();
     assert!(!output.contains(secret) && !output.contains("panicked"), "Envoy output holds PII or a panic");

@@ -418,14 +418,7 @@ impl HttpContext for Stream {
         let body = self.get_http_response_body(0, body_size).unwrap_or_default();
         let guard = Rc::clone(&self.guard);
         if self.canaries_seen(guard.canaries.find(&body)) {
-            self.outcome = Outcome::Denied;
-            let reason = DenyReason::CanaryBlocked;
-            self.decision_kind = DecisionKind::Deny;
-            self.reason = Some(reason.code());
-            let reply = reason.error_body();
-            self.bytes_out = reply.len();
-            self.send_http_response(reason.status(), vec![("content-type", "application/json"), ("x-spapi-guard", reason.code())], Some(reply.as_bytes()));
-            return Action::Pause;
+            return self.deny(DenyReason::CanaryBlocked);
         }
         let Some(index) = self.operation else { return Action::Continue };
         match guard.protect_response_with(&guard.catalog.operations[index], &body, &self.actions) {

@@ -482,6 +482,11 @@ impl Fixture {
     }
 }
 
+/// One response fixture of the Amazon set, by file name.
+pub fn fixture(file: &str) -> Fixture {
+    response_fixtures().into_iter().find(|f| f.file == file).unwrap_or_else(|| panic!("no fixture {file}"))
+}
+
 /// Writes a fixture folder for the mock: `(file, method, path, status, headers, chunked, body)`.
 pub fn fixture_dir(name: &str, entries: &[(&str, &str, &str, u16, Value, bool, Vec<u8>)]) -> PathBuf {
     let dir = stack_dir(name);
