@@ -233,6 +233,78 @@ fn spoofed_identity_headers_are_ignored_and_stripped() {
     assert_eq!((resp.status, resp.header("x-spapi-guard")), (403, Some("unauthenticated")), "a client-set identity header was believed");
 }
 
+#[test]
+fn header_identities_come_only_from_the_trusted_authentication_filter() {
+    // Envoy's jwt_authn verifies a JWT and forwards its `sub` claim in the identity header; the
+    // renderer's strip filter, placed before it, removes any client-sent copy.
+    let out = Command::new(repo().join(".venv/bin/python"))
+        .args([repo().join("tests/make_jwt.py").to_str().expect("path"), "https://idp.test", "batch-job", "someone-else"])
+        .output()
+        .expect("python");
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let made: Value = serde_json::from_slice(&out.stdout).expect("json");
+    let jwks = made["jwks"].as_str().expect("jwks").replace('\'', "''");
+    let key = random_key();
+    let mut opts = Options::new("jwt-identity", &key);
+    opts.policy["access"]["identity"]["sources"] = json!(["uri_san", "header"]);
+    opts.policy["access"]["allowPlaintext"] = json!(true);
+    opts.policy["callers"].as_array_mut().expect("callers").push(json!({"id": "batch-job", "source": "header", "roles": ["label-printer"]}));
+    opts.auth_filter = Some(format!(
+        r#"          - name: envoy.filters.http.jwt_authn
+            typed_config:
+              "@type": type.googleapis.com/envoy.extensions.filters.http.jwt_authn.v3.JwtAuthentication
+              providers:
+                idp:
+                  issuer: https://idp.test
+                  local_jwks: {{ inline_string: '{jwks}' }}
+                  claim_to_headers: [{{ header_name: x-spapi-guard-caller, claim_name: sub }}]
+              rules:
+              - match: {{ prefix: "/" }}
+                requires: {{ requires_any: {{ requirements: [{{ provider_name: idp }}, {{ allow_missing: {{}} }}] }} }}
+"#
+    ));
+    let stack = Stack::start(opts);
+    let address = fixture("orders-v0_getOrderAddress_1.json");
+    let bearer = |sub: &str| format!("Bearer {}", made["tokens"][sub].as_str().expect("token"));
+    let get = |headers: &[(&str, &str)]| {
+        let mut all = vec![("x-mock-fixture", address.file.as_str())];
+        all.extend_from_slice(headers);
+        stack.send(Client::Plaintext, "GET", &address.url(), &all, None, None).expect("curl")
+    };
+    // A valid JWT: the caller is its subject, with that caller's rights (address in clear, name removed).
+    let ok = get(&[("authorization", &bearer("batch-job"))]);
+    assert_eq!(ok.status, 200, "{}", ok.text());
+    assert_eq!(ok.json()["payload"]["ShippingAddress"]["City"], "Canton");
+    assert!(ok.json()["payload"]["ShippingAddress"].get("Name").is_none());
+    let call = stack.mock_calls().pop().expect("a call");
+    assert_eq!(call["headers"].get("x-spapi-guard-caller"), None, "the identity header reached the upstream");
+    // No JWT, only a client-set header: stripped, so no identity.
+    let spoofed = get(&[("x-spapi-guard-caller", "batch-job")]);
+    assert_eq!((spoofed.status, spoofed.header("x-spapi-guard")), (403, Some("unauthenticated")));
+    // A JWT for someone else plus a spoofed header: the JWT's subject counts, and it is unknown.
+    let other = get(&[("authorization", &bearer("someone-else")), ("x-spapi-guard-caller", "batch-job")]);
+    assert_eq!((other.status, other.header("x-spapi-guard")), (403, Some("unknown_caller")));
+    // A forged JWT is refused by jwt_authn itself.
+    let forged = bearer("batch-job").replace("eyJ", "eyK");
+    assert_eq!(get(&[("authorization", &forged)]).status, 401);
+    // Every attempt is in the audit log, the one refused by jwt_authn too.
+    let events = stack.wait_for_audit_events(4);
+    let seen: Vec<(&str, Option<&str>, u64)> = events
+        .iter()
+        .map(|e| (e["decision"].as_str().expect("decision"), e["reason"].as_str(), e["status"].as_u64().expect("status")))
+        .collect();
+    assert_eq!(
+        seen,
+        [
+            ("allow", None, 200),
+            ("deny", Some("unauthenticated"), 403),
+            ("deny", Some("unknown_caller"), 403),
+            ("deny", Some("refused_before_spapi_guard"), 401)
+        ]
+    );
+    assert_eq!(events[0]["identity"], "header:batch-job");
+}
+
 /// Drives `tests/conn_client.py`: persistent connections, one request at a time.
 struct Connections {
     child: std::process::Child,

@@ -28,6 +28,9 @@ use crate::guard::{FieldCounts, Guard};
 use crate::lockout::Trigger;
 use crate::policy::ClassActions;
 
+/// Reason of a request answered by a filter in front of spapi-guard.
+const REFUSED_BEFORE: &str = "refused_before_spapi_guard";
+
 /// Largest `createRestrictedDataToken` request body read (50 resources fit easily).
 const MAX_RDT_BODY: usize = 64 * 1024;
 
@@ -448,6 +451,13 @@ impl HttpContext for Stream {
     }
 
     fn on_log(&mut self) {
+        if self.decision.is_none() {
+            // The request never reached this filter: a filter in front of it (authentication,
+            // rate limit…) answered it. Still one audit event, saying so.
+            self.decision_kind = DecisionKind::Deny;
+            self.outcome = Outcome::Denied;
+            self.reason = Some(REFUSED_BEFORE);
+        }
         let request_id = self.property(&["request", "id"]).unwrap_or_default();
         let started_ms = self.int_property(&["request", "time"]).map(|ns| (ns / 1_000_000) as u64);
         let now = now_ms();

@@ -106,11 +106,22 @@ pub struct Options {
     pub concurrency: u32,
     /// Extra Envoy command-line arguments.
     pub envoy_args: Vec<String>,
+    /// HTTP filters (YAML, indented for the filter list) put where the rendered config says to
+    /// place the authentication filter that sets the identity header.
+    pub auth_filter: Option<String>,
 }
 
 impl Options {
     pub fn new(name: &'static str, key: &[u8; KEY_LEN]) -> Options {
-        Options { name, policy: default_policy(), env: vec![(KEY_VAR.into(), key_b64(key))], fixture_dirs: vec![], concurrency: 1, envoy_args: vec![] }
+        Options {
+            name,
+            policy: default_policy(),
+            env: vec![(KEY_VAR.into(), key_b64(key))],
+            fixture_dirs: vec![],
+            concurrency: 1,
+            envoy_args: vec![],
+            auth_filter: None,
+        }
     }
 }
 
@@ -196,6 +207,12 @@ impl Stack {
         let dir = stack_dir(opts.name);
         let (port, admin_port, mock_port) = (free_port(), free_port(), free_port());
         let config = render(&dir, &opts.policy, port, admin_port, mock_port);
+        if let Some(filters) = &opts.auth_filter {
+            let text = fs::read_to_string(&config).expect("config");
+            let marker = "          # Place the authentication filter that sets the identity header here.\n";
+            assert!(text.contains(marker), "the rendered config has no place for an authentication filter");
+            fs::write(&config, text.replace(marker, filters)).expect("write config");
+        }
         let mut mock_cmd = Command::new("python3");
         mock_cmd
             .arg(repo().join("tests/mock_spapi.py"))
@@ -356,7 +373,7 @@ impl Drop for Stack {
 
 /// Starts Envoy with `policy` and `env`, expecting it to refuse the configuration.
 pub fn expect_refusal(name: &'static str, policy: Value, env: Vec<(String, String)>) -> Refused {
-    let opts = Options { name, policy, env, fixture_dirs: vec![], concurrency: 1, envoy_args: vec![] };
+    let opts = Options { name, policy, env, ..Options::new(name, &[0; KEY_LEN]) };
     match Stack::try_start(opts) {
         Ok(stack) => panic!("Envoy accepted the configuration of {name}:\n{}", stack.envoy_output()),
         Err(refused) => refused,
