@@ -15,7 +15,7 @@ use std::time::Duration;
 
 use crate::audit::{DecisionIds, SecurityEvent};
 use crate::guard::Guard;
-use host::{count, log, now_ms, security, update_lock};
+use host::{count, lock_state, log, now_ms, security, update_lock};
 use stream::Stream;
 
 proxy_wasm::main! {{
@@ -79,7 +79,13 @@ impl RootContext for Root {
     /// Ends lockouts whose cooldown has passed; the compare-and-swap makes exactly one VM report it.
     fn on_tick(&mut self) {
         let Some(guard) = self.guard.as_ref() else { return };
+        let now = now_ms();
         for caller in &guard.access.callers {
+            // Read first: the compare-and-swap write happens only for a lock that has expired.
+            let state = lock_state(&caller.id);
+            if state.locked_until_ms == 0 || now < state.locked_until_ms {
+                continue;
+            }
             if update_lock(&caller.id, |state, now| state.end_expired(now)) {
                 let mut event = SecurityEvent::new("lockout_ended", "info", now_ms());
                 event.caller = Some(&caller.id);
