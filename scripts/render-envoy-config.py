@@ -58,6 +58,7 @@ def render(policy_text, bind, listen_port, admin_port, upstream_host, upstream_p
         "TLS_DIR": str(tls_dir),
         "HOST_ENV_KEYS": json.dumps(env_keys),
         "IDENTITY_HEADER_STRIP": strip,
+        "XFF_HOPS": str(int(policy.get("access", {}).get("xffTrustedHops", 0))),
         # YAML single-quoted scalar: a quote is written twice.
         "POLICY_JSON": compact.replace("'", "''"),
     }

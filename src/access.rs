@@ -44,7 +44,9 @@ pub struct AccessDoc {
     pub allow_plaintext: bool,
     #[serde(default)]
     pub identity: IdentityDoc,
-    /// Proxies in front of Envoy that append to X-Forwarded-For; 0 uses the direct peer.
+    /// Proxies in front of Envoy that append to X-Forwarded-For; 0 uses the direct peer. Rendered
+    /// into Envoy's connection manager (`use_remote_address`, `xff_num_trusted_hops`): Envoy
+    /// computes the client address, the filter reads it.
     #[serde(default)]
     pub xff_trusted_hops: u32,
     /// Source addresses allowed at all (absent: any address).
@@ -206,7 +208,6 @@ pub struct Access {
     sources: Vec<IdentitySource>,
     /// The trusted identity header (lower-case), removed from every request before the upstream.
     pub identity_header: Option<String>,
-    xff_trusted_hops: u32,
     allow: Option<Vec<Cidr>>,
     deny: Vec<Cidr>,
     pass_through: Vec<String>,
@@ -280,9 +281,9 @@ pub struct RequestFacts<'a> {
     pub subject: Option<&'a str>,
     /// The value of the trusted identity header, if present.
     pub header_identity: Option<&'a str>,
-    /// The direct peer, `ip:port`.
+    /// Envoy's downstream remote address, `ip:port` (the peer, or the client behind trusted
+    /// proxies: see `AccessDoc::xff_trusted_hops`).
     pub peer_address: Option<&'a str>,
-    pub x_forwarded_for: Option<&'a str>,
     /// `:path`, query included.
     pub path: &'a str,
 }
@@ -429,7 +430,6 @@ impl Access {
             allow_plaintext: doc.allow_plaintext,
             sources,
             identity_header,
-            xff_trusted_hops: doc.xff_trusted_hops,
             allow,
             deny,
             pass_through: doc.pass_through_paths.clone(),
@@ -559,11 +559,6 @@ impl Access {
         &self.sources
     }
 
-    /// Whether the client address comes from X-Forwarded-For (else the direct peer).
-    pub fn uses_forwarded_for(&self) -> bool {
-        self.xff_trusted_hops > 0
-    }
-
     fn identity(&self, facts: &RequestFacts) -> Option<(IdentitySource, String)> {
         self.sources.iter().find_map(|&source| {
             let value = match source {
@@ -577,12 +572,7 @@ impl Access {
     }
 
     fn client_ip(&self, facts: &RequestFacts) -> Option<IpAddr> {
-        if self.xff_trusted_hops == 0 {
-            return facts.peer_address.and_then(parse_address);
-        }
-        let entries: Vec<&str> = facts.x_forwarded_for?.split(',').map(str::trim).collect();
-        let hops = self.xff_trusted_hops as usize;
-        entries.len().checked_sub(hops).and_then(|i| parse_address(entries[i]))
+        facts.peer_address.and_then(parse_address)
     }
 }
 
@@ -813,17 +803,13 @@ mod tests {
         assert_eq!(verdict(&g, &a, "GET"), Verdict::Deny(DenyReason::IpNotAllowed), "caller's own list");
 
         let mut p = policy();
-        p["access"]["xffTrustedHops"] = json!(1);
         p["access"]["allowPlaintext"] = json!(true);
         let g = guard(&p).expect("loads");
         let mut f = facts(Some(SYNC), "/orders/v0/orders");
         f.tls_version = None;
-        f.peer_address = Some("10.0.0.5:1");
-        f.x_forwarded_for = Some("1.2.3.4, 127.0.0.9");
-        assert_eq!(decide(&g, &f, "GET").client_ip, Some("127.0.0.9".parse().expect("ip")));
-        assert_eq!(verdict(&g, &f, "GET"), Verdict::Allow);
-        f.x_forwarded_for = None;
-        assert_eq!(verdict(&g, &f, "GET"), Verdict::Deny(DenyReason::IpNotAllowed), "no XFF with trusted hops: fail closed");
+        assert_eq!(verdict(&g, &f, "GET"), Verdict::Allow, "plaintext when allowed");
+        f.peer_address = None;
+        assert_eq!(verdict(&g, &f, "GET"), Verdict::Deny(DenyReason::IpNotAllowed), "no address: fail closed");
     }
 
     #[test]

@@ -203,6 +203,27 @@ fn unknown_uncertified_plaintext_and_outside_callers_are_refused() {
 }
 
 #[test]
+fn client_addresses_from_x_forwarded_for_only_with_trusted_hops() {
+    let key = random_key();
+    let search = fixture("orders-2026-01-01_searchOrders_1.json");
+    let as_analytics = |stack: &Stack, xff: &str| {
+        stack.send(Client::Cert("analytics"), "GET", &search.url(), &[("x-mock-fixture", &search.file), ("x-forwarded-for", xff)], None, None).expect("curl")
+    };
+    // Default: the direct peer (127.0.0.1) counts; X-Forwarded-For is ignored.
+    let stack = Stack::start(Options::new("xff-off", &key));
+    assert_eq!(as_analytics(&stack, "203.0.113.7").status, 200);
+    // One trusted hop: the rightmost entry is the client, and analytics may only come from 127.0.0.1.
+    let mut opts = Options::new("xff-on", &key);
+    opts.policy["access"]["xffTrustedHops"] = json!(1);
+    let stack = Stack::start(opts);
+    let outside = as_analytics(&stack, "127.0.0.1, 203.0.113.7");
+    assert_eq!((outside.status, outside.header("x-spapi-guard")), (403, Some("ip_not_allowed")));
+    assert_eq!(as_analytics(&stack, "203.0.113.7, 127.0.0.1").status, 200);
+    let events = stack.wait_for_audit_events(2);
+    assert_eq!(events[0]["source_ip"], "203.0.113.7");
+}
+
+#[test]
 fn spoofed_identity_headers_are_ignored_and_stripped() {
     let key = random_key();
     let stack = Stack::start(Options::new("spoof", &key));

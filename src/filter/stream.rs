@@ -276,8 +276,8 @@ impl HttpContext for Stream {
                 break;
             }
         }
+        // Envoy's downstream remote address: the peer, or the client behind trusted proxies.
         let peer = self.property(&["source", "address"]);
-        let xff = if guard.access.uses_forwarded_for() { self.request_header("x-forwarded-for") } else { None };
         let facts = RequestFacts {
             tls_version: self.tls_version.as_deref(),
             uri_san: uri_san.as_deref(),
@@ -285,7 +285,6 @@ impl HttpContext for Stream {
             subject: subject.as_deref(),
             header_identity: header_identity.as_deref(),
             peer_address: peer.as_deref(),
-            x_forwarded_for: xff.as_deref(),
             path: &path,
         };
         self.method = method;
