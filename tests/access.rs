@@ -375,18 +375,26 @@ impl Drop for Connections {
     }
 }
 
-/// The Envoy worker thread of each request, from the filter's debug line (`--component-log-level
-/// wasm:debug`): `[time][thread][debug][wasm] … spapi-guard: request <id> decided <decision>`.
-fn worker_of_requests(stack: &Stack) -> BTreeMap<String, String> {
-    stack
-        .envoy_output()
-        .lines()
-        .filter_map(|l| {
-            let (_, rest) = l.split_once("spapi-guard: request ")?;
-            let thread = l.split("][").nth(1)?.to_string();
-            Some((rest.split_whitespace().next()?.to_string(), thread))
-        })
-        .collect()
+/// The Envoy worker thread of each of these requests, from the filter's debug line
+/// (`--component-log-level wasm:debug`): `[time][thread][debug][wasm] … spapi-guard: request <id>
+/// decided <decision>`. Waits (up to 10 s) until every request has its line.
+fn worker_of_requests(stack: &Stack, ids: &[&String]) -> BTreeMap<String, String> {
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let workers: BTreeMap<String, String> = stack
+            .envoy_output()
+            .lines()
+            .filter_map(|l| {
+                let (_, rest) = l.split_once("spapi-guard: request ")?;
+                let thread = l.split("][").nth(1)?.to_string();
+                Some((rest.split_whitespace().next()?.to_string(), thread))
+            })
+            .collect();
+        if ids.iter().all(|id| workers.contains_key(*id)) || std::time::Instant::now() > deadline {
+            return workers;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
 }
 
 #[test]
@@ -412,8 +420,7 @@ fn lockout_after_exactly_n_denials_across_workers_then_cooldown() {
             (c, id)
         })
         .collect();
-    stack.wait_for_audit_events(4);
-    let workers = worker_of_requests(&stack);
+    let workers = worker_of_requests(&stack, &probes.iter().map(|(_, id)| id).collect::<Vec<_>>());
     let a = probes[0].0;
     let worker_a = &workers[&probes[0].1];
     let b = probes.iter().find(|(_, id)| &workers[id] != worker_a).map(|(c, _)| *c).expect("connections on two workers");
@@ -434,8 +441,7 @@ fn lockout_after_exactly_n_denials_across_workers_then_cooldown() {
         let (status, _, reason) = analytics.get(conn, &search.url(), &search.file);
         assert_eq!((status, reason.as_str()), (429, "locked_out"));
     }
-    stack.wait_for_audit_events(10);
-    let workers = worker_of_requests(&stack);
+    let workers = worker_of_requests(&stack, &denial_ids.iter().collect::<Vec<_>>());
     let denial_workers: BTreeSet<&String> = denial_ids.iter().map(|id| &workers[id]).collect();
     assert_eq!(denial_workers.len(), 2, "the denials were not spread over both workers");
     // Other callers are not affected.

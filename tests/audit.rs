@@ -248,6 +248,7 @@ fn canary_records_raise_an_event_and_a_metric_and_can_block() {
     assert_eq!(stack.metrics().get(r#"spapi_guard_canary_hits_total{canary="buyer-trap"}"#), Some(&1));
     // A response without the canary raises nothing.
     stack.play(&fixture("orders-v0_getOrderAddress_2.json"));
+    stack.wait_for_audit_events(2);
     assert_eq!(stack.metrics().get(r#"spapi_guard_canary_hits_total{canary="buyer-trap"}"#), Some(&1));
 
     // Blocking: the response is replaced by an error; a canary in the path never reaches Amazon.
@@ -264,6 +265,8 @@ fn canary_records_raise_an_event_and_a_metric_and_can_block() {
     let in_path = stack.request("GET", "/orders/v0/orders/999-0000000-1234567/address", &[("x-mock-fixture", &address.file)]);
     assert_eq!((in_path.status, in_path.header("x-spapi-guard")), (403, Some("canary_blocked")));
     assert_eq!(stack.mock_calls().len(), calls_before, "the canary request reached the upstream");
+    // Metrics are counted when a request is logged, just after its response: wait for both.
+    stack.wait_for_audit_events(2);
     let metrics = stack.metrics();
     assert_eq!(metrics.get(r#"spapi_guard_canary_hits_total{canary="buyer-trap"}"#), Some(&1));
     assert_eq!(metrics.get(r#"spapi_guard_canary_hits_total{canary="order-trap"}"#), Some(&1));
