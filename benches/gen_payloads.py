@@ -1,9 +1,11 @@
 #!/usr/bin/env python3
 """Generates the benchmark's payloads into a fixture folder the mock SP-API serves:
 
-- getOrders-100.json: a 100-order Orders v0 getOrders page (~160 KB), built from Amazon's example
-  order with every catalog PII field of getOrders present (~25 per order) and varied values (some
+- getOrders-100.json: a 100-order Orders v0 getOrders page (176 KB), built from Amazon's example
+  order with every catalog PII field of getOrders present (25 per order) and varied values (some
   repeat within the page, as countries, states and cities do in real pages);
+- getOrders-100-p0.json … p49.json: 50 more such pages with different buyers (served for
+  ?page=0…49), for the benchmark's "a different page per request" case;
 - getOrder-1.json: Amazon's example getOrder response (one order);
 - catalog-item.json: a response of an operation without PII (a ~16 KB catalog item page).
 
@@ -23,7 +25,7 @@ CITIES = [("Seattle", "WA", "King"), ("Canton", "MI", "Wayne"), ("Austin", "TX",
 STREETS = ["Cross St", "Pine Ave", "Lake Rd", "2nd Ave", "Elm Ct", "Harbor Blvd", "Maple Dr"]
 
 
-def order(rng, i, template):
+def order(rng, i, template, page=""):
     first, last = rng.choice(FIRST), rng.choice(LAST)
     city, state, county = rng.choice(CITIES)
     street, number = rng.choice(STREETS), str(rng.randint(1, 9999))
@@ -40,7 +42,7 @@ def order(rng, i, template):
                            "GeoCoordinates": {"Latitude": round(rng.uniform(25, 48), 6), "Longitude": round(rng.uniform(-122, -71), 6)}},
     }
     o["BuyerInfo"] = {
-        "BuyerEmail": f"{first.lower()}.{last.lower()}{i}@marketplace.amazon.com", "BuyerName": f"{first} {last}",
+        "BuyerEmail": f"{first.lower()}.{last.lower()}{page}{i}@marketplace.amazon.com", "BuyerName": f"{first} {last}",
         "BuyerCounty": county, "BuyerTaxInfo": {"CompanyLegalName": f"{last} LLC", "TaxingRegion": state,
                                                "TaxClassifications": [{"Name": "VATNumber", "Value": f"XI{rng.randint(10**8, 10**9 - 1)}"}]},
         "PurchaseOrderNumber": f"PO-{rng.randint(10**6, 10**7 - 1)}",
@@ -59,6 +61,11 @@ def main():
     page = {"payload": {"Orders": [order(rng, i, template) for i in range(100)], "NextToken": "2YgYW55IGNhcm5hbCBwbGVhc3VyZQ==",
                         "CreatedBefore": "2026-11-01T00:00:00Z"}}
     (out / "getOrders-100.json").write_text(json.dumps(page, ensure_ascii=False))
+    pages = []
+    for p in range(50):
+        orders = [order(rng, i, template, f"p{p}x") for i in range(100)]
+        (out / f"getOrders-100-p{p}.json").write_text(json.dumps({"payload": {"Orders": orders}}, ensure_ascii=False))
+        pages.append({"file": f"getOrders-100-p{p}.json", "method": "GET", "path": "/orders/v0/orders", "query": f"page={p}", "status": 200})
     (out / "getOrder-1.json").write_bytes((FIXTURES / "orders-v0_getOrder_1.json").read_bytes())
     items = {"numberOfResults": 40, "items": [{"asin": f"B0{rng.randint(10**7, 10**8 - 1)}", "summaries": [
         {"marketplaceId": "ATVPDKIKX0DER", "brandName": "Acme", "itemName": f"Widget model {i} with a fairly long descriptive title",
@@ -69,10 +76,11 @@ def main():
         {"file": "getOrders-100.json", "method": "GET", "path": "/orders/v0/orders", "query": "", "status": 200},
         {"file": "getOrder-1.json", "method": "GET", "path": "/orders/v0/orders/902-3159896-1390916", "query": "", "status": 200},
         {"file": "catalog-item.json", "method": "GET", "path": "/catalog/2022-04-01/items", "query": "", "status": 200},
-    ]
+    ] + pages
     (out / "INDEX.json").write_text(json.dumps(index, indent=1))
-    for e in index:
+    for e in index[:3]:
         print(f"{e['file']}: {(out / e['file']).stat().st_size} bytes")
+    print(f"{len(pages)} more getOrders pages")
 
 
 if __name__ == "__main__":

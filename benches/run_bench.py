@@ -34,6 +34,8 @@ PAYLOADS = [
     ("no-PII operation (16 KB catalog page)", "/catalog/2022-04-01/items", "catalog-item.json"),
     ("1-order getOrder (1.4 KB)", "/orders/v0/orders/902-3159896-1390916", "getOrder-1.json"),
     ("100-order getOrders (176 KB, 2,500 PII values)", "/orders/v0/orders", "getOrders-100.json"),
+    # The same, but a different page on each request (benches/pages.lua): no value was seen before.
+    ("100-order getOrders, a new page each request", "/orders/v0/orders?page=0", "pages.lua"),
 ]
 VARIANTS = ["none", "floor", "guard"]
 # Diagnostics, to show where spapi-guard's time goes: the same filter with every PII class
@@ -102,8 +104,9 @@ def start(variant, mock_port, procs):
     return {"port": listen, "admin": admin, "proc": proc}
 
 
-def wrk(port, path, seconds, connections):
-    out = subprocess.run(["wrk", "-t1", f"-c{connections}", f"-d{seconds}s", "--latency", f"http://127.0.0.1:{port}{path}"],
+def wrk(port, path, seconds, connections, payload=None):
+    script = ["-s", str(ROOT / "benches" / payload)] if payload and payload.endswith(".lua") else []
+    out = subprocess.run(["wrk", "-t1", f"-c{connections}", f"-d{seconds}s", "--latency", *script, f"http://127.0.0.1:{port}{path}"],
                          check=True, capture_output=True, text=True).stdout
     rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))
     lat = dict(re.findall(r"^\s+(50|99)%\s+(\S+)", out, re.M))
@@ -158,17 +161,17 @@ def main():
         results = {(p[0], v): [] for p in PAYLOADS for v in VARIANTS}
         for payload in PAYLOADS:  # warm-up: JIT, connection pools, first allocations
             for v in VARIANTS:
-                wrk(envoys[v]["port"], payload[1], 1, args.connections)
+                wrk(envoys[v]["port"], payload[1], 1, args.connections, payload[2])
         for r in range(args.rounds):
             order = VARIANTS[r % 3:] + VARIANTS[:r % 3]
-            for name, path, _ in PAYLOADS:
+            for name, path, payload in PAYLOADS:
                 for v in order:
-                    results[(name, v)].append(wrk(envoys[v]["port"], path, args.seconds, args.connections))
+                    results[(name, v)].append(wrk(envoys[v]["port"], path, args.seconds, args.connections, payload))
             for v in VARIANTS:
                 memory[v]["rounds"].append(rss_kb(envoys[v]["proc"].pid))
             for v in DIAGNOSTICS:
-                for name, path, _ in (PAYLOADS if v == "noop" else PAYLOADS[2:]):
-                    results.setdefault((name, v), []).append(wrk(envoys[v]["port"], path, args.seconds, args.connections))
+                for name, path, payload in (PAYLOADS[:3] if v == "noop" else PAYLOADS[2:]):
+                    results.setdefault((name, v), []).append(wrk(envoys[v]["port"], path, args.seconds, args.connections, payload))
             print(f"round {r + 1}/{args.rounds} done", file=sys.stderr, flush=True)
     finally:
         for p in procs:

@@ -175,7 +175,19 @@ pub struct TokenEngine {
     keys: BTreeMap<String, KeySchedule>,
     active: String,
     nonces: NonceCounter,
+    recent: RecentTokens,
 }
+
+/// Deterministic tokens made recently by this VM, keyed by their synthetic IV's full HMAC output
+/// (a keyed PRF of header and plaintext: no plaintext is kept). Sellers poll the same recent orders
+/// again and again; a value seen before skips AES-GCM. Bounded: cleared when full.
+struct RecentTokens {
+    map: std::cell::RefCell<std::collections::HashMap<[u8; 32], Box<str>>>,
+    capacity: usize,
+}
+
+/// Default number of remembered deterministic tokens per VM (~1 MiB).
+pub const RECENT_TOKENS: usize = 8192;
 
 impl TokenEngine {
     /// Builds the engine. `active` must be a key of `keys` (the policy loader checks this).
@@ -185,7 +197,14 @@ impl TokenEngine {
         }
         let keys = keys.iter().map(|(id, k)| (id.clone(), KeySchedule::new(k))).collect();
         let nonces = NonceCounter::new().map_err(|_| "the random source (getrandom) failed".to_string())?;
-        Ok(TokenEngine { keys, active: active.to_string(), nonces })
+        let recent = RecentTokens { map: Default::default(), capacity: RECENT_TOKENS };
+        Ok(TokenEngine { keys, active: active.to_string(), nonces, recent })
+    }
+
+    /// Sets how many deterministic tokens the engine remembers (0: none, every token computed).
+    pub fn with_recent_tokens(mut self, capacity: usize) -> Self {
+        self.recent.capacity = capacity;
+        self
     }
 
     /// The key id new tokens are made with.
@@ -204,6 +223,7 @@ impl TokenEngine {
         let header_start = out.len();
         write_header(out, mode, kind, &self.active, class);
         let schedule = self.active_schedule();
+        let mut siv = None;
         let nonce = match mode {
             Mode::Randomized => self.nonces.take(),
             Mode::Deterministic => {
@@ -211,9 +231,15 @@ impl TokenEngine {
                 mac.update(out[header_start..].as_bytes());
                 mac.update(&[0]);
                 mac.update(plaintext);
-                let tag = mac.finalize().into_bytes();
+                let tag: [u8; 32] = mac.finalize().into_bytes().into();
+                if let Some(token) = self.recent.map.borrow().get(&tag) {
+                    out.truncate(header_start);
+                    out.push_str(token);
+                    return;
+                }
                 let mut nonce = [0u8; NONCE_LEN];
                 nonce.copy_from_slice(&tag[..NONCE_LEN]);
+                siv = Some(tag);
                 nonce
             }
         };
@@ -228,6 +254,13 @@ impl TokenEngine {
         }
         out.push('.');
         URL_SAFE_NO_PAD.encode_string(&scratch[..], out);
+        if let Some(tag) = siv.filter(|_| self.recent.capacity > 0) {
+            let mut recent = self.recent.map.borrow_mut();
+            if recent.len() >= self.recent.capacity {
+                recent.clear();
+            }
+            recent.insert(tag, out[header_start..].into());
+        }
     }
 
     /// Convenience wrapper of [`seal_into`](Self::seal_into).
@@ -332,6 +365,24 @@ mod tests {
         let r2 = e.seal(PiiClass::Name, Mode::Randomized, ValueKind::Text, b"Jane Doe");
         assert_ne!(r1, r2);
         assert_ne!(a, e.seal(PiiClass::Address, Mode::Deterministic, ValueKind::Text, b"Jane Doe"));
+    }
+
+    #[test]
+    fn remembered_tokens_equal_computed_ones_and_stay_bounded() {
+        let remembering = engine().with_recent_tokens(4);
+        let computing = engine().with_recent_tokens(0);
+        for round in 0..3 {
+            for i in 0..10 {
+                let value = format!("buyer-{i}@example.com");
+                let a = remembering.seal(PiiClass::Email, Mode::Deterministic, ValueKind::Text, value.as_bytes());
+                let b = computing.seal(PiiClass::Email, Mode::Deterministic, ValueKind::Text, value.as_bytes());
+                assert_eq!(a, b, "round {round}, value {i}");
+                assert!(remembering.recent.map.borrow().len() <= 4);
+            }
+        }
+        // A remembered token is class- and kind-specific.
+        let name = remembering.seal(PiiClass::Name, Mode::Deterministic, ValueKind::Text, b"buyer-9@example.com");
+        assert_eq!(remembering.open(&name).expect("opens").class, PiiClass::Name);
     }
 
     #[test]
