@@ -106,6 +106,11 @@ impl FieldCounts {
         self.counts.iter().flatten().sum()
     }
 
+    /// Whether any value was tokenized or hashed, i.e. the active key was used.
+    pub fn used_key(&self) -> bool {
+        self.counts.iter().any(|c| c[action_slot(Action::Tokenize(Mode::Deterministic))] > 0 || c[action_slot(Action::Hash)] > 0)
+    }
+
     /// Values the caller received in some form (every action but removal).
     pub fn delivered(&self) -> u32 {
         self.counts.iter().map(|c| c[..4].iter().sum::<u32>()).sum()
@@ -244,6 +249,7 @@ mod tests {
         assert_eq!(a["City"], "Seattle");
         assert!(a["Phone"].as_str().expect("hash").starts_with("spgh1.k1.phone."));
         assert_eq!(out.counts.get(PiiClass::Address, Action::Clear), 2);
+        assert!(out.counts.used_key(), "hashed phone");
     }
 
     /// The example of the policy reference loads, so the reference stays true to the code.
@@ -274,6 +280,7 @@ mod tests {
         assert_eq!(out.body.as_deref(), Some(&br#"{"payload":{"ShippingAddress":{"City":"Seattle"}}}"#[..]));
         assert_eq!(out.counts.get(PiiClass::Name, Action::Remove), 1);
         assert_eq!(out.counts.delivered(), 1);
+        assert!(!out.counts.used_key(), "clear and removed values use no key");
     }
 
     #[test]

@@ -155,14 +155,30 @@ impl Stream {
         event.request_id = Some(&request_id);
         event.reason = Some(reason.code());
         security(&event);
-        let body = reason.error_body();
+        self.reply(reason.status(), reason.code(), reason.error_body(), None)
+    }
+
+    /// Answers the client locally with an SP-API-style error; no upstream byte follows.
+    fn reply(&mut self, status: u32, code: &str, body: String, retry_after: Option<&str>) -> Action {
         self.bytes_out = body.len();
-        self.send_http_response(
-            reason.status(),
-            vec![("content-type", "application/json"), ("x-spapi-guard", reason.code())],
-            Some(body.as_bytes()),
-        );
+        let mut headers = vec![("content-type", "application/json"), ("x-spapi-guard", code)];
+        if let Some(seconds) = retry_after {
+            headers.push(("retry-after", seconds));
+        }
+        self.send_http_response(status, headers, Some(body.as_bytes()));
         Action::Pause
+    }
+
+    /// Scans a body chunk that streams on: a canary in it is reported, not blocked.
+    fn scan_streaming_chunk(&mut self, body_size: usize, response: bool) {
+        if self.guard.canaries.is_empty() {
+            return;
+        }
+        let chunk = if response { self.get_http_response_body(0, body_size) } else { self.get_http_request_body(0, body_size) };
+        let guard = Rc::clone(&self.guard);
+        let scanner = if response { &mut self.response_scanner } else { &mut self.request_scanner };
+        let hits = scanner.feed(&guard.canaries, &chunk.unwrap_or_default());
+        self.canaries_seen(hits);
     }
 
     /// Answers a denied request locally and counts the denial toward the caller's lockout.
@@ -181,14 +197,7 @@ impl Stream {
             let trigger = update_lock(&id, |state, now| state.record_denial(now, &rules));
             self.lockout_started(&id, trigger);
         }
-        let body = reason.error_body();
-        self.bytes_out = body.len();
-        let mut headers = vec![("content-type", "application/json"), ("x-spapi-guard", reason.code())];
-        if let Some(seconds) = retry_after.as_deref() {
-            headers.push(("retry-after", seconds));
-        }
-        self.send_http_response(reason.status(), headers, Some(body.as_bytes()));
-        Action::Pause
+        self.reply(reason.status(), reason.code(), reason.error_body(), retry_after.as_deref())
     }
 
     fn lockout_started(&mut self, caller_id: &str, trigger: Trigger) {
@@ -333,12 +342,8 @@ impl HttpContext for Stream {
 
     fn on_http_request_body(&mut self, body_size: usize, end_of_stream: bool) -> Action {
         if !self.checking_rdt {
-            if !self.guard.canaries.is_empty() && self.outcome != Outcome::Denied {
-                // Streaming: the chunk goes on; a canary here is reported, not blocked.
-                let chunk = self.get_http_request_body(0, body_size).unwrap_or_default();
-                let guard = Rc::clone(&self.guard);
-                let hits = self.request_scanner.feed(&guard.canaries, &chunk);
-                self.canaries_seen(hits);
+            if self.outcome != Outcome::Denied {
+                self.scan_streaming_chunk(body_size, false);
             }
             return Action::Continue;
         }
@@ -401,12 +406,7 @@ impl HttpContext for Stream {
             // Streaming pass-through: counted, and scanned for canaries if the policy has any.
             self.bytes_in += body_size;
             self.bytes_out += body_size;
-            if !self.guard.canaries.is_empty() {
-                let chunk = self.get_http_response_body(0, body_size).unwrap_or_default();
-                let guard = Rc::clone(&self.guard);
-                let hits = self.response_scanner.feed(&guard.canaries, &chunk);
-                self.canaries_seen(hits);
-            }
+            self.scan_streaming_chunk(body_size, true);
             return Action::Continue;
         }
         self.bytes_in = body_size;
@@ -463,7 +463,6 @@ impl HttpContext for Stream {
         let operation = self.operation.map(|i| &self.guard.catalog.operations[i]);
         let identity = self.decision.as_ref().and_then(|d| d.identity.as_ref()).map(|(s, v)| format!("{}:{v}", s.as_str()));
         let decision_id = self.ids.next();
-        let tokenized = self.counts.entries().any(|(_, action, _)| action == "tokenized" || action == "hashed");
         let event = AuditEvent {
             event: "request",
             schema: crate::audit::SCHEMA_VERSION,
@@ -485,7 +484,7 @@ impl HttpContext for Stream {
             status: self.int_property(&["response", "code"]).map(|c| c as u32),
             upstream_status: self.upstream_status,
             pii: AuditEvent::pii_from(&self.counts),
-            key_id: tokenized.then(|| self.guard.tokens.active_key_id()),
+            key_id: self.counts.used_key().then(|| self.guard.tokens.active_key_id()),
             bytes_in: self.bytes_in,
             bytes_out: self.bytes_out,
             duration_ms: started_ms.map(|s| now.saturating_sub(s)),
