@@ -93,4 +93,15 @@ mod tests {
         }
         assert!(tag_names().contains(&"operation"));
     }
+
+    /// The Envoy template extracts every label the filter encodes (a label without its
+    /// stats_tags entry would silently turn into part of the metric name).
+    #[test]
+    fn the_envoy_template_extracts_every_label() {
+        let template = include_str!("../envoy/envoy.template.yaml");
+        for tag in tag_names() {
+            let entry = format!("- tag_name: {tag}\n    regex: \"({tag}=\\\\.=(.*?);\\\\.;)\"");
+            assert!(template.contains(&entry), "envoy/envoy.template.yaml has no stats_tags entry for {tag}");
+        }
+    }
 }
