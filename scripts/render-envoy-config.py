@@ -14,6 +14,8 @@ import pathlib
 import sys
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
+# The filter's default (src/policy.rs DEFAULT_BUFFER_LIMIT_BYTES).
+DEFAULT_BUFFER_LIMIT_BYTES = 32 * 1024 * 1024
 DOCKER = dict(bind="0.0.0.0", listen_port=10000, admin_port=9901, upstream_host="127.0.0.1", upstream_port=18081,
               wasm="/etc/spapi-guard/spapi_guard.wasm", tls_dir="/etc/spapi-guard/tls")
 
@@ -59,6 +61,8 @@ def render(policy_text, bind, listen_port, admin_port, upstream_host, upstream_p
         "HOST_ENV_KEYS": json.dumps(env_keys),
         "IDENTITY_HEADER_STRIP": strip,
         "XFF_HOPS": str(int(policy.get("access", {}).get("xffTrustedHops", 0))),
+        # Envoy's buffer limit is the policy's, so the filter knows what fits (src/policy.rs).
+        "BUFFER_LIMIT": str(int(policy.get("bufferLimitBytes", DEFAULT_BUFFER_LIMIT_BYTES))),
         # YAML single-quoted scalar: a quote is written twice.
         "POLICY_JSON": compact.replace("'", "''"),
     }

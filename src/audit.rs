@@ -29,6 +29,9 @@ pub enum Outcome {
     Denied,
     /// The response could not be protected: the client got an error instead.
     FailClosed,
+    /// The exchange ended (a reset, a disconnect) while the filter held a body it had not finished
+    /// checking or rewriting: nothing of that body was released.
+    Aborted,
 }
 
 /// The decision on a request.

@@ -57,6 +57,9 @@ impl Guard {
             repeated: HashMap::new(),
         };
         match rewrite(body, &op.response_matcher, &mut protector) {
+            // Envoy answers a body past its buffer limit from inside the write, re-entering the
+            // VM: a body that grew too much is refused before it is written.
+            Ok(Some(body)) if body.len() > self.policy.max_rewritten_bytes() => Err(FailReason::BodyTooLarge),
             Ok(body) => Ok(Protected { body, counts: protector.counts }),
             Err(RewriteError::InvalidJson { .. }) => Err(FailReason::InvalidJson),
             Err(RewriteError::Handler(never)) => match never {},
@@ -281,6 +284,22 @@ mod tests {
         assert_eq!(out.counts.get(PiiClass::Name, Action::Remove), 1);
         assert_eq!(out.counts.delivered(), 1);
         assert!(!out.counts.used_key(), "clear and removed values use no key");
+    }
+
+    #[test]
+    fn refuses_a_rewrite_that_outgrows_the_buffer() {
+        // maxBodyBytes × 3 fits the buffer, but one-letter emails grow ~30× into tokens.
+        let g = guard(r#","maxBodyBytes":40000,"bufferLimitBytes":131072"#);
+        let op = g.catalog.route("GET", "/orders/v0/orders").expect("op");
+        let page = |n: usize| {
+            let orders: Vec<&str> = (0..n).map(|_| r#"{"BuyerInfo":{"BuyerEmail":"a","BuyerName":"b"}}"#).collect();
+            format!(r#"{{"payload":{{"Orders":[{}]}}}}"#, orders.join(","))
+        };
+        let small = g.protect_response(op, page(100).as_bytes()).expect("fits");
+        assert!(small.body.expect("rewritten").len() < g.policy.max_rewritten_bytes());
+        let big = page(800);
+        assert!(big.len() < 40000);
+        assert_eq!(g.protect_response(op, big.as_bytes()).err(), Some(FailReason::BodyTooLarge));
     }
 
     #[test]

@@ -8,6 +8,9 @@
 //! * [`json_rewrite`] — byte-faithful, validating one-pass body rewriting.
 //! * [`tokens`] — the AES-256-GCM token engine.
 //! * [`guard`] — the loaded configuration applied to a body.
+//! * [`exchange`] — one request/response exchange as a state machine over a host trait: every
+//!   decision of the filter, testable natively ([`testing::MockHost`]).
+//! * [`lifecycle`] — configuration loading and lockout timers of a VM.
 //! * [`fail_closed`] — what the client gets when a body cannot be protected.
 pub mod access;
 pub mod audit;
@@ -15,17 +18,21 @@ pub mod canary;
 pub mod catalog;
 pub mod cidr;
 pub mod config_error;
+pub mod exchange;
 pub mod fail_closed;
 pub mod field_path;
 pub mod guard;
 pub mod json_rewrite;
 pub mod keyring;
+pub mod lifecycle;
 pub mod lockout;
 pub mod metrics;
 pub mod path_matcher;
 pub mod pii;
 pub mod policy;
 pub mod router;
+#[doc(hidden)]
+pub mod testing;
 pub mod tokens;
 
 #[cfg(target_arch = "wasm32")]

@@ -17,6 +17,16 @@ pub const POLICY_VERSION: u32 = 1;
 /// Fulfillment orders, label batches — stay well below it).
 pub const DEFAULT_MAX_BODY_BYTES: u64 = 8 * 1024 * 1024;
 const MAX_BODY_BYTES_CEILING: u64 = 64 * 1024 * 1024;
+/// Default of Envoy's `per_connection_buffer_limit_bytes`, rendered from the policy: the largest
+/// body Envoy holds for the filter, before and after the rewrite.
+pub const DEFAULT_BUFFER_LIMIT_BYTES: u64 = 32 * 1024 * 1024;
+const BUFFER_LIMIT_CEILING: u64 = 256 * 1024 * 1024;
+/// How much a body may grow when tokenized, for the limits to be consistent: a page of Amazon's
+/// orders grows ~2.6× (short names, cities and codes become ~70-byte tokens). A body that grows
+/// more than the buffer allows is refused at run time (502 `body_too_large`), never written.
+pub const EXPECTED_GROWTH: u64 = 3;
+/// Room kept in Envoy's buffer beside the rewritten body.
+pub const BUFFER_HEADROOM_BYTES: usize = 64 * 1024;
 const DEFAULT_REDACT_MASK: &str = "REDACTED";
 
 /// The policy document as written.
@@ -33,6 +43,8 @@ pub struct PolicyDoc {
     pub redact_mask: Option<String>,
     #[serde(default)]
     pub max_body_bytes: Option<u64>,
+    #[serde(default)]
+    pub buffer_limit_bytes: Option<u64>,
     #[serde(default)]
     pub catalog: CatalogOverrides,
     #[serde(default)]
@@ -115,6 +127,8 @@ pub struct Policy {
     actions: ClassActions,
     pub redact_mask: String,
     pub max_body_bytes: usize,
+    /// Envoy's buffer limit (the listener's `per_connection_buffer_limit_bytes`).
+    pub buffer_limit_bytes: usize,
 }
 
 impl Policy {
@@ -137,10 +151,30 @@ impl Policy {
         if !(1024..=MAX_BODY_BYTES_CEILING).contains(&max_body_bytes) {
             return Err(ConfigError::new(
                 "maxBodyBytes",
-                format!("must be between 1024 and {MAX_BODY_BYTES_CEILING}, and below the listener's per_connection_buffer_limit_bytes"),
+                format!("must be between 1024 and {MAX_BODY_BYTES_CEILING}"),
             ));
         }
-        Ok(Policy { actions, redact_mask, max_body_bytes: max_body_bytes as usize })
+        let buffer_limit_bytes = doc.buffer_limit_bytes.unwrap_or(DEFAULT_BUFFER_LIMIT_BYTES);
+        if !(64 * 1024..=BUFFER_LIMIT_CEILING).contains(&buffer_limit_bytes) {
+            return Err(ConfigError::new("bufferLimitBytes", format!("must be between 65536 and {BUFFER_LIMIT_CEILING}")));
+        }
+        if max_body_bytes.saturating_mul(EXPECTED_GROWTH) > buffer_limit_bytes {
+            return Err(ConfigError::new(
+                "maxBodyBytes",
+                format!(
+                    "{max_body_bytes} bytes can grow to {} when tokenized (×{EXPECTED_GROWTH}), over bufferLimitBytes {buffer_limit_bytes}; lower maxBodyBytes to at most {} or raise bufferLimitBytes to at least {}",
+                    max_body_bytes.saturating_mul(EXPECTED_GROWTH),
+                    buffer_limit_bytes / EXPECTED_GROWTH,
+                    max_body_bytes.saturating_mul(EXPECTED_GROWTH)
+                ),
+            ));
+        }
+        Ok(Policy { actions, redact_mask, max_body_bytes: max_body_bytes as usize, buffer_limit_bytes: buffer_limit_bytes as usize })
+    }
+
+    /// The largest rewritten body that fits Envoy's buffer.
+    pub fn max_rewritten_bytes(&self) -> usize {
+        self.buffer_limit_bytes.saturating_sub(BUFFER_HEADROOM_BYTES.min(self.buffer_limit_bytes / 16))
     }
 
     /// The action for values of `class`.
@@ -226,6 +260,8 @@ mod tests {
             (format!(r#"{{"version":2,{KEYS}}}"#), "version", "policy version 1"),
             (format!(r#"{{"version":1,{KEYS},"maxBodyBytes":10}}"#), "maxBodyBytes", "between"),
             (format!(r#"{{"version":1,{KEYS},"redactMask":""}}"#), "redactMask", "printable"),
+            (format!(r#"{{"version":1,{KEYS},"maxBodyBytes":16777216}}"#), "maxBodyBytes", "lower maxBodyBytes to at most 11184810 or raise bufferLimitBytes to at least 50331648"),
+            (format!(r#"{{"version":1,{KEYS},"bufferLimitBytes":1000}}"#), "bufferLimitBytes", "between"),
             (r#"{"version":1}"#.to_string(), "(policy)", "missing field `keys`"),
             (format!(r#"{{"version":1,{KEYS},"keys2":{{}}}}"#), "keys2", "unknown field"),
             (r#"{"version":1,"keys":{"active":"k1","env":{"k1":"K1"},"material":"x"}}"#.to_string(), "keys.material", "unknown field `material`"),

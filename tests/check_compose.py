@@ -50,7 +50,10 @@ mock = compose["services"]["spapi-mock"]
 check(mock.get("network_mode") == "service:envoy" and upstream["address"] == "127.0.0.1", "the mock shares Envoy's loopback")
 check(str(upstream["port_value"]) in mock["command"], "the mock listens on the config's upstream port")
 check(wasm.get("failure_policy") == "FAIL_RELOAD", "failure_policy FAIL_RELOAD")
-check(listener["per_connection_buffer_limit_bytes"] > policy["maxBodyBytes"], "buffer limit above maxBodyBytes")
+check(listener["per_connection_buffer_limit_bytes"] == policy.get("bufferLimitBytes", 32 * 1024 * 1024),
+      "the listener's buffer limit is the policy's bufferLimitBytes (the filter sizes rewrites by it)")
+check(listener["per_connection_buffer_limit_bytes"] >= 3 * policy.get("maxBodyBytes", 8 * 1024 * 1024),
+      "maxBodyBytes can grow 3x within the buffer limit")
 
 for f in failures:
     print("docker-compose check failed:", f)

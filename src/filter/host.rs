@@ -1,39 +1,30 @@
-//! Host services shared by the root and stream contexts: logging, security events, metrics and
-//! the shared lockout state. Thin wrappers over proxy-wasm host calls; no policy logic.
+//! The Envoy host: every proxy-wasm host call the filter makes goes through here, and every error
+//! a call reports is handled (a missing value is `None`, a failed write is logged) — the SDK's
+//! convenience getters unwrap internally, and a panic takes the VM down.
 use proxy_wasm::hostcalls;
-use proxy_wasm::types::{LogLevel, MetricType, Status};
+use proxy_wasm::types::{BufferType, LogLevel, MapType, MetricType, Status};
 use std::cell::RefCell;
 use std::collections::HashMap;
 use std::time::UNIX_EPOCH;
 
-use crate::audit::SecurityEvent;
-use crate::lockout::LockState;
+use crate::exchange::{Host, HttpHost, Level};
+use crate::lockout::{LockState, Trigger};
 use crate::metrics::write_stat_name;
 
 /// Compare-and-swap attempts on the shared lockout state before giving up (logged).
 const CAS_ATTEMPTS: usize = 32;
 
-pub fn log(level: LogLevel, message: &str) {
-    let _ = hostcalls::log(level, message);
-}
+/// The host as the root context and every stream context see it.
+pub struct Envoy;
 
-/// Milliseconds since the Unix epoch, from the host clock.
-pub fn now_ms() -> u64 {
-    hostcalls::get_current_time()
-        .ok()
-        .and_then(|t| t.duration_since(UNIX_EPOCH).ok())
-        .map(|d| d.as_millis() as u64)
-        .unwrap_or(0)
-}
-
-/// Writes a security event to Envoy's log as `spapi-guard event {json}`.
-pub fn security(event: &SecurityEvent) {
-    let level = match event.severity {
-        "critical" | "high" => LogLevel::Error,
-        "warning" => LogLevel::Warn,
-        _ => LogLevel::Info,
+pub fn log(level: Level, message: &str) {
+    let level = match level {
+        Level::Debug => LogLevel::Debug,
+        Level::Info => LogLevel::Info,
+        Level::Warn => LogLevel::Warn,
+        Level::Error => LogLevel::Error,
     };
-    log(level, &format!("spapi-guard event {}", event.to_json()));
+    let _ = hostcalls::log(level, message);
 }
 
 thread_local! {
@@ -43,52 +34,113 @@ thread_local! {
     static NAME: RefCell<String> = const { RefCell::new(String::new()) };
 }
 
-/// Adds `n` to a counter with labels.
-pub fn count(metric: &str, labels: &[(&str, &str)], n: u64) {
-    if n == 0 {
-        return;
-    }
-    let id = NAME.with(|name| {
-        let mut name = name.borrow_mut();
-        write_stat_name(&mut name, metric, labels);
-        METRIC_IDS.with(|ids| {
-            if let Some(id) = ids.borrow().get(name.as_str()) {
-                return Some(*id);
-            }
-            let id = hostcalls::define_metric(MetricType::Counter, &name).ok()?;
-            ids.borrow_mut().insert(name.clone(), id);
-            Some(id)
-        })
-    });
-    if let Some(id) = id {
-        let _ = hostcalls::increment_metric(id, n as i64);
-    }
-}
-
 fn lock_key(caller_id: &str) -> String {
     format!("spapi-guard.lockout.{caller_id}")
 }
 
-/// A caller's lockout state as all workers see it.
-pub fn lock_state(caller_id: &str) -> LockState {
-    let bytes = hostcalls::get_shared_data(&lock_key(caller_id)).ok().and_then(|(bytes, _)| bytes);
-    LockState::decode(&bytes.unwrap_or_default())
-}
+impl Host for Envoy {
+    fn log(&self, level: Level, message: &str) {
+        log(level, message);
+    }
 
-/// Updates a caller's shared lockout state with compare-and-swap, so that each worker thread's
-/// update counts exactly once. `update` may run several times; only its last result counts.
-pub fn update_lock<T: Default>(caller_id: &str, update: impl Fn(&mut LockState, u64) -> T) -> T {
-    let key = lock_key(caller_id);
-    for _ in 0..CAS_ATTEMPTS {
-        let (bytes, cas) = hostcalls::get_shared_data(&key).unwrap_or((None, None));
-        let mut state = LockState::decode(&bytes.unwrap_or_default());
-        let result = update(&mut state, now_ms());
-        match hostcalls::set_shared_data(&key, Some(&state.encode()), cas) {
-            Ok(()) => return result,
-            Err(Status::CasMismatch) => continue,
-            Err(_) => break,
+    fn now_ms(&self) -> u64 {
+        hostcalls::get_current_time()
+            .ok()
+            .and_then(|t| t.duration_since(UNIX_EPOCH).ok())
+            .map(|d| d.as_millis() as u64)
+            .unwrap_or(0)
+    }
+
+    fn count(&self, metric: &str, labels: &[(&str, &str)], n: u64) {
+        if n == 0 {
+            return;
+        }
+        let id = NAME.with(|name| {
+            let mut name = name.borrow_mut();
+            write_stat_name(&mut name, metric, labels);
+            METRIC_IDS.with(|ids| {
+                if let Some(id) = ids.borrow().get(name.as_str()) {
+                    return Some(*id);
+                }
+                let id = hostcalls::define_metric(MetricType::Counter, &name).ok()?;
+                ids.borrow_mut().insert(name.clone(), id);
+                Some(id)
+            })
+        });
+        if let Some(id) = id {
+            let _ = hostcalls::increment_metric(id, i64::try_from(n).unwrap_or(i64::MAX));
         }
     }
-    log(LogLevel::Error, &format!("spapi-guard: could not update the lockout state of caller {caller_id}"));
-    T::default()
+
+    fn lock_state(&self, caller_id: &str) -> LockState {
+        let bytes = hostcalls::get_shared_data(&lock_key(caller_id)).ok().and_then(|(bytes, _)| bytes);
+        LockState::decode(&bytes.unwrap_or_default())
+    }
+
+    /// Compare-and-swap, so that each worker thread's update counts exactly once.
+    fn update_lock(&self, caller_id: &str, update: &dyn Fn(&mut LockState, u64) -> Trigger) -> Trigger {
+        let key = lock_key(caller_id);
+        for _ in 0..CAS_ATTEMPTS {
+            let (bytes, cas) = hostcalls::get_shared_data(&key).unwrap_or((None, None));
+            let mut state = LockState::decode(&bytes.unwrap_or_default());
+            let result = update(&mut state, self.now_ms());
+            match hostcalls::set_shared_data(&key, Some(&state.encode()), cas) {
+                Ok(()) => return result,
+                Err(Status::CasMismatch) => continue,
+                Err(_) => break,
+            }
+        }
+        log(Level::Error, &format!("spapi-guard: could not update the lockout state of caller {caller_id}"));
+        Trigger::None
+    }
+}
+
+impl HttpHost for Envoy {
+    fn request_header(&self, name: &str) -> Option<Vec<u8>> {
+        hostcalls::get_map_value_bytes(MapType::HttpRequestHeaders, name).ok().flatten()
+    }
+
+    fn set_request_header(&mut self, name: &str, value: Option<&str>) {
+        if hostcalls::set_map_value(MapType::HttpRequestHeaders, name, value).is_err() {
+            log(Level::Error, &format!("spapi-guard: could not set request header {name}"));
+        }
+    }
+
+    fn response_header(&self, name: &str) -> Option<Vec<u8>> {
+        hostcalls::get_map_value_bytes(MapType::HttpResponseHeaders, name).ok().flatten()
+    }
+
+    fn set_response_header(&mut self, name: &str, value: Option<&str>) {
+        if hostcalls::set_map_value(MapType::HttpResponseHeaders, name, value).is_err() {
+            log(Level::Error, &format!("spapi-guard: could not set response header {name}"));
+        }
+    }
+
+    fn property(&self, path: &[&str]) -> Option<Vec<u8>> {
+        hostcalls::get_property(path.to_vec()).ok().flatten()
+    }
+
+    fn request_body(&self, max: usize) -> Vec<u8> {
+        hostcalls::get_buffer(BufferType::HttpRequestBody, 0, max).ok().flatten().unwrap_or_default()
+    }
+
+    fn response_body(&self, max: usize) -> Vec<u8> {
+        hostcalls::get_buffer(BufferType::HttpResponseBody, 0, max).ok().flatten().unwrap_or_default()
+    }
+
+    fn set_response_body(&mut self, replaced: usize, body: &[u8]) {
+        if hostcalls::set_buffer(BufferType::HttpResponseBody, 0, replaced, body).is_err() {
+            log(Level::Error, "spapi-guard: could not replace the response body");
+        }
+    }
+
+    fn send_reply(&mut self, status: u32, headers: &[(&str, &str)], body: &[u8]) {
+        if hostcalls::send_http_response(status, headers.to_vec(), Some(body)).is_err() {
+            log(Level::Error, "spapi-guard: could not send a local reply");
+        }
+    }
+
+    fn set_audit(&mut self, json: &str) {
+        let _ = hostcalls::set_property(vec!["spapi_guard.audit"], Some(json.as_bytes()));
+    }
 }

@@ -1,10 +1,10 @@
-//! The Envoy (proxy-wasm) layer: adapts host callbacks to the pure core. It holds no policy
-//! logic of its own; every decision is made by [`Guard`](crate::guard::Guard) and
-//! [`Access`](crate::access::Access).
+//! The Envoy (proxy-wasm) layer: adapts host callbacks to the pure core. It holds no decision
+//! logic of its own: configuration and lockout timers are [`crate::lifecycle`], each request is an
+//! [`Exchange`](crate::exchange::Exchange).
 //!
 //! * `mod.rs` — the root context: loads the policy per VM, ends expired lockouts on a timer.
-//! * `stream.rs` — the per-request context (see its comment for the request flow).
-//! * `host.rs` — logging, security events, metrics, shared lockout state.
+//! * `stream.rs` — the per-request context, one callback per phase of the exchange.
+//! * `host.rs` — every host call, with its errors handled.
 mod host;
 mod stream;
 
@@ -13,13 +13,21 @@ use proxy_wasm::types::{ContextType, LogLevel};
 use std::rc::Rc;
 use std::time::Duration;
 
-use crate::audit::{DecisionIds, SecurityEvent};
+use crate::audit::DecisionIds;
+use crate::exchange::{Exchange, Level};
 use crate::guard::Guard;
-use host::{count, lock_state, log, now_ms, security, update_lock};
+use crate::lifecycle;
+use host::Envoy;
 use stream::Stream;
 
 proxy_wasm::main! {{
     proxy_wasm::set_log_level(LogLevel::Info);
+    // A panic is a bug: say where, never what (its message could quote request data). The VM is
+    // then reloaded by Envoy's FAIL_RELOAD policy.
+    std::panic::set_hook(Box::new(|info| {
+        let at = info.location().map(|l| format!("{}:{}", l.file(), l.line())).unwrap_or_default();
+        host::log(Level::Error, &format!("spapi-guard: panic at {at}; the VM will be reloaded"));
+    }));
     proxy_wasm::set_root_context(|_| -> Box<dyn RootContext> { Box::new(Root { guard: None, ids: Rc::new(DecisionIds::new()) }) });
 }}
 
@@ -32,71 +40,29 @@ impl Context for Root {}
 
 impl RootContext for Root {
     fn on_configure(&mut self, _size: usize) -> bool {
-        let config = self.get_plugin_configuration().unwrap_or_default();
-        match Guard::load(&config, &|name| std::env::var(name).ok()) {
-            Ok(guard) => {
-                log(
-                    LogLevel::Info,
-                    &format!(
-                        "spapi-guard: configuration loaded: {} operations, {} callers, {} canaries, active key id {}{}",
-                        guard.catalog.operations.len(),
-                        guard.access.callers.len(),
-                        if guard.canaries.is_empty() { "no" } else { "with" },
-                        guard.tokens.active_key_id(),
-                        if guard.access.dry_run { ", access in DRY-RUN (not enforced)" } else { "" }
-                    ),
-                );
-                if guard.access.callers.is_empty() {
-                    log(LogLevel::Warn, "spapi-guard: the policy lists no callers: every request will be denied");
-                }
-                let mut event = SecurityEvent::new("config_loaded", "info", now_ms());
-                event.detail = Some(guard.tokens.active_key_id());
-                security(&event);
-                count("spapi_guard_config_total", &[("result", "loaded")], 1);
-                if !guard.access.callers.is_empty() {
-                    self.set_tick_period(Duration::from_secs(1));
-                }
-                self.guard = Some(Rc::new(guard));
-                true
-            }
-            Err(e) => {
-                // Returning false makes Envoy refuse the configuration (bootstrap or LDS update).
-                log(LogLevel::Error, &format!("spapi-guard: configuration refused: {e}"));
-                let mut event = SecurityEvent::new("config_rejected", "high", now_ms());
-                event.detail = Some(&e.field);
-                security(&event);
-                if e.key_missing {
-                    let mut missing = SecurityEvent::new("key_missing", "critical", now_ms());
-                    missing.detail = Some(&e.field);
-                    security(&missing);
-                }
-                count("spapi_guard_config_total", &[("result", "rejected")], 1);
-                false
-            }
+        let config = proxy_wasm::hostcalls::get_buffer(proxy_wasm::types::BufferType::PluginConfiguration, 0, usize::MAX)
+            .ok()
+            .flatten()
+            .unwrap_or_default();
+        // Returning false makes Envoy refuse the configuration (bootstrap or LDS update).
+        let Some(guard) = lifecycle::configure(&Envoy, &config, &|name| std::env::var(name).ok()) else { return false };
+        if !guard.access.callers.is_empty() {
+            let _ = proxy_wasm::hostcalls::set_tick_period(Duration::from_secs(1));
         }
+        self.guard = Some(Rc::new(guard));
+        true
     }
 
-    /// Ends lockouts whose cooldown has passed; the compare-and-swap makes exactly one VM report it.
     fn on_tick(&mut self) {
-        let Some(guard) = self.guard.as_ref() else { return };
-        let now = now_ms();
-        for caller in &guard.access.callers {
-            // Read first: the compare-and-swap write happens only for a lock that has expired.
-            let state = lock_state(&caller.id);
-            if state.locked_until_ms == 0 || now < state.locked_until_ms {
-                continue;
-            }
-            if update_lock(&caller.id, |state, now| state.end_expired(now)) {
-                let mut event = SecurityEvent::new("lockout_ended", "info", now_ms());
-                event.caller = Some(&caller.id);
-                security(&event);
-            }
+        if let Some(guard) = self.guard.as_ref() {
+            lifecycle::end_expired_lockouts(&Envoy, guard);
         }
     }
 
     fn create_http_context(&self, _context_id: u32) -> Option<Box<dyn HttpContext>> {
-        let guard = self.guard.clone()?;
-        Some(Box::new(Stream::new(guard, Rc::clone(&self.ids))))
+        // Without a configuration Envoy never starts the listener; should it happen anyway, the
+        // exchange refuses every request (the SDK would panic on `None`).
+        Some(Box::new(Stream::new(self.guard.clone().map(|g| Exchange::new(g, Rc::clone(&self.ids))))))
     }
 
     fn get_type(&self) -> Option<ContextType> {

@@ -1,0 +1,693 @@
+//! One request/response exchange through the filter, as an explicit state machine.
+//!
+//! Envoy calls the filter in phases: request headers → request body (chunks) → request trailers →
+//! response headers → response body (chunks) → response trailers → log. Any phase after the first
+//! may be missing (no body, no trailers, a reset, a local reply), and the last chunk of a body may
+//! be followed by trailers instead of `end_of_stream`. Every phase of [`Exchange`] says what to do
+//! next ([`Flow`]) from the state the earlier phases left, through a small [`HttpHost`] trait, so
+//! the whole flow runs natively against a mock host ([`crate::testing::MockHost`]) as well as in
+//! Envoy (`src/filter/`, which holds no decision logic).
+//!
+//! The rules that keep it fail-closed:
+//! * A body the filter must see whole (an RDT request, a response with PII) is released only by
+//!   the phase that ends it — the last body chunk *or* the trailers — after the check or rewrite.
+//! * After a local reply no upstream byte follows, and a refused body is never released.
+//! * A rewritten body is written only if it fits Envoy's buffer (`bufferLimitBytes`): writing past
+//!   it makes Envoy answer from inside the host call and re-enter the VM (a crash).
+//! * Whatever the exchange ends in — including a reset in the middle of a body — is audited once,
+//!   with what really happened.
+use std::rc::Rc;
+
+use crate::access::{Caller, Decision, DenyReason, IdentitySource, RequestFacts, Verdict};
+use crate::audit::{redacted_path, AuditEvent, DecisionIds, DecisionKind, Outcome, SecurityEvent};
+use crate::canary::ChunkScanner;
+use crate::fail_closed::{check_response_headers, FailReason};
+use crate::guard::{FieldCounts, Guard};
+use crate::lockout::{LockState, Trigger};
+use crate::policy::ClassActions;
+
+/// Reason of a request answered by a filter in front of spapi-guard.
+const REFUSED_BEFORE: &str = "refused_before_spapi_guard";
+/// Reason of an exchange that ended (reset, disconnect) before the body the filter held was whole.
+const RESPONSE_INCOMPLETE: &str = "response_incomplete";
+const REQUEST_INCOMPLETE: &str = "request_incomplete";
+
+/// Largest `createRestrictedDataToken` request body read (50 resources fit easily).
+pub const MAX_RDT_BODY: usize = 64 * 1024;
+
+/// What the host does after a phase.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Flow {
+    /// Pass the phase on.
+    Continue,
+    /// Hold it: the body is being buffered, or a local reply replaces the stream.
+    Pause,
+}
+
+/// Log levels the core uses.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Level {
+    Debug,
+    Info,
+    Warn,
+    Error,
+}
+
+/// Services of the host that do not belong to one request: logging, metrics, the clock and the
+/// lockout state every worker shares.
+pub trait Host {
+    fn log(&self, level: Level, message: &str);
+    /// Milliseconds since the Unix epoch.
+    fn now_ms(&self) -> u64;
+    /// Adds `n` to a counter with labels.
+    fn count(&self, metric: &str, labels: &[(&str, &str)], n: u64);
+    /// A caller's lockout state as all workers see it.
+    fn lock_state(&self, caller_id: &str) -> LockState;
+    /// Updates a caller's lockout state atomically; `update` may run more than once.
+    fn update_lock(&self, caller_id: &str, update: &dyn Fn(&mut LockState, u64) -> Trigger) -> Trigger;
+}
+
+/// The per-request side of the host: headers, bodies, properties, local replies, the audit record.
+/// Values are bytes: header values need not be UTF-8.
+pub trait HttpHost: Host {
+    fn request_header(&self, name: &str) -> Option<Vec<u8>>;
+    fn set_request_header(&mut self, name: &str, value: Option<&str>);
+    fn response_header(&self, name: &str) -> Option<Vec<u8>>;
+    fn set_response_header(&mut self, name: &str, value: Option<&str>);
+    /// A property of the stream (`["connection", "tls_version"]`, `["request", "id"]`…).
+    fn property(&self, path: &[&str]) -> Option<Vec<u8>>;
+    /// Up to `max` bytes of the request body the host holds (the buffered body, or the current
+    /// chunk when it streams).
+    fn request_body(&self, max: usize) -> Vec<u8>;
+    /// Up to `max` bytes of the response body the host holds.
+    fn response_body(&self, max: usize) -> Vec<u8>;
+    /// Replaces the first `replaced` bytes of the held response body (all of it, as the filter
+    /// uses it) with `body`.
+    fn set_response_body(&mut self, replaced: usize, body: &[u8]);
+    /// Answers the client locally; no upstream byte follows.
+    fn send_reply(&mut self, status: u32, headers: &[(&str, &str)], body: &[u8]);
+    /// Stores the request's audit event for the access log.
+    fn set_audit(&mut self, json: &str);
+}
+
+/// Writes a security event to the host's log as `spapi-guard event {json}`.
+pub fn security(host: &dyn Host, event: &SecurityEvent) {
+    let level = match event.severity {
+        "critical" | "high" => Level::Error,
+        "warning" => Level::Warn,
+        _ => Level::Info,
+    };
+    host.log(level, &format!("spapi-guard event {}", event.to_json()));
+}
+
+/// Answers a request that reached a VM without a configuration (Envoy refuses such a listener, so
+/// this is a last line of defence): 503, nothing forwarded.
+pub fn refuse_unconfigured(host: &mut dyn HttpHost) -> Flow {
+    host.log(Level::Error, "spapi-guard: request refused: this VM has no configuration");
+    let body = r#"{"errors":[{"code":"ServiceUnavailable","message":"spapi-guard is not configured.","details":"spapi-guard:not_configured"}]}"#;
+    host.send_reply(503, &[("content-type", "application/json"), ("x-spapi-guard", "not_configured")], body.as_bytes());
+    Flow::Pause
+}
+
+/// Where the request body stands.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum RequestState {
+    /// Headers not seen yet.
+    Start,
+    /// Forwarded as it arrives (scanned for canaries when the policy has some).
+    Streaming,
+    /// Held until whole: an RDT request whose resources must be checked.
+    CheckingRdt,
+    /// Checked and released.
+    Released,
+}
+
+/// Where the response stands.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum ResponseState {
+    /// No response headers yet.
+    Waiting,
+    /// Passed on as it arrives.
+    Streaming,
+    /// Held until whole, then rewritten.
+    Protecting,
+    /// Rewritten (or found to need nothing) and released.
+    Released,
+}
+
+/// Who answered the client, when it was not the upstream.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Reply {
+    None,
+    /// A local reply sent while the request was decoded: it flows back through the filter.
+    InRequest,
+    /// A local reply that replaces the upstream response: no upstream byte may follow.
+    InResponse,
+}
+
+/// One exchange: the state the phases share, and what the audit event reports.
+pub struct Exchange {
+    guard: Rc<Guard>,
+    ids: Rc<DecisionIds>,
+    request: RequestState,
+    response: ResponseState,
+    reply: Reply,
+    /// Response headers have arrived (from the upstream or a local reply of another filter).
+    response_started: bool,
+    request_id: String,
+    method: String,
+    path: String,
+    operation: Option<usize>,
+    decision: Option<Decision>,
+    /// The decision as the audit log reports it (updated if the response fails closed or is blocked).
+    decision_kind: DecisionKind,
+    tls_version: Option<String>,
+    /// What each PII class becomes in the response.
+    actions: ClassActions,
+    outcome: Outcome,
+    reason: Option<&'static str>,
+    counts: FieldCounts,
+    upstream_status: Option<u32>,
+    /// Size of the request body held so far (as the host last reported it).
+    request_held: usize,
+    /// Size of the response body held so far.
+    response_held: usize,
+    bytes_in: usize,
+    bytes_out: usize,
+    security_events: Vec<&'static str>,
+    canaries: Vec<String>,
+    request_scanner: ChunkScanner,
+    response_scanner: ChunkScanner,
+}
+
+impl Exchange {
+    pub fn new(guard: Rc<Guard>, ids: Rc<DecisionIds>) -> Exchange {
+        let actions = *guard.policy.actions();
+        Exchange {
+            guard,
+            ids,
+            request: RequestState::Start,
+            response: ResponseState::Waiting,
+            reply: Reply::None,
+            response_started: false,
+            request_id: String::new(),
+            method: String::new(),
+            path: String::new(),
+            operation: None,
+            decision: None,
+            decision_kind: DecisionKind::Allow,
+            tls_version: None,
+            actions,
+            outcome: Outcome::Unmatched,
+            reason: None,
+            counts: FieldCounts::default(),
+            upstream_status: None,
+            request_held: 0,
+            response_held: 0,
+            bytes_in: 0,
+            bytes_out: 0,
+            security_events: Vec::new(),
+            canaries: Vec::new(),
+            request_scanner: ChunkScanner::default(),
+            response_scanner: ChunkScanner::default(),
+        }
+    }
+
+    // -----------------------------------------------------------------------------------------
+    // Phases
+
+    pub fn on_request_headers(&mut self, host: &mut dyn HttpHost, end_of_stream: bool) -> Flow {
+        let guard = Rc::clone(&self.guard);
+        self.request = RequestState::Streaming;
+        self.request_id = text(host.property(&["request", "id"])).unwrap_or_default();
+        let method = text(host.request_header(":method")).unwrap_or_default();
+        let path = text(host.request_header(":path")).unwrap_or_default();
+        // The trusted identity header is read here and never forwarded.
+        let header_identity = guard.access.identity_header.as_deref().and_then(|h| {
+            let value = text(host.request_header(h));
+            if value.is_some() {
+                host.set_request_header(h, None);
+            }
+            value
+        });
+        self.tls_version = text(host.property(&["connection", "tls_version"]));
+        // Certificate properties are read in the policy's order, up to the first one present:
+        // each read is a host call, and the first present source decides anyway.
+        let (mut uri_san, mut dns_san, mut subject) = (None, None, None);
+        let present = |v: &Option<String>| v.as_deref().is_some_and(|v| !v.is_empty());
+        for source in guard.access.identity_sources() {
+            let found = match source {
+                _ if self.tls_version.is_none() && *source != IdentitySource::Header => false,
+                IdentitySource::UriSan => {
+                    uri_san = text(host.property(&["connection", "uri_san_peer_certificate"]));
+                    present(&uri_san)
+                }
+                IdentitySource::DnsSan => {
+                    dns_san = text(host.property(&["connection", "dns_san_peer_certificate"]));
+                    present(&dns_san)
+                }
+                IdentitySource::Subject => {
+                    subject = text(host.property(&["connection", "subject_peer_certificate"]));
+                    present(&subject)
+                }
+                IdentitySource::Header => present(&header_identity),
+            };
+            if found {
+                break;
+            }
+        }
+        // Envoy's downstream remote address: the peer, or the client behind trusted proxies.
+        let peer = text(host.property(&["source", "address"]));
+        let facts = RequestFacts {
+            tls_version: self.tls_version.as_deref(),
+            uri_san: uri_san.as_deref(),
+            dns_san: dns_san.as_deref(),
+            subject: subject.as_deref(),
+            header_identity: header_identity.as_deref(),
+            peer_address: peer.as_deref(),
+            path: &path,
+        };
+        self.method = method;
+        self.operation = guard.catalog.route_index(&self.method, &path);
+        let operation = self.operation.and_then(|i| guard.catalog.operations.get(i).map(|op| (i, op)));
+        let now = host.now_ms();
+        let decision = guard.access.decide(&facts, operation, &|caller| host.lock_state(&caller.id).is_locked(now));
+        let caller_actions = decision.caller.and_then(|c| guard.access.callers.get(c)).map(|c| c.actions);
+        let denial = decision.enforced_denial();
+        let needs_body_check = decision.needs_body_check;
+        let enforcing = !decision.dry_run;
+        if let (Verdict::Deny(reason), true) = (decision.verdict, decision.dry_run) {
+            host.log(Level::Info, &format!("spapi-guard: dry-run: would deny ({})", reason.code()));
+            self.reason = Some(reason.code());
+            self.decision_kind = DecisionKind::DryRunDeny;
+        }
+        self.decision = Some(decision);
+        self.path = path;
+        let path_hits = guard.canaries.find(self.path.as_bytes());
+        if self.canaries_seen(host, path_hits) {
+            return self.deny(host, DenyReason::CanaryBlocked);
+        }
+        if let Some(reason) = denial {
+            return self.deny(host, reason);
+        }
+        if let Some(actions) = caller_actions {
+            self.actions = actions;
+        }
+        self.outcome = match operation {
+            Some((_, op)) if op.has_response_pii() => {
+                // The filter reads only identity bodies: ask upstream not to compress.
+                host.set_request_header("accept-encoding", None);
+                Outcome::Protected
+            }
+            Some(_) => Outcome::PassedThrough,
+            None => Outcome::Unmatched,
+        };
+        if needs_body_check && enforcing {
+            if end_of_stream {
+                return self.deny(host, DenyReason::InvalidRdtRequest);
+            }
+            self.request = RequestState::CheckingRdt;
+            return Flow::Pause;
+        }
+        Flow::Continue
+    }
+
+    pub fn on_request_body(&mut self, host: &mut dyn HttpHost, body_size: usize, end_of_stream: bool) -> Flow {
+        match self.request {
+            RequestState::CheckingRdt => {
+                self.request_held = body_size;
+                if body_size > MAX_RDT_BODY {
+                    return self.deny(host, DenyReason::InvalidRdtRequest);
+                }
+                if !end_of_stream {
+                    return Flow::Pause;
+                }
+                self.finish_rdt(host)
+            }
+            _ if self.reply != Reply::None => Flow::Pause,
+            _ => {
+                self.scan_streaming_chunk(host, body_size, false);
+                Flow::Continue
+            }
+        }
+    }
+
+    /// Trailers end the request body: a held body is checked here, never passed on unchecked.
+    pub fn on_request_trailers(&mut self, host: &mut dyn HttpHost) -> Flow {
+        match self.request {
+            RequestState::CheckingRdt => self.finish_rdt(host),
+            _ if self.reply != Reply::None => Flow::Pause,
+            _ => Flow::Continue,
+        }
+    }
+
+    pub fn on_response_headers(&mut self, host: &mut dyn HttpHost, end_of_stream: bool) -> Flow {
+        match self.reply {
+            // Our own local reply, flowing back through the filter.
+            Reply::InRequest => return Flow::Continue,
+            Reply::InResponse => return Flow::Pause,
+            Reply::None => {}
+        }
+        self.response_started = true;
+        self.upstream_status = text(host.response_header(":status")).and_then(|s| s.trim().parse().ok());
+        if self.outcome != Outcome::Protected {
+            self.response = ResponseState::Streaming;
+            return Flow::Continue;
+        }
+        if end_of_stream {
+            // No body follows (204, HEAD): nothing to protect.
+            self.response = ResponseState::Released;
+            return Flow::Continue;
+        }
+        let checked = check_response_headers(
+            text(host.response_header("content-type")).as_deref(),
+            text(host.response_header("content-encoding")).as_deref(),
+            text(host.response_header("content-length")).as_deref(),
+            self.guard.policy.max_body_bytes,
+        );
+        if let Err(reason) = checked {
+            return self.fail_closed(host, reason);
+        }
+        // Headers are held until the body is rewritten, so its length can be set.
+        self.response = ResponseState::Protecting;
+        Flow::Pause
+    }
+
+    pub fn on_response_body(&mut self, host: &mut dyn HttpHost, body_size: usize, end_of_stream: bool) -> Flow {
+        match (self.reply, self.response) {
+            (Reply::InRequest, _) => Flow::Continue,
+            (Reply::InResponse, _) => Flow::Pause,
+            (Reply::None, ResponseState::Protecting) => {
+                self.response_held = body_size;
+                self.bytes_in = body_size;
+                if body_size > self.guard.policy.max_body_bytes {
+                    return self.fail_closed(host, FailReason::BodyTooLarge);
+                }
+                if !end_of_stream {
+                    return Flow::Pause;
+                }
+                self.finish_response(host)
+            }
+            (Reply::None, ResponseState::Streaming) => {
+                // Streaming pass-through: counted, and scanned for canaries if the policy has any.
+                self.bytes_in += body_size;
+                self.bytes_out += body_size;
+                self.scan_streaming_chunk(host, body_size, true);
+                Flow::Continue
+            }
+            // A body after a response that needed none (HEAD), or before any headers: nothing
+            // the filter may release unseen.
+            (Reply::None, ResponseState::Released) => Flow::Continue,
+            (Reply::None, ResponseState::Waiting) => self.fail_closed(host, FailReason::InvalidJson),
+        }
+    }
+
+    /// Trailers end the response body: a held body is rewritten here, never released raw.
+    pub fn on_response_trailers(&mut self, host: &mut dyn HttpHost) -> Flow {
+        match (self.reply, self.response) {
+            (Reply::InRequest, _) => Flow::Continue,
+            (Reply::InResponse, _) => Flow::Pause,
+            (Reply::None, ResponseState::Protecting) => self.finish_response(host),
+            (Reply::None, _) => Flow::Continue,
+        }
+    }
+
+    /// The end of the exchange, however it ended: one audit event and the metrics.
+    pub fn on_log(&mut self, host: &mut dyn HttpHost) {
+        if self.decision.is_none() {
+            // The request never reached this filter: a filter in front of it (authentication,
+            // rate limit…) answered it. Still one audit event, saying so.
+            self.decision_kind = DecisionKind::Deny;
+            self.outcome = Outcome::Denied;
+            self.reason = Some(REFUSED_BEFORE);
+            self.request_id = text(host.property(&["request", "id"])).unwrap_or_default();
+        } else if self.reply == Reply::None && self.request == RequestState::CheckingRdt {
+            // Reset before the RDT request was whole: it was never forwarded.
+            self.outcome = Outcome::Aborted;
+            self.reason = Some(REQUEST_INCOMPLETE);
+        } else if self.reply == Reply::None && self.response == ResponseState::Protecting {
+            // Reset before the response was whole: nothing of it was released.
+            self.outcome = Outcome::Aborted;
+            self.reason = Some(RESPONSE_INCOMPLETE);
+        }
+        let started_ms = int(host.property(&["request", "time"])).map(|ns| (ns / 1_000_000) as u64);
+        let now = host.now_ms();
+        let operation = self.operation.and_then(|i| self.guard.catalog.operations.get(i));
+        let identity = self.decision.as_ref().and_then(|d| d.identity.as_ref()).map(|(s, v)| format!("{}:{v}", s.as_str()));
+        let decision_id = self.ids.next();
+        let event = AuditEvent {
+            event: "request",
+            schema: crate::audit::SCHEMA_VERSION,
+            time: crate::audit::rfc3339_ms(started_ms.unwrap_or(now)),
+            request_id: &self.request_id,
+            decision_id: &decision_id,
+            identity,
+            known_caller: self.caller().is_some(),
+            source_ip: self.decision.as_ref().and_then(|d| d.client_ip).map(|ip| ip.to_string()),
+            tls_version: self.tls_version.as_deref(),
+            operation: operation.map(|o| o.id.as_str()),
+            api: operation.map(|o| o.api.as_str()),
+            api_version: operation.map(|o| o.version.as_str()),
+            method: &self.method,
+            path: redacted_path(&self.path, operation),
+            decision: self.decision_kind,
+            outcome: self.outcome,
+            reason: self.reason,
+            status: int(host.property(&["response", "code"])).map(|c| c as u32),
+            upstream_status: self.upstream_status,
+            pii: AuditEvent::pii_from(&self.counts),
+            key_id: self.counts.used_key().then(|| self.guard.tokens.active_key_id()),
+            bytes_in: self.bytes_in,
+            bytes_out: self.bytes_out,
+            duration_ms: started_ms.map(|s| now.saturating_sub(s)),
+            security_events: self.security_events.clone(),
+            canaries: self.canaries.clone(),
+        };
+        // Written to stdout by the access log (%FILTER_STATE(wasm.spapi_guard.audit:PLAIN)%).
+        host.set_audit(&event.to_json());
+        // Where a request was handled (its worker thread is in the log line's prefix).
+        host.log(Level::Debug, &format!("spapi-guard: request {} decided {}", self.request_id, self.decision_kind.as_str()));
+        self.count_metrics(host);
+    }
+
+    // -----------------------------------------------------------------------------------------
+    // Steps
+
+    /// Checks the whole RDT request body: forwarded only if every resource is allowed.
+    fn finish_rdt(&mut self, host: &mut dyn HttpHost) -> Flow {
+        let body = host.request_body(MAX_RDT_BODY + 1);
+        if body.len() > MAX_RDT_BODY {
+            return self.deny(host, DenyReason::InvalidRdtRequest);
+        }
+        let guard = Rc::clone(&self.guard);
+        if self.canaries_seen(host, guard.canaries.find(&body)) {
+            return self.deny(host, DenyReason::CanaryBlocked);
+        }
+        let Some(caller) = self.decision.as_ref().and_then(|d| d.caller) else {
+            return self.deny(host, DenyReason::UnknownCaller);
+        };
+        match guard.access.check_rdt(caller, &guard.catalog, &body) {
+            Ok(()) => {
+                self.request = RequestState::Released;
+                Flow::Continue
+            }
+            Err(reason) => self.deny(host, reason),
+        }
+    }
+
+    /// Rewrites the whole response body and releases it, or answers with an error instead.
+    fn finish_response(&mut self, host: &mut dyn HttpHost) -> Flow {
+        let guard = Rc::clone(&self.guard);
+        let body = host.response_body(guard.policy.max_body_bytes + 1);
+        self.bytes_in = body.len();
+        if body.len() > guard.policy.max_body_bytes {
+            return self.fail_closed(host, FailReason::BodyTooLarge);
+        }
+        if self.canaries_seen(host, guard.canaries.find(&body)) {
+            return self.deny(host, DenyReason::CanaryBlocked);
+        }
+        let Some(op) = self.operation.and_then(|i| guard.catalog.operations.get(i)) else {
+            return self.fail_closed(host, FailReason::InvalidJson);
+        };
+        if body.is_empty() {
+            // Headers promised a body and none came (or the upstream sent an empty one): there
+            // is nothing to protect.
+            self.response = ResponseState::Released;
+            host.set_response_header("content-length", Some("0"));
+            return Flow::Continue;
+        }
+        match guard.protect_response_with(op, &body, &self.actions) {
+            Ok(protected) => {
+                self.counts = protected.counts;
+                let length = match protected.body {
+                    Some(new_body) => {
+                        host.set_response_body(body.len(), &new_body);
+                        new_body.len()
+                    }
+                    None => body.len(),
+                };
+                self.response = ResponseState::Released;
+                self.bytes_out = length;
+                host.set_response_header("content-length", Some(&length.to_string()));
+                self.count_delivered_pii(host);
+                Flow::Continue
+            }
+            Err(reason) => self.fail_closed(host, reason),
+        }
+    }
+
+    /// Counts the PII the caller received toward its per-window limit.
+    fn count_delivered_pii(&mut self, host: &mut dyn HttpHost) {
+        let Some(caller) = self.caller() else { return };
+        let (id, limit, rules) = (caller.id.clone(), caller.max_pii_per_window, self.guard.access.lockout);
+        if limit.is_none() {
+            return;
+        }
+        let delivered = u64::from(self.counts.delivered());
+        let trigger = host.update_lock(&id, &|s, now| s.record_pii(now, delivered, limit, &rules));
+        self.lockout_started(host, &id, trigger);
+    }
+
+    /// Answers the client with an SP-API-style error instead of the upstream response.
+    fn fail_closed(&mut self, host: &mut dyn HttpHost, reason: FailReason) -> Flow {
+        self.outcome = Outcome::FailClosed;
+        self.decision_kind = DecisionKind::FailClosed;
+        self.reason = Some(reason.code());
+        self.raise("fail_closed");
+        let mut event = SecurityEvent::new("fail_closed", "warning", host.now_ms());
+        event.request_id = Some(&self.request_id);
+        event.reason = Some(reason.code());
+        security(host, &event);
+        self.reply(host, reason.status(), reason.code(), reason.error_body(), None)
+    }
+
+    /// Answers a denied request locally and counts the denial toward the caller's lockout.
+    fn deny(&mut self, host: &mut dyn HttpHost, reason: DenyReason) -> Flow {
+        self.outcome = Outcome::Denied;
+        self.decision_kind = if reason == DenyReason::LockedOut { DecisionKind::Lockout } else { DecisionKind::Deny };
+        self.reason = Some(reason.code());
+        let mut retry_after = None;
+        if reason == DenyReason::LockedOut {
+            let now = host.now_ms();
+            retry_after = self.caller().map(|c| host.lock_state(&c.id).remaining_ms(now).div_ceil(1000).max(1).to_string());
+        } else if let Some(caller) = self.caller() {
+            let rules = self.guard.access.lockout;
+            let id = caller.id.clone();
+            let trigger = host.update_lock(&id, &|state, now| state.record_denial(now, &rules));
+            self.lockout_started(host, &id, trigger);
+        }
+        self.reply(host, reason.status(), reason.code(), reason.error_body(), retry_after.as_deref())
+    }
+
+    /// Answers the client locally with an SP-API-style error; no upstream byte follows.
+    fn reply(&mut self, host: &mut dyn HttpHost, status: u32, code: &str, body: String, retry_after: Option<&str>) -> Flow {
+        self.bytes_out = body.len();
+        self.reply = if self.response_started { Reply::InResponse } else { Reply::InRequest };
+        let mut headers = vec![("content-type", "application/json"), ("x-spapi-guard", code)];
+        if let Some(seconds) = retry_after {
+            headers.push(("retry-after", seconds));
+        }
+        host.send_reply(status, &headers, body.as_bytes());
+        Flow::Pause
+    }
+
+    /// Scans a body chunk that streams on: a canary in it is reported, not blocked.
+    fn scan_streaming_chunk(&mut self, host: &mut dyn HttpHost, body_size: usize, response: bool) {
+        if self.guard.canaries.is_empty() {
+            return;
+        }
+        let chunk = if response { host.response_body(body_size) } else { host.request_body(body_size) };
+        let guard = Rc::clone(&self.guard);
+        let scanner = if response { &mut self.response_scanner } else { &mut self.request_scanner };
+        let hits = scanner.feed(&guard.canaries, &chunk);
+        self.canaries_seen(host, hits);
+    }
+
+    /// Records canaries seen; returns true if the policy blocks them.
+    fn canaries_seen(&mut self, host: &dyn HttpHost, ids: Vec<&str>) -> bool {
+        if ids.is_empty() {
+            return false;
+        }
+        let caller = self.caller().map(|c| c.id.clone());
+        for id in ids {
+            if self.canaries.iter().any(|c| c == id) {
+                continue;
+            }
+            let mut event = SecurityEvent::new("canary_hit", "critical", host.now_ms());
+            event.request_id = Some(&self.request_id);
+            event.caller = caller.as_deref();
+            event.detail = Some(id);
+            security(host, &event);
+            self.canaries.push(id.to_string());
+        }
+        self.raise("canary_hit");
+        self.guard.canaries.block
+    }
+
+    fn lockout_started(&mut self, host: &dyn HttpHost, caller_id: &str, trigger: Trigger) {
+        if trigger == Trigger::None {
+            return;
+        }
+        host.log(Level::Warn, &format!("spapi-guard: lockout started: caller {caller_id} ({})", trigger.as_str()));
+        let mut event = SecurityEvent::new("lockout_started", "high", host.now_ms());
+        event.caller = Some(caller_id);
+        event.reason = Some(trigger.as_str());
+        security(host, &event);
+        host.count("spapi_guard_lockouts_total", &[("trigger", trigger.as_str())], 1);
+        self.raise("lockout_started");
+    }
+
+    fn raise(&mut self, event: &'static str) {
+        if !self.security_events.contains(&event) {
+            self.security_events.push(event);
+        }
+    }
+
+    fn caller(&self) -> Option<&Caller> {
+        let index = self.decision.as_ref()?.caller?;
+        self.guard.access.callers.get(index)
+    }
+
+    /// Counts the request in the metrics (once, from `on_log`).
+    fn count_metrics(&self, host: &dyn HttpHost) {
+        let operation = self.operation.and_then(|i| self.guard.catalog.operations.get(i)).map_or("none", |o| o.id.as_str());
+        let decision = self.decision_kind.as_str();
+        host.count("spapi_guard_requests_total", &[("operation", operation), ("decision", decision)], 1);
+        let caller = match (self.caller(), self.decision.as_ref().and_then(|d| d.identity.as_ref())) {
+            (Some(c), _) => c.id.as_str(),
+            (None, Some(_)) => "unknown",
+            (None, None) => "none",
+        };
+        host.count("spapi_guard_caller_requests_total", &[("caller", caller)], 1);
+        let denied = matches!(self.decision_kind, DecisionKind::Deny | DecisionKind::DryRunDeny | DecisionKind::Lockout);
+        if denied {
+            host.count("spapi_guard_denials_total", &[("reason", self.reason.unwrap_or("unknown"))], 1);
+            host.count("spapi_guard_caller_denials_total", &[("caller", caller)], 1);
+        }
+        if self.decision_kind == DecisionKind::FailClosed {
+            host.count("spapi_guard_fail_closed_total", &[("reason", self.reason.unwrap_or("unknown"))], 1);
+        }
+        if self.outcome == Outcome::Aborted {
+            host.count("spapi_guard_aborted_total", &[("reason", self.reason.unwrap_or("unknown"))], 1);
+        }
+        for (class, action, n) in self.counts.entries() {
+            host.count("spapi_guard_pii_fields_total", &[("class", class.as_str()), ("action", action)], u64::from(n));
+        }
+        host.count("spapi_guard_caller_pii_fields_total", &[("caller", caller)], u64::from(self.counts.delivered()));
+        for canary in &self.canaries {
+            host.count("spapi_guard_canary_hits_total", &[("canary", canary)], 1);
+        }
+        host.count("spapi_guard_body_bytes_total", &[("direction", "upstream")], self.bytes_in as u64);
+        host.count("spapi_guard_body_bytes_total", &[("direction", "downstream")], self.bytes_out as u64);
+    }
+}
+
+/// A header or property value as text (lossy: values are compared, never echoed raw).
+fn text(value: Option<Vec<u8>>) -> Option<String> {
+    value.map(|v| String::from_utf8_lossy(&v).into_owned())
+}
+
+/// An integer property (Envoy encodes them as 8 little-endian bytes).
+fn int(value: Option<Vec<u8>>) -> Option<i64> {
+    value.and_then(|b| b.get(..8).and_then(|s| s.try_into().ok()).map(i64::from_le_bytes))
+}

@@ -1,0 +1,488 @@
+//! The request flow, natively: the exchange state machine driven through every phase order Envoy
+//! can produce — bodies in one or many chunks (split at every byte), bodies ended by trailers
+//! instead of `end_of_stream`, local replies, resets — against a mock host that buffers what a
+//! paused phase holds, as Envoy does. The real-Envoy suites (tests/e2e.rs, tests/trailers.rs…)
+//! remain the last word; these cover the orders only Envoy's protocol corners produce, quickly.
+use std::rc::Rc;
+
+use serde_json::{json, Value};
+use spapi_guard::audit::DecisionIds;
+use spapi_guard::exchange::{Exchange, Flow, MAX_RDT_BODY};
+use spapi_guard::guard::Guard;
+use spapi_guard::metrics::stat_name;
+use spapi_guard::testing::{MockHost, SentReply};
+
+const KEY_HEX: &str = "8f4c1a2b3d5e6f708192a3b4c5d6e7f8091a2b3c4d5e6f708192a3b4c5d6e7f8";
+const ORDER_SYNC: &str = "spiffe://spapi-guard.demo/order-sync";
+const LABEL_PRINTER: &str = "spiffe://spapi-guard.demo/label-printer";
+const ADDRESS_PATH: &str = "/orders/v0/orders/902-3159896-1390916/address";
+const RDT_PATH: &str = "/tokens/2021-03-01/restrictedDataToken";
+
+fn default_policy() -> Value {
+    serde_json::from_str(include_str!("../policies/default.json")).expect("policy")
+}
+
+fn guard_with(policy: Value) -> Rc<Guard> {
+    let env = |name: &str| name.starts_with("SPAPI_GUARD_KEY_").then(|| KEY_HEX.to_string());
+    Rc::new(Guard::load(policy.to_string().as_bytes(), &env).expect("policy loads"))
+}
+
+fn guard() -> Rc<Guard> {
+    guard_with(default_policy())
+}
+
+fn address_fixture() -> Vec<u8> {
+    include_bytes!("fixtures/spapi/orders-v0_getOrderAddress_1.json").to_vec()
+}
+
+/// PII values of the address fixture that must never reach the client in clear.
+const ADDRESS_PII: &[&str] = &["Michigan address", "1 cross st", "Canton", "48817", "37.42678611", "Cross St"];
+
+/// What the client and the upstream saw of one exchange.
+#[derive(Debug, Default)]
+struct Seen {
+    /// The request reached the upstream (its headers, and its body if any, were released).
+    forwarded: bool,
+    /// The local reply, if the filter answered instead.
+    reply: Option<SentReply>,
+    /// The response body bytes released to the client (upstream response only).
+    delivered: Vec<u8>,
+    /// Whether the response headers were released.
+    headers_released: bool,
+}
+
+/// Drives one phase of a body the way Envoy does: a paused chunk stays buffered and the next
+/// callback reports the whole buffer; a continued chunk (and everything buffered) moves on.
+struct BodyPump {
+    buffered: Vec<u8>,
+    released: Vec<u8>,
+}
+
+impl BodyPump {
+    fn new() -> BodyPump {
+        BodyPump { buffered: Vec::new(), released: Vec::new() }
+    }
+
+    fn after(&mut self, flow: Flow, held: Vec<u8>) {
+        match flow {
+            Flow::Pause => self.buffered = held,
+            Flow::Continue => {
+                self.released.extend_from_slice(&held);
+                self.buffered.clear();
+            }
+        }
+    }
+}
+
+struct Exchange1 {
+    ex: Exchange,
+    host: MockHost,
+    seen: Seen,
+}
+
+impl Exchange1 {
+    fn new(guard: Rc<Guard>, method: &str, path: &str, caller: Option<&str>) -> Exchange1 {
+        Exchange1 { ex: Exchange::new(guard, Rc::new(DecisionIds::new())), host: MockHost::new(method, path, caller), seen: Seen::default() }
+    }
+
+    /// Whether the filter has just answered locally (the host then ends the exchange).
+    fn replied(&mut self) -> bool {
+        match self.host.reply.take() {
+            Some(reply) => {
+                self.seen.reply = Some(reply);
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// The request: headers, then `chunks` of body, then trailers if asked.
+    fn request(&mut self, chunks: &[&[u8]], trailers: bool) {
+        let eos = chunks.is_empty() && !trailers;
+        let mut flow = self.ex.on_request_headers(&mut self.host, eos);
+        if self.replied() {
+            return;
+        }
+        let mut pump = BodyPump::new();
+        for (i, chunk) in chunks.iter().enumerate() {
+            let mut held = pump.buffered.clone();
+            held.extend_from_slice(chunk);
+            self.host.request_body = held.clone();
+            let last = i + 1 == chunks.len() && !trailers;
+            let body_flow = self.ex.on_request_body(&mut self.host, held.len(), last);
+            if self.replied() {
+                return;
+            }
+            pump.after(body_flow, held);
+            flow = body_flow;
+        }
+        if trailers {
+            self.host.request_body = pump.buffered.clone();
+            flow = self.ex.on_request_trailers(&mut self.host);
+            if self.replied() {
+                return;
+            }
+        }
+        self.seen.forwarded = flow == Flow::Continue;
+    }
+
+    /// The upstream's response: headers, `chunks` of body, trailers if asked. Call only if the
+    /// request was forwarded (or to play a local reply through the encode path).
+    fn respond(&mut self, headers: &[(&str, &str)], chunks: &[&[u8]], trailers: bool) {
+        self.host.set_response_headers(headers);
+        let eos = chunks.is_empty() && !trailers;
+        let flow = self.ex.on_response_headers(&mut self.host, eos);
+        let mut headers_flow = flow;
+        if self.replied() {
+            return;
+        }
+        let mut pump = BodyPump::new();
+        let mut last_flow = flow;
+        for (i, chunk) in chunks.iter().enumerate() {
+            let mut held = pump.buffered.clone();
+            held.extend_from_slice(chunk);
+            self.host.response_body = held.clone();
+            self.host.response_body_set = false;
+            let last = i + 1 == chunks.len() && !trailers;
+            let body_flow = self.ex.on_response_body(&mut self.host, held.len(), last);
+            if self.replied() {
+                return;
+            }
+            let held = self.host.response_body.clone();
+            pump.after(body_flow, held);
+            last_flow = body_flow;
+            if body_flow == Flow::Continue {
+                headers_flow = Flow::Continue;
+            }
+        }
+        if trailers {
+            self.host.response_body = pump.buffered.clone();
+            let trailer_flow = self.ex.on_response_trailers(&mut self.host);
+            if self.replied() {
+                return;
+            }
+            let held = self.host.response_body.clone();
+            pump.after(trailer_flow, held);
+            last_flow = trailer_flow;
+            if trailer_flow == Flow::Continue {
+                headers_flow = Flow::Continue;
+            }
+        }
+        self.seen.headers_released = headers_flow == Flow::Continue || last_flow == Flow::Continue;
+        self.seen.delivered = pump.released;
+    }
+
+    fn log(&mut self, status: Option<i64>) -> Value {
+        if let Some(code) = status {
+            self.host.set_property("response.code", &code.to_le_bytes());
+        }
+        self.ex.on_log(&mut self.host);
+        self.host.audit_event().expect("one audit event")
+    }
+}
+
+const JSON_HEADERS: &[(&str, &str)] = &[(":status", "200"), ("content-type", "application/json")];
+
+fn no_pii(bytes: &[u8], values: &[&str]) {
+    let text = String::from_utf8_lossy(bytes);
+    for v in values {
+        assert!(!text.contains(v), "{v} leaked in: {text}");
+    }
+}
+
+/// The protected body of the address fixture, in one chunk with end_of_stream.
+fn reference_address_body(guard: &Rc<Guard>) -> Vec<u8> {
+    let mut x = Exchange1::new(Rc::clone(guard), "GET", ADDRESS_PATH, Some(ORDER_SYNC));
+    x.request(&[], false);
+    assert!(x.seen.forwarded);
+    x.respond(JSON_HEADERS, &[&address_fixture()], false);
+    assert!(x.seen.headers_released);
+    x.seen.delivered
+}
+
+#[test]
+fn a_protected_body_split_at_every_byte_leaves_the_same_and_protected() {
+    let guard = guard();
+    let reference = reference_address_body(&guard);
+    no_pii(&reference, ADDRESS_PII);
+    let body = address_fixture();
+    for trailers in [false, true] {
+        for split in 0..=body.len() {
+            let mut x = Exchange1::new(Rc::clone(&guard), "GET", ADDRESS_PATH, Some(ORDER_SYNC));
+            x.request(&[], false);
+            let (a, b) = body.split_at(split);
+            x.respond(JSON_HEADERS, &[a, b], trailers);
+            assert!(x.seen.reply.is_none(), "split {split}: {:?}", x.seen.reply);
+            assert_eq!(x.seen.delivered, reference, "split {split}, trailers {trailers}");
+            assert_eq!(x.host.response_header_text("content-length"), Some(reference.len().to_string()));
+            let event = x.log(Some(200));
+            assert_eq!(event["outcome"], "protected");
+            assert!(event["pii"]["name"]["tokenized"].as_u64().unwrap_or(0) >= 1, "{event}");
+        }
+    }
+}
+
+#[test]
+fn a_body_in_many_chunks_or_only_trailers_is_protected() {
+    let guard = guard();
+    let reference = reference_address_body(&guard);
+    let body = address_fixture();
+    let bytes: Vec<&[u8]> = body.chunks(1).collect();
+    for trailers in [false, true] {
+        let mut x = Exchange1::new(Rc::clone(&guard), "GET", ADDRESS_PATH, Some(ORDER_SYNC));
+        x.request(&[], false);
+        x.respond(JSON_HEADERS, &bytes, trailers);
+        assert_eq!(x.seen.delivered, reference);
+    }
+    // Headers, then trailers with no body at all: nothing to protect, nothing raw released.
+    let mut x = Exchange1::new(Rc::clone(&guard), "GET", ADDRESS_PATH, Some(ORDER_SYNC));
+    x.request(&[], false);
+    x.respond(JSON_HEADERS, &[], true);
+    assert!(x.seen.delivered.is_empty());
+    assert_eq!(x.host.response_header_text("content-length").as_deref(), Some("0"));
+}
+
+#[test]
+fn response_trailers_never_release_a_raw_body() {
+    // The finding: a body followed by trailers reached the client untokenized.
+    let guard = guard();
+    let mut x = Exchange1::new(Rc::clone(&guard), "GET", ADDRESS_PATH, Some(ORDER_SYNC));
+    x.request(&[], false);
+    x.respond(JSON_HEADERS, &[&address_fixture()], true);
+    no_pii(&x.seen.delivered, ADDRESS_PII);
+    let v: Value = serde_json::from_slice(&x.seen.delivered).expect("json");
+    let name = v["payload"]["ShippingAddress"]["Name"].as_str().expect("token");
+    assert_eq!(guard.tokens.open(name).expect("opens").plaintext, b"Michigan address");
+    let event = x.log(Some(200));
+    assert_eq!((event["outcome"].as_str(), event["reason"].as_str()), (Some("protected"), None));
+    assert_ne!(event["pii"], json!({}));
+}
+
+fn rdt_body(path: &str) -> Vec<u8> {
+    json!({"restrictedResources": [{"method": "GET", "path": path}]}).to_string().into_bytes()
+}
+
+#[test]
+fn request_trailers_never_skip_the_rdt_check() {
+    let guard = guard();
+    let denied = rdt_body("/orders/v0/orders/902-3159896-1390916/buyerInfo");
+    let allowed = rdt_body(ADDRESS_PATH);
+    for trailers in [false, true] {
+        for chunks in [1usize, 3] {
+            let split = |b: &[u8]| -> Vec<Vec<u8>> { b.chunks(b.len().div_ceil(chunks)).map(<[u8]>::to_vec).collect() };
+            let parts = split(&denied);
+            let refs: Vec<&[u8]> = parts.iter().map(Vec::as_slice).collect();
+            let mut x = Exchange1::new(Rc::clone(&guard), "POST", RDT_PATH, Some(LABEL_PRINTER));
+            x.request(&refs, trailers);
+            let reply = x.seen.reply.clone().unwrap_or_else(|| panic!("trailers {trailers}, {chunks} chunks: forwarded"));
+            assert_eq!((reply.status, reply.header("x-spapi-guard")), (403, Some("rdt_resource_not_allowed")));
+            assert!(!x.seen.forwarded);
+            // The local reply flows back through the filter.
+            x.respond(&[(":status", "403"), ("content-type", "application/json")], &[&reply.body], false);
+            assert_eq!(x.seen.delivered, reply.body);
+            let event = x.log(Some(403));
+            assert_eq!((event["decision"].as_str(), event["reason"].as_str()), (Some("deny"), Some("rdt_resource_not_allowed")));
+
+            let parts = split(&allowed);
+            let refs: Vec<&[u8]> = parts.iter().map(Vec::as_slice).collect();
+            let mut x = Exchange1::new(Rc::clone(&guard), "POST", RDT_PATH, Some(LABEL_PRINTER));
+            x.request(&refs, trailers);
+            assert!(x.seen.forwarded && x.seen.reply.is_none(), "trailers {trailers}, {chunks} chunks: {:?}", x.seen.reply);
+        }
+    }
+}
+
+#[test]
+fn an_rdt_request_without_a_body_or_too_large_is_refused() {
+    let guard = guard();
+    let mut x = Exchange1::new(Rc::clone(&guard), "POST", RDT_PATH, Some(LABEL_PRINTER));
+    x.request(&[], false);
+    assert_eq!(x.seen.reply.as_ref().map(|r| r.status), Some(400));
+    // Headers, then trailers only.
+    let mut x = Exchange1::new(Rc::clone(&guard), "POST", RDT_PATH, Some(LABEL_PRINTER));
+    x.request(&[], true);
+    assert_eq!(x.seen.reply.as_ref().map(|r| (r.status, r.header("x-spapi-guard").map(str::to_string))), Some((400, Some("invalid_rdt_request".into()))));
+    let big = vec![b' '; MAX_RDT_BODY + 1];
+    let mut x = Exchange1::new(Rc::clone(&guard), "POST", RDT_PATH, Some(LABEL_PRINTER));
+    x.request(&[&big[..10], &big[10..]], true);
+    assert_eq!(x.seen.reply.as_ref().map(|r| r.status), Some(400));
+}
+
+#[test]
+fn resets_mid_body_are_audited_as_aborted() {
+    let guard = guard();
+    // The upstream goes away after half the body: nothing was released.
+    let body = address_fixture();
+    let mut x = Exchange1::new(Rc::clone(&guard), "GET", ADDRESS_PATH, Some(ORDER_SYNC));
+    x.request(&[], false);
+    x.host.set_response_headers(JSON_HEADERS);
+    assert_eq!(x.ex.on_response_headers(&mut x.host, false), Flow::Pause);
+    x.host.response_body = body[..body.len() / 2].to_vec();
+    assert_eq!(x.ex.on_response_body(&mut x.host, body.len() / 2, false), Flow::Pause);
+    let event = x.log(None);
+    assert_eq!((event["outcome"].as_str(), event["reason"].as_str()), (Some("aborted"), Some("response_incomplete")));
+    assert_eq!(x.host.counter(&stat_name("spapi_guard_aborted_total", &[("reason", "response_incomplete")])), 1);
+    // An RDT request whose body never ends: never forwarded, audited as aborted.
+    let mut x = Exchange1::new(Rc::clone(&guard), "POST", RDT_PATH, Some(LABEL_PRINTER));
+    assert_eq!(x.ex.on_request_headers(&mut x.host, false), Flow::Pause);
+    x.host.request_body = b"{\"restrictedRes".to_vec();
+    assert_eq!(x.ex.on_request_body(&mut x.host, 15, false), Flow::Pause);
+    let event = x.log(None);
+    assert_eq!((event["outcome"].as_str(), event["reason"].as_str()), (Some("aborted"), Some("request_incomplete")));
+    // A reset before any response: the request was forwarded, no body was held.
+    let mut x = Exchange1::new(Rc::clone(&guard), "GET", ADDRESS_PATH, Some(ORDER_SYNC));
+    x.request(&[], false);
+    let event = x.log(Some(503));
+    assert_eq!(event["outcome"], "protected");
+    assert_eq!(event["upstream_status"], Value::Null);
+}
+
+#[test]
+fn fail_closed_replies_and_no_upstream_byte_follows() {
+    let guard = guard();
+    let cases: Vec<(Vec<(&str, &str)>, Vec<u8>, &str)> = vec![
+        (JSON_HEADERS.to_vec(), b"{\"payload\":{\"ShippingAddress\":{\"Name\":\"Jane Doe\"".to_vec(), "invalid_json"),
+        (vec![(":status", "200"), ("content-type", "application/json"), ("content-encoding", "gzip")], b"\x1f\x8b".to_vec(), "unsupported_content_encoding"),
+        (vec![(":status", "200"), ("content-type", "text/html")], b"<p>Jane Doe</p>".to_vec(), "unsupported_content_type"),
+    ];
+    for trailers in [false, true] {
+        for (headers, body, code) in &cases {
+            let mut x = Exchange1::new(Rc::clone(&guard), "GET", ADDRESS_PATH, Some(ORDER_SYNC));
+            x.request(&[], false);
+            x.respond(headers, &[body], trailers);
+            let reply = x.seen.reply.clone().expect("fail-closed reply");
+            assert_eq!((reply.status, reply.header("x-spapi-guard")), (502, Some(*code)));
+            assert!(x.seen.delivered.is_empty());
+            no_pii(&reply.body, &["Jane Doe"]);
+            // Whatever Envoy still delivers of the upstream response is held.
+            assert_eq!(x.ex.on_response_body(&mut x.host, 5, true), Flow::Pause);
+            assert_eq!(x.ex.on_response_trailers(&mut x.host), Flow::Pause);
+            let event = x.log(Some(502));
+            assert_eq!((event["outcome"].as_str(), event["reason"].as_str()), (Some("fail_closed"), Some(*code)));
+            // The security event names the request.
+            let security = x.host.security_events();
+            let fail = security.iter().find(|e| e["event"] == "fail_closed").expect("fail_closed event");
+            assert_eq!(fail["request_id"], event["request_id"]);
+            assert_ne!(fail["request_id"], "");
+            no_pii(x.host.log_text().as_bytes(), &["Jane Doe"]);
+        }
+    }
+}
+
+#[test]
+fn a_rewrite_that_outgrows_envoys_buffer_is_refused_not_written() {
+    let mut policy = default_policy();
+    policy["maxBodyBytes"] = json!(200_000);
+    policy["bufferLimitBytes"] = json!(600_000);
+    let guard = guard_with(policy);
+    let orders: Vec<&str> = (0..4000).map(|_| r#"{"BuyerInfo":{"BuyerEmail":"a","BuyerName":"b"}}"#).collect();
+    let body = format!(r#"{{"payload":{{"Orders":[{}]}}}}"#, orders.join(","));
+    assert!(body.len() < 200_000);
+    for trailers in [false, true] {
+        let mut x = Exchange1::new(Rc::clone(&guard), "GET", "/orders/v0/orders?MarketplaceIds=ATVPDKIKX0DER", Some(ORDER_SYNC));
+        x.request(&[], false);
+        x.respond(JSON_HEADERS, &[body.as_bytes()], trailers);
+        let reply = x.seen.reply.clone().expect("refused");
+        assert_eq!((reply.status, reply.header("x-spapi-guard")), (502, Some("body_too_large")));
+        assert!(!x.host.response_body_set, "the oversize body was never written to Envoy");
+        let event = x.log(Some(502));
+        assert_eq!(event["reason"], "body_too_large");
+    }
+}
+
+#[test]
+fn oversize_bodies_are_refused_while_they_arrive() {
+    let mut policy = default_policy();
+    policy["maxBodyBytes"] = json!(2048);
+    let guard = guard_with(policy);
+    let body = vec![b' '; 3000];
+    let mut x = Exchange1::new(Rc::clone(&guard), "GET", ADDRESS_PATH, Some(ORDER_SYNC));
+    x.request(&[], false);
+    x.respond(JSON_HEADERS, &[&body[..1500], &body[1500..]], true);
+    assert_eq!(x.seen.reply.as_ref().map(|r| r.status), Some(502));
+    // A declared length over the limit is refused at the headers.
+    let mut x = Exchange1::new(Rc::clone(&guard), "GET", ADDRESS_PATH, Some(ORDER_SYNC));
+    x.request(&[], false);
+    x.respond(&[(":status", "200"), ("content-type", "application/json"), ("content-length", "3000")], &[&body], false);
+    assert_eq!(x.seen.reply.as_ref().and_then(|r| r.header("x-spapi-guard").map(str::to_string)), Some("body_too_large".into()));
+}
+
+#[test]
+fn denials_reply_locally_and_their_reply_flows_back() {
+    let guard = guard();
+    // An unknown caller; the local reply then goes through the encode path with trailers even.
+    let mut x = Exchange1::new(Rc::clone(&guard), "GET", ADDRESS_PATH, Some("spiffe://spapi-guard.demo/intruder"));
+    x.request(&[b"ignored"], true);
+    let reply = x.seen.reply.clone().expect("denied");
+    assert_eq!(reply.status, 403);
+    x.respond(&[(":status", "403"), ("content-type", "application/json")], &[&reply.body], true);
+    assert_eq!(x.seen.delivered, reply.body);
+    let event = x.log(Some(403));
+    assert_eq!((event["decision"].as_str(), event["reason"].as_str()), (Some("deny"), Some("unknown_caller")));
+    // The analytics role may not read addresses (PII "none") but may call getOrderAddress? It
+    // is not in its operations: denied.
+    let mut x = Exchange1::new(Rc::clone(&guard), "GET", ADDRESS_PATH, Some("spiffe://spapi-guard.demo/analytics"));
+    x.request(&[], false);
+    assert_eq!(x.seen.reply.as_ref().map(|r| r.status), Some(403));
+}
+
+#[test]
+fn pass_through_and_unprotected_responses_stream_in_chunks() {
+    let guard = guard();
+    let mut x = Exchange1::new(Rc::clone(&guard), "GET", "/catalog/2022-04-01/items/B00X", Some(ORDER_SYNC));
+    x.request(&[], false);
+    assert!(x.seen.forwarded);
+    x.respond(JSON_HEADERS, &[b"{\"a\":", b"1}"], true);
+    assert_eq!(x.seen.delivered, b"{\"a\":1}");
+    let event = x.log(Some(200));
+    assert_eq!(event["outcome"], "unmatched");
+    assert_eq!(event["bytes_out"], 7);
+}
+
+#[test]
+fn responses_without_a_body_pass() {
+    let guard = guard();
+    let mut x = Exchange1::new(Rc::clone(&guard), "GET", ADDRESS_PATH, Some(ORDER_SYNC));
+    x.request(&[], false);
+    x.respond(&[(":status", "204")], &[], false);
+    assert!(x.seen.headers_released && x.seen.reply.is_none());
+}
+
+#[test]
+fn the_identity_header_is_read_once_and_never_forwarded() {
+    let mut policy = default_policy();
+    policy["access"]["identity"]["sources"] = json!(["header"]);
+    policy["callers"] = json!([{"id": ORDER_SYNC, "source": "header", "roles": ["order-sync"]}]);
+    let guard = guard_with(policy);
+    let mut x = Exchange1::new(Rc::clone(&guard), "GET", ADDRESS_PATH, None);
+    x.host.add_request_header("x-spapi-guard-caller", ORDER_SYNC);
+    x.request(&[], false);
+    assert!(x.seen.forwarded);
+    assert_eq!(x.host.request_header_text("x-spapi-guard-caller"), None);
+    // And compression is turned off for a body the filter must read.
+    assert_eq!(x.host.request_header_text("accept-encoding"), None);
+}
+
+#[test]
+fn a_request_the_filter_never_saw_is_still_audited() {
+    let guard = guard();
+    let mut x = Exchange1::new(Rc::clone(&guard), "GET", ADDRESS_PATH, Some(ORDER_SYNC));
+    let event = x.log(Some(401));
+    assert_eq!((event["decision"].as_str(), event["reason"].as_str()), (Some("deny"), Some("refused_before_spapi_guard")));
+    assert_eq!(event["request_id"], "3f1c8a52-1d47-4a4e-9a59-0c1f2a6b7d11");
+}
+
+#[test]
+fn canaries_in_a_response_block_it() {
+    let mut policy = default_policy();
+    policy["canaries"] = json!({"block": true, "records": [{"id": "c1", "value": "Canary McCanaryface"}]});
+    let guard = guard_with(policy);
+    let body = br#"{"payload":{"ShippingAddress":{"Name":"Canary McCanaryface"}}}"#;
+    for trailers in [false, true] {
+        let mut x = Exchange1::new(Rc::clone(&guard), "GET", ADDRESS_PATH, Some(ORDER_SYNC));
+        x.request(&[], false);
+        x.respond(JSON_HEADERS, &[&body[..20], &body[20..]], trailers);
+        assert_eq!(x.seen.reply.as_ref().and_then(|r| r.header("x-spapi-guard").map(str::to_string)), Some("canary_blocked".into()));
+        assert!(x.seen.delivered.is_empty());
+    }
+}
