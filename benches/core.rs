@@ -62,7 +62,7 @@ fn main() {
     let cases: [(&str, Box<dyn Fn(&mut Vec<u8>, &mut String)>); 4] = [
         ("tokenize, deterministic (HMAC-SHA256 SIV + AES-256-GCM)", Box::new(|s, o| g.tokens.seal_into(PiiClass::Name, Mode::Deterministic, ValueKind::Text, value, s, o))),
         ("tokenize, randomized (AES-256-GCM)", Box::new(|s, o| g.tokens.seal_into(PiiClass::Name, Mode::Randomized, ValueKind::Text, value, s, o))),
-        ("hash (HMAC-SHA256)", Box::new(|_, o| g.tokens.hash_into(PiiClass::Name, value, o))),
+        ("hash (HMAC-SHA256)", Box::new(|_, o| g.tokens.hash_into(PiiClass::Name, ValueKind::Text, value, o))),
         ("redact", Box::new(|_, o| {
             let mut v = Vec::new();
             write_json_string("REDACTED", &mut v);

@@ -187,7 +187,7 @@ impl FieldHandler for Protector<'_> {
             Action::Clear => return Ok(Edit::Keep),
             Action::Remove => return Ok(Edit::Remove),
             Action::Tokenize(mode) => self.guard.tokens.seal_into(rule.class, mode, kind, plaintext, &mut self.buffer, &mut self.token),
-            Action::Hash => self.guard.tokens.hash_into(rule.class, plaintext, &mut self.token),
+            Action::Hash => self.guard.tokens.hash_into(rule.class, kind, plaintext, &mut self.token),
             Action::Redact => match kind {
                 ValueKind::Text => {
                     write_json_string(&self.guard.policy.redact_mask, out);
@@ -250,7 +250,7 @@ mod tests {
         let a = &v["payload"]["ShippingAddress"];
         assert_eq!(a["Name"], "REDACTED");
         assert_eq!(a["City"], "Seattle");
-        assert!(a["Phone"].as_str().expect("hash").starts_with("spgh1.k1.phone."));
+        assert!(a["Phone"].as_str().expect("hash").starts_with("spgh2.k1.phone."));
         assert_eq!(out.counts.get(PiiClass::Address, Action::Clear), 2);
         assert!(out.counts.used_key(), "hashed phone");
     }

@@ -42,7 +42,8 @@ use crate::pii::PiiClass;
 /// Magic prefix of a token; also the format version.
 pub const TOKEN_PREFIX: &str = "spgt1.";
 /// Magic prefix of a keyed hash pseudonym (irreversible).
-pub const HASH_PREFIX: &str = "spgh1.";
+/// Version 2 binds the value's kind: `"123"` and `123` are different values and hash apart.
+pub const HASH_PREFIX: &str = "spgh2.";
 /// Bytes of a master key.
 pub const KEY_LEN: usize = 32;
 const NONCE_LEN: usize = 12;
@@ -305,10 +306,14 @@ impl TokenEngine {
     }
 
     /// Writes the keyed, irreversible pseudonym of `plaintext` to `out`:
-    /// `spgh1.<key id>.<class>.<base64url(HMAC-SHA256(k_hash, class ‖ 0x00 ‖ plaintext)[..16])>`.
-    pub fn hash_into(&self, class: PiiClass, plaintext: &[u8], out: &mut String) {
+    /// `spgh2.<key id>.<class>.<base64url(HMAC-SHA256(k_hash, class ‖ 0x00 ‖ kind ‖ 0x00 ‖ plaintext)[..16])>`
+    /// with `kind` the token kind flag (`s` a string's text, `j` another JSON value's raw text).
+    pub fn hash_into(&self, class: PiiClass, kind: ValueKind, plaintext: &[u8], out: &mut String) {
         let mut mac = self.active_schedule().hash.clone();
         mac.update(class.as_str().as_bytes());
+        mac.update(&[0]);
+        let mut flag = [0u8; 4];
+        mac.update(kind.flag().encode_utf8(&mut flag).as_bytes());
         mac.update(&[0]);
         mac.update(plaintext);
         let digest = mac.finalize().into_bytes();
@@ -426,23 +431,28 @@ mod tests {
         assert_eq!(t, DETERMINISTIC_VECTOR);
         let h = {
             let mut s = String::new();
-            e.hash_into(PiiClass::Email, b"buyer@example.com", &mut s);
+            e.hash_into(PiiClass::Email, ValueKind::Text, b"buyer@example.com", &mut s);
             s
         };
         assert_eq!(h, HASH_VECTOR);
     }
 
     const DETERMINISTIC_VECTOR: &str = "spgt1.ds.test.email.BDyT4ou2lghHKe48H_G8Z1cQfvBj5WuvPvmwuOJt9HntKo_-rS6zFV1JsHWC";
-    const HASH_VECTOR: &str = "spgh1.test.email.u9Ix5xYxJJ1EBRU6TtWJ1A";
+    const HASH_VECTOR: &str = "spgh2.test.email.RGA7Fojk9L91zuxZbD9bJg";
 
     #[test]
     fn hash_is_keyed_and_class_bound() {
         let e = engine();
         let mut a = String::new();
         let mut b = String::new();
-        e.hash_into(PiiClass::Email, b"x@example.com", &mut a);
-        e.hash_into(PiiClass::Name, b"x@example.com", &mut b);
-        assert!(a.starts_with("spgh1.k1.email."));
+        e.hash_into(PiiClass::Email, ValueKind::Text, b"x@example.com", &mut a);
+        e.hash_into(PiiClass::Name, ValueKind::Text, b"x@example.com", &mut b);
+        assert!(a.starts_with("spgh2.k1.email."));
         assert_ne!(a[15..], b[14..]);
+        // The string "123" and the number 123 are different values.
+        let (mut text, mut number) = (String::new(), String::new());
+        e.hash_into(PiiClass::Other, ValueKind::Text, b"123", &mut text);
+        e.hash_into(PiiClass::Other, ValueKind::RawJson, b"123", &mut number);
+        assert_ne!(text, number);
     }
 }

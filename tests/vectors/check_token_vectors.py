@@ -29,15 +29,15 @@ def deterministic_token(key_id, cls, plaintext):
     return header.decode() + "." + b64(nonce + ct)
 
 
-def keyed_hash(key_id, cls, plaintext):
-    digest = hmac.new(hkdf(KEY, b"keyed-hash"), cls.encode() + b"\x00" + plaintext, hashlib.sha256).digest()
-    return f"spgh1.{key_id}.{cls}." + b64(digest[:16])
+def keyed_hash(key_id, cls, kind, plaintext):
+    digest = hmac.new(hkdf(KEY, b"keyed-hash"), cls.encode() + b"\x00" + kind + b"\x00" + plaintext, hashlib.sha256).digest()
+    return f"spgh2.{key_id}.{cls}." + b64(digest[:16])
 
 
 def main():
     src = open(sys.argv[1] if len(sys.argv) > 1 else "src/tokens.rs").read()
     token = deterministic_token("test", "email", b"buyer@example.com")
-    hashed = keyed_hash("test", "email", b"buyer@example.com")
+    hashed = keyed_hash("test", "email", b"s", b"buyer@example.com")
     ok = True
     for name, value in (("DETERMINISTIC_VECTOR", token), ("HASH_VECTOR", hashed)):
         if f'const {name}: &str = "{value}";' not in src:
