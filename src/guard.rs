@@ -193,6 +193,11 @@ impl FieldHandler for Protector<'_> {
                     write_json_string(&self.guard.policy.redact_mask, out);
                     return Ok(Edit::Replaced);
                 }
+                // A string that is no text (a lone surrogate) stays a string.
+                ValueKind::RawJson if plaintext.first() == Some(&b'"') => {
+                    write_json_string(&self.guard.policy.redact_mask, out);
+                    return Ok(Edit::Replaced);
+                }
                 ValueKind::RawJson => {
                     out.extend_from_slice(b"null");
                     return Ok(Edit::Replaced);
@@ -300,6 +305,23 @@ mod tests {
         let big = page(800);
         assert!(big.len() < 40000);
         assert_eq!(g.protect_response(op, big.as_bytes()).err(), Some(FailReason::BodyTooLarge));
+    }
+
+    #[test]
+    fn a_lone_surrogate_is_tokenized_losslessly_not_refused() {
+        let g = guard("");
+        let op = g.catalog.route("GET", "/orders/v0/orders/1/address").expect("op");
+        let body = br#"{"payload":{"ShippingAddress":{"Name":"Jane\ud800","City":"x\udc00y"}}}"#;
+        let out = g.protect_response(op, body).expect("protected");
+        let text = String::from_utf8(out.body.expect("changed")).expect("utf8");
+        assert!(!text.contains("Jane"), "{text}");
+        let v: serde_json::Value = serde_json::from_str(&text).expect("json");
+        let opened = g.tokens.open(v["payload"]["ShippingAddress"]["Name"].as_str().expect("token")).expect("opens");
+        assert_eq!((opened.plaintext.as_slice(), opened.kind), (&br#""Jane\ud800""#[..], ValueKind::RawJson));
+        let g = guard(r#","classes":{"name":{"action":"redact"}}"#);
+        let out = g.protect_response(op, body).expect("protected");
+        let v: serde_json::Value = serde_json::from_slice(&out.body.expect("changed")).expect("json");
+        assert_eq!(v["payload"]["ShippingAddress"]["Name"], "REDACTED", "a string stays a string");
     }
 
     #[test]

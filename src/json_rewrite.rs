@@ -126,8 +126,14 @@ impl<'a, H: FieldHandler> Walker<'a, '_, H> {
                 let has_escape = self.string()?;
                 if let Some(rule) = rule {
                     let inner = &self.text[start + 1..self.pos - 1];
-                    let decoded = if has_escape { Cow::Owned(unescape(inner).ok_or_else(|| self.invalid("bad escape"))?) } else { Cow::Borrowed(inner) };
-                    remove = self.replace(rule, start, MatchedValue::Text(decoded))?;
+                    let value = match has_escape.then(|| unescape(inner)) {
+                        None => MatchedValue::Text(Cow::Borrowed(inner)),
+                        Some(Some(decoded)) => MatchedValue::Text(Cow::Owned(decoded)),
+                        // A lone UTF-16 surrogate is valid JSON but no text: the value is handed
+                        // on as its raw JSON text (quotes included), losslessly.
+                        Some(None) => MatchedValue::Raw(&self.text[start..self.pos]),
+                    };
+                    remove = self.replace(rule, start, value)?;
                 }
             }
             Some(open @ (b'{' | b'[')) => {
@@ -279,7 +285,10 @@ impl<'a, H: FieldHandler> Walker<'a, '_, H> {
             let child = if state == DEAD {
                 DEAD
             } else if has_escape {
-                let name = unescape(&self.text[name_start..self.pos - 1]).ok_or_else(|| self.invalid("bad escape"))?;
+                // The same surrogate rule for names: one that is no text is matched as its raw JSON
+                // text (which no catalog name equals).
+                let raw_name = &self.text[name_start..self.pos - 1];
+                let name = unescape(raw_name).unwrap_or_else(|| raw_name.to_string());
                 self.scratch = name;
                 self.matcher.member(state, &self.scratch)
             } else {
@@ -661,7 +670,7 @@ mod tests {
         let bad = [
             "", "{", "{\"a\":}", "{\"a\":1,}", "[1,]", "{\"a\" 1}", "{'a':1}", "{\"a\":01}", "{\"a\":1.}",
             "{\"a\":-}", "{\"a\":tru}", "{\"a\":\"x\ny\"}", "{\"a\":\"\\x\"}", "{\"a\":\"\\u12\"}", "{} {}",
-            "{\"a\":1}x", "\u{feff}{}", "{\"a\":NaN}", "[\"\\ud800\"]",
+            "{\"a\":1}x", "\u{feff}{}", "{\"a\":NaN}", "[\"\\ud8\"]",
         ];
         for b in bad {
             let r = run(&["$.a", "$[*]"], b);
