@@ -435,6 +435,10 @@ impl Exchange {
         let operation = self.operation.and_then(|i| self.guard.catalog.operations.get(i));
         let identity = self.decision.as_ref().and_then(|d| d.identity.as_ref()).map(|(s, v)| format!("{}:{v}", s.as_str()));
         let decision_id = self.ids.next();
+        if self.request_id.is_empty() {
+            // Envoy refused the request before assigning it an id: the decision id names it.
+            self.request_id = decision_id.clone();
+        }
         let event = AuditEvent {
             event: "request",
             schema: crate::audit::SCHEMA_VERSION,

@@ -272,3 +272,28 @@ fn canary_records_raise_an_event_and_a_metric_and_can_block() {
     assert_eq!(metrics.get(r#"spapi_guard_canary_hits_total{canary="order-trap"}"#), Some(&1));
     assert_eq!(metrics.get(r#"spapi_guard_denials_total{reason="canary_blocked"}"#), Some(&2));
 }
+
+/// Request ids in the audit log are Envoy's own: a client-sent `x-request-id` (which could carry
+/// PII, or forge another request's id) never becomes one — neither for requests the filter audits
+/// nor for requests Envoy refuses before any filter runs (the `request_unaudited` line).
+#[test]
+fn request_ids_are_envoys_never_the_clients() {
+    let stack = Stack::start(Options::new("request-ids", &random_key()));
+    let forged = "jane@example.com";
+    let r = stack.request("GET", "/orders/v0/orders/902-3159896-1390916/address", &[("x-request-id", forged)]);
+    assert_eq!(r.status, 200);
+    assert_ne!(r.header("x-request-id"), Some(forged), "Envoy kept the client's request id");
+    // A request Envoy refuses itself (a malformed header name), with a forged id, in plaintext.
+    let script = format!(
+        "import socket\ns = socket.create_connection(('127.0.0.1', {}), timeout=5)\n\
+         s.sendall(b'GET /orders/v0/orders HTTP/1.1\\r\\nHost: x\\r\\nx-request-id: {forged}\\r\\nx-big: ' + b'a' * 70000 + b'\\r\\n\\r\\n')\n\
+         print(s.recv(4096)[:12])",
+        stack.port
+    );
+    let out = Command::new("python3").arg("-c").arg(&script).output().expect("python3");
+    assert!(String::from_utf8_lossy(&out.stdout).contains("431"), "{out:?}");
+    let events = stack.wait_for_audit_events(2);
+    let text = fs::read_to_string(stack.dir.join("envoy.stdout")).expect("stdout");
+    assert!(!text.contains(forged), "a client's x-request-id reached the audit log:\n{text}");
+    assert!(events.iter().all(|e| e["request_id"].as_str().is_some_and(|id| !id.is_empty())), "{events:?}");
+}
