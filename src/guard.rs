@@ -10,7 +10,8 @@ use crate::fail_closed::FailReason;
 use crate::json_rewrite::{rewrite, write_json_string, Edit, FieldHandler, MatchedValue, RewriteError};
 use crate::keyring;
 use crate::pii::PiiClass;
-use crate::policy::{parse_doc, Action, ClassActions, Policy};
+use crate::policy::{Action, ClassActions, Policy};
+use crate::policy_doc::parse_doc;
 use crate::tokens::{Mode, TokenEngine, ValueKind};
 
 /// Everything a VM needs to protect traffic, built once per configuration.

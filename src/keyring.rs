@@ -63,7 +63,7 @@ fn decode_key(value: &str) -> Result<[u8; KEY_LEN], String> {
     }
     let bytes = if value.len() == 2 * KEY_LEN && value.bytes().all(|b| b.is_ascii_hexdigit()) {
         (0..KEY_LEN).map(|i| u8::from_str_radix(&value[2 * i..2 * i + 2], 16).unwrap_or(0)).collect::<Vec<u8>>()
-    } else if value.bytes().all(|b| b.is_ascii_hexdigit()) && !value.is_empty() && value.len() % 2 == 0 && value.len() < 2 * KEY_LEN {
+    } else if value.bytes().all(|b| b.is_ascii_hexdigit()) && !value.is_empty() && value.len().is_multiple_of(2) && value.len() < 2 * KEY_LEN {
         return Err(format!("holds a {}-bit key; spapi-guard needs 256-bit keys (64 hex digits or 44 base64 characters)", value.len() * 4));
     } else {
         STANDARD.decode(value).map_err(|_| {

@@ -3,6 +3,7 @@
 //! Layout: a pure core (no proxy-wasm calls, unit-tested natively) and a thin `filter` layer that
 //! adapts it to the Envoy host (compiled only for wasm32).
 //!
+//! * [`policy_doc`] — the policy document as written: parsed, validated, every error naming its field.
 //! * [`policy`], [`keyring`], [`catalog`] — configuration: what to do, with which keys, where.
 //! * [`router`], [`field_path`], [`path_matcher`] — request → operation; JSONPath → automaton.
 //! * [`json_rewrite`] — byte-faithful, validating one-pass body rewriting.
@@ -12,6 +13,10 @@
 //!   decision of the filter, testable natively ([`testing::MockHost`]).
 //! * [`lifecycle`] — configuration loading and lockout timers of a VM.
 //! * [`fail_closed`] — what the client gets when a body cannot be protected.
+// A panic in the VM takes the filter down: input-driven code never unwraps (enforced here, for
+// everything but unit tests; `.ci/run` runs clippy on the native and the wasm32 build).
+#![cfg_attr(not(test), deny(clippy::unwrap_used, clippy::expect_used, clippy::panic, clippy::unreachable, clippy::todo, clippy::unimplemented))]
+
 pub mod access;
 pub mod audit;
 pub mod canary;
@@ -30,6 +35,7 @@ pub mod metrics;
 pub mod path_matcher;
 pub mod pii;
 pub mod policy;
+pub mod policy_doc;
 pub mod router;
 #[doc(hidden)]
 pub mod testing;

@@ -1,13 +1,5 @@
-//! The policy: one JSON document, passed as the plugin configuration in the Envoy YAML.
-//! Reference: `docs/POLICY.md`. Anything unknown or invalid is refused with the field's path.
-use serde::Deserialize;
-use std::collections::BTreeMap;
-
-use crate::access::{AccessDoc, CallerDoc, RoleDoc};
-use crate::canary::CanariesDoc;
-use crate::catalog::{parse_class, CatalogOverrides};
-use crate::config_error::ConfigError;
-use crate::keyring::KeysDoc;
+//! The validated policy's own settings: what happens to each PII class and the body limits.
+//! The document as written, and how it is read, is [`crate::policy_doc`].
 use crate::pii::PiiClass;
 use crate::tokens::Mode;
 
@@ -16,56 +8,18 @@ pub const POLICY_VERSION: u32 = 1;
 /// Default largest response body the filter buffers (8 MiB: the largest SP-API pages — 100 Direct
 /// Fulfillment orders, label batches — stay well below it).
 pub const DEFAULT_MAX_BODY_BYTES: u64 = 8 * 1024 * 1024;
-const MAX_BODY_BYTES_CEILING: u64 = 64 * 1024 * 1024;
+pub(crate) const MAX_BODY_BYTES_CEILING: u64 = 64 * 1024 * 1024;
 /// Default of Envoy's `per_connection_buffer_limit_bytes`, rendered from the policy: the largest
 /// body Envoy holds for the filter, before and after the rewrite.
 pub const DEFAULT_BUFFER_LIMIT_BYTES: u64 = 32 * 1024 * 1024;
-const BUFFER_LIMIT_CEILING: u64 = 256 * 1024 * 1024;
+pub(crate) const BUFFER_LIMIT_CEILING: u64 = 256 * 1024 * 1024;
 /// How much a body may grow when tokenized, for the limits to be consistent: a page of Amazon's
 /// orders grows ~2.6× (short names, cities and codes become ~70-byte tokens). A body that grows
 /// more than the buffer allows is refused at run time (502 `body_too_large`), never written.
 pub const EXPECTED_GROWTH: u64 = 3;
 /// Room kept in Envoy's buffer beside the rewritten body.
 pub const BUFFER_HEADROOM_BYTES: usize = 64 * 1024;
-const DEFAULT_REDACT_MASK: &str = "REDACTED";
-
-/// The policy document as written.
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields, rename_all = "camelCase")]
-pub struct PolicyDoc {
-    pub version: u32,
-    pub keys: KeysDoc,
-    #[serde(default)]
-    pub defaults: ClassRuleDoc,
-    #[serde(default)]
-    pub classes: BTreeMap<String, ClassRuleDoc>,
-    #[serde(default)]
-    pub redact_mask: Option<String>,
-    #[serde(default)]
-    pub max_body_bytes: Option<u64>,
-    #[serde(default)]
-    pub buffer_limit_bytes: Option<u64>,
-    #[serde(default)]
-    pub catalog: CatalogOverrides,
-    #[serde(default)]
-    pub access: AccessDoc,
-    #[serde(default)]
-    pub roles: BTreeMap<String, RoleDoc>,
-    #[serde(default)]
-    pub callers: Vec<CallerDoc>,
-    #[serde(default)]
-    pub canaries: CanariesDoc,
-}
-
-/// What happens to the values of a PII class.
-#[derive(Deserialize, Default, Clone)]
-#[serde(deny_unknown_fields)]
-pub struct ClassRuleDoc {
-    /// `tokenize` (default), `redact`, `hash` or `clear`.
-    pub action: Option<String>,
-    /// `deterministic` (default) or `randomized`; only with `tokenize`.
-    pub mode: Option<String>,
-}
+pub(crate) const DEFAULT_REDACT_MASK: &str = "REDACTED";
 
 /// What the filter does with one PII value.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -124,7 +78,7 @@ impl Action {
 /// The validated policy (without the catalog and keys, which live in their own modules).
 #[derive(Debug, Clone)]
 pub struct Policy {
-    actions: ClassActions,
+    pub(crate) actions: ClassActions,
     pub redact_mask: String,
     pub max_body_bytes: usize,
     /// Envoy's buffer limit (the listener's `per_connection_buffer_limit_bytes`).
@@ -132,51 +86,6 @@ pub struct Policy {
 }
 
 impl Policy {
-    /// Reads the document's own settings. Errors name the field.
-    pub fn from_doc(doc: &PolicyDoc) -> Result<Policy, ConfigError> {
-        if doc.version != POLICY_VERSION {
-            return Err(ConfigError::new("version", format!("this build reads policy version {POLICY_VERSION}; set \"version\": {POLICY_VERSION}")));
-        }
-        let default = action(&doc.defaults, Action::Tokenize(Mode::Deterministic), "defaults")?;
-        let mut actions = [default; 8];
-        for (name, rule) in &doc.classes {
-            let class = parse_class(name).map_err(|m| ConfigError::new(format!("classes.{name}"), m))?;
-            actions[class.index()] = action(rule, default, &format!("classes.{name}"))?;
-        }
-        let redact_mask = doc.redact_mask.clone().unwrap_or_else(|| DEFAULT_REDACT_MASK.to_string());
-        if redact_mask.is_empty() || redact_mask.len() > 64 || redact_mask.chars().any(char::is_control) {
-            return Err(ConfigError::new("redactMask", "must be 1 to 64 printable characters"));
-        }
-        let max_body_bytes = doc.max_body_bytes.unwrap_or(DEFAULT_MAX_BODY_BYTES);
-        if !(1024..=MAX_BODY_BYTES_CEILING).contains(&max_body_bytes) {
-            return Err(ConfigError::new(
-                "maxBodyBytes",
-                format!("must be between 1024 and {MAX_BODY_BYTES_CEILING}"),
-            ));
-        }
-        let buffer_limit_bytes = doc.buffer_limit_bytes.unwrap_or(DEFAULT_BUFFER_LIMIT_BYTES);
-        if !(64 * 1024..=BUFFER_LIMIT_CEILING).contains(&buffer_limit_bytes) {
-            return Err(ConfigError::new("bufferLimitBytes", format!("must be between 65536 and {BUFFER_LIMIT_CEILING}")));
-        }
-        if max_body_bytes.saturating_mul(EXPECTED_GROWTH) > buffer_limit_bytes {
-            return Err(ConfigError::new(
-                "maxBodyBytes",
-                format!(
-                    "{max_body_bytes} bytes can grow to {} when tokenized (×{EXPECTED_GROWTH}), over bufferLimitBytes {buffer_limit_bytes}; lower maxBodyBytes to at most {} or raise bufferLimitBytes to at least {}",
-                    max_body_bytes.saturating_mul(EXPECTED_GROWTH),
-                    buffer_limit_bytes / EXPECTED_GROWTH,
-                    max_body_bytes.saturating_mul(EXPECTED_GROWTH)
-                ),
-            ));
-        }
-        Ok(Policy { actions, redact_mask, max_body_bytes: max_body_bytes as usize, buffer_limit_bytes: buffer_limit_bytes as usize })
-    }
-
-    /// The largest rewritten body that fits Envoy's buffer.
-    pub fn max_rewritten_bytes(&self) -> usize {
-        self.buffer_limit_bytes.saturating_sub(BUFFER_HEADROOM_BYTES.min(self.buffer_limit_bytes / 16))
-    }
-
     /// The action for values of `class`.
     pub fn action(&self, class: PiiClass) -> Action {
         self.actions[class.index()]
@@ -185,92 +94,5 @@ impl Policy {
     /// The action of every class.
     pub fn actions(&self) -> &ClassActions {
         &self.actions
-    }
-}
-
-fn action(rule: &ClassRuleDoc, inherited: Action, at: &str) -> Result<Action, ConfigError> {
-    let mode = match rule.mode.as_deref() {
-        None => None,
-        Some("deterministic") => Some(Mode::Deterministic),
-        Some("randomized") => Some(Mode::Randomized),
-        Some(other) => return Err(ConfigError::new(format!("{at}.mode"), format!("'{other}' is not a mode; use deterministic or randomized"))),
-    };
-    let inherited_mode = match inherited {
-        Action::Tokenize(m) => m,
-        _ => Mode::Deterministic,
-    };
-    let action = match rule.action.as_deref() {
-        None => match (inherited, mode) {
-            (Action::Tokenize(_), Some(m)) => Action::Tokenize(m),
-            (a, _) => a,
-        },
-        Some(name) => Action::parse(name, mode.unwrap_or(inherited_mode)).ok_or_else(|| {
-            ConfigError::new(format!("{at}.action"), format!("'{name}' is not an action; use tokenize, redact, hash, clear or none"))
-        })?,
-    };
-    if mode.is_some() && !matches!(action, Action::Tokenize(_)) {
-        return Err(ConfigError::new(format!("{at}.mode"), "applies only to action tokenize; remove it"));
-    }
-    Ok(action)
-}
-
-/// Parses a policy document, naming the field of the first error (`keys.env`, `classes.email.mode`).
-pub fn parse_doc(config: &[u8]) -> Result<PolicyDoc, ConfigError> {
-    let mut de = serde_json::Deserializer::from_slice(config);
-    let doc = serde_path_to_error::deserialize(&mut de).map_err(|e| {
-        let field = e.path().to_string();
-        let field = if field == "." || field == "?" { "(policy)".to_string() } else { field };
-        ConfigError::new(field, format!("{}; see docs/POLICY.md", e.inner()))
-    })?;
-    de.end().map_err(|e| ConfigError::new("(policy)", format!("{e}")))?;
-    Ok(doc)
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn policy(json: &str) -> Result<Policy, ConfigError> {
-        Policy::from_doc(&parse_doc(json.as_bytes())?)
-    }
-
-    const KEYS: &str = r#""keys":{"active":"k1","env":{"k1":"K1"}}"#;
-
-    #[test]
-    fn defaults_and_overrides() {
-        let p = policy(&format!(r#"{{"version":1,{KEYS},"classes":{{"address":{{"mode":"randomized"}},"phone":{{"action":"redact"}}}}}}"#)).expect("valid");
-        assert_eq!(p.action(PiiClass::Email), Action::Tokenize(Mode::Deterministic));
-        assert_eq!(p.action(PiiClass::Address), Action::Tokenize(Mode::Randomized));
-        assert_eq!(p.action(PiiClass::Phone), Action::Redact);
-        assert_eq!(p.max_body_bytes, DEFAULT_MAX_BODY_BYTES as usize);
-        let q = policy(&format!(r#"{{"version":1,{KEYS},"defaults":{{"action":"tokenize","mode":"randomized"}},"classes":{{"name":{{"action":"hash"}}}}}}"#)).expect("valid");
-        assert_eq!(q.action(PiiClass::Email), Action::Tokenize(Mode::Randomized));
-        assert_eq!(q.action(PiiClass::Name), Action::Hash);
-    }
-
-    #[test]
-    fn errors_name_the_field() {
-        let cases = [
-            (format!(r#"{{"version":1,{KEYS},"colour":1}}"#), "colour", "unknown field `colour`"),
-            (format!(r#"{{"version":1,{KEYS},"classes":{{"email":{{"acton":"clear"}}}}}}"#), "classes.email.acton", "unknown field `acton`"),
-            (format!(r#"{{"version":1,{KEYS},"classes":{{"shoe":{{}}}}}}"#), "classes.shoe", "not a PII class"),
-            (format!(r#"{{"version":1,{KEYS},"classes":{{"email":{{"mode":"sometimes"}}}}}}"#), "classes.email.mode", "not a mode"),
-            (format!(r#"{{"version":1,{KEYS},"classes":{{"email":{{"action":"encrypt"}}}}}}"#), "classes.email.action", "not an action"),
-            (format!(r#"{{"version":1,{KEYS},"classes":{{"email":{{"action":"hash","mode":"randomized"}}}}}}"#), "classes.email.mode", "only"),
-            (format!(r#"{{"version":2,{KEYS}}}"#), "version", "policy version 1"),
-            (format!(r#"{{"version":1,{KEYS},"maxBodyBytes":10}}"#), "maxBodyBytes", "between"),
-            (format!(r#"{{"version":1,{KEYS},"redactMask":""}}"#), "redactMask", "printable"),
-            (format!(r#"{{"version":1,{KEYS},"maxBodyBytes":16777216}}"#), "maxBodyBytes", "lower maxBodyBytes to at most 11184810 or raise bufferLimitBytes to at least 50331648"),
-            (format!(r#"{{"version":1,{KEYS},"bufferLimitBytes":1000}}"#), "bufferLimitBytes", "between"),
-            (r#"{"version":1}"#.to_string(), "(policy)", "missing field `keys`"),
-            (format!(r#"{{"version":1,{KEYS},"keys2":{{}}}}"#), "keys2", "unknown field"),
-            (r#"{"version":1,"keys":{"active":"k1","env":{"k1":"K1"},"material":"x"}}"#.to_string(), "keys.material", "unknown field `material`"),
-            ("{not json".to_string(), "(policy)", "key must be a string"),
-        ];
-        for (json, field, text) in cases {
-            let e = policy(&json).err().expect("refused");
-            assert_eq!(e.field, field, "{e}");
-            assert!(e.message.contains(text), "{e}");
-        }
     }
 }

@@ -136,6 +136,8 @@ impl KeySchedule {
         let _ = hk.expand(b"aes-256-gcm", &mut enc);
         let _ = hk.expand(b"siv-nonce", &mut siv);
         let _ = hk.expand(b"keyed-hash", &mut hash);
+        // HMAC takes keys of any length: `new_from_slice` cannot fail here.
+        #[allow(clippy::unreachable)]
         let schedule = KeySchedule {
             aead: Aes256Gcm::new((&enc).into()),
             siv: <HmacSha256 as Mac>::new_from_slice(&siv).unwrap_or_else(|_| unreachable!()),
@@ -229,7 +231,7 @@ impl TokenEngine {
             Mode::Randomized => self.nonces.take(),
             Mode::Deterministic => {
                 let mut mac = schedule.siv.clone();
-                mac.update(out[header_start..].as_bytes());
+                mac.update(&out.as_bytes()[header_start..]);
                 mac.update(&[0]);
                 mac.update(plaintext);
                 let tag: [u8; 32] = mac.finalize().into_bytes().into();
@@ -248,7 +250,7 @@ impl TokenEngine {
         scratch.clear();
         scratch.extend_from_slice(&nonce);
         scratch.extend_from_slice(plaintext);
-        let aad = out[header_start..].as_bytes();
+        let aad = &out.as_bytes()[header_start..];
         // AES-GCM encryption only fails for plaintexts over 64 GiB, far above any body limit.
         if let Ok(tag) = schedule.aead.encrypt_in_place_detached(Nonce::from_slice(&nonce), aad, &mut scratch[NONCE_LEN..]) {
             scratch.extend_from_slice(&tag);

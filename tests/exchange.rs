@@ -340,7 +340,8 @@ fn resets_mid_body_are_audited_as_aborted() {
 #[test]
 fn fail_closed_replies_and_no_upstream_byte_follows() {
     let guard = guard();
-    let cases: Vec<(Vec<(&str, &str)>, Vec<u8>, &str)> = vec![
+    type Case = (Vec<(&'static str, &'static str)>, Vec<u8>, &'static str);
+    let cases: Vec<Case> = vec![
         (JSON_HEADERS.to_vec(), b"{\"payload\":{\"ShippingAddress\":{\"Name\":\"Jane Doe\"".to_vec(), "invalid_json"),
         (vec![(":status", "200"), ("content-type", "application/json"), ("content-encoding", "gzip")], b"\x1f\x8b".to_vec(), "unsupported_content_encoding"),
         (vec![(":status", "200"), ("content-type", "text/html")], b"<p>Jane Doe</p>".to_vec(), "unsupported_content_type"),
