@@ -607,7 +607,6 @@ impl<'a> H2Request<'a> {
 
 /// What the HTTP/2 client saw. `error` is None for a complete response, else what ended it
 /// ("stream reset: …", "connection closed", …); the rest holds what arrived before.
-#[derive(Debug)]
 pub struct H2Response {
     pub alpn: Option<String>,
     pub status: Option<u16>,
@@ -628,6 +627,19 @@ impl H2Response {
 
     pub fn json(&self) -> Value {
         serde_json::from_slice(&self.body).unwrap_or_else(|e| panic!("response is not JSON ({e}): {self:?}"))
+    }
+}
+
+impl std::fmt::Debug for H2Response {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("H2Response")
+            .field("status", &self.status)
+            .field("error", &self.error)
+            .field("headers", &self.headers)
+            .field("body", &self.text())
+            .field("trailers", &self.trailers)
+            .field("alpn", &self.alpn)
+            .finish()
     }
 }
 
@@ -694,12 +706,6 @@ impl Stack {
     /// Envoy's admin /ready answers 200.
     pub fn is_ready(&self) -> bool {
         http_get_status(self.admin_port, "/ready") == Some(200)
-    }
-
-    /// Stops the Envoy early (kill and wait): its output is then complete for a scan.
-    pub fn stop_envoy(&mut self) {
-        let _ = self.envoy.kill();
-        let _ = self.envoy.wait();
     }
 }
 
