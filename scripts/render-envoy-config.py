@@ -7,6 +7,10 @@ docker-compose config (envoy/envoy.yaml, rendered with --docker) all come from h
 
     python3 scripts/render-envoy-config.py --policy policies/default.json --out .run/envoy.yaml \
         --listen-port 10000 --upstream-port 18081 --admin-port 9901 --wasm target/.../spapi_guard.wasm
+
+Tests only: --upstream-protocol changes how Envoy talks to the `spapi` cluster and nothing else:
+h1 (the template's HTTP/1.1, the default), h1-trailers (HTTP/1.1 with enable_trailers, so chunked
+trailers reach the filter) or h2 (HTTP/2 with prior knowledge, h2c).
 """
 import argparse
 import json
@@ -19,9 +23,33 @@ DEFAULT_BUFFER_LIMIT_BYTES = 32 * 1024 * 1024
 DOCKER = dict(bind="0.0.0.0", listen_port=10000, admin_port=9901, upstream_host="127.0.0.1", upstream_port=18081,
               wasm="/etc/spapi-guard/spapi_guard.wasm", tls_dir="/etc/spapi-guard/tls")
 
+# Tests: how Envoy speaks to the `spapi` cluster (the template's own is HTTP/1.1 without trailers).
+UPSTREAM_PROTOCOLS = {
+    "h1": None,
+    "h1-trailers": "explicit_http_config: { http_protocol_options: { enable_trailers: true } }",
+    "h2": "explicit_http_config: { http2_protocol_options: {} }",
+}
+CLUSTER_ANCHOR = "  - name: spapi\n    type: STATIC\n    connect_timeout: 5s\n"
+
+
+def set_upstream_protocol(text, protocol):
+    """Adds the cluster's HTTP protocol options for `protocol`; h1 leaves the text as it is."""
+    http_config = UPSTREAM_PROTOCOLS[protocol]
+    if http_config is None:
+        return text
+    if text.count(CLUSTER_ANCHOR) != 1:
+        raise SystemExit("render-envoy-config: the template's spapi cluster is not where --upstream-protocol expects it")
+    options = (
+        "    typed_extension_protocol_options:\n"
+        "      envoy.extensions.upstreams.http.v3.HttpProtocolOptions:\n"
+        '        "@type": type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions\n'
+        f"        {http_config}\n"
+    )
+    return text.replace(CLUSTER_ANCHOR, CLUSTER_ANCHOR + options)
+
 
 def render(policy_text, bind, listen_port, admin_port, upstream_host, upstream_port, wasm, tls_dir, template=None,
-           variant="guard", trusted_identity=None):
+           variant="guard", trusted_identity=None, upstream_protocol="h1"):
     policy = json.loads(policy_text)
     env_keys = sorted(set(policy.get("keys", {}).get("env", {}).values()))
     compact = json.dumps(policy, separators=(",", ":"))
@@ -78,7 +106,7 @@ def render(policy_text, bind, listen_port, admin_port, upstream_host, upstream_p
         # that does nothing (noop).
         text = text.replace("vm_id: spapi-guard", "vm_id: buffer-filter").replace("root_id: spapi-guard", "root_id: buffer-filter")
         text = text.replace("value: '" + values["POLICY_JSON"] + "'", "value: '" + ("noop" if variant == "noop" else "buffer") + "'")
-    return text
+    return set_upstream_protocol(text, upstream_protocol)
 
 
 def main():
@@ -95,12 +123,15 @@ def main():
     p.add_argument("--tls-dir", default=str(ROOT / ".run" / "demo" / "tls"), help="ca.crt, server.crt, server.key")
     p.add_argument("--variant", choices=["guard", "floor", "noop", "none"], default="guard", help="benchmarks: which filter")
     p.add_argument("--trusted-identity", help="benchmarks: set the policy's identity header to this value, as a trusted authentication filter would")
+    p.add_argument("--upstream-protocol", choices=sorted(UPSTREAM_PROTOCOLS), default="h1",
+                   help="tests: HTTP/1.1 (default), HTTP/1.1 with trailers, or HTTP/2 (h2c) to the spapi cluster")
     a = p.parse_args()
     policy_text = pathlib.Path(a.policy).read_text()
     opts = DOCKER if a.docker else dict(bind=a.bind, listen_port=a.listen_port, admin_port=a.admin_port,
                                         upstream_host=a.upstream_host, upstream_port=a.upstream_port, wasm=a.wasm,
                                         tls_dir=a.tls_dir)
-    pathlib.Path(a.out).write_text(render(policy_text, **opts, variant=a.variant, trusted_identity=a.trusted_identity))
+    pathlib.Path(a.out).write_text(render(policy_text, **opts, variant=a.variant, trusted_identity=a.trusted_identity,
+                                             upstream_protocol=a.upstream_protocol))
     return 0
 
 

@@ -109,6 +109,8 @@ pub struct Options {
     /// HTTP filters (YAML, indented for the filter list) put where the rendered config says to
     /// place the authentication filter that sets the identity header.
     pub auth_filter: Option<String>,
+    /// How Envoy talks to the mock (render-envoy-config.py --upstream-protocol).
+    pub upstream_protocol: UpstreamProtocol,
 }
 
 impl Options {
@@ -121,6 +123,7 @@ impl Options {
             concurrency: 1,
             envoy_args: vec![],
             auth_filter: None,
+            upstream_protocol: UpstreamProtocol::H1,
         }
     }
 }
@@ -150,7 +153,7 @@ pub fn stack_dir(name: &str) -> PathBuf {
     dir
 }
 
-fn render(dir: &Path, policy: &Value, port: u16, admin_port: u16, mock_port: u16) -> PathBuf {
+fn render(dir: &Path, policy: &Value, port: u16, admin_port: u16, mock_port: u16, upstream: UpstreamProtocol) -> PathBuf {
     let policy_file = dir.join("policy.json");
     fs::write(&policy_file, serde_json::to_vec_pretty(policy).expect("json")).expect("write policy");
     let config = dir.join("envoy.yaml");
@@ -165,6 +168,7 @@ fn render(dir: &Path, policy: &Value, port: u16, admin_port: u16, mock_port: u16
         .arg(wasm())
         .arg("--tls-dir")
         .arg(certs())
+        .args(["--upstream-protocol", upstream.arg()])
         .status()
         .expect("python3");
     assert!(status.success(), "render failed");
@@ -206,14 +210,16 @@ impl Stack {
     pub fn try_start(opts: Options) -> Result<Stack, Refused> {
         let dir = stack_dir(opts.name);
         let (port, admin_port, mock_port) = (free_port(), free_port(), free_port());
-        let config = render(&dir, &opts.policy, port, admin_port, mock_port);
+        let config = render(&dir, &opts.policy, port, admin_port, mock_port, opts.upstream_protocol);
         if let Some(filters) = &opts.auth_filter {
             let text = fs::read_to_string(&config).expect("config");
             let marker = "          # Place the authentication filter that sets the identity header here.\n";
             assert!(text.contains(marker), "the rendered config has no place for an authentication filter");
             fs::write(&config, text.replace(marker, filters)).expect("write config");
         }
-        let mut mock_cmd = Command::new("python3");
+        // The mock speaks h2c with the `h2` package of the venv.
+        let python = if opts.upstream_protocol == UpstreamProtocol::H2 { repo().join(".venv/bin/python") } else { PathBuf::from("python3") };
+        let mut mock_cmd = Command::new(python);
         mock_cmd
             .arg(repo().join("tests/mock_spapi.py"))
             .args(["--port", &mock_port.to_string()])
@@ -541,3 +547,187 @@ pub fn reference_pii(op: &Operation, body: &Value) -> Vec<PiiValue> {
     out
 }
 
+
+/// How Envoy talks to the `spapi` cluster (the mock serves all of them on one port).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum UpstreamProtocol {
+    /// The template's HTTP/1.1 (trailers from upstream are not read).
+    H1,
+    /// HTTP/1.1 with `enable_trailers`: a chunked body's trailers reach the filters.
+    H1Trailers,
+    /// HTTP/2 with prior knowledge (h2c).
+    H2,
+}
+
+impl UpstreamProtocol {
+    pub fn arg(self) -> &'static str {
+        match self {
+            UpstreamProtocol::H1 => "h1",
+            UpstreamProtocol::H1Trailers => "h1-trailers",
+            UpstreamProtocol::H2 => "h2",
+        }
+    }
+}
+
+/// One HTTP/2 request for tests/h2_client.py (request trailers, a body in several DATA frames).
+#[derive(Clone, Debug)]
+pub struct H2Request<'a> {
+    pub client: Client<'a>,
+    pub method: &'a str,
+    pub path: &'a str,
+    pub headers: Vec<(&'a str, &'a str)>,
+    pub body: Option<Vec<u8>>,
+    /// DATA frames the body is split into (each flushed on its own).
+    pub chunks: usize,
+    /// Sent after the body, ending the stream.
+    pub trailers: Vec<(&'a str, &'a str)>,
+}
+
+impl<'a> H2Request<'a> {
+    pub fn new(client: Client<'a>, method: &'a str, path: &'a str) -> Self {
+        H2Request { client, method, path, headers: vec![], body: None, chunks: 1, trailers: vec![] }
+    }
+    pub fn header(mut self, name: &'a str, value: &'a str) -> Self {
+        self.headers.push((name, value));
+        self
+    }
+    pub fn body(mut self, body: impl Into<Vec<u8>>) -> Self {
+        self.body = Some(body.into());
+        self
+    }
+    pub fn chunks(mut self, n: usize) -> Self {
+        self.chunks = n;
+        self
+    }
+    pub fn trailer(mut self, name: &'a str, value: &'a str) -> Self {
+        self.trailers.push((name, value));
+        self
+    }
+}
+
+/// What the HTTP/2 client saw. `error` is None for a complete response, else what ended it
+/// ("stream reset: …", "connection closed", …); the rest holds what arrived before.
+pub struct H2Response {
+    pub alpn: Option<String>,
+    pub status: Option<u16>,
+    pub headers: Vec<(String, String)>,
+    pub body: Vec<u8>,
+    pub trailers: Vec<(String, String)>,
+    pub error: Option<String>,
+}
+
+impl H2Response {
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers.iter().find(|(k, _)| k.eq_ignore_ascii_case(name)).map(|(_, v)| v.as_str())
+    }
+
+    pub fn text(&self) -> String {
+        String::from_utf8_lossy(&self.body).into_owned()
+    }
+
+    pub fn json(&self) -> Value {
+        serde_json::from_slice(&self.body).unwrap_or_else(|e| panic!("response is not JSON ({e}): {self:?}"))
+    }
+}
+
+impl std::fmt::Debug for H2Response {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("H2Response")
+            .field("status", &self.status)
+            .field("error", &self.error)
+            .field("headers", &self.headers)
+            .field("body", &self.text())
+            .field("trailers", &self.trailers)
+            .field("alpn", &self.alpn)
+            .finish()
+    }
+}
+
+static H2_REQUESTS: AtomicUsize = AtomicUsize::new(0);
+
+impl Stack {
+    /// Sends one request over HTTP/2 (TLS with ALPN h2, or h2c for `Client::Plaintext`) with
+    /// tests/h2_client.py; the body travels through a file in the stack's folder.
+    pub fn h2(&self, req: &H2Request) -> H2Response {
+        let dir = certs();
+        let mut cmd = Command::new(repo().join(".venv/bin/python"));
+        cmd.arg(repo().join("tests/h2_client.py")).args(["--port", &self.port.to_string(), "--method", req.method, "--path", req.path]);
+        match req.client {
+            Client::Plaintext => {
+                cmd.arg("--plaintext");
+            }
+            client => {
+                cmd.arg("--ca").arg(dir.join("ca.crt"));
+                let cert = match client {
+                    Client::Cert(name) => Some(name),
+                    Client::Rogue => Some("rogue"),
+                    _ => None,
+                };
+                if let Some(name) = cert {
+                    cmd.arg("--cert").arg(dir.join(format!("{name}.crt"))).arg("--key").arg(dir.join(format!("{name}.key")));
+                }
+            }
+        }
+        for (k, v) in &req.headers {
+            cmd.arg("--header").arg(format!("{k}: {v}"));
+        }
+        if let Some(body) = &req.body {
+            let file = self.dir.join(format!("h2-body-{}", H2_REQUESTS.fetch_add(1, Ordering::SeqCst)));
+            fs::write(&file, body).expect("write body");
+            cmd.arg("--body-file").arg(file).args(["--chunks", &req.chunks.to_string()]);
+        }
+        for (k, v) in &req.trailers {
+            cmd.arg("--trailer").arg(format!("{k}: {v}"));
+        }
+        let out = cmd.stdin(Stdio::null()).output().expect("h2_client.py");
+        assert!(out.status.success(), "h2_client.py failed: {}", String::from_utf8_lossy(&out.stderr));
+        let v: Value = serde_json::from_slice(&out.stdout)
+            .unwrap_or_else(|e| panic!("h2_client.py printed no JSON ({e}): {}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr)));
+        let pairs = |v: &Value| -> Vec<(String, String)> {
+            v.as_array()
+                .map(|a| a.iter().map(|p| (p[0].as_str().unwrap_or("").to_string(), p[1].as_str().unwrap_or("").to_string())).collect())
+                .unwrap_or_default()
+        };
+        H2Response {
+            alpn: v["alpn"].as_str().map(str::to_string),
+            status: v["status"].as_u64().map(|s| s as u16),
+            headers: pairs(&v["headers"]),
+            body: STANDARD.decode(v["body_b64"].as_str().unwrap_or("")).expect("base64"),
+            trailers: pairs(&v["trailers"]),
+            error: v["error"].as_str().map(str::to_string),
+        }
+    }
+
+    /// Whether the Envoy process is still running (`Some(status)` once it exited).
+    pub fn envoy_exit(&mut self) -> Option<std::process::ExitStatus> {
+        self.envoy.try_wait().expect("try_wait")
+    }
+
+    /// Envoy's admin /ready answers 200.
+    pub fn is_ready(&self) -> bool {
+        http_get_status(self.admin_port, "/ready") == Some(200)
+    }
+}
+
+/// The PII strings of `body` at the catalog paths of `op` that are distinctive enough to look
+/// for in logs (≥ 4 characters with a letter, or ≥ 8 digits), as tests/audit.rs does.
+pub fn distinctive_pii(op: &Operation, body: &Value) -> BTreeSet<String> {
+    reference_pii(op, body)
+        .into_iter()
+        .filter_map(|p| match p.value {
+            Value::String(s) => {
+                let letters = s.chars().any(char::is_alphabetic);
+                let digits = s.chars().filter(char::is_ascii_digit).count();
+                ((letters && s.chars().count() >= 4) || digits >= 8).then_some(s)
+            }
+            _ => None,
+        })
+        .collect()
+}
+
+/// Panics if anything Envoy printed (stdout, stderr) holds one of `pii`.
+pub fn assert_nothing_printed_holds(stack: &Stack, pii: &BTreeSet<String>, what: &str) {
+    let printed = stack.envoy_output();
+    let leaked: Vec<&String> = pii.iter().filter(|v| printed.contains(v.as_str())).collect();
+    assert!(leaked.is_empty(), "{what}: PII in Envoy's output ({}): {leaked:?}", stack.dir.display());
+}
