@@ -90,11 +90,11 @@ bench: wasm envoy wrk
 	$(PYTHON) benches/run_bench.py --rounds 3 --seconds 5
 
 test-unit:
-	cargo test --lib --test fast_path
+	cargo test --lib --test fast_path --test exchange
 	$(VENV)/bin/python tests/vectors/check_token_vectors.py src/tokens.rs
 
 test-e2e: wasm envoy
-	cargo test --test e2e --test access --test audit -- --test-threads 2
+	cargo test --test e2e --test access --test audit --test trailers -- --test-threads 2
 
 test: envoy wasm check-config check-alerts test-unit test-e2e
 	bash scripts/demo.sh --exit --quiet
