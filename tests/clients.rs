@@ -9,7 +9,8 @@
 //! (plain HTTP: how the client reads Amazon's own example) and through spapi-guard as the
 //! `order-sync` caller. Through spapi-guard the client must deserialize what it deserialized
 //! straight, with every member kept and of the same JSON type (a number stays a number), and every
-//! enum-typed PII member one of its values (policies/spapi-schema-facts.json); an error fixture
+//! enum-typed PII member one of its values (policies/spapi-schema-facts.json: a schema enum, or
+//! the values an Orders 2026 member's description lists); an error fixture
 //! must give the same error. The Orders 2026 fixtures are also played as `analytics` (PII
 //! removed): the client must still deserialize them. Then the refusals: an unknown caller (403),
 //! `analytics` on a restricted operation (403), an upstream body that is not JSON (502), and
@@ -138,10 +139,8 @@ fn url_query(query: &str) -> BTreeMap<String, String> {
 
 /// policies/spapi-schema-facts.json: operation id → JSONPath → facts.
 fn schema_facts() -> Value {
-    match fs::read_to_string(repo().join("policies/spapi-schema-facts.json")) {
-        Ok(text) => serde_json::from_str(&text).expect("facts json"),
-        Err(_) => json!({"operations": {}}),
-    }
+    let text = fs::read_to_string(repo().join("policies/spapi-schema-facts.json")).expect("policies/spapi-schema-facts.json");
+    serde_json::from_str(&text).expect("facts json")
 }
 
 /// One step of a catalog JSONPath: a member (matched ignoring the case of its first letter, as
@@ -248,7 +247,8 @@ fn compare(direct: &Value, guard: &Value, at: &str, removal_ok: bool, out: &mut 
     }
 }
 
-/// Enum- and number-typed PII members of `op` that the client's view breaks.
+/// Enum-typed (or documented-values) and number-typed PII members of `op` that the client's
+/// view breaks.
 fn check_schema(facts: &Value, op_id: &str, data: &Value, out: &mut Vec<String>) {
     let Some(paths) = facts["operations"][op_id].as_object() else { return };
     for (path, f) in paths {
@@ -263,7 +263,14 @@ fn check_schema(facts: &Value, op_id: &str, data: &Value, out: &mut Vec<String>)
                     out.push(format!("{location}: {} is not one of its enum values {}", short(v), Value::Array(values.clone())));
                 }
             }
-            if matches!(f["type"].as_str(), Some("number" | "integer")) && !v.is_number() {
+            // The 2026-01-01 models list such values in the member's description instead.
+            if let Some(values) = f["documentedValues"].as_array() {
+                if !values.contains(v) {
+                    out.push(format!("{location}: {} is not one of its documented values {}", short(v), Value::Array(values.clone())));
+                }
+            }
+            let reported = out.iter().any(|p| p.starts_with(&format!("{location}: ")));
+            if matches!(f["type"].as_str(), Some("number" | "integer")) && !v.is_number() && !reported {
                 out.push(format!("{location}: schema type {} but the client holds {} ({})", f["type"].as_str().unwrap_or(""), kind(v), short(v)));
             }
         }
