@@ -4,8 +4,9 @@
 //! default policy, in front of the mock SP-API. Run with `make test-clients` (it builds the
 //! filter, installs Envoy and the pinned clients into ignored folders first).
 //!
-//! Every fixture of getOrders, getOrder, getOrderAddress, getOrderBuyerInfo (Orders v0) and
-//! searchOrders, getOrder (Orders 2026-01-01) is played twice per client: straight from the mock
+//! Every fixture of getOrders, getOrder, getOrderAddress, getOrderBuyerInfo, getOrderItems,
+//! getOrderItemsBuyerInfo, getOrderRegulatedInfo (Orders v0) and searchOrders, getOrder (Orders
+//! 2026-01-01) is played twice per client: straight from the mock
 //! (plain HTTP: how the client reads Amazon's own example) and through spapi-guard as the
 //! `order-sync` caller. Through spapi-guard the client must deserialize what it deserialized
 //! straight, with every member kept and of the same JSON type (a number stays a number), and every
@@ -36,11 +37,15 @@ use support::*;
 const CASE_TIMEOUT_S: u64 = 15;
 
 /// The operations of the issue, by the name the scripts use → catalog operation id.
-const OPERATIONS: [(&str, &str); 6] = [
+const OPERATIONS: [(&str, &str); 9] = [
     ("v0.getOrders", "orders-v0.getOrders"),
     ("v0.getOrder", "orders-v0.getOrder"),
     ("v0.getOrderAddress", "orders-v0.getOrderAddress"),
     ("v0.getOrderBuyerInfo", "orders-v0.getOrderBuyerInfo"),
+    // The other Orders v0 reads with customer data, beyond the issue's list.
+    ("v0.getOrderItems", "orders-v0.getOrderItems"),
+    ("v0.getOrderItemsBuyerInfo", "orders-v0.getOrderItemsBuyerInfo"),
+    ("v0.getOrderRegulatedInfo", "orders-v0.getOrderRegulatedInfo"),
     ("2026.searchOrders", "orders-2026-01-01.searchOrders"),
     ("2026.getOrder", "orders-2026-01-01.getOrder"),
 ];

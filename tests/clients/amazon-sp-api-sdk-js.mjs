@@ -58,6 +58,9 @@ async function call (client, c) {
     case 'v0.getOrder': return client.v0.getOrder(c.orderId)
     case 'v0.getOrderAddress': return client.v0.getOrderAddress(c.orderId)
     case 'v0.getOrderBuyerInfo': return client.v0.getOrderBuyerInfo(c.orderId)
+    case 'v0.getOrderItems': return client.v0.getOrderItems(c.orderId, {})
+    case 'v0.getOrderItemsBuyerInfo': return client.v0.getOrderItemsBuyerInfo(c.orderId, {})
+    case 'v0.getOrderRegulatedInfo': return client.v0.getOrderRegulatedInfo(c.orderId)
     case '2026.searchOrders': {
       const opts = { createdAfter: q.createdAfter ?? '2025-01-01T00:00:00Z', marketplaceIds: split(q.marketplaceIds ?? 'ATVPDKIKX0DER') }
       if (q.includedData) opts.includedData = split(q.includedData)

@@ -53,6 +53,12 @@ def call(api_client: ApiClient, case):
         result = OrdersV0Api(api_client).get_order_address(case["orderId"])
     elif op == "v0.getOrderBuyerInfo":
         result = OrdersV0Api(api_client).get_order_buyer_info(case["orderId"])
+    elif op == "v0.getOrderItems":
+        result = OrdersV0Api(api_client).get_order_items(case["orderId"])
+    elif op == "v0.getOrderItemsBuyerInfo":
+        result = OrdersV0Api(api_client).get_order_items_buyer_info(case["orderId"])
+    elif op == "v0.getOrderRegulatedInfo":
+        result = OrdersV0Api(api_client).get_order_regulated_info(case["orderId"])
     elif op == "2026.searchOrders":
         kwargs = {"created_after": q.get("createdAfter", "2025-01-01T00:00:00Z"),
                   "marketplace_ids": split(q.get("marketplaceIds", "ATVPDKIKX0DER"))}

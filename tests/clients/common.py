@@ -2,7 +2,8 @@
 time limit, writes one result per case. Usage: python3 <client script> CASES_JSON RESULTS_JSON
 
 A case: {id, via: "guard"|"direct", caller, op, orderId, query, fixture}; `op` is one of
-v0.getOrders v0.getOrder v0.getOrderAddress v0.getOrderBuyerInfo 2026.searchOrders 2026.getOrder.
+v0.getOrders v0.getOrder v0.getOrderAddress v0.getOrderBuyerInfo v0.getOrderItems
+v0.getOrderItemsBuyerInfo v0.getOrderRegulatedInfo 2026.searchOrders 2026.getOrder.
 A result: {id, ok, data | status, error_class, error_code, error, ms}.
 """
 import json

@@ -61,6 +61,12 @@ def call(clients, case):
         r = v0.get_order_address(case["orderId"])
     elif op == "v0.getOrderBuyerInfo":
         r = v0.get_order_buyer_info(case["orderId"])
+    elif op == "v0.getOrderItems":
+        r = v0.get_order_items(case["orderId"])
+    elif op == "v0.getOrderItemsBuyerInfo":
+        r = v0.get_order_items_buyer_info(case["orderId"])
+    elif op == "v0.getOrderRegulatedInfo":
+        r = v0.get_order_regulated_info(case["orderId"])
     elif op == "2026.searchOrders":
         q.setdefault("createdAfter", "2025-01-01T00:00:00Z")
         r = v2026.search_orders(**q)

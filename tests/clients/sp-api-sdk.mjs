@@ -73,6 +73,9 @@ async function call (client, c, result) {
     case 'v0.getOrder': response = await client.v0.getOrder({ orderId: c.orderId }, options); break
     case 'v0.getOrderAddress': response = await client.v0.getOrderAddress({ orderId: c.orderId }, options); break
     case 'v0.getOrderBuyerInfo': response = await client.v0.getOrderBuyerInfo({ orderId: c.orderId }, options); break
+    case 'v0.getOrderItems': response = await client.v0.getOrderItems({ orderId: c.orderId }, options); break
+    case 'v0.getOrderItemsBuyerInfo': response = await client.v0.getOrderItemsBuyerInfo({ orderId: c.orderId }, options); break
+    case 'v0.getOrderRegulatedInfo': response = await client.v0.getOrderRegulatedInfo({ orderId: c.orderId }, options); break
     case '2026.searchOrders': {
       const p = { createdAfter: q.createdAfter ?? '2025-01-01T00:00:00Z', marketplaceIds: split(q.marketplaceIds ?? 'ATVPDKIKX0DER') }
       if (q.includedData) p.includedData = split(q.includedData)
