@@ -28,7 +28,8 @@ and writes what the schema says of the value there:
 comes from. `customerObjects` lists every definition that directly holds a catalog PII member,
 with all of its members and the same facts (the `pii` class where the catalog lists the member),
 for allow lists of the non-PII members of customer objects. `summary` lists the PII paths that are
-not strings, that are enum-typed, that are required, and that the schemas do not have.
+not strings, that are enum-typed (or list documented values), that are required, that have a
+maxLength or a pattern (a token may not fit), and that the schemas do not have.
 
 Data: "Selling Partner API models, Copyright Amazon.com, Inc. or its affiliates, Apache License 2.0"
 (see policies/NOTICE.md).
@@ -222,7 +223,7 @@ def main():
     _, index = load_models(args.checkout)
 
     operations, op_models, holders = {}, {}, {}
-    summary = {"nonString": [], "enum": [], "documentedValues": [], "required": [], "notInSchema": []}
+    summary = {"nonString": [], "enum": [], "documentedValues": [], "required": [], "maxLength": [], "pattern": [], "notInSchema": []}
     problems = []
     for op in catalog["operations"]:
         found = index.get((op["method"], norm_path(op["pathTemplate"]), op["operationId"]), [])
@@ -254,6 +255,11 @@ def main():
                 summary["documentedValues"].append(entry + [facts["documentedValues"]])
             if facts["required"]:
                 summary["required"].append(entry + [facts.get("parent")])
+            # A token (spgt1.…, 70 characters and more) does not fit a short maxLength or a pattern.
+            if "maxLength" in facts:
+                summary["maxLength"].append(entry + [facts["maxLength"]])
+            if "pattern" in facts:
+                summary["pattern"].append(entry + [facts["pattern"]])
             if holder and holder[0]:
                 h = holders.setdefault((model.rel, holder[0]), {"model": model.rel, "definition": holder[0], "api": op["api"],
                                                                  "version": op["version"], "usedBy": set(), "pii": {}})
@@ -293,7 +299,7 @@ def main():
     args.out.write_text(json.dumps(out, indent=1, ensure_ascii=False) + "\n", encoding="utf-8")
     n = sum(len(p) for p in operations.values())
     print(f"{args.out}: {len(operations)} operations, {n} PII paths ({len(summary['nonString'])} not strings, "
-          f"{len(summary['enum'])} enum-typed, {len(summary['documentedValues'])} with documented values, {len(summary['required'])} required, {len(summary['notInSchema'])} not in "
+          f"{len(summary['enum'])} enum-typed, {len(summary['documentedValues'])} with documented values, {len(summary['required'])} required, {len(summary['maxLength'])} with a maxLength, {len(summary['pattern'])} with a pattern, {len(summary['notInSchema'])} not in "
           f"the schema), {len(customer_objects)} customer objects")
 
 
