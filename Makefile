@@ -19,7 +19,7 @@ export PATH := $(HOME)/.cargo/bin:$(PATH)
 export ENVOY_BIN
 export SPAPI_GUARD_WASM := $(CURDIR)/$(WASM)
 
-.PHONY: help wasm envoy promtool wrk run demo test test-unit test-e2e check-config check-alerts config bench clean
+.PHONY: help wasm envoy promtool wrk run demo test test-unit test-e2e test-clients check-config check-alerts config bench clean
 
 help:
 	@echo "make run    demo stack: mock SP-API + Envoy + spapi-guard on 127.0.0.1:10000 (Ctrl-C stops)"
@@ -95,6 +95,22 @@ test-unit:
 
 test-e2e: wasm envoy
 	cargo test --test e2e --test access --test audit --test trailers -- --test-threads 2
+
+# Four real SP-API clients through Envoy + spapi-guard (tests/clients.rs, docs/CLIENTS.md), pinned
+# and installed into ignored folders: the Python ones (tests/clients/requirements.txt) into
+# .venv-clients/, the npm ones (tests/clients/package-lock.json) into tests/clients/node_modules/.
+CLIENTS_VENV := $(CURDIR)/.venv-clients
+$(CLIENTS_VENV)/.installed: tests/clients/requirements.txt
+	$(PYTHON) -m venv $(CLIENTS_VENV)
+	$(CLIENTS_VENV)/bin/pip install --quiet --disable-pip-version-check --no-deps -r $<
+	@touch $@
+
+tests/clients/node_modules/.installed: tests/clients/package.json tests/clients/package-lock.json
+	cd tests/clients && npm ci --no-audit --no-fund --loglevel=error
+	@touch $@
+
+test-clients: wasm envoy $(CLIENTS_VENV)/.installed tests/clients/node_modules/.installed
+	cargo test --test clients -- --test-threads 2
 
 test: envoy wasm check-config check-alerts test-unit test-e2e
 	bash scripts/demo.sh --exit --quiet
