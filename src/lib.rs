@@ -4,7 +4,8 @@
 //! adapts it to the Envoy host (compiled only for wasm32).
 //!
 //! * [`policy`], [`keyring`], [`catalog`] — configuration: what to do, with which keys, where.
-//! * [`router`], [`field_path`], [`path_matcher`] — request → operation; JSONPath → automaton.
+//! * [`uri`], [`router`], [`field_path`], [`path_matcher`] — request target → decoded segments and
+//!   query pairs → operation; JSONPath → automaton.
 //! * [`json_rewrite`] — byte-faithful, validating one-pass body rewriting.
 //! * [`tokens`] — the AES-256-GCM token engine.
 //! * [`guard`] — the loaded configuration applied to a body.
@@ -27,6 +28,7 @@ pub mod pii;
 pub mod policy;
 pub mod router;
 pub mod tokens;
+pub mod uri;
 
 #[cfg(target_arch = "wasm32")]
 mod filter;
