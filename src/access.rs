@@ -1,12 +1,14 @@
 //! Caller access control (DPP 1.1–1.3, 1.5): who is calling, from where, over what, and what
 //! they may do — decided before the SP-API is contacted. Default deny.
 //!
-//! Order of checks: transport (TLS ≥ 1.2 unless plaintext is allowed) → source address (global
-//! deny and allow lists) → identity (the first identity source present, in the policy's order) →
-//! caller (must be listed) → the caller's own address list → lockout → operation (allowed by one
-//! of the caller's roles; paths outside the catalog only under `passThroughPaths`) → Orders
+//! Order of checks: the request target (one canonical path, [`crate::uri`]) → transport (TLS ≥ 1.2
+//! unless plaintext is allowed) → source address (global deny and allow lists) → identity (the
+//! first identity source present, in the policy's order) → caller (must be listed) → the caller's
+//! own address list → lockout → operation (allowed by one of the caller's roles; paths outside the
+//! catalog only under `passThroughPaths`, matched on whole decoded segments) → Orders
 //! `includedData` → for `createRestrictedDataToken`, every requested resource (needs the body).
 use serde::Deserialize;
+use std::borrow::Cow;
 use std::collections::BTreeMap;
 use std::net::{IpAddr, SocketAddr};
 
@@ -16,6 +18,7 @@ use crate::config_error::ConfigError;
 use crate::lockout::LockoutRules;
 use crate::pii::PiiClass;
 use crate::policy::{Action, ClassActions, Policy};
+use crate::uri;
 
 /// Operation id of the Tokens API call that issues Restricted Data Tokens.
 pub const RDT_OPERATION: &str = "tokens-2021-03-01.createRestrictedDataToken";
@@ -210,7 +213,8 @@ pub struct Access {
     pub identity_header: Option<String>,
     allow: Option<Vec<Cidr>>,
     deny: Vec<Cidr>,
-    pass_through: Vec<String>,
+    /// `access.passThroughPaths`, as decoded segments: a path passes if it starts with all of them.
+    pass_through: Vec<Vec<String>>,
     pub lockout: LockoutRules,
     pub callers: Vec<Caller>,
 }
@@ -229,6 +233,10 @@ pub enum DenyReason {
     DataElementNotAllowed,
     RdtResourceNotAllowed,
     InvalidRdtRequest,
+    /// The request target is not one canonical path (dot, empty, encoded-slash or backslash
+    /// segments, control characters, bad percent-encoding or UTF-8): refused whoever asks, dry-run
+    /// or not.
+    InvalidPath,
     /// The request or response carries a canary record and the policy blocks canaries.
     CanaryBlocked,
 }
@@ -247,6 +255,7 @@ impl DenyReason {
             DenyReason::DataElementNotAllowed => "data_element_not_allowed",
             DenyReason::RdtResourceNotAllowed => "rdt_resource_not_allowed",
             DenyReason::InvalidRdtRequest => "invalid_rdt_request",
+            DenyReason::InvalidPath => "invalid_path",
             DenyReason::CanaryBlocked => "canary_blocked",
         }
     }
@@ -254,7 +263,7 @@ impl DenyReason {
     pub fn status(self) -> u32 {
         match self {
             DenyReason::LockedOut => 429,
-            DenyReason::InvalidRdtRequest => 400,
+            DenyReason::InvalidRdtRequest | DenyReason::InvalidPath => 400,
             _ => 403,
         }
     }
@@ -264,6 +273,7 @@ impl DenyReason {
         let (code, message) = match self {
             DenyReason::LockedOut => ("QuotaExceeded", "This caller is temporarily locked after repeated denied or anomalous requests."),
             DenyReason::InvalidRdtRequest => ("InvalidInput", "The Restricted Data Token request could not be read."),
+            DenyReason::InvalidPath => ("InvalidInput", "The request path or query is not valid."),
             DenyReason::TlsRequired => ("Unauthorized", "Requests must use TLS 1.2 or later."),
             _ => ("Unauthorized", "Access to requested resource is denied."),
         };
@@ -355,10 +365,15 @@ impl Access {
         }
         let allow = doc.allow_cidrs.as_ref().map(|l| cidrs(l, "access.allowCidrs")).transpose()?;
         let deny = cidrs(&doc.deny_cidrs, "access.denyCidrs")?;
+        let mut pass_through = Vec::with_capacity(doc.pass_through_paths.len());
         for (i, p) in doc.pass_through_paths.iter().enumerate() {
-            if !p.starts_with('/') {
-                return Err(ConfigError::new(format!("access.passThroughPaths[{i}]"), format!("'{p}' must be a path prefix starting with '/'")));
-            }
+            let segments = uri::path_segments(p.strip_suffix('/').unwrap_or(p)).map_err(|e| {
+                ConfigError::new(
+                    format!("access.passThroughPaths[{i}]"),
+                    format!("'{p}' must be a path prefix of one or more whole segments, like /catalog/ ({e})"),
+                )
+            })?;
+            pass_through.push(segments.into_iter().map(Cow::into_owned).collect::<Vec<_>>());
         }
         let l = &doc.lockout;
         if l.window_seconds == 0 || l.cooldown_seconds == 0 {
@@ -432,7 +447,7 @@ impl Access {
             identity_header,
             allow,
             deny,
-            pass_through: doc.pass_through_paths.clone(),
+            pass_through,
             lockout,
             callers: compiled,
         })
@@ -470,6 +485,8 @@ impl Access {
         operation: Option<(usize, &Operation)>,
         is_locked: &dyn Fn(&Caller) -> bool,
     ) -> Result<bool, DenyReason> {
+        // One canonical path, whoever asks: what the filter routes and checks is what Amazon sees.
+        let target = uri::parse(facts.path).map_err(|_| DenyReason::InvalidPath)?;
         let tls_ok = matches!(facts.tls_version, Some("TLSv1.2" | "TLSv1.3"));
         if !tls_ok && !(facts.tls_version.is_none() && self.allow_plaintext) {
             return Err(DenyReason::TlsRequired);
@@ -492,12 +509,7 @@ impl Access {
             return Err(DenyReason::LockedOut);
         }
         let Some((index, op)) = operation else {
-            let path = facts.path.split('?').next().unwrap_or("");
-            return if self.pass_through.iter().any(|p| path.starts_with(p.as_str())) {
-                Ok(false)
-            } else {
-                Err(DenyReason::UnknownOperation)
-            };
+            return if self.passes_through(&target.segments) { Ok(false) } else { Err(DenyReason::UnknownOperation) };
         };
         if !caller.operations.get(index).copied().unwrap_or(false) {
             return Err(DenyReason::OperationNotAllowed);
@@ -552,6 +564,14 @@ impl Access {
             }
         }
         Ok(())
+    }
+
+    /// Whether decoded path segments fall under one of `access.passThroughPaths`, whole segment by
+    /// whole segment (`/catalog/` passes `/catalog/2022-04-01/items`, not `/catalogue/x`).
+    fn passes_through(&self, segments: &[Cow<str>]) -> bool {
+        self.pass_through.iter().any(|prefix| {
+            prefix.len() <= segments.len() && prefix.iter().zip(segments).all(|(p, s)| p == s)
+        })
     }
 
     /// The identity sources, in the order they are tried (the filter reads only what it needs).
@@ -838,6 +858,62 @@ mod tests {
         assert_eq!(d.verdict, Verdict::Deny(DenyReason::OperationNotAllowed));
         assert!(d.dry_run && d.enforced_denial().is_none());
         assert!(!decide(&g, &facts(Some(SYNC), "/x"), "GET").dry_run);
+    }
+
+    #[test]
+    fn invalid_paths_are_refused_before_anything_else() {
+        let g = guard(&policy()).expect("loads");
+        for path in [
+            "/orders/v0/orders/.",
+            "/orders/v0/orders/./address",
+            "/orders/v0/orders/",
+            "/orders/v0/orders//address",
+            "/catalog/../orders/v0/orders/1/address",
+            "/catalog/%2E%2E/orders/v0/orders/1/address",
+            "/catalog/..%3B/orders/v0/orders/1/address",
+            "/catalog/..;/orders/v0/orders/1/address",
+            "/catalog/x%2F..%2F..%2Forders/v0/orders/1/address",
+            "/catalog/x%5C..%5Corders",
+            "/catalog\\..\\orders/v0/orders/1/address",
+            "/orders/v0/orders/1%0A/address",
+            "/orders/v0/orders/%ZZ/address",
+            "/orders/v0/orders/%C3%28/address",
+            "/orders/v0/orders?BuyerEmail=a%ZZ",
+            "/orders/v0/orders/1/address?x=%00",
+            "/orders/v0/orders/1/address#x",
+            "orders/v0/orders",
+        ] {
+            assert_eq!(verdict(&g, &facts(Some(SYNC), path), "GET"), Verdict::Deny(DenyReason::InvalidPath), "{path}");
+        }
+        let mut plaintext = facts(None, "/catalog/../orders/v0/orders/1/address");
+        plaintext.tls_version = None;
+        assert_eq!(verdict(&g, &plaintext, "GET"), Verdict::Deny(DenyReason::InvalidPath), "whoever asks");
+        let reason = DenyReason::InvalidPath;
+        assert_eq!((reason.code(), reason.status()), ("invalid_path", 400));
+        let body: Value = serde_json::from_str(&reason.error_body()).expect("json");
+        assert_eq!(body["errors"][0]["code"], "InvalidInput");
+        assert_eq!(body["errors"][0]["details"], "spapi-guard:invalid_path");
+    }
+
+    #[test]
+    fn pass_through_prefixes_match_whole_decoded_segments() {
+        let mut p = policy();
+        p["access"]["passThroughPaths"] = json!(["/catalog", "/fba/inventory/"]);
+        let g = guard(&p).expect("loads");
+        let allow = Verdict::Allow;
+        let unknown = Verdict::Deny(DenyReason::UnknownOperation);
+        assert_eq!(verdict(&g, &facts(Some(SYNC), "/catalog/2022-04-01/items?keywords=x"), "GET"), allow);
+        assert_eq!(verdict(&g, &facts(Some(SYNC), "/%63atalog/2022-04-01/items"), "GET"), allow, "what Amazon sees");
+        assert_eq!(verdict(&g, &facts(Some(SYNC), "/fba/inventory/v1/summaries"), "GET"), allow);
+        assert_eq!(verdict(&g, &facts(Some(SYNC), "/catalogue/items"), "GET"), unknown, "not a whole segment");
+        assert_eq!(verdict(&g, &facts(Some(SYNC), "/fba/inventoryx/v1"), "GET"), unknown);
+        assert_eq!(verdict(&g, &facts(Some(SYNC), "/fba/outbound/2020-07-01/x/y/z"), "GET"), unknown);
+        for bad in ["/", "/catalog/../orders/", "catalog/", "/a//b", "/x%2Fy/"] {
+            let mut p = policy();
+            p["access"]["passThroughPaths"] = json!(["/sellers/", bad]);
+            let e = guard(&p).err().unwrap_or_else(|| panic!("{bad} accepted"));
+            assert_eq!(e.field, "access.passThroughPaths[1]", "{e}");
+        }
     }
 
     #[test]
