@@ -260,6 +260,13 @@ impl DenyReason {
         }
     }
 
+    /// Refusals that protect rather than decide access: dry-run (which relaxes access decisions
+    /// only) never lets these through. A path that is not canonical, or that neither the catalog
+    /// nor `passThroughPaths` knows, would reach the SP-API unprotected.
+    pub fn is_protection(self) -> bool {
+        matches!(self, DenyReason::InvalidPath | DenyReason::UnknownOperation)
+    }
+
     pub fn status(self) -> u32 {
         match self {
             DenyReason::LockedOut => 429,
@@ -314,17 +321,19 @@ pub struct Decision {
     pub caller: Option<usize>,
     pub client_ip: Option<IpAddr>,
     pub verdict: Verdict,
-    /// The verdict is only logged, not enforced.
+    /// The verdict is only logged, not enforced (never the case for a protection denial:
+    /// [`DenyReason::is_protection`]).
     pub dry_run: bool,
     /// Allowed so far, but the request body (an RDT request) must still be checked.
     pub needs_body_check: bool,
 }
 
 impl Decision {
-    /// Whether the request is stopped.
+    /// Whether the request is stopped. Dry-run lets access denials through, never protections
+    /// ([`DenyReason::is_protection`]).
     pub fn enforced_denial(&self) -> Option<DenyReason> {
         match self.verdict {
-            Verdict::Deny(reason) if !self.dry_run => Some(reason),
+            Verdict::Deny(reason) if !self.dry_run || reason.is_protection() => Some(reason),
             _ => None,
         }
     }
@@ -475,7 +484,26 @@ impl Access {
             }
             Err(reason) => Verdict::Deny(reason),
         };
+        if d.dry_run {
+            // Dry-run relaxes access decisions only: whatever the access checks said (an unknown
+            // caller, say), a path that is invalid or unknown is still refused.
+            if let Err(reason) = self.protect(facts, operation) {
+                d.verdict = Verdict::Deny(reason);
+                d.dry_run = false;
+                d.needs_body_check = false;
+            }
+        }
         d
+    }
+
+    /// The checks no mode relaxes: one canonical path, and an operation of the catalog or a
+    /// pass-through path.
+    fn protect(&self, facts: &RequestFacts, operation: Option<(usize, &Operation)>) -> Result<(), DenyReason> {
+        let target = uri::parse(facts.path).map_err(|_| DenyReason::InvalidPath)?;
+        if operation.is_none() && !self.passes_through(&target.segments) {
+            return Err(DenyReason::UnknownOperation);
+        }
+        Ok(())
     }
 
     fn check(
@@ -914,6 +942,37 @@ mod tests {
             let e = guard(&p).err().unwrap_or_else(|| panic!("{bad} accepted"));
             assert_eq!(e.field, "access.passThroughPaths[1]", "{e}");
         }
+    }
+
+    #[test]
+    fn dry_run_relaxes_access_decisions_never_protection() {
+        let intruder = "spiffe://test/intruder";
+        let mut global = policy();
+        global["access"]["dryRun"] = json!(true);
+        let mut role = policy();
+        role["roles"]["labels"]["dryRun"] = json!(true);
+        for (name, p, callers) in [("global", global, vec![Some(LABELS), Some(intruder), None]), ("role", role, vec![Some(LABELS)])] {
+            let g = guard(&p).expect("loads");
+            // Access decisions are only logged…
+            let d = decide(&g, &facts(Some(LABELS), "/orders/v0/orders"), "GET");
+            assert_eq!((d.verdict, d.dry_run, d.enforced_denial()), (Verdict::Deny(DenyReason::OperationNotAllowed), true, None), "{name}");
+            // …but unknown operations and invalid paths are refused, whoever asks.
+            for who in callers {
+                let d = decide(&g, &facts(who, "/reports/2021-06-30/reports"), "GET");
+                assert_eq!((d.verdict, d.dry_run), (Verdict::Deny(DenyReason::UnknownOperation), false), "{name} {who:?}");
+                assert_eq!(d.enforced_denial(), Some(DenyReason::UnknownOperation), "{name} {who:?}");
+                for path in ["/catalog/..%3B/orders/v0/orders/1/address", "/orders/v0/orders/./address", "/orders/v0/orders?x=%ZZ"] {
+                    let d = decide(&g, &facts(who, path), "GET");
+                    assert_eq!(d.enforced_denial(), Some(DenyReason::InvalidPath), "{name} {who:?} {path}");
+                }
+            }
+        }
+        // A pass-through path stays an access decision: relaxed in dry-run.
+        let mut p = policy();
+        p["access"]["dryRun"] = json!(true);
+        let g = guard(&p).expect("loads");
+        let d = decide(&g, &facts(Some(intruder), "/catalog/2022-04-01/items"), "GET");
+        assert_eq!((d.verdict, d.enforced_denial()), (Verdict::Deny(DenyReason::UnknownCaller), None));
     }
 
     #[test]
