@@ -26,6 +26,7 @@ pub mod metrics;
 pub mod path_matcher;
 pub mod pii;
 pub mod policy;
+pub mod query_params;
 pub mod router;
 pub mod tokens;
 pub mod uri;
