@@ -18,6 +18,7 @@ use crate::config_error::ConfigError;
 use crate::lockout::LockoutRules;
 use crate::pii::PiiClass;
 use crate::policy::{Action, ClassActions, Policy};
+use crate::query_params::INCLUDED_DATA;
 use crate::uri;
 
 /// Operation id of the Tokens API call that issues Restricted Data Tokens.
@@ -542,8 +543,7 @@ impl Access {
         if !caller.operations.get(index).copied().unwrap_or(false) {
             return Err(DenyReason::OperationNotAllowed);
         }
-        for value in query_values(facts.path, "includedData") {
-            let gate = format!("includedData={value}");
+        for gate in requested_included_data(&target.query, op) {
             // Values that unlock no PII field (PACKAGES, PROCEEDS…) need no PII access.
             let gated = op.classes_of(Some(&gate)).count() > 0;
             if gated && !grants_any(caller, op.classes_of(Some(&gate))) {
@@ -722,41 +722,35 @@ fn parse_address(s: &str) -> Option<IpAddr> {
     s.parse::<IpAddr>().ok().or_else(|| s.parse::<SocketAddr>().ok().map(|a| a.ip())).map(canonical)
 }
 
-/// The values of query parameter `name` (comma-separated lists split, percent-decoded).
-fn query_values<'a>(path: &'a str, name: &'a str) -> impl Iterator<Item = String> + 'a {
-    let query = path.split_once('?').map(|(_, q)| q).unwrap_or("");
-    query
-        .split('&')
-        .filter_map(move |pair| {
-            let (k, v) = pair.split_once('=')?;
-            (percent_decode(k) == name).then(|| percent_decode(v))
-        })
-        .flat_map(|v| v.split(',').map(str::to_string).collect::<Vec<_>>())
-        .filter(|v| !v.is_empty())
-}
-
-fn percent_decode(s: &str) -> String {
-    let bytes = s.as_bytes();
-    let mut out = Vec::with_capacity(bytes.len());
-    let mut i = 0;
-    while i < bytes.len() {
-        let hex = bytes.get(i + 1..i + 3).and_then(|h| std::str::from_utf8(h).ok()).and_then(|h| u8::from_str_radix(h, 16).ok());
-        match (bytes[i], hex) {
-            (b'%', Some(b)) => {
-                out.push(b);
-                i += 3;
-            }
-            (b'+', _) => {
-                out.push(b' ');
-                i += 1;
-            }
-            (b, _) => {
-                out.push(b);
-                i += 1;
+/// The `includedData` gates (`includedData=BUYER`…) a request asks for, read the way Amazon could
+/// read them: the decoded parameter name case-insensitively, a `[…]` suffix and spaces ignored;
+/// values split on commas, trimmed, case-insensitive. A value that is not exactly a known one
+/// (`BUYER;x`, `*`, empty) counts as asking for every gate of the operation: never ignored.
+fn requested_included_data(query: &[(Cow<str>, Cow<str>)], op: &Operation) -> Vec<String> {
+    let mut gates = Vec::new();
+    for (_, value) in query.iter().filter(|(name, _)| is_included_data(name)) {
+        for item in value.split(',').map(str::trim) {
+            match INCLUDED_DATA.iter().find(|known| known.eq_ignore_ascii_case(item)) {
+                Some(known) => gates.push(format!("includedData={known}")),
+                None => gates.extend(
+                    op.response_rules
+                        .iter()
+                        .filter_map(|r| r.data_element.as_deref())
+                        .filter(|d| d.starts_with("includedData="))
+                        .map(str::to_string),
+                ),
             }
         }
     }
-    String::from_utf8_lossy(&out).into_owned()
+    gates.sort();
+    gates.dedup();
+    gates
+}
+
+/// `includedData`, `includeddata`, `includedData[]`, `includedData[0]`, ` includedData `…
+fn is_included_data(name: &str) -> bool {
+    let base = name.split_once('[').map_or(name, |(base, _)| base);
+    base.trim().eq_ignore_ascii_case("includedData")
 }
 
 #[cfg(test)]
@@ -988,6 +982,47 @@ mod tests {
         assert_eq!(verdict(&g, &sync, "GET"), Verdict::Allow);
         let no_pii = facts(Some(ANALYTICS), "/orders/2026-01-01/orders?includedData=PACKAGES,PROCEEDS");
         assert_eq!(verdict(&g, &no_pii, "GET"), Verdict::Allow);
+    }
+
+    #[test]
+    fn included_data_is_read_as_amazon_reads_it() {
+        let mut p = policy();
+        p["roles"]["analytics"]["pii"] = json!({"address": "redact"});
+        let g = guard(&p).expect("loads");
+        let denied = [
+            "includedData=buyer",
+            "includedData=BUYER%20",
+            "includedData=+BUYER",
+            "includedData=RECIPIENT,%20buyer",
+            "includeddata=BUYER",
+            "INCLUDEDDATA=RECIPIENT,BUYER",
+            "include%64Data=BUYER",
+            "includedData[]=BUYER",
+            "includedData%5B%5D=BUYER",
+            "includedData[0]=BUYER",
+            "includedData%20=BUYER",
+            "includedData=RECIPIENT&includedData=BUYER",
+            "includedData=RECIPIENT%2CBUYER",
+            // Not exactly a known value: as if every gated value were asked for.
+            "includedData=BUYER;x",
+            "includedData=BUYERS",
+            "includedData=*",
+            "includedData=",
+            "includedData",
+            "includedData=RECIPIENT,",
+        ];
+        for path in ["/orders/2026-01-01/orders", "/orders/2026-01-01/orders/1"] {
+            for query in denied {
+                let target = format!("{path}?{query}");
+                assert_eq!(verdict(&g, &facts(Some(ANALYTICS), &target), "GET"), Verdict::Deny(DenyReason::DataElementNotAllowed), "{target}");
+            }
+            for query in ["includedData=RECIPIENT", "includedData=recipient", "includedData=%20Recipient%20,packages", "includedData[]=RECIPIENT", "includedData=PACKAGES,PROCEEDS", "createdAfter=2024-01-01"] {
+                let target = format!("{path}?{query}");
+                assert_eq!(verdict(&g, &facts(Some(ANALYTICS), &target), "GET"), Verdict::Allow, "{target}");
+            }
+        }
+        // A caller with access to every gated class may ask for anything, known or not.
+        assert_eq!(verdict(&g, &facts(Some(SYNC), "/orders/2026-01-01/orders?includedData=buyer;x"), "GET"), Verdict::Allow);
     }
 
     #[test]
