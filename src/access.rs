@@ -557,7 +557,9 @@ impl Access {
     /// operation the caller may use, with access to PII of the requested data elements.
     pub fn check_rdt(&self, caller: usize, catalog: &Catalog, body: &[u8]) -> Result<(), DenyReason> {
         let caller = self.callers.get(caller).ok_or(DenyReason::UnknownCaller)?;
-        let doc: serde_json::Value = serde_json::from_slice(body).map_err(|_| DenyReason::InvalidRdtRequest)?;
+        // Read strictly: a key twice in one object, or in two spellings (`path`, `Path`), is read
+        // differently by different parsers (the last wins here, maybe the first at Amazon).
+        let doc = strict_json(body).ok_or(DenyReason::InvalidRdtRequest)?;
         let resources = doc.get("restrictedResources").and_then(|r| r.as_array()).ok_or(DenyReason::InvalidRdtRequest)?;
         if resources.is_empty() || resources.len() > RDT_MAX_RESOURCES {
             return Err(DenyReason::InvalidRdtRequest);
@@ -565,11 +567,13 @@ impl Access {
         for resource in resources {
             let method = resource.get("method").and_then(|m| m.as_str()).ok_or(DenyReason::InvalidRdtRequest)?;
             let path = resource.get("path").and_then(|p| p.as_str()).ok_or(DenyReason::InvalidRdtRequest)?;
-            let index = catalog.route_index(method, path).ok_or(DenyReason::RdtResourceNotAllowed)?;
-            if !caller.operations[index] {
+            // The path rules of requests apply (generic `{orderId}` segments are ordinary segments).
+            let target = uri::parse(path).map_err(|_| DenyReason::InvalidRdtRequest)?;
+            let index = catalog.route_segments(method, &target.segments).ok_or(DenyReason::RdtResourceNotAllowed)?;
+            let op = catalog.operations.get(index).ok_or(DenyReason::RdtResourceNotAllowed)?;
+            if !caller.operations.get(index).copied().unwrap_or(false) {
                 return Err(DenyReason::RdtResourceNotAllowed);
             }
-            let op = &catalog.operations[index];
             let elements: Vec<&str> = match resource.get("dataElements") {
                 None | Some(serde_json::Value::Null) => Vec::new(),
                 Some(serde_json::Value::Array(list)) => {
@@ -745,6 +749,80 @@ fn requested_included_data(query: &[(Cow<str>, Cow<str>)], op: &Operation) -> Ve
     gates.sort();
     gates.dedup();
     gates
+}
+
+/// A JSON document in which no object has a key twice, compared case-insensitively (Unicode
+/// simple case folding); `None` if it has, or is not JSON. serde_json's recursion limit applies.
+fn strict_json(body: &[u8]) -> Option<serde_json::Value> {
+    serde_json::from_slice::<StrictJson>(body).ok().map(|v| v.0)
+}
+
+struct StrictJson(serde_json::Value);
+
+impl<'de> Deserialize<'de> for StrictJson {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        d.deserialize_any(StrictVisitor).map(StrictJson)
+    }
+}
+
+struct StrictVisitor;
+
+impl<'de> serde::de::Visitor<'de> for StrictVisitor {
+    type Value = serde_json::Value;
+
+    fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+        f.write_str("a JSON value without duplicate keys")
+    }
+
+    fn visit_unit<E>(self) -> Result<Self::Value, E> {
+        Ok(serde_json::Value::Null)
+    }
+
+    fn visit_bool<E>(self, v: bool) -> Result<Self::Value, E> {
+        Ok(serde_json::Value::Bool(v))
+    }
+
+    fn visit_i64<E>(self, v: i64) -> Result<Self::Value, E> {
+        Ok(v.into())
+    }
+
+    fn visit_u64<E>(self, v: u64) -> Result<Self::Value, E> {
+        Ok(v.into())
+    }
+
+    fn visit_f64<E>(self, v: f64) -> Result<Self::Value, E> {
+        Ok(serde_json::Number::from_f64(v).map_or(serde_json::Value::Null, serde_json::Value::Number))
+    }
+
+    fn visit_str<E>(self, v: &str) -> Result<Self::Value, E> {
+        Ok(serde_json::Value::String(v.to_string()))
+    }
+
+    fn visit_string<E>(self, v: String) -> Result<Self::Value, E> {
+        Ok(serde_json::Value::String(v))
+    }
+
+    fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut seq: A) -> Result<Self::Value, A::Error> {
+        let mut items = Vec::new();
+        while let Some(StrictJson(v)) = seq.next_element()? {
+            items.push(v);
+        }
+        Ok(serde_json::Value::Array(items))
+    }
+
+    fn visit_map<A: serde::de::MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
+        let mut object = serde_json::Map::new();
+        let mut folded = std::collections::BTreeSet::new();
+        while let Some(key) = map.next_key::<String>()? {
+            let fold: String = key.chars().flat_map(char::to_uppercase).flat_map(char::to_lowercase).collect();
+            if !folded.insert(fold) {
+                return Err(serde::de::Error::custom("duplicate key"));
+            }
+            let StrictJson(value) = map.next_value()?;
+            object.insert(key, value);
+        }
+        Ok(serde_json::Value::Object(object))
+    }
 }
 
 /// `includedData`, `includeddata`, `includedData[]`, `includedData[0]`, ` includedData `…
@@ -1047,6 +1125,50 @@ mod tests {
         let sync = decide(&g, &facts(Some(SYNC), "/tokens/2021-03-01/restrictedDataToken"), "POST").caller.expect("caller");
         let body = json!({"restrictedResources": [{"method": "GET", "path": "/orders/v0/orders", "dataElements": ["buyerInfo", "shippingAddress"]}]});
         assert_eq!(g.access.check_rdt(sync, &g.catalog, body.to_string().as_bytes()), Ok(()));
+    }
+
+    #[test]
+    fn rdt_bodies_with_duplicate_or_case_variant_keys_or_invalid_paths_are_refused() {
+        let g = guard(&policy()).expect("loads");
+        let labels = decide(&g, &facts(Some(LABELS), "/tokens/2021-03-01/restrictedDataToken"), "POST").caller.expect("caller");
+        let check = |body: &str| g.access.check_rdt(labels, &g.catalog, body.as_bytes());
+        let address = r#"{"method":"GET","path":"/orders/v0/orders/1/address"}"#;
+        assert_eq!(check(&format!(r#"{{"restrictedResources":[{address}]}}"#)), Ok(()));
+        // Each body asks first for what label-printer may not have, then repeats a key (or a
+        // case variant of it) with what it may have: a reader where the last key wins sees only
+        // the allowed part, another reader the forbidden one.
+        let smuggled = [
+            format!(r#"{{"restrictedResources":[{{"method":"GET","path":"/orders/v0/orders","dataElements":["buyerInfo"]}}],"restrictedResources":[{address}]}}"#),
+            format!(r#"{{"RestrictedResources":[{{"method":"GET","path":"/orders/v0/orders"}}],"restrictedResources":[{address}]}}"#),
+            r#"{"restrictedResources":[{"method":"GET","path":"/orders/v0/orders/1/buyerInfo","path":"/orders/v0/orders/1/address"}]}"#.to_string(),
+            r#"{"restrictedResources":[{"method":"GET","Path":"/orders/v0/orders/1/buyerInfo","path":"/orders/v0/orders/1/address"}]}"#.to_string(),
+            r#"{"restrictedResources":[{"method":"GET","pa\u0074h":"/orders/v0/orders/1/buyerInfo","path":"/orders/v0/orders/1/address"}]}"#.to_string(),
+            r#"{"restrictedResources":[{"METHOD":"DELETE","method":"GET","path":"/orders/v0/orders/1/address"}]}"#.to_string(),
+            r#"{"restrictedResources":[{"method":"GET","path":"/orders/v0/orders/1/address","dataElements":["buyerInfo"],"dataelements":[]}]}"#.to_string(),
+            format!(r#"{{"targetApplication":"amzn1.sp.solution.a","targetApplication":"amzn1.sp.solution.b","restrictedResources":[{address}]}}"#),
+            format!(r#"{{"restrictedResources":[{address}],"extra":{{"deep":[{{"k":1,"K":2}}]}}}}"#),
+            // A lone case variant is not the key Amazon documents.
+            format!(r#"{{"RestrictedResources":[{address}]}}"#),
+        ];
+        for body in &smuggled {
+            assert_eq!(check(body), Err(DenyReason::InvalidRdtRequest), "{body}");
+        }
+        // Resource paths follow the request path rules (generic templates stay fine).
+        assert_eq!(check(r#"{"restrictedResources":[{"method":"GET","path":"/orders/v0/orders/{orderId}/address"}]}"#), Ok(()));
+        for path in [
+            "/orders/v0/orders/1/../1/address",
+            "/orders/v0/orders/./address",
+            "/orders/v0/orders/1%2Faddress",
+            "/orders/v0/orders/1/address/",
+            "/orders/v0/orders//address",
+            "/orders/v0/orders/%ZZ/address",
+            "/orders/v0/orders/1\\x/address",
+            "/orders/v0/orders/1/address#x",
+            "orders/v0/orders/1/address",
+        ] {
+            let body = json!({"restrictedResources": [{"method": "GET", "path": path}]}).to_string();
+            assert_eq!(check(&body), Err(DenyReason::InvalidRdtRequest), "{path}");
+        }
     }
 
     #[test]
