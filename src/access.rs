@@ -12,6 +12,7 @@ use std::borrow::Cow;
 use std::collections::BTreeMap;
 use std::net::{IpAddr, SocketAddr};
 
+use crate::audit::PathWords;
 use crate::catalog::{Catalog, Operation};
 use crate::cidr::{canonical, Cidr};
 use crate::config_error::ConfigError;
@@ -216,6 +217,7 @@ pub struct Access {
     deny: Vec<Cidr>,
     /// `access.passThroughPaths`, as decoded segments: a path passes if it starts with all of them.
     pass_through: Vec<Vec<String>>,
+    path_words: PathWords,
     pub lockout: LockoutRules,
     pub callers: Vec<Caller>,
 }
@@ -457,6 +459,7 @@ impl Access {
             identity_header,
             allow,
             deny,
+            path_words: PathWords::new(catalog, pass_through.iter().flatten().map(String::as_str)),
             pass_through,
             lockout,
             callers: compiled,
@@ -606,6 +609,12 @@ impl Access {
         })
     }
 
+    /// The path segments the audit log may print outside the catalog: the catalog's template
+    /// literals and the pass-through prefixes' segments (for [`crate::audit::redacted_path_with`]).
+    pub fn path_words(&self) -> &PathWords {
+        &self.path_words
+    }
+
     /// The identity sources, in the order they are tried (the filter reads only what it needs).
     pub fn identity_sources(&self) -> &[IdentitySource] {
         &self.sources
@@ -730,7 +739,7 @@ fn parse_address(s: &str) -> Option<IpAddr> {
 /// read them: the decoded parameter name case-insensitively, a `[…]` suffix and spaces ignored;
 /// values split on commas, trimmed, case-insensitive. A value that is not exactly a known one
 /// (`BUYER;x`, `*`, empty) counts as asking for every gate of the operation: never ignored.
-fn requested_included_data(query: &[(Cow<str>, Cow<str>)], op: &Operation) -> Vec<String> {
+fn requested_included_data(query: &[uri::QueryPair], op: &Operation) -> Vec<String> {
     let mut gates = Vec::new();
     for (_, value) in query.iter().filter(|(name, _)| is_included_data(name)) {
         for item in value.split(',').map(str::trim) {

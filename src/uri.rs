@@ -88,13 +88,16 @@ pub fn split(target: &str) -> Parts<'_> {
     Parts { path, query, fragment }
 }
 
+/// A decoded query parameter: `(name, value)`.
+pub type QueryPair<'a> = (Cow<'a, str>, Cow<'a, str>);
+
 /// A request target, decoded and checked.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Target<'a> {
     /// The path's segments, decoded (`/a/b%20c` → `["a", "b c"]`).
     pub segments: Vec<Cow<'a, str>>,
     /// The query's `(name, value)` pairs in order, decoded; a pair without `=` has an empty value.
-    pub query: Vec<(Cow<'a, str>, Cow<'a, str>)>,
+    pub query: Vec<QueryPair<'a>>,
 }
 
 /// Parses a request target (`/orders/v0/orders?CreatedAfter=…`).
@@ -137,12 +140,12 @@ pub fn segment(raw: &str) -> Result<Cow<'_, str>, UriError> {
 
 /// The decoded `(name, value)` pairs of a raw query (without the `?`). Empty pieces (`a=1&&b=2`)
 /// are skipped.
-pub fn query_pairs(query: &str) -> Result<Vec<(Cow<'_, str>, Cow<'_, str>)>, UriError> {
+pub fn query_pairs(query: &str) -> Result<Vec<QueryPair<'_>>, UriError> {
     query.split('&').filter(|p| !p.is_empty()).map(query_pair).collect()
 }
 
 /// One raw `name=value` piece of a query, decoded (`+` is a space). Only the first `=` separates.
-pub fn query_pair(piece: &str) -> Result<(Cow<'_, str>, Cow<'_, str>), UriError> {
+pub fn query_pair(piece: &str) -> Result<QueryPair<'_>, UriError> {
     let (name, value) = piece.split_once('=').unwrap_or((piece, ""));
     Ok((decode(name, true)?, decode(value, true)?))
 }
