@@ -168,24 +168,17 @@ impl PathWords {
     }
 
     /// The literal segments of the built-in catalog's templates (no policy: no pass-through).
+    /// Read from the embedded catalog's `"pathTemplate"` strings once per VM, without parsing the
+    /// whole document (a test holds it equal to [`PathWords::new`] of the built catalog).
     pub fn builtin() -> &'static PathWords {
         static BUILTIN: OnceLock<PathWords> = OnceLock::new();
         BUILTIN.get_or_init(|| {
-            #[derive(serde::Deserialize)]
-            struct File {
-                operations: Vec<Op>,
+            let mut words = BTreeSet::new();
+            for (_, rest) in BUILTIN_CATALOG.match_indices("\"pathTemplate\"").map(|(i, _)| BUILTIN_CATALOG.split_at(i + 14)) {
+                let value = rest.trim_start().strip_prefix(':').map(str::trim_start).and_then(|v| v.strip_prefix('"'));
+                let template = value.and_then(|v| v.split_once('"')).map_or("", |(t, _)| t);
+                words.extend(template.split('/').filter(|s| !s.is_empty() && !s.starts_with('{')).map(str::to_string));
             }
-            #[derive(serde::Deserialize)]
-            struct Op {
-                #[serde(rename = "pathTemplate")]
-                path_template: String,
-            }
-            let file: Option<File> = serde_json::from_str(BUILTIN_CATALOG).ok();
-            let words = file
-                .into_iter()
-                .flat_map(|f| f.operations)
-                .flat_map(|op| op.path_template.split('/').filter(|s| !s.is_empty() && !s.starts_with('{')).map(str::to_string).collect::<Vec<_>>())
-                .collect();
             PathWords { words }
         })
     }
@@ -415,6 +408,14 @@ mod tests {
         assert_eq!(redacted_path_with("/catalog/2022-04-01/items/jane?keywords=jane", None, words), "/catalog/2022-04-01/{redacted}/{redacted}?{redacted}={redacted}");
         assert_eq!(redacted_path_with("/custom/v1/jane", None, words), "/custom/v1/{redacted}");
         assert_eq!(redacted_path("/custom/v1/jane", None), "/{redacted}/v1/{redacted}", "the built-in catalog only");
+    }
+
+    #[test]
+    fn builtin_words_are_the_built_catalogs_literals() {
+        let c = Catalog::build(&CatalogOverrides::default()).expect("catalog");
+        let built = PathWords::new(&c, []);
+        assert_eq!(PathWords::builtin().words, built.words);
+        assert!(built.words.len() > 60 && built.contains("orders") && !built.contains("{orderId}"));
     }
 
     #[test]
