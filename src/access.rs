@@ -1,21 +1,26 @@
 //! Caller access control (DPP 1.1–1.3, 1.5): who is calling, from where, over what, and what
 //! they may do — decided before the SP-API is contacted. Default deny.
 //!
-//! Order of checks: transport (TLS ≥ 1.2 unless plaintext is allowed) → source address (global
-//! deny and allow lists) → identity (the first identity source present, in the policy's order) →
-//! caller (must be listed) → the caller's own address list → lockout → operation (allowed by one
-//! of the caller's roles; paths outside the catalog only under `passThroughPaths`) → Orders
+//! Order of checks: the request target (one canonical path, [`crate::uri`]) → transport (TLS ≥ 1.2
+//! unless plaintext is allowed) → source address (global deny and allow lists) → identity (the
+//! first identity source present, in the policy's order) → caller (must be listed) → the caller's
+//! own address list → lockout → operation (allowed by one of the caller's roles; paths outside the
+//! catalog only under `passThroughPaths`, matched on whole decoded segments) → Orders
 //! `includedData` → for `createRestrictedDataToken`, every requested resource (needs the body).
 use serde::Deserialize;
+use std::borrow::Cow;
 use std::collections::BTreeMap;
 use std::net::{IpAddr, SocketAddr};
 
+use crate::audit::PathWords;
 use crate::catalog::{Catalog, Operation};
 use crate::cidr::{canonical, Cidr};
 use crate::config_error::ConfigError;
 use crate::lockout::LockoutRules;
 use crate::pii::PiiClass;
 use crate::policy::{Action, ClassActions, Policy};
+use crate::query_params::INCLUDED_DATA;
+use crate::uri;
 
 /// Operation id of the Tokens API call that issues Restricted Data Tokens.
 pub const RDT_OPERATION: &str = "tokens-2021-03-01.createRestrictedDataToken";
@@ -210,7 +215,9 @@ pub struct Access {
     pub identity_header: Option<String>,
     allow: Option<Vec<Cidr>>,
     deny: Vec<Cidr>,
-    pass_through: Vec<String>,
+    /// `access.passThroughPaths`, as decoded segments: a path passes if it starts with all of them.
+    pass_through: Vec<Vec<String>>,
+    path_words: PathWords,
     pub lockout: LockoutRules,
     pub callers: Vec<Caller>,
 }
@@ -229,6 +236,10 @@ pub enum DenyReason {
     DataElementNotAllowed,
     RdtResourceNotAllowed,
     InvalidRdtRequest,
+    /// The request target is not one canonical path (dot, empty, encoded-slash or backslash
+    /// segments, control characters, bad percent-encoding or UTF-8): refused whoever asks, dry-run
+    /// or not.
+    InvalidPath,
     /// The request or response carries a canary record and the policy blocks canaries.
     CanaryBlocked,
 }
@@ -247,14 +258,22 @@ impl DenyReason {
             DenyReason::DataElementNotAllowed => "data_element_not_allowed",
             DenyReason::RdtResourceNotAllowed => "rdt_resource_not_allowed",
             DenyReason::InvalidRdtRequest => "invalid_rdt_request",
+            DenyReason::InvalidPath => "invalid_path",
             DenyReason::CanaryBlocked => "canary_blocked",
         }
+    }
+
+    /// Refusals that protect rather than decide access: dry-run (which relaxes access decisions
+    /// only) never lets these through. A path that is not canonical, or that neither the catalog
+    /// nor `passThroughPaths` knows, would reach the SP-API unprotected.
+    pub fn is_protection(self) -> bool {
+        matches!(self, DenyReason::InvalidPath | DenyReason::UnknownOperation)
     }
 
     pub fn status(self) -> u32 {
         match self {
             DenyReason::LockedOut => 429,
-            DenyReason::InvalidRdtRequest => 400,
+            DenyReason::InvalidRdtRequest | DenyReason::InvalidPath => 400,
             _ => 403,
         }
     }
@@ -264,6 +283,7 @@ impl DenyReason {
         let (code, message) = match self {
             DenyReason::LockedOut => ("QuotaExceeded", "This caller is temporarily locked after repeated denied or anomalous requests."),
             DenyReason::InvalidRdtRequest => ("InvalidInput", "The Restricted Data Token request could not be read."),
+            DenyReason::InvalidPath => ("InvalidInput", "The request path or query is not valid."),
             DenyReason::TlsRequired => ("Unauthorized", "Requests must use TLS 1.2 or later."),
             _ => ("Unauthorized", "Access to requested resource is denied."),
         };
@@ -304,17 +324,19 @@ pub struct Decision {
     pub caller: Option<usize>,
     pub client_ip: Option<IpAddr>,
     pub verdict: Verdict,
-    /// The verdict is only logged, not enforced.
+    /// The verdict is only logged, not enforced (never the case for a protection denial:
+    /// [`DenyReason::is_protection`]).
     pub dry_run: bool,
     /// Allowed so far, but the request body (an RDT request) must still be checked.
     pub needs_body_check: bool,
 }
 
 impl Decision {
-    /// Whether the request is stopped.
+    /// Whether the request is stopped. Dry-run lets access denials through, never protections
+    /// ([`DenyReason::is_protection`]).
     pub fn enforced_denial(&self) -> Option<DenyReason> {
         match self.verdict {
-            Verdict::Deny(reason) if !self.dry_run => Some(reason),
+            Verdict::Deny(reason) if !self.dry_run || reason.is_protection() => Some(reason),
             _ => None,
         }
     }
@@ -355,10 +377,15 @@ impl Access {
         }
         let allow = doc.allow_cidrs.as_ref().map(|l| cidrs(l, "access.allowCidrs")).transpose()?;
         let deny = cidrs(&doc.deny_cidrs, "access.denyCidrs")?;
+        let mut pass_through = Vec::with_capacity(doc.pass_through_paths.len());
         for (i, p) in doc.pass_through_paths.iter().enumerate() {
-            if !p.starts_with('/') {
-                return Err(ConfigError::new(format!("access.passThroughPaths[{i}]"), format!("'{p}' must be a path prefix starting with '/'")));
-            }
+            let segments = uri::path_segments(p.strip_suffix('/').unwrap_or(p)).map_err(|e| {
+                ConfigError::new(
+                    format!("access.passThroughPaths[{i}]"),
+                    format!("'{p}' must be a path prefix of one or more whole segments, like /catalog/ ({e})"),
+                )
+            })?;
+            pass_through.push(segments.into_iter().map(Cow::into_owned).collect::<Vec<_>>());
         }
         let l = &doc.lockout;
         if l.window_seconds == 0 || l.cooldown_seconds == 0 {
@@ -432,7 +459,8 @@ impl Access {
             identity_header,
             allow,
             deny,
-            pass_through: doc.pass_through_paths.clone(),
+            path_words: PathWords::new(catalog, pass_through.iter().flatten().map(String::as_str)),
+            pass_through,
             lockout,
             callers: compiled,
         })
@@ -460,7 +488,26 @@ impl Access {
             }
             Err(reason) => Verdict::Deny(reason),
         };
+        if d.dry_run {
+            // Dry-run relaxes access decisions only: whatever the access checks said (an unknown
+            // caller, say), a path that is invalid or unknown is still refused.
+            if let Err(reason) = self.protect(facts, operation) {
+                d.verdict = Verdict::Deny(reason);
+                d.dry_run = false;
+                d.needs_body_check = false;
+            }
+        }
         d
+    }
+
+    /// The checks no mode relaxes: one canonical path, and an operation of the catalog or a
+    /// pass-through path.
+    fn protect(&self, facts: &RequestFacts, operation: Option<(usize, &Operation)>) -> Result<(), DenyReason> {
+        let target = uri::parse(facts.path).map_err(|_| DenyReason::InvalidPath)?;
+        if operation.is_none() && !self.passes_through(&target.segments) {
+            return Err(DenyReason::UnknownOperation);
+        }
+        Ok(())
     }
 
     fn check(
@@ -470,6 +517,8 @@ impl Access {
         operation: Option<(usize, &Operation)>,
         is_locked: &dyn Fn(&Caller) -> bool,
     ) -> Result<bool, DenyReason> {
+        // One canonical path, whoever asks: what the filter routes and checks is what Amazon sees.
+        let target = uri::parse(facts.path).map_err(|_| DenyReason::InvalidPath)?;
         let tls_ok = matches!(facts.tls_version, Some("TLSv1.2" | "TLSv1.3"));
         if !tls_ok && !(facts.tls_version.is_none() && self.allow_plaintext) {
             return Err(DenyReason::TlsRequired);
@@ -492,18 +541,12 @@ impl Access {
             return Err(DenyReason::LockedOut);
         }
         let Some((index, op)) = operation else {
-            let path = facts.path.split('?').next().unwrap_or("");
-            return if self.pass_through.iter().any(|p| path.starts_with(p.as_str())) {
-                Ok(false)
-            } else {
-                Err(DenyReason::UnknownOperation)
-            };
+            return if self.passes_through(&target.segments) { Ok(false) } else { Err(DenyReason::UnknownOperation) };
         };
         if !caller.operations.get(index).copied().unwrap_or(false) {
             return Err(DenyReason::OperationNotAllowed);
         }
-        for value in query_values(facts.path, "includedData") {
-            let gate = format!("includedData={value}");
+        for gate in requested_included_data(&target.query, op) {
             // Values that unlock no PII field (PACKAGES, PROCEEDS…) need no PII access.
             let gated = op.classes_of(Some(&gate)).count() > 0;
             if gated && !grants_any(caller, op.classes_of(Some(&gate))) {
@@ -517,7 +560,9 @@ impl Access {
     /// operation the caller may use, with access to PII of the requested data elements.
     pub fn check_rdt(&self, caller: usize, catalog: &Catalog, body: &[u8]) -> Result<(), DenyReason> {
         let caller = self.callers.get(caller).ok_or(DenyReason::UnknownCaller)?;
-        let doc: serde_json::Value = serde_json::from_slice(body).map_err(|_| DenyReason::InvalidRdtRequest)?;
+        // Read strictly: a key twice in one object, or in two spellings (`path`, `Path`), is read
+        // differently by different parsers (the last wins here, maybe the first at Amazon).
+        let doc = strict_json(body).ok_or(DenyReason::InvalidRdtRequest)?;
         let resources = doc.get("restrictedResources").and_then(|r| r.as_array()).ok_or(DenyReason::InvalidRdtRequest)?;
         if resources.is_empty() || resources.len() > RDT_MAX_RESOURCES {
             return Err(DenyReason::InvalidRdtRequest);
@@ -525,11 +570,13 @@ impl Access {
         for resource in resources {
             let method = resource.get("method").and_then(|m| m.as_str()).ok_or(DenyReason::InvalidRdtRequest)?;
             let path = resource.get("path").and_then(|p| p.as_str()).ok_or(DenyReason::InvalidRdtRequest)?;
-            let index = catalog.route_index(method, path).ok_or(DenyReason::RdtResourceNotAllowed)?;
-            if !caller.operations[index] {
+            // The path rules of requests apply (generic `{orderId}` segments are ordinary segments).
+            let target = uri::parse(path).map_err(|_| DenyReason::InvalidRdtRequest)?;
+            let index = catalog.route_segments(method, &target.segments).ok_or(DenyReason::RdtResourceNotAllowed)?;
+            let op = catalog.operations.get(index).ok_or(DenyReason::RdtResourceNotAllowed)?;
+            if !caller.operations.get(index).copied().unwrap_or(false) {
                 return Err(DenyReason::RdtResourceNotAllowed);
             }
-            let op = &catalog.operations[index];
             let elements: Vec<&str> = match resource.get("dataElements") {
                 None | Some(serde_json::Value::Null) => Vec::new(),
                 Some(serde_json::Value::Array(list)) => {
@@ -552,6 +599,20 @@ impl Access {
             }
         }
         Ok(())
+    }
+
+    /// Whether decoded path segments fall under one of `access.passThroughPaths`, whole segment by
+    /// whole segment (`/catalog/` passes `/catalog/2022-04-01/items`, not `/catalogue/x`).
+    fn passes_through(&self, segments: &[Cow<str>]) -> bool {
+        self.pass_through.iter().any(|prefix| {
+            prefix.len() <= segments.len() && prefix.iter().zip(segments).all(|(p, s)| p == s)
+        })
+    }
+
+    /// The path segments the audit log may print outside the catalog: the catalog's template
+    /// literals and the pass-through prefixes' segments (for [`crate::audit::redacted_path_with`]).
+    pub fn path_words(&self) -> &PathWords {
+        &self.path_words
     }
 
     /// The identity sources, in the order they are tried (the filter reads only what it needs).
@@ -674,41 +735,109 @@ fn parse_address(s: &str) -> Option<IpAddr> {
     s.parse::<IpAddr>().ok().or_else(|| s.parse::<SocketAddr>().ok().map(|a| a.ip())).map(canonical)
 }
 
-/// The values of query parameter `name` (comma-separated lists split, percent-decoded).
-fn query_values<'a>(path: &'a str, name: &'a str) -> impl Iterator<Item = String> + 'a {
-    let query = path.split_once('?').map(|(_, q)| q).unwrap_or("");
-    query
-        .split('&')
-        .filter_map(move |pair| {
-            let (k, v) = pair.split_once('=')?;
-            (percent_decode(k) == name).then(|| percent_decode(v))
-        })
-        .flat_map(|v| v.split(',').map(str::to_string).collect::<Vec<_>>())
-        .filter(|v| !v.is_empty())
-}
-
-fn percent_decode(s: &str) -> String {
-    let bytes = s.as_bytes();
-    let mut out = Vec::with_capacity(bytes.len());
-    let mut i = 0;
-    while i < bytes.len() {
-        let hex = bytes.get(i + 1..i + 3).and_then(|h| std::str::from_utf8(h).ok()).and_then(|h| u8::from_str_radix(h, 16).ok());
-        match (bytes[i], hex) {
-            (b'%', Some(b)) => {
-                out.push(b);
-                i += 3;
-            }
-            (b'+', _) => {
-                out.push(b' ');
-                i += 1;
-            }
-            (b, _) => {
-                out.push(b);
-                i += 1;
+/// The `includedData` gates (`includedData=BUYER`…) a request asks for, read the way Amazon could
+/// read them: the decoded parameter name case-insensitively, a `[…]` suffix and spaces ignored;
+/// values split on commas, trimmed, case-insensitive. A value that is not exactly a known one
+/// (`BUYER;x`, `*`, empty) counts as asking for every gate of the operation: never ignored.
+fn requested_included_data(query: &[uri::QueryPair], op: &Operation) -> Vec<String> {
+    let mut gates = Vec::new();
+    for (_, value) in query.iter().filter(|(name, _)| is_included_data(name)) {
+        for item in value.split(',').map(str::trim) {
+            match INCLUDED_DATA.iter().find(|known| known.eq_ignore_ascii_case(item)) {
+                Some(known) => gates.push(format!("includedData={known}")),
+                None => gates.extend(
+                    op.response_rules
+                        .iter()
+                        .filter_map(|r| r.data_element.as_deref())
+                        .filter(|d| d.starts_with("includedData="))
+                        .map(str::to_string),
+                ),
             }
         }
     }
-    String::from_utf8_lossy(&out).into_owned()
+    gates.sort();
+    gates.dedup();
+    gates
+}
+
+/// A JSON document in which no object has a key twice, compared case-insensitively (Unicode
+/// simple case folding); `None` if it has, or is not JSON. serde_json's recursion limit applies.
+fn strict_json(body: &[u8]) -> Option<serde_json::Value> {
+    serde_json::from_slice::<StrictJson>(body).ok().map(|v| v.0)
+}
+
+struct StrictJson(serde_json::Value);
+
+impl<'de> Deserialize<'de> for StrictJson {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        d.deserialize_any(StrictVisitor).map(StrictJson)
+    }
+}
+
+struct StrictVisitor;
+
+impl<'de> serde::de::Visitor<'de> for StrictVisitor {
+    type Value = serde_json::Value;
+
+    fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+        f.write_str("a JSON value without duplicate keys")
+    }
+
+    fn visit_unit<E>(self) -> Result<Self::Value, E> {
+        Ok(serde_json::Value::Null)
+    }
+
+    fn visit_bool<E>(self, v: bool) -> Result<Self::Value, E> {
+        Ok(serde_json::Value::Bool(v))
+    }
+
+    fn visit_i64<E>(self, v: i64) -> Result<Self::Value, E> {
+        Ok(v.into())
+    }
+
+    fn visit_u64<E>(self, v: u64) -> Result<Self::Value, E> {
+        Ok(v.into())
+    }
+
+    fn visit_f64<E>(self, v: f64) -> Result<Self::Value, E> {
+        Ok(serde_json::Number::from_f64(v).map_or(serde_json::Value::Null, serde_json::Value::Number))
+    }
+
+    fn visit_str<E>(self, v: &str) -> Result<Self::Value, E> {
+        Ok(serde_json::Value::String(v.to_string()))
+    }
+
+    fn visit_string<E>(self, v: String) -> Result<Self::Value, E> {
+        Ok(serde_json::Value::String(v))
+    }
+
+    fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut seq: A) -> Result<Self::Value, A::Error> {
+        let mut items = Vec::new();
+        while let Some(StrictJson(v)) = seq.next_element()? {
+            items.push(v);
+        }
+        Ok(serde_json::Value::Array(items))
+    }
+
+    fn visit_map<A: serde::de::MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
+        let mut object = serde_json::Map::new();
+        let mut folded = std::collections::BTreeSet::new();
+        while let Some(key) = map.next_key::<String>()? {
+            let fold: String = key.chars().flat_map(char::to_uppercase).flat_map(char::to_lowercase).collect();
+            if !folded.insert(fold) {
+                return Err(serde::de::Error::custom("duplicate key"));
+            }
+            let StrictJson(value) = map.next_value()?;
+            object.insert(key, value);
+        }
+        Ok(serde_json::Value::Object(object))
+    }
+}
+
+/// `includedData`, `includeddata`, `includedData[]`, `includedData[0]`, ` includedData `…
+fn is_included_data(name: &str) -> bool {
+    let base = name.split_once('[').map_or(name, |(base, _)| base);
+    base.trim().eq_ignore_ascii_case("includedData")
 }
 
 #[cfg(test)]
@@ -841,6 +970,93 @@ mod tests {
     }
 
     #[test]
+    fn invalid_paths_are_refused_before_anything_else() {
+        let g = guard(&policy()).expect("loads");
+        for path in [
+            "/orders/v0/orders/.",
+            "/orders/v0/orders/./address",
+            "/orders/v0/orders/",
+            "/orders/v0/orders//address",
+            "/catalog/../orders/v0/orders/1/address",
+            "/catalog/%2E%2E/orders/v0/orders/1/address",
+            "/catalog/..%3B/orders/v0/orders/1/address",
+            "/catalog/..;/orders/v0/orders/1/address",
+            "/catalog/x%2F..%2F..%2Forders/v0/orders/1/address",
+            "/catalog/x%5C..%5Corders",
+            "/catalog\\..\\orders/v0/orders/1/address",
+            "/orders/v0/orders/1%0A/address",
+            "/orders/v0/orders/%ZZ/address",
+            "/orders/v0/orders/%C3%28/address",
+            "/orders/v0/orders?BuyerEmail=a%ZZ",
+            "/orders/v0/orders/1/address?x=%00",
+            "/orders/v0/orders/1/address#x",
+            "orders/v0/orders",
+        ] {
+            assert_eq!(verdict(&g, &facts(Some(SYNC), path), "GET"), Verdict::Deny(DenyReason::InvalidPath), "{path}");
+        }
+        let mut plaintext = facts(None, "/catalog/../orders/v0/orders/1/address");
+        plaintext.tls_version = None;
+        assert_eq!(verdict(&g, &plaintext, "GET"), Verdict::Deny(DenyReason::InvalidPath), "whoever asks");
+        let reason = DenyReason::InvalidPath;
+        assert_eq!((reason.code(), reason.status()), ("invalid_path", 400));
+        let body: Value = serde_json::from_str(&reason.error_body()).expect("json");
+        assert_eq!(body["errors"][0]["code"], "InvalidInput");
+        assert_eq!(body["errors"][0]["details"], "spapi-guard:invalid_path");
+    }
+
+    #[test]
+    fn pass_through_prefixes_match_whole_decoded_segments() {
+        let mut p = policy();
+        p["access"]["passThroughPaths"] = json!(["/catalog", "/fba/inventory/"]);
+        let g = guard(&p).expect("loads");
+        let allow = Verdict::Allow;
+        let unknown = Verdict::Deny(DenyReason::UnknownOperation);
+        assert_eq!(verdict(&g, &facts(Some(SYNC), "/catalog/2022-04-01/items?keywords=x"), "GET"), allow);
+        assert_eq!(verdict(&g, &facts(Some(SYNC), "/%63atalog/2022-04-01/items"), "GET"), allow, "what Amazon sees");
+        assert_eq!(verdict(&g, &facts(Some(SYNC), "/fba/inventory/v1/summaries"), "GET"), allow);
+        assert_eq!(verdict(&g, &facts(Some(SYNC), "/catalogue/items"), "GET"), unknown, "not a whole segment");
+        assert_eq!(verdict(&g, &facts(Some(SYNC), "/fba/inventoryx/v1"), "GET"), unknown);
+        assert_eq!(verdict(&g, &facts(Some(SYNC), "/fba/outbound/2020-07-01/x/y/z"), "GET"), unknown);
+        for bad in ["/", "/catalog/../orders/", "catalog/", "/a//b", "/x%2Fy/"] {
+            let mut p = policy();
+            p["access"]["passThroughPaths"] = json!(["/sellers/", bad]);
+            let e = guard(&p).err().unwrap_or_else(|| panic!("{bad} accepted"));
+            assert_eq!(e.field, "access.passThroughPaths[1]", "{e}");
+        }
+    }
+
+    #[test]
+    fn dry_run_relaxes_access_decisions_never_protection() {
+        let intruder = "spiffe://test/intruder";
+        let mut global = policy();
+        global["access"]["dryRun"] = json!(true);
+        let mut role = policy();
+        role["roles"]["labels"]["dryRun"] = json!(true);
+        for (name, p, callers) in [("global", global, vec![Some(LABELS), Some(intruder), None]), ("role", role, vec![Some(LABELS)])] {
+            let g = guard(&p).expect("loads");
+            // Access decisions are only logged…
+            let d = decide(&g, &facts(Some(LABELS), "/orders/v0/orders"), "GET");
+            assert_eq!((d.verdict, d.dry_run, d.enforced_denial()), (Verdict::Deny(DenyReason::OperationNotAllowed), true, None), "{name}");
+            // …but unknown operations and invalid paths are refused, whoever asks.
+            for who in callers {
+                let d = decide(&g, &facts(who, "/reports/2021-06-30/reports"), "GET");
+                assert_eq!((d.verdict, d.dry_run), (Verdict::Deny(DenyReason::UnknownOperation), false), "{name} {who:?}");
+                assert_eq!(d.enforced_denial(), Some(DenyReason::UnknownOperation), "{name} {who:?}");
+                for path in ["/catalog/..%3B/orders/v0/orders/1/address", "/orders/v0/orders/./address", "/orders/v0/orders?x=%ZZ"] {
+                    let d = decide(&g, &facts(who, path), "GET");
+                    assert_eq!(d.enforced_denial(), Some(DenyReason::InvalidPath), "{name} {who:?} {path}");
+                }
+            }
+        }
+        // A pass-through path stays an access decision: relaxed in dry-run.
+        let mut p = policy();
+        p["access"]["dryRun"] = json!(true);
+        let g = guard(&p).expect("loads");
+        let d = decide(&g, &facts(Some(intruder), "/catalog/2022-04-01/items"), "GET");
+        assert_eq!((d.verdict, d.enforced_denial()), (Verdict::Deny(DenyReason::UnknownCaller), None));
+    }
+
+    #[test]
     fn included_data_needs_access_to_its_classes() {
         let mut p = policy();
         p["roles"]["analytics"]["pii"] = json!({"address": "redact"});
@@ -853,6 +1069,47 @@ mod tests {
         assert_eq!(verdict(&g, &sync, "GET"), Verdict::Allow);
         let no_pii = facts(Some(ANALYTICS), "/orders/2026-01-01/orders?includedData=PACKAGES,PROCEEDS");
         assert_eq!(verdict(&g, &no_pii, "GET"), Verdict::Allow);
+    }
+
+    #[test]
+    fn included_data_is_read_as_amazon_reads_it() {
+        let mut p = policy();
+        p["roles"]["analytics"]["pii"] = json!({"address": "redact"});
+        let g = guard(&p).expect("loads");
+        let denied = [
+            "includedData=buyer",
+            "includedData=BUYER%20",
+            "includedData=+BUYER",
+            "includedData=RECIPIENT,%20buyer",
+            "includeddata=BUYER",
+            "INCLUDEDDATA=RECIPIENT,BUYER",
+            "include%64Data=BUYER",
+            "includedData[]=BUYER",
+            "includedData%5B%5D=BUYER",
+            "includedData[0]=BUYER",
+            "includedData%20=BUYER",
+            "includedData=RECIPIENT&includedData=BUYER",
+            "includedData=RECIPIENT%2CBUYER",
+            // Not exactly a known value: as if every gated value were asked for.
+            "includedData=BUYER;x",
+            "includedData=BUYERS",
+            "includedData=*",
+            "includedData=",
+            "includedData",
+            "includedData=RECIPIENT,",
+        ];
+        for path in ["/orders/2026-01-01/orders", "/orders/2026-01-01/orders/1"] {
+            for query in denied {
+                let target = format!("{path}?{query}");
+                assert_eq!(verdict(&g, &facts(Some(ANALYTICS), &target), "GET"), Verdict::Deny(DenyReason::DataElementNotAllowed), "{target}");
+            }
+            for query in ["includedData=RECIPIENT", "includedData=recipient", "includedData=%20Recipient%20,packages", "includedData[]=RECIPIENT", "includedData=PACKAGES,PROCEEDS", "createdAfter=2024-01-01"] {
+                let target = format!("{path}?{query}");
+                assert_eq!(verdict(&g, &facts(Some(ANALYTICS), &target), "GET"), Verdict::Allow, "{target}");
+            }
+        }
+        // A caller with access to every gated class may ask for anything, known or not.
+        assert_eq!(verdict(&g, &facts(Some(SYNC), "/orders/2026-01-01/orders?includedData=buyer;x"), "GET"), Verdict::Allow);
     }
 
     #[test]
@@ -877,6 +1134,50 @@ mod tests {
         let sync = decide(&g, &facts(Some(SYNC), "/tokens/2021-03-01/restrictedDataToken"), "POST").caller.expect("caller");
         let body = json!({"restrictedResources": [{"method": "GET", "path": "/orders/v0/orders", "dataElements": ["buyerInfo", "shippingAddress"]}]});
         assert_eq!(g.access.check_rdt(sync, &g.catalog, body.to_string().as_bytes()), Ok(()));
+    }
+
+    #[test]
+    fn rdt_bodies_with_duplicate_or_case_variant_keys_or_invalid_paths_are_refused() {
+        let g = guard(&policy()).expect("loads");
+        let labels = decide(&g, &facts(Some(LABELS), "/tokens/2021-03-01/restrictedDataToken"), "POST").caller.expect("caller");
+        let check = |body: &str| g.access.check_rdt(labels, &g.catalog, body.as_bytes());
+        let address = r#"{"method":"GET","path":"/orders/v0/orders/1/address"}"#;
+        assert_eq!(check(&format!(r#"{{"restrictedResources":[{address}]}}"#)), Ok(()));
+        // Each body asks first for what label-printer may not have, then repeats a key (or a
+        // case variant of it) with what it may have: a reader where the last key wins sees only
+        // the allowed part, another reader the forbidden one.
+        let smuggled = [
+            format!(r#"{{"restrictedResources":[{{"method":"GET","path":"/orders/v0/orders","dataElements":["buyerInfo"]}}],"restrictedResources":[{address}]}}"#),
+            format!(r#"{{"RestrictedResources":[{{"method":"GET","path":"/orders/v0/orders"}}],"restrictedResources":[{address}]}}"#),
+            r#"{"restrictedResources":[{"method":"GET","path":"/orders/v0/orders/1/buyerInfo","path":"/orders/v0/orders/1/address"}]}"#.to_string(),
+            r#"{"restrictedResources":[{"method":"GET","Path":"/orders/v0/orders/1/buyerInfo","path":"/orders/v0/orders/1/address"}]}"#.to_string(),
+            r#"{"restrictedResources":[{"method":"GET","pa\u0074h":"/orders/v0/orders/1/buyerInfo","path":"/orders/v0/orders/1/address"}]}"#.to_string(),
+            r#"{"restrictedResources":[{"METHOD":"DELETE","method":"GET","path":"/orders/v0/orders/1/address"}]}"#.to_string(),
+            r#"{"restrictedResources":[{"method":"GET","path":"/orders/v0/orders/1/address","dataElements":["buyerInfo"],"dataelements":[]}]}"#.to_string(),
+            format!(r#"{{"targetApplication":"amzn1.sp.solution.a","targetApplication":"amzn1.sp.solution.b","restrictedResources":[{address}]}}"#),
+            format!(r#"{{"restrictedResources":[{address}],"extra":{{"deep":[{{"k":1,"K":2}}]}}}}"#),
+            // A lone case variant is not the key Amazon documents.
+            format!(r#"{{"RestrictedResources":[{address}]}}"#),
+        ];
+        for body in &smuggled {
+            assert_eq!(check(body), Err(DenyReason::InvalidRdtRequest), "{body}");
+        }
+        // Resource paths follow the request path rules (generic templates stay fine).
+        assert_eq!(check(r#"{"restrictedResources":[{"method":"GET","path":"/orders/v0/orders/{orderId}/address"}]}"#), Ok(()));
+        for path in [
+            "/orders/v0/orders/1/../1/address",
+            "/orders/v0/orders/./address",
+            "/orders/v0/orders/1%2Faddress",
+            "/orders/v0/orders/1/address/",
+            "/orders/v0/orders//address",
+            "/orders/v0/orders/%ZZ/address",
+            "/orders/v0/orders/1\\x/address",
+            "/orders/v0/orders/1/address#x",
+            "orders/v0/orders/1/address",
+        ] {
+            let body = json!({"restrictedResources": [{"method": "GET", "path": path}]}).to_string();
+            assert_eq!(check(&body), Err(DenyReason::InvalidRdtRequest), "{path}");
+        }
     }
 
     #[test]

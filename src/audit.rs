@@ -2,13 +2,17 @@
 //! (configuration, keys, lockouts, canaries, fail-closed). Schema: `docs/audit-event.schema.json`.
 //!
 //! Never in an event: bodies, header values, query values that can carry PII, path parameters,
-//! key material. Paths are logged as the operation's template with PII query values replaced
+//! key material. Paths are logged by allow list: the operation's template, or outside the catalog
+//! only the segments that are catalog or pass-through literals; query parameter names that SP-API
+//! knows, and only values in their parameter's shape ([`crate::query_params`])
 //! (`/orders/v0/orders?BuyerEmail={redacted}&CreatedAfter=2024-01-01`).
 use serde::Serialize;
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::OnceLock;
 
-use crate::catalog::Operation;
+use crate::catalog::{Catalog, Operation, BUILTIN_CATALOG};
 use crate::guard::FieldCounts;
+use crate::{query_params, uri};
 
 /// Schema version of the events.
 pub const SCHEMA_VERSION: u32 = 1;
@@ -149,61 +153,115 @@ impl<'a> SecurityEvent<'a> {
     }
 }
 
-/// The path to log: the operation's template (path parameters hidden) with the query values of
-/// its PII parameters replaced. Outside the catalog: the first three segments and no query values.
+/// The words a logged path outside the catalog may keep: the literal segments of every catalog
+/// template (`orders`, `v0`, `address`…) and of `access.passThroughPaths`. Nothing a client
+/// chose: any other segment can carry PII (`/orders/v0/jane%40example.com`).
+#[derive(Debug, Default, Clone)]
+pub struct PathWords {
+    words: BTreeSet<String>,
+}
+
+impl PathWords {
+    /// The literal segments of `catalog`'s templates and of the pass-through prefixes (decoded
+    /// segments, as `Access` keeps them).
+    pub fn new<'a>(catalog: &Catalog, pass_through: impl IntoIterator<Item = &'a str>) -> PathWords {
+        let mut words: BTreeSet<String> = catalog.template_literals().map(str::to_string).collect();
+        words.extend(pass_through.into_iter().map(str::to_string));
+        PathWords { words }
+    }
+
+    /// The literal segments of the built-in catalog's templates (no policy: no pass-through).
+    /// Read from the embedded catalog's `"pathTemplate"` strings once per VM, without parsing the
+    /// whole document (a test holds it equal to [`PathWords::new`] of the built catalog).
+    pub fn builtin() -> &'static PathWords {
+        static BUILTIN: OnceLock<PathWords> = OnceLock::new();
+        BUILTIN.get_or_init(|| {
+            let mut words = BTreeSet::new();
+            for (_, rest) in BUILTIN_CATALOG.match_indices("\"pathTemplate\"").map(|(i, _)| BUILTIN_CATALOG.split_at(i + 14)) {
+                let value = rest.trim_start().strip_prefix(':').map(str::trim_start).and_then(|v| v.strip_prefix('"'));
+                let template = value.and_then(|v| v.split_once('"')).map_or("", |(t, _)| t);
+                words.extend(template.split('/').filter(|s| !s.is_empty() && !s.starts_with('{')).map(str::to_string));
+            }
+            PathWords { words }
+        })
+    }
+
+    pub fn contains(&self, word: &str) -> bool {
+        self.words.contains(word)
+    }
+}
+
+/// Segments printed of a path outside the catalog; the rest is `/{…}`.
+pub const MAX_SEGMENTS: usize = 16;
+
+/// The path to log, with the built-in catalog's words only ([`PathWords::builtin`]): prefer
+/// [`redacted_path_with`] and `Access::path_words`, which also know the policy's pass-through
+/// prefixes and operations.
 pub fn redacted_path(path: &str, operation: Option<&Operation>) -> String {
-    let (path_part, query) = match path.split_once('?') {
-        Some((p, q)) => (p, Some(q)),
-        None => (path, None),
-    };
+    redacted_path_with(path, operation, PathWords::builtin())
+}
+
+/// The path to log, by allow list (no PII can get through):
+///
+/// * a catalog operation's path is its template (`/orders/v0/orders/{orderId}/address`); outside
+///   the catalog each decoded segment is printed if it is one of `words`, else `{redacted}`;
+/// * a query parameter's decoded name is printed if it is a known SP-API parameter
+///   ([`query_params`]) or a `queryPii` parameter of the operation, else `{redacted}`; its decoded
+///   value only if that parameter's row applies to the operation and the value has its shape
+///   (dates, enumerations, marketplace ids, small integers), never for `queryPii` parameters;
+/// * the fragment is never printed; what cannot be decoded is `{redacted}`.
+pub fn redacted_path_with(path: &str, operation: Option<&Operation>, words: &PathWords) -> String {
+    let parts = uri::split(path);
     let mut out = match operation {
         Some(op) => op.path_template.clone(),
-        None => {
-            let segments: Vec<&str> = path_part.split('/').skip(1).collect();
-            let mut kept = String::new();
-            for s in segments.iter().take(3) {
-                kept.push('/');
-                kept.push_str(&safe_segment(s));
-            }
-            if segments.len() > 3 {
-                kept.push_str("/{…}");
-            }
-            if kept.is_empty() {
-                kept.push('/');
-            }
-            kept
-        }
+        None => unknown_path(parts.path, words),
     };
-    if let Some(query) = query.filter(|q| !q.is_empty()) {
-        out.push('?');
-        for (i, pair) in query.split('&').enumerate() {
-            if i > 0 {
-                out.push('&');
-            }
-            let (name, value) = pair.split_once('=').unwrap_or((pair, ""));
-            out.push_str(&safe_segment(name));
-            out.push('=');
-            let pii = match operation {
-                Some(op) => op.query_pii.iter().any(|(p, _)| p.eq_ignore_ascii_case(name)),
-                None => true,
-            };
-            if pii {
+    let operation_id = operation.map(|op| op.id.as_str());
+    let mut first = true;
+    for piece in parts.query.unwrap_or("").split('&').filter(|p| !p.is_empty()) {
+        out.push(if first { '?' } else { '&' });
+        first = false;
+        let has_value = piece.contains('=');
+        let (name, value) = match uri::query_pair(piece) {
+            Ok(pair) => pair,
+            Err(_) => {
                 out.push_str(REDACTED);
-            } else {
-                out.push_str(&safe_segment(value));
+                if has_value {
+                    out.push('=');
+                    out.push_str(REDACTED);
+                }
+                continue;
             }
+        };
+        let pii = operation.is_some_and(|op| op.query_pii.iter().any(|(p, _)| *p == name));
+        let known = pii || query_params::is_known_name(&name);
+        out.push_str(if known { &name } else { REDACTED });
+        if has_value {
+            out.push('=');
+            let show = known && !pii && query_params::loggable(&name, &value, operation_id);
+            out.push_str(if show { &value } else { REDACTED });
         }
     }
     out
 }
 
-/// A path segment or query part kept only if it is short, plain ASCII; otherwise redacted.
-fn safe_segment(s: &str) -> String {
-    if s.len() <= 64 && s.bytes().all(|b| b.is_ascii_alphanumeric() || b"-_.,:%+".contains(&b)) {
-        s.to_string()
-    } else {
-        REDACTED.to_string()
+fn unknown_path(path: &str, words: &PathWords) -> String {
+    let Some(rest) = path.strip_prefix('/') else { return format!("/{REDACTED}") };
+    let mut out = String::with_capacity(path.len());
+    for (i, raw) in rest.split('/').enumerate() {
+        if i == MAX_SEGMENTS {
+            out.push_str("/{…}");
+            break;
+        }
+        out.push('/');
+        match uri::segment(raw) {
+            Ok(word) if words.contains(&word) => out.push_str(&word),
+            // An empty segment (`//`, a trailing `/`) carries nothing.
+            Err(uri::UriError::EmptySegment) if raw.is_empty() => {}
+            _ => out.push_str(REDACTED),
+        }
     }
+    out
 }
 
 /// `2026-11-29T12:34:56.789Z` from milliseconds since the Unix epoch.
@@ -267,10 +325,100 @@ mod tests {
         assert_eq!(redacted_path("/orders/v0/orders/902-1/address", Some(address)), "/orders/v0/orders/{orderId}/address");
         let points = c.route("GET", "/shipping/v2/accessPoints").expect("op");
         assert_eq!(redacted_path("/shipping/v2/accessPoints?postalCode=98101&countryCode=US", Some(points)), "/shipping/v2/accessPoints?postalCode={redacted}&countryCode=US");
-        assert_eq!(redacted_path("/catalog/2022-04-01/items/B00X/x?keywords=jane", None), "/catalog/2022-04-01/items/{…}?keywords={redacted}");
-        assert_eq!(redacted_path("/a b/c", None), "/{redacted}/c");
         let odd = redacted_path("/orders/v0/orders?Created<script>=x", Some(orders));
-        assert!(!odd.contains('<'), "{odd}");
+        assert_eq!(odd, "/orders/v0/orders?{redacted}={redacted}");
+    }
+
+    #[test]
+    fn query_names_and_values_are_logged_by_allow_list_only() {
+        let c = Catalog::build(&CatalogOverrides::default()).expect("catalog");
+        let orders = c.route("GET", "/orders/v0/orders").expect("op");
+        let cases = [
+            // Encoded names are decoded before they are looked up.
+            ("Buyer%45mail=jane%40example.com", "BuyerEmail={redacted}"),
+            ("%42uyerEmail=jane%40example.com", "BuyerEmail={redacted}"),
+            // Names that are not SP-API parameter names are not printed, nor their values.
+            ("BuyerEmail+=jane%40example.com", "{redacted}={redacted}"),
+            ("BuyerEmail[]=jane%40example.com", "{redacted}={redacted}"),
+            ("buyeremail=jane%40example.com", "{redacted}={redacted}"),
+            ("BuyerEmail%3Djane%40example.com", "{redacted}"),
+            ("jane%40example.com", "{redacted}"),
+            ("keywords=jane", "{redacted}={redacted}"),
+            // Known names print a value only in their shape.
+            ("MarketplaceIds=jane%40example.com", "MarketplaceIds={redacted}"),
+            ("MarketplaceIds=4155551234", "MarketplaceIds={redacted}"),
+            ("OrderStatuses=Jane%20Doe", "OrderStatuses={redacted}"),
+            ("CreatedAfter=TEST_CASE_200", "CreatedAfter={redacted}"),
+            ("MaxResultsPerPage=4155551234", "MaxResultsPerPage={redacted}"),
+            ("NextToken=2YgYW55IGNhcm5hbCBwbGVhc3VyZS4", "NextToken={redacted}"),
+            ("SellerOrderId=jane", "SellerOrderId={redacted}"),
+            ("x=%ZZjane", "{redacted}={redacted}"),
+            // Parameters of other operations: the name is known, the value is not printed.
+            ("status=NEW", "status={redacted}"),
+            (
+                "CreatedAfter=2024-12-20T00%3A00%3A00Z&MarketplaceIds=ATVPDKIKX0DER,A1F83G8C2ARO7P&OrderStatuses=Shipped,Unshipped&MaxResultsPerPage=50&IsISPU=false",
+                "CreatedAfter=2024-12-20T00:00:00Z&MarketplaceIds=ATVPDKIKX0DER,A1F83G8C2ARO7P&OrderStatuses=Shipped,Unshipped&MaxResultsPerPage=50&IsISPU=false",
+            ),
+        ];
+        for (query, logged) in cases {
+            assert_eq!(redacted_path(&format!("/orders/v0/orders?{query}"), Some(orders)), format!("/orders/v0/orders?{logged}"), "{query}");
+        }
+        let search = c.route("GET", "/orders/2026-01-01/orders").expect("op");
+        assert_eq!(
+            redacted_path("/orders/2026-01-01/orders?includedData=BUYER,RECIPIENT&includedData=buyer&fulfilledBy=AMAZON", Some(search)),
+            "/orders/2026-01-01/orders?includedData=BUYER,RECIPIENT&includedData={redacted}&fulfilledBy=AMAZON"
+        );
+    }
+
+    #[test]
+    fn paths_outside_the_catalog_keep_only_known_segments() {
+        let words = PathWords::builtin();
+        let cases = [
+            ("/orders/v0/jane%40example.com", "/orders/v0/{redacted}"),
+            ("/orders/v0/orders/jane%40example.com/x/address", "/orders/v0/orders/{redacted}/{redacted}/address"),
+            ("/sellers/v1/jane%40example.com/x", "/{redacted}/v1/{redacted}/{redacted}"),
+            ("/orders/v0/orders/", "/orders/v0/orders/"),
+            ("/orders/v0/%6Frders/1", "/orders/v0/orders/{redacted}"),
+            ("/a b/c", "/{redacted}/{redacted}"),
+            ("/catalog/..%3B/orders/v0", "/{redacted}/{redacted}/orders/v0"),
+            ("/x%2Forders", "/{redacted}"),
+            ("jane", "/{redacted}"),
+            ("", "/{redacted}"),
+            ("/orders/v0/orders#jane", "/orders/v0/orders"),
+            ("/orders/v0/orders?MarketplaceIds=ATVPDKIKX0DER&OrderStatuses=Shipped&q=jane", "/orders/v0/orders?MarketplaceIds=ATVPDKIKX0DER&OrderStatuses={redacted}&{redacted}={redacted}"),
+        ];
+        for (path, logged) in cases {
+            assert_eq!(redacted_path_with(path, None, words), logged, "{path}");
+            assert_eq!(redacted_path(path, None), logged, "{path}");
+        }
+        let long = format!("/orders{}", "/v0".repeat(40));
+        assert_eq!(redacted_path(&long, None), format!("/orders{}/{{…}}", "/v0".repeat(MAX_SEGMENTS - 1)));
+        // With the policy's pass-through prefixes and added operations.
+        let g = crate::guard::Guard::load(
+            serde_json::json!({
+                "version": 1,
+                "keys": {"active": "k1", "env": {"k1": "K1"}},
+                "access": {"passThroughPaths": ["/sellers/", "/catalog/2022-04-01/"]},
+                "catalog": {"operations": [{"id": "custom-v1.getThing", "method": "GET", "pathTemplate": "/custom/v1/things/{id}"}]}
+            })
+            .to_string()
+            .as_bytes(),
+            &|_| Some("8f4c1a2b3d5e6f708192a3b4c5d6e7f8091a2b3c4d5e6f708192a3b4c5d6e7f8".to_string()),
+        )
+        .expect("loads");
+        let words = g.access.path_words();
+        assert_eq!(redacted_path_with("/sellers/v1/jane%40example.com/x", None, words), "/sellers/v1/{redacted}/{redacted}");
+        assert_eq!(redacted_path_with("/catalog/2022-04-01/items/jane?keywords=jane", None, words), "/catalog/2022-04-01/{redacted}/{redacted}?{redacted}={redacted}");
+        assert_eq!(redacted_path_with("/custom/v1/jane", None, words), "/custom/v1/{redacted}");
+        assert_eq!(redacted_path("/custom/v1/jane", None), "/{redacted}/v1/{redacted}", "the built-in catalog only");
+    }
+
+    #[test]
+    fn builtin_words_are_the_built_catalogs_literals() {
+        let c = Catalog::build(&CatalogOverrides::default()).expect("catalog");
+        let built = PathWords::new(&c, []);
+        assert_eq!(PathWords::builtin().words, built.words);
+        assert!(built.words.len() > 60 && built.contains("orders") && !built.contains("{orderId}"));
     }
 
     #[test]

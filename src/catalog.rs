@@ -260,12 +260,23 @@ impl Catalog {
 
     /// The operation a request is for, if the catalog knows it.
     pub fn route(&self, method: &str, path: &str) -> Option<&Operation> {
-        self.route_index(method, path).map(|i| &self.operations[i])
+        self.route_index(method, path).and_then(|i| self.operations.get(i))
     }
 
-    /// The index in `operations` of the operation a request is for.
+    /// The index in `operations` of the operation a request is for. `path` is the raw `:path`,
+    /// query included; a path [`crate::uri`] refuses has no operation.
     pub fn route_index(&self, method: &str, path: &str) -> Option<usize> {
         self.router.route(method, path)
+    }
+
+    /// The index of the operation of decoded, checked path segments ([`crate::uri::Target`]).
+    pub fn route_segments(&self, method: &str, segments: &[std::borrow::Cow<str>]) -> Option<usize> {
+        self.router.route_segments(method, segments)
+    }
+
+    /// The literal segments of every operation's path template (`orders`, `v0`, `address`…).
+    pub fn template_literals(&self) -> impl Iterator<Item = &str> {
+        self.router.literals()
     }
 
     /// The operation with this id.

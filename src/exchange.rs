@@ -19,7 +19,7 @@
 use std::rc::Rc;
 
 use crate::access::{Caller, Decision, DenyReason, IdentitySource, RequestFacts, Verdict};
-use crate::audit::{redacted_path, AuditEvent, DecisionIds, DecisionKind, Outcome, SecurityEvent};
+use crate::audit::{redacted_path_with, AuditEvent, DecisionIds, DecisionKind, Outcome, SecurityEvent};
 use crate::canary::ChunkScanner;
 use crate::fail_closed::{check_response_headers, FailReason};
 use crate::guard::{FieldCounts, Guard};
@@ -453,7 +453,7 @@ impl Exchange {
             api: operation.map(|o| o.api.as_str()),
             api_version: operation.map(|o| o.version.as_str()),
             method: &self.method,
-            path: redacted_path(&self.path, operation),
+            path: redacted_path_with(&self.path, operation, self.guard.access.path_words()),
             decision: self.decision_kind,
             outcome: self.outcome,
             reason: self.reason,

@@ -5,7 +5,8 @@
 //!
 //! * [`policy_doc`] — the policy document as written: parsed, validated, every error naming its field.
 //! * [`policy`], [`keyring`], [`catalog`] — configuration: what to do, with which keys, where.
-//! * [`router`], [`field_path`], [`path_matcher`] — request → operation; JSONPath → automaton.
+//! * [`uri`], [`router`], [`field_path`], [`path_matcher`] — request target → decoded segments and
+//!   query pairs → operation; JSONPath → automaton.
 //! * [`json_rewrite`] — byte-faithful, validating one-pass body rewriting.
 //! * [`tokens`] — the AES-256-GCM token engine.
 //! * [`guard`] — the loaded configuration applied to a body.
@@ -36,10 +37,12 @@ pub mod path_matcher;
 pub mod pii;
 pub mod policy;
 pub mod policy_doc;
+pub mod query_params;
 pub mod router;
 #[doc(hidden)]
 pub mod testing;
 pub mod tokens;
+pub mod uri;
 
 #[cfg(target_arch = "wasm32")]
 mod filter;

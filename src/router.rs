@@ -1,8 +1,13 @@
 //! Maps a request (method + path) to an SP-API operation by its path template.
 //!
 //! Envoy has no per-route Wasm configuration, so the filter routes for itself. Templates are
-//! matched segment by segment; where several match (`/fulfillmentOrders/preview` and
+//! matched segment by segment against the decoded segments of [`crate::uri`] (what the SP-API
+//! sees); a path `uri` refuses (dot, empty, encoded-slash or backslash segments, bad encodings)
+//! routes nowhere. Where several templates match (`/fulfillmentOrders/preview` and
 //! `/fulfillmentOrders/{id}`), the one with a literal segment earliest wins, as in OpenAPI.
+use std::borrow::Cow;
+
+use crate::uri;
 
 /// One segment of a path template.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -36,12 +41,21 @@ impl PathTemplate {
         Ok(PathTemplate { segments })
     }
 
-    fn matches(&self, parts: &[&str]) -> bool {
+    /// Whether decoded, checked segments (never empty, never dot segments) fit the template.
+    fn matches(&self, parts: &[Cow<str>]) -> bool {
         self.segments.len() == parts.len()
             && self.segments.iter().zip(parts).all(|(s, p)| match s {
                 Segment::Literal(l) => l == p,
                 Segment::Param => !p.is_empty(),
             })
+    }
+
+    /// The literal segments (`orders`, `v0`…), parameters left out.
+    pub fn literals(&self) -> impl Iterator<Item = &str> {
+        self.segments.iter().filter_map(|s| match s {
+            Segment::Literal(l) => Some(l.as_str()),
+            Segment::Param => None,
+        })
     }
 
     /// Orders templates so that literal segments beat parameters, position by position.
@@ -66,15 +80,25 @@ impl Router {
         Ok(())
     }
 
-    /// The operation a request is for. `path` may carry a query string.
+    /// The operation a request is for. `path` is the raw request target, query included; a target
+    /// [`uri::parse`] refuses routes nowhere.
     pub fn route(&self, method: &str, path: &str) -> Option<usize> {
-        let path = path.split(['?', '#']).next().unwrap_or("");
-        let parts: Vec<&str> = path.strip_prefix('/')?.split('/').collect();
+        let target = uri::parse(path).ok()?;
+        self.route_segments(method, &target.segments)
+    }
+
+    /// The operation of already decoded and checked path segments.
+    pub fn route_segments(&self, method: &str, segments: &[Cow<str>]) -> Option<usize> {
         self.routes
             .iter()
-            .filter(|(m, t, _)| m == method && t.matches(&parts))
+            .filter(|(m, t, _)| m == method && t.matches(segments))
             .max_by(|a, b| a.1.specificity().cmp(&b.1.specificity()))
             .map(|(_, _, op)| *op)
+    }
+
+    /// Every template's literal segments.
+    pub fn literals(&self) -> impl Iterator<Item = &str> {
+        self.routes.iter().flat_map(|(_, t, _)| t.literals())
     }
 }
 
@@ -107,6 +131,35 @@ mod tests {
         assert_eq!(r.route("GET", "/orders/v0/orders//address"), None);
         assert_eq!(r.route("GET", "/orders/v0/orders/123/address/"), None);
         assert_eq!(r.route("GET", "orders/v0/orders"), None);
+    }
+
+    #[test]
+    fn refuses_dot_empty_slash_and_backslash_segments() {
+        let r = router();
+        for path in [
+            "/orders/v0/orders/.",
+            "/orders/v0/orders/..",
+            "/orders/v0/orders/%2E",
+            "/orders/v0/orders/%2e%2E",
+            "/orders/v0/orders/..;x",
+            "/orders/v0/orders/1%2F2",
+            "/orders/v0/orders/1%5C2",
+            "/orders/v0/orders/1\\2",
+            "/orders/v0/orders/1%0A",
+            "/orders/v0/orders/%ZZ",
+            "/orders/v0/orders/1#x",
+            "/orders/v0/orders/1?x=%ZZ",
+        ] {
+            assert_eq!(r.route("GET", path), None, "{path}");
+        }
+    }
+
+    #[test]
+    fn matches_decoded_segments() {
+        let r = router();
+        assert_eq!(r.route("GET", "/orders/v0/%6Frders/123"), Some(1), "Amazon decodes %6F too");
+        assert_eq!(r.route("GET", "/orders/v0/orders/123%2D4/address"), Some(2));
+        assert_eq!(r.route("GET", "/orders/v0/orders?CreatedAfter=2020-01-01T00%3A00%3A00Z"), Some(0));
     }
 
     #[test]
