@@ -283,7 +283,20 @@ impl Exchange {
         }
         self.decision = Some(decision);
         self.path = path;
-        let path_hits = guard.canaries.find(self.path.as_bytes());
+        let mut path_hits = guard.canaries.find(self.path.as_bytes());
+        if !guard.canaries.is_empty() {
+            // Also as Amazon reads it: a canary partly percent-encoded in the query (Envoy
+            // normalizes the path's escapes, not the query's) is still found.
+            if let Ok(target) = crate::uri::parse(&self.path) {
+                for text in target.segments.iter().chain(target.query.iter().flat_map(|(n, v)| [n, v])) {
+                    for hit in guard.canaries.find(text.as_bytes()) {
+                        if !path_hits.contains(&hit) {
+                            path_hits.push(hit);
+                        }
+                    }
+                }
+            }
+        }
         if self.canaries_seen(host, path_hits) {
             return self.deny(host, DenyReason::CanaryBlocked);
         }

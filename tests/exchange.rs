@@ -474,6 +474,16 @@ fn a_request_the_filter_never_saw_is_still_audited() {
 }
 
 #[test]
+fn canaries_partly_percent_encoded_in_the_query_are_found() {
+    let mut policy = default_policy();
+    policy["canaries"] = json!({"block": true, "records": [{"id": "c1", "value": "canary@example.com"}]});
+    let guard = guard_with(policy);
+    let mut x = Exchange1::new(Rc::clone(&guard), "GET", "/orders/v0/orders?BuyerEmail=canary%40exampl%65.com&MarketplaceIds=ATVPDKIKX0DER", Some(ORDER_SYNC));
+    x.request(&[], false);
+    assert_eq!(x.seen.reply.as_ref().and_then(|r| r.header("x-spapi-guard").map(str::to_string)), Some("canary_blocked".into()));
+}
+
+#[test]
 fn canaries_in_a_response_block_it() {
     let mut policy = default_policy();
     policy["canaries"] = json!({"block": true, "records": [{"id": "c1", "value": "Canary McCanaryface"}]});
