@@ -169,6 +169,9 @@ pub enum IdentitySource {
     DnsSan,
     Subject,
     Header,
+    /// The proxy's own node id: a sidecar on the app's loopback, where the caller is the workload
+    /// the proxy was deployed for (never anything the request says).
+    Node,
 }
 
 impl IdentitySource {
@@ -178,6 +181,7 @@ impl IdentitySource {
             "dns_san" => IdentitySource::DnsSan,
             "subject" => IdentitySource::Subject,
             "header" => IdentitySource::Header,
+            "node" => IdentitySource::Node,
             _ => return None,
         })
     }
@@ -188,6 +192,7 @@ impl IdentitySource {
             IdentitySource::DnsSan => "dns_san",
             IdentitySource::Subject => "subject",
             IdentitySource::Header => "header",
+            IdentitySource::Node => "node",
         }
     }
 }
@@ -272,7 +277,10 @@ impl DenyReason {
 
     pub fn status(self) -> u32 {
         match self {
-            DenyReason::LockedOut => 429,
+            // Not 429: every SP-API client retries a 429 (urllib3 honours its Retry-After), so a
+            // locked-out app would sleep through its lockout and never learn of it. A 403 is
+            // never retried; Retry-After still says when the lockout ends.
+            DenyReason::LockedOut => 403,
             DenyReason::InvalidRdtRequest | DenyReason::InvalidPath => 400,
             _ => 403,
         }
@@ -281,7 +289,7 @@ impl DenyReason {
     /// The SP-API-style error body: a stable reason, no policy details.
     pub fn error_body(self) -> String {
         let (code, message) = match self {
-            DenyReason::LockedOut => ("QuotaExceeded", "This caller is temporarily locked after repeated denied or anomalous requests."),
+            DenyReason::LockedOut => ("Unauthorized", "This caller is temporarily locked out after repeated denied or anomalous requests; see Retry-After."),
             DenyReason::InvalidRdtRequest => ("InvalidInput", "The Restricted Data Token request could not be read."),
             DenyReason::InvalidPath => ("InvalidInput", "The request path or query is not valid."),
             DenyReason::TlsRequired => ("Unauthorized", "Requests must use TLS 1.2 or later."),
@@ -301,6 +309,9 @@ pub struct RequestFacts<'a> {
     pub subject: Option<&'a str>,
     /// The value of the trusted identity header, if present.
     pub header_identity: Option<&'a str>,
+    /// The proxy's own node id (`node.id` of Envoy's bootstrap, `--service-node`): the workload
+    /// itself, for a sidecar that serves only its own app on loopback.
+    pub node_id: Option<&'a str>,
     /// Envoy's downstream remote address, `ip:port` (the peer, or the client behind trusted
     /// proxies: see `AccessDoc::xff_trusted_hops`).
     pub peer_address: Option<&'a str>,
@@ -354,7 +365,7 @@ impl Access {
         let mut sources = Vec::new();
         for (i, s) in doc.identity.sources.iter().enumerate() {
             let source = IdentitySource::parse(s).ok_or_else(|| {
-                ConfigError::new(format!("access.identity.sources[{i}]"), format!("'{s}' is not an identity source; use uri_san, dns_san, subject or header"))
+                ConfigError::new(format!("access.identity.sources[{i}]"), format!("'{s}' is not an identity source; use uri_san, dns_san, subject, header or node"))
             })?;
             if sources.contains(&source) {
                 return Err(ConfigError::new(format!("access.identity.sources[{i}]"), format!("'{s}' is listed twice")));
@@ -362,7 +373,7 @@ impl Access {
             sources.push(source);
         }
         if sources.is_empty() {
-            return Err(ConfigError::new("access.identity.sources", "is empty; list uri_san, dns_san, subject and/or header"));
+            return Err(ConfigError::new("access.identity.sources", "is empty; list uri_san, dns_san, subject, header and/or node"));
         }
         let identity_header = match &doc.identity.header {
             Some(h) if is_header_name(h) => Some(h.to_ascii_lowercase()),
@@ -377,6 +388,14 @@ impl Access {
         }
         let allow = doc.allow_cidrs.as_ref().map(|l| cidrs(l, "access.allowCidrs")).transpose()?;
         let deny = cidrs(&doc.deny_cidrs, "access.denyCidrs")?;
+        // A node identity names the workload the proxy serves, whoever sends the request: only
+        // the app beside it (on loopback) may reach it.
+        if sources.contains(&IdentitySource::Node) && !allow.as_ref().is_some_and(|l| !l.is_empty() && l.iter().all(Cidr::is_loopback)) {
+            return Err(ConfigError::new(
+                "access.allowCidrs",
+                "must list only loopback addresses (127.0.0.1/32, ::1/128) when 'node' is an identity source: the node identity names this proxy's own workload, so only the app beside it may call it",
+            ));
+        }
         let mut pass_through = Vec::with_capacity(doc.pass_through_paths.len());
         for (i, p) in doc.pass_through_paths.iter().enumerate() {
             let segments = uri::path_segments(p.strip_suffix('/').unwrap_or(p)).map_err(|e| {
@@ -410,7 +429,7 @@ impl Access {
             let source = match &c.source {
                 None => IdentitySource::UriSan,
                 Some(s) => IdentitySource::parse(s)
-                    .ok_or_else(|| ConfigError::new(format!("{at}.source"), format!("'{s}' is not an identity source; use uri_san, dns_san, subject or header")))?,
+                    .ok_or_else(|| ConfigError::new(format!("{at}.source"), format!("'{s}' is not an identity source; use uri_san, dns_san, subject, header or node")))?,
             };
             if !sources.contains(&source) {
                 return Err(ConfigError::new(format!("{at}.source"), format!("{} is not in access.identity.sources, so this caller could never be identified", source.as_str())));
@@ -627,6 +646,7 @@ impl Access {
                 IdentitySource::DnsSan => facts.dns_san,
                 IdentitySource::Subject => facts.subject,
                 IdentitySource::Header => facts.header_identity,
+                IdentitySource::Node => facts.node_id,
             };
             value.filter(|v| !v.is_empty()).map(|v| (source, v.to_string()))
         })
@@ -1206,6 +1226,26 @@ mod tests {
             let e = guard(&p).err().unwrap_or_else(|| panic!("{pointer} accepted"));
             assert_eq!(e.field, field, "{e}");
         }
+    }
+
+    #[test]
+    fn node_identity_is_the_sidecars_own_workload_on_loopback_only() {
+        let mut p = policy();
+        p["access"]["identity"]["sources"] = json!(["node"]);
+        p["access"]["allowPlaintext"] = json!(true);
+        p["callers"] = json!([{"id": "order-sync-workload", "source": "node", "roles": ["sync"]}]);
+        let e = guard(&p).err().expect("refused without a loopback allow list");
+        assert_eq!(e.field, "access.allowCidrs");
+        p["access"]["allowCidrs"] = json!(["127.0.0.1/32", "::1/128"]);
+        let g = guard(&p).expect("loads");
+        let mut f = facts(None, "/orders/v0/orders/1/address");
+        f.tls_version = None;
+        f.node_id = Some("order-sync-workload");
+        assert_eq!(verdict(&g, &f, "GET"), Verdict::Allow);
+        f.node_id = Some("another-workload");
+        assert_eq!(verdict(&g, &f, "GET"), Verdict::Deny(DenyReason::UnknownCaller));
+        p["access"]["allowCidrs"] = json!(["127.0.0.0/8", "10.0.0.0/8"]);
+        assert!(guard(&p).is_err());
     }
 
     #[test]

@@ -12,6 +12,7 @@ use crate::field_path::FieldPath;
 use crate::path_matcher::PathMatcher;
 use crate::pii::PiiClass;
 use crate::router::{PathTemplate, Router};
+use crate::schema::{is_non_pii_member, FieldSchema};
 
 /// The built-in catalog, as shipped in `policies/`.
 pub const BUILTIN_CATALOG: &str = include_str!("../policies/spapi-catalog.json");
@@ -44,6 +45,9 @@ struct CatalogField {
     class: String,
     /// The RDT dataElement (Orders v0) or includedData value (Orders 2026-01-01) that unlocks it.
     data_element: Option<String>,
+    /// What Amazon's model says of the value (scripts/merge-schema-facts.py).
+    #[serde(default)]
+    schema: Option<FieldSchema>,
 }
 
 #[derive(Deserialize)]
@@ -121,6 +125,8 @@ pub struct FieldRule {
     pub jsonpath: String,
     /// The RDT dataElement (Orders v0) or includedData value (Orders 2026-01-01) that unlocks it.
     pub data_element: Option<String>,
+    /// What Amazon's model says of the value (built-in paths; `None` for a policy's own).
+    pub schema: Option<FieldSchema>,
 }
 
 /// A compiled catalog operation.
@@ -168,8 +174,11 @@ struct Draft {
     method: String,
     path_template: String,
     restricted: bool,
-    /// (field, where it came from for error messages); policy fields first: they take priority.
-    response: Vec<(FieldDoc, String)>,
+    /// (field, where it came from for error messages, schema facts); policy fields first: they
+    /// take priority.
+    response: Vec<(FieldDoc, String, Option<FieldSchema>)>,
+    /// Built-in paths that are not PII on their own (enumerations, country codes), with why.
+    not_pii: Vec<(String, String)>,
     query: Vec<(QueryField, String)>,
     protected: Vec<String>,
 }
@@ -182,11 +191,24 @@ impl Catalog {
         let mut drafts: Vec<Draft> = file
             .operations
             .into_iter()
-            .map(|op| Draft {
-                response: op
+            .map(|op| {
+                // Enumerations and country codes are not personal data on their own, and a token
+                // in their place breaks clients (src/schema.rs): they stay clear.
+                let (not_pii, pii): (Vec<_>, Vec<_>) = op
                     .response_pii
                     .into_iter()
-                    .map(|f| (FieldDoc { jsonpath: f.jsonpath, class: f.class, data_element: f.data_element }, format!("(built-in catalog) {}", op.id)))
+                    .partition(|f| is_non_pii_member(&f.jsonpath) || f.schema.as_ref().is_some_and(FieldSchema::is_enum));
+                Draft {
+                not_pii: not_pii.into_iter().map(|f| {
+                    let why = match f.schema.as_ref().and_then(|s| s.values.as_ref()) {
+                        Some(values) => format!("an enumeration ({})", values.join(", ")),
+                        None => "a country code or address type".to_string(),
+                    };
+                    (f.jsonpath, why)
+                }).collect(),
+                response: pii
+                    .into_iter()
+                    .map(|f| (FieldDoc { jsonpath: f.jsonpath, class: f.class, data_element: f.data_element }, format!("(built-in catalog) {}", op.id), f.schema))
                     .collect(),
                 query: op.query_pii.into_iter().map(|q| (QueryField { param: q.param, class: q.class }, format!("(built-in catalog) {}", op.id))).collect(),
                 protected: op.non_customer_paths.into_iter().map(|p| p.jsonpath).collect(),
@@ -196,7 +218,7 @@ impl Catalog {
                 method: op.method,
                 path_template: op.path_template,
                 restricted: op.restricted,
-            })
+            }})
             .collect();
 
         for (i, doc) in overrides.operations.iter().enumerate() {
@@ -215,7 +237,8 @@ impl Catalog {
                 method: doc.method.clone(),
                 path_template: doc.path_template.clone(),
                 restricted: false,
-                response: doc.response_pii.iter().enumerate().map(|(j, f)| (f.clone(), format!("{at}.responsePii[{j}]"))).collect(),
+                response: doc.response_pii.iter().enumerate().map(|(j, f)| (f.clone(), format!("{at}.responsePii[{j}]"), None)).collect(),
+                not_pii: Vec::new(),
                 query: doc.query_pii.iter().enumerate().map(|(j, q)| (q.clone(), format!("{at}.queryPii[{j}]"))).collect(),
                 protected: Vec::new(),
             });
@@ -224,7 +247,7 @@ impl Catalog {
         for (id, ext) in &overrides.extend {
             let at = format!("catalog.extend.{id}");
             let draft = drafts.iter_mut().find(|d| &d.id == id).ok_or_else(|| unknown_operation(&at, id))?;
-            let added: Vec<_> = ext.response_pii.iter().enumerate().map(|(j, f)| (f.clone(), format!("{at}.responsePii[{j}]"))).collect();
+            let added: Vec<_> = ext.response_pii.iter().enumerate().map(|(j, f)| (f.clone(), format!("{at}.responsePii[{j}]"), None)).collect();
             draft.response.splice(0..0, added);
             draft.query.extend(ext.query_pii.iter().enumerate().map(|(j, q)| (q.clone(), format!("{at}.queryPii[{j}]"))));
         }
@@ -234,8 +257,9 @@ impl Catalog {
             let draft = drafts.iter_mut().find(|d| &d.id == id).ok_or_else(|| unknown_operation(&at, id))?;
             for (j, path) in paths.iter().enumerate() {
                 let before = draft.response.len();
-                draft.response.retain(|(f, _)| &f.jsonpath != path);
-                if draft.response.len() == before {
+                draft.response.retain(|(f, _, _)| &f.jsonpath != path);
+                // A path the catalog already leaves clear (an enumeration) is excluded already.
+                if draft.response.len() == before && !draft.not_pii.iter().any(|(p, _)| p == path) {
                     return Err(ConfigError::new(format!("{at}[{j}]"), format!("'{path}' is not a response PII path of {id}; copy the path from policies/spapi-catalog.json")));
                 }
             }
@@ -288,11 +312,23 @@ impl Catalog {
 fn compile(draft: Draft) -> Result<Operation, ConfigError> {
     let mut rules = Vec::with_capacity(draft.response.len());
     let mut paths = Vec::with_capacity(draft.response.len());
-    for (field, at) in &draft.response {
+    for (field, at, schema) in &draft.response {
         let class = parse_class(&field.class).map_err(|m| ConfigError::new(format!("{at}.class"), m))?;
+        if schema.is_none() {
+            // A policy's own field: it may not turn a value that is not PII on its own into PII
+            // (a token there is an invalid enum member for every typed client).
+            let why = draft.not_pii.iter().find(|(p, _)| p == &field.jsonpath).map(|(_, why)| why.clone());
+            let why = why.or_else(|| is_non_pii_member(&field.jsonpath).then(|| "a country code or address type".to_string()));
+            if let Some(why) = why {
+                return Err(ConfigError::new(
+                    format!("{at}.jsonpath"),
+                    format!("'{}' is {why}: not personal data on its own, and a token or mask there is an invalid value for Amazon's SDKs; remove this entry", field.jsonpath),
+                ));
+            }
+        }
         let path = FieldPath::parse(&field.jsonpath)
             .map_err(|m| ConfigError::new(format!("{at}.jsonpath"), format!("'{}' {m}", field.jsonpath)))?;
-        rules.push(FieldRule { class, jsonpath: field.jsonpath.clone(), data_element: field.data_element.clone() });
+        rules.push(FieldRule { class, jsonpath: field.jsonpath.clone(), data_element: field.data_element.clone(), schema: schema.clone() });
         paths.push(path);
     }
     let protected = draft
@@ -302,7 +338,7 @@ fn compile(draft: Draft) -> Result<Operation, ConfigError> {
         .collect::<Result<Vec<_>, _>>()
         .map_err(|m| ConfigError::new(format!("(built-in catalog) {}", draft.id), format!("non-customer path {m}")))?;
     let matcher = PathMatcher::compile(&paths, &protected).map_err(|c| {
-        let (_, at) = &draft.response[c.rule];
+        let (_, at, _) = &draft.response[c.rule];
         ConfigError::new(
             format!("{at}.jsonpath"),
             format!("'{}' reaches a seller, vendor, Amazon or carrier address that is not customer data; name the customer field instead", draft.response[c.rule].0.jsonpath),

@@ -45,6 +45,14 @@ impl Cidr {
         }
     }
 
+    /// Whether every address of the range is a loopback address.
+    pub fn is_loopback(&self) -> bool {
+        match self.network {
+            IpAddr::V4(v4) => v4.is_loopback() && self.prefix >= 8,
+            IpAddr::V6(v6) => v6.is_loopback() && self.prefix == 128,
+        }
+    }
+
     /// Whether `ip` is in this range (IPv4-mapped IPv6 addresses count as IPv4).
     pub fn contains(&self, ip: IpAddr) -> bool {
         let ip = canonical(ip);

@@ -233,11 +233,11 @@ impl Exchange {
         self.tls_version = text(host.property(&["connection", "tls_version"]));
         // Certificate properties are read in the policy's order, up to the first one present:
         // each read is a host call, and the first present source decides anyway.
-        let (mut uri_san, mut dns_san, mut subject) = (None, None, None);
+        let (mut uri_san, mut dns_san, mut subject, mut node_id) = (None, None, None, None);
         let present = |v: &Option<String>| v.as_deref().is_some_and(|v| !v.is_empty());
         for source in guard.access.identity_sources() {
             let found = match source {
-                _ if self.tls_version.is_none() && *source != IdentitySource::Header => false,
+                _ if self.tls_version.is_none() && !matches!(source, IdentitySource::Header | IdentitySource::Node) => false,
                 IdentitySource::UriSan => {
                     uri_san = text(host.property(&["connection", "uri_san_peer_certificate"]));
                     present(&uri_san)
@@ -251,6 +251,10 @@ impl Exchange {
                     present(&subject)
                 }
                 IdentitySource::Header => present(&header_identity),
+                IdentitySource::Node => {
+                    node_id = text(host.property(&["xds", "node", "id"]));
+                    present(&node_id)
+                }
             };
             if found {
                 break;
@@ -264,6 +268,7 @@ impl Exchange {
             dns_san: dns_san.as_deref(),
             subject: subject.as_deref(),
             header_identity: header_identity.as_deref(),
+            node_id: node_id.as_deref(),
             peer_address: peer.as_deref(),
             path: &path,
         };

@@ -2,7 +2,7 @@
 use std::collections::HashMap;
 use std::fmt;
 
-use crate::access::Access;
+use crate::access::{Access, RoleDoc};
 use crate::canary::Canaries;
 use crate::catalog::{Catalog, FieldRule, Operation};
 use crate::config_error::ConfigError;
@@ -10,7 +10,9 @@ use crate::fail_closed::FailReason;
 use crate::json_rewrite::{rewrite, write_json_string, Edit, FieldHandler, MatchedValue, RewriteError};
 use crate::keyring;
 use crate::pii::PiiClass;
-use crate::policy::{Action, ClassActions, Policy};
+use crate::policy::{Action, ClassActions, NumberAction, Policy, DEFAULT_NUMBER_DECIMALS};
+use crate::schema::{coarsen, empty_like, is_number_text, FieldSchema};
+use std::collections::BTreeMap;
 use crate::policy_doc::parse_doc;
 use crate::tokens::{Mode, TokenEngine, ValueKind};
 
@@ -21,6 +23,9 @@ pub struct Guard {
     pub access: Access,
     pub canaries: Canaries,
     pub tokens: TokenEngine,
+    /// What the policy does that some clients will not read, each naming the field and the fix
+    /// (logged at load; the policy still loads).
+    pub warnings: Vec<String>,
 }
 
 impl Guard {
@@ -33,7 +38,8 @@ impl Guard {
         let canaries = Canaries::build(&doc.canaries)?;
         let ring = keyring::load(&doc.keys, env)?;
         let tokens = TokenEngine::new(ring.keys, &ring.active).map_err(|m| ConfigError::new("keys", m))?;
-        Ok(Guard { policy, catalog, access, canaries, tokens })
+        let warnings = schema_warnings(&doc.roles, &policy, &catalog);
+        Ok(Guard { policy, catalog, access, canaries, tokens, warnings })
     }
 
     /// Rewrites a response body of `op` with the policy's class actions.
@@ -68,6 +74,50 @@ impl Guard {
     }
 }
 
+/// Where the policy's choices meet what Amazon's models promise clients (src/schema.rs): numbers
+/// opted into tokens, tokens longer than a member's maxLength, required members of classes a role
+/// may not see (returned empty, never removed). Each names the policy field and the fix.
+fn schema_warnings(roles: &BTreeMap<String, RoleDoc>, policy: &Policy, catalog: &Catalog) -> Vec<String> {
+    let rules = || catalog.operations.iter().flat_map(|op| op.response_rules.iter().map(move |r| (op, r)));
+    let example = |pred: &dyn Fn(&FieldRule) -> bool| -> (usize, String) {
+        let matching: Vec<_> = rules().filter(|(_, r)| pred(r)).collect();
+        let first = matching.first().map(|(op, r)| format!("{} {}", op.id, r.jsonpath)).unwrap_or_default();
+        (matching.len(), first)
+    };
+    let mut out = Vec::new();
+    if policy.numbers == NumberAction::Tokenize {
+        let (n, first) = example(&|r| r.schema.as_ref().is_some_and(FieldSchema::is_number));
+        out.push(format!(
+            "numbers.action: tokenize writes strings where Amazon's models declare numbers ({n} fields, e.g. {first}): Amazon's Python SDK fails the whole response, its JS SDK turns the value into null, typed clients break; use coarsen (the default) or null"
+        ));
+    }
+    for class in PiiClass::ALL {
+        if !matches!(policy.action(class), Action::Tokenize(_) | Action::Hash) {
+            continue;
+        }
+        let (n, first) = example(&|r| r.class == class && r.schema.as_ref().is_some_and(FieldSchema::too_short_for_tokens));
+        if n > 0 {
+            out.push(format!(
+                "classes.{class}: tokens are longer than the maxLength Amazon's models set for {n} {class} fields (e.g. {first}); clients that check lengths (Amazon's Python SDK) refuse them: give roles whose clients read these operations redact or clear for {class}"
+            ));
+        }
+    }
+    for (name, role) in roles {
+        let star = role.pii.get("*").map(String::as_str);
+        let hidden: Vec<PiiClass> =
+            PiiClass::ALL.into_iter().filter(|c| role.pii.get(c.as_str()).map(String::as_str).or(star).unwrap_or("none") == "none").collect();
+        let (n, first) = example(&|r| hidden.contains(&r.class) && r.schema.as_ref().is_some_and(|f| f.required));
+        if n > 0 {
+            let classes: Vec<&str> = hidden.iter().map(|c| c.as_str()).collect();
+            out.push(format!(
+                "roles.{name}.pii: {} is none, and Amazon's models require {n} such fields (e.g. {first}): they are returned empty (\"\", 0, [] or {{}}), not removed, so clients still parse them; grant redact to return a mask instead",
+                classes.join(", ")
+            ));
+        }
+    }
+    out
+}
+
 /// A protected body and what was done to it.
 #[derive(Debug)]
 pub struct Protected {
@@ -82,7 +132,11 @@ pub struct FieldCounts {
     counts: [[u32; ACTIONS]; 8],
 }
 
-const ACTIONS: usize = 5;
+/// Slots per class: the five actions, then numbers coarsened.
+const ACTIONS: usize = 6;
+/// The slot of numbers coarsened instead of tokenized (src/schema.rs).
+const COARSENED: usize = 5;
+const REMOVED: usize = 4;
 
 fn action_slot(action: Action) -> usize {
     match action {
@@ -98,6 +152,17 @@ impl FieldCounts {
     fn add(&mut self, class: PiiClass, action: Action) {
         let slot = &mut self.counts[class.index()][action_slot(action)];
         *slot = slot.saturating_add(1);
+    }
+
+    fn add_treatment(&mut self, class: PiiClass, slot: usize) {
+        if let Some(n) = self.counts.get_mut(class.index()).and_then(|c| c.get_mut(slot)) {
+            *n = n.saturating_add(1);
+        }
+    }
+
+    /// How many numbers of `class` were coarsened.
+    pub fn coarsened(&self, class: PiiClass) -> u32 {
+        self.counts[class.index()][COARSENED]
     }
 
     /// How many values of `class` got `action`'s treatment (the mode of tokenize is ignored).
@@ -117,12 +182,12 @@ impl FieldCounts {
 
     /// Values the caller received in some form (every action but removal).
     pub fn delivered(&self) -> u32 {
-        self.counts.iter().map(|c| c[..4].iter().sum::<u32>()).sum()
+        self.counts.iter().map(|c| c.iter().sum::<u32>() - c[REMOVED]).sum()
     }
 
     /// Non-zero counts as (class, action name, count).
     pub fn entries(&self) -> impl Iterator<Item = (PiiClass, &'static str, u32)> + '_ {
-        const NAMES: [&str; ACTIONS] = ["tokenized", "hashed", "redacted", "clear", "removed"];
+        const NAMES: [&str; ACTIONS] = ["tokenized", "hashed", "redacted", "clear", "removed", "coarsened"];
         PiiClass::ALL.into_iter().flat_map(move |class| {
             (0..ACTIONS).filter_map(move |a| {
                 let n = self.counts[class.index()][a];
@@ -170,6 +235,35 @@ impl FieldHandler for Protector<'_> {
             MatchedValue::Text(t) => (t.as_bytes(), ValueKind::Text),
             MatchedValue::Raw(r) => (r.as_bytes(), ValueKind::RawJson),
         };
+        let required = rule.schema.as_ref().is_some_and(|f| f.required);
+        // Schema-faithful (src/schema.rs): a number stays a number unless the policy opts in…
+        if kind == ValueKind::RawJson && is_number_text(&String::from_utf8_lossy(plaintext)) {
+            let numbers = self.guard.policy.numbers;
+            match action {
+                Action::Tokenize(_) | Action::Hash | Action::Redact if numbers != NumberAction::Tokenize => {
+                    if numbers == NumberAction::Null && !required {
+                        self.counts.add(rule.class, Action::Redact);
+                        out.extend_from_slice(b"null");
+                    } else {
+                        // A required number is never null: coarsened to the default instead.
+                        let decimals = if let NumberAction::Coarsen(d) = numbers { d } else { DEFAULT_NUMBER_DECIMALS };
+                        self.counts.add_treatment(rule.class, COARSENED);
+                        coarsen(&String::from_utf8_lossy(plaintext), decimals, out);
+                    }
+                    return Ok(Edit::Replaced);
+                }
+                _ => {}
+            }
+        }
+        // …and a required member is never removed: the caller gets its type's empty value.
+        if action == Action::Remove && required {
+            self.counts.add(rule.class, action);
+            out.extend_from_slice(match kind {
+                ValueKind::Text => b"\"\"",
+                ValueKind::RawJson => empty_like(plaintext),
+            });
+            return Ok(Edit::Replaced);
+        }
         self.counts.add(rule.class, action);
         let deterministic = matches!(action, Action::Tokenize(Mode::Deterministic) | Action::Hash);
         if deterministic {
@@ -222,27 +316,31 @@ mod tests {
 
     const KEY_HEX: &str = "8f4c1a2b3d5e6f708192a3b4c5d6e7f8091a2b3c4d5e6f708192a3b4c5d6e7f8";
 
-    fn guard(extra: &str) -> Guard {
+    fn guard_result(extra: &str) -> Result<Guard, ConfigError> {
         let config = format!(r#"{{"version":1,"keys":{{"active":"k1","env":{{"k1":"SPAPI_GUARD_KEY_K1"}}}}{extra}}}"#);
-        Guard::load(config.as_bytes(), &|name| (name == "SPAPI_GUARD_KEY_K1").then(|| KEY_HEX.to_string())).expect("loads")
+        Guard::load(config.as_bytes(), &|name| (name == "SPAPI_GUARD_KEY_K1").then(|| KEY_HEX.to_string()))
+    }
+
+    fn guard(extra: &str) -> Guard {
+        guard_result(extra).expect("loads")
     }
 
     #[test]
     fn tokenizes_catalog_fields_of_get_order_address() {
         let g = guard("");
         let op = g.catalog.route("GET", "/orders/v0/orders/1/address").expect("op");
-        let body = br#"{"payload":{"AmazonOrderId":"1","ShippingAddress":{"Name":"Jane Doe","City":"Seattle","ExtendedFields":{"GeoCoordinates":{"Latitude":47.6}}}}}"#;
+        let body = br#"{"payload":{"AmazonOrderId":"1","ShippingAddress":{"Name":"Jane Doe","City":"Seattle","ExtendedFields":{"GeoCoordinates":{"Latitude":47.6062}}}}}"#;
         let out = g.protect_response(op, body).expect("protected");
         let text = String::from_utf8(out.body.expect("changed")).expect("utf8");
-        assert!(!text.contains("Jane Doe") && !text.contains("Seattle") && !text.contains("47.6"), "{text}");
+        assert!(!text.contains("Jane Doe") && !text.contains("Seattle"), "{text}");
         assert!(text.contains(r#""AmazonOrderId":"1""#));
         let v: serde_json::Value = serde_json::from_str(&text).expect("json");
         let name = v["payload"]["ShippingAddress"]["Name"].as_str().expect("token");
         assert_eq!(g.tokens.open(name).expect("opens").plaintext, b"Jane Doe");
-        let lat = v["payload"]["ShippingAddress"]["ExtendedFields"]["GeoCoordinates"]["Latitude"].as_str().expect("token");
-        let opened = g.tokens.open(lat).expect("opens");
-        assert_eq!((opened.plaintext.as_slice(), opened.kind), (&b"47.6"[..], ValueKind::RawJson));
+        // A coordinate stays a number, coarsened to one decimal (about 11 km).
+        assert_eq!(v["payload"]["ShippingAddress"]["ExtendedFields"]["GeoCoordinates"]["Latitude"], serde_json::json!(47.6));
         assert_eq!(out.counts.get(PiiClass::Name, Action::Tokenize(Mode::Deterministic)), 1);
+        assert_eq!(out.counts.coarsened(PiiClass::Address), 1);
         assert_eq!(out.counts.total(), 3);
     }
 
@@ -323,6 +421,62 @@ mod tests {
         let out = g.protect_response(op, body).expect("protected");
         let v: serde_json::Value = serde_json::from_slice(&out.body.expect("changed")).expect("json");
         assert_eq!(v["payload"]["ShippingAddress"]["Name"], "REDACTED", "a string stays a string");
+    }
+
+    #[test]
+    fn protection_keeps_the_schema_of_amazons_models() {
+        let g = guard("");
+        let op = g.catalog.route("GET", "/orders/v0/orders/1/address").expect("op");
+        let body = br#"{"payload":{"ShippingAddress":{"Name":"Jane","CountryCode":"US","AddressType":"Residential","ExtendedFields":{"GeoCoordinates":{"Latitude":37.42678611,"Longitude":-122.08060321}}}}}"#;
+        let v: serde_json::Value = serde_json::from_slice(&g.protect_response(op, body).expect("ok").body.expect("changed")).expect("json");
+        let a = &v["payload"]["ShippingAddress"];
+        // Enumerations and country codes are not PII on their own: clear and valid.
+        assert_eq!((a["CountryCode"].as_str(), a["AddressType"].as_str()), (Some("US"), Some("Residential")));
+        // Numbers stay numbers, coarsened.
+        assert_eq!(a["ExtendedFields"]["GeoCoordinates"]["Latitude"], serde_json::json!(37.4));
+        assert_eq!(a["ExtendedFields"]["GeoCoordinates"]["Longitude"], serde_json::json!(-122.1));
+        // Or null, by the policy; or tokens, by explicit opt-in (with a warning).
+        let null = guard(r#","numbers":{"action":"null"}"#);
+        let v: serde_json::Value = serde_json::from_slice(&null.protect_response(op, body).expect("ok").body.expect("changed")).expect("json");
+        assert_eq!(v["payload"]["ShippingAddress"]["ExtendedFields"]["GeoCoordinates"]["Latitude"], serde_json::Value::Null);
+        let tokens = guard(r#","numbers":{"action":"tokenize"}"#);
+        let v: serde_json::Value = serde_json::from_slice(&tokens.protect_response(op, body).expect("ok").body.expect("changed")).expect("json");
+        assert!(v["payload"]["ShippingAddress"]["ExtendedFields"]["GeoCoordinates"]["Latitude"].is_string());
+        assert!(tokens.warnings.iter().any(|w| w.starts_with("numbers.action: tokenize") && w.contains("use coarsen")), "{:?}", tokens.warnings);
+        assert!(!g.warnings.iter().any(|w| w.starts_with("numbers.action")));
+    }
+
+    #[test]
+    fn required_members_are_emptied_never_removed() {
+        let g = guard("");
+        let op = g.catalog.route("GET", "/mfn/v0/shipments/S1").expect("op");
+        let mut actions = *g.policy.actions();
+        actions[PiiClass::Name.index()] = Action::Remove;
+        let body = br#"{"payload":{"ShipToAddress":{"Name":"Jane","City":"Canton"}}}"#;
+        let out = g.protect_response_with(op, body, &actions).expect("ok");
+        let v: serde_json::Value = serde_json::from_slice(&out.body.expect("changed")).expect("json");
+        let a = &v["payload"]["ShipToAddress"];
+        assert_eq!(a["Name"], "", "required by the model: emptied");
+        assert!(a["City"].as_str().is_some_and(|c| c.starts_with("spgt1.")));
+        assert_eq!(out.counts.get(PiiClass::Name, Action::Remove), 1);
+    }
+
+    #[test]
+    fn schema_conflicts_are_refused_or_warned_naming_the_field() {
+        // A policy cannot make an enumeration PII.
+        let env = |name: &str| (name == "SPAPI_GUARD_KEY_K1").then(|| KEY_HEX.to_string());
+        let config = r#"{"version":1,"keys":{"active":"k1","env":{"k1":"SPAPI_GUARD_KEY_K1"}},"catalog":{"extend":{"orders-v0.getOrderAddress":{"responsePii":[{"jsonpath":"$.payload.ShippingAddress.AddressType","class":"address"}]}}}}"#;
+        let e = Guard::load(config.as_bytes(), &env).err().expect("refused");
+        assert_eq!(e.field, "catalog.extend.orders-v0.getOrderAddress.responsePii[0].jsonpath");
+        assert!(e.message.contains("enumeration (Residential, Commercial)") && e.message.contains("remove this entry"), "{e}");
+        // Tokens longer than a member's maxLength, and required members of hidden classes, warn.
+        let g = guard(r#","roles":{"labels":{"operations":["merchant-fulfillment-v0.getShipment"],"pii":{"address":"clear"}}},"callers":[{"id":"spiffe://x/labels","roles":["labels"]}]"#);
+        assert!(g.warnings.iter().any(|w| w.starts_with("classes.name: tokens are longer than the maxLength") && w.contains("e.g. merchant-fulfillment-v0.")), "{:?}", g.warnings);
+        assert!(g.warnings.iter().any(|w| w.starts_with("roles.labels.pii: name") && w.contains("returned empty")), "{:?}", g.warnings);
+        let bad = guard_result(r#","numbers":{"action":"round"}"#).err().expect("refused");
+        assert_eq!(bad.field, "numbers.action");
+        let bad = guard_result(r#","numbers":{"action":"null","decimals":2}"#).err().expect("refused");
+        assert_eq!(bad.field, "numbers.decimals");
     }
 
     #[test]

@@ -39,6 +39,7 @@ pub mod policy;
 pub mod policy_doc;
 pub mod query_params;
 pub mod router;
+pub mod schema;
 #[doc(hidden)]
 pub mod testing;
 pub mod tokens;

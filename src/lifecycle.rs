@@ -22,6 +22,9 @@ pub fn configure(host: &dyn Host, config: &[u8], env: &dyn Fn(&str) -> Option<St
                     if guard.access.dry_run { ", access in DRY-RUN (not enforced)" } else { "" }
                 ),
             );
+            for warning in &guard.warnings {
+                host.log(Level::Warn, &format!("spapi-guard: configuration warning: {warning}"));
+            }
             if guard.access.callers.is_empty() {
                 host.log(Level::Warn, "spapi-guard: the policy lists no callers: every request will be denied");
             }

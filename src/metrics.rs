@@ -21,7 +21,7 @@ pub const METRICS: &[MetricSpec] = &[
     MetricSpec { name: "spapi_guard_caller_requests_total", labels: &["caller"], help: "Requests by caller id (`unknown` for identities the policy does not list, `none` without identity)." },
     MetricSpec { name: "spapi_guard_caller_denials_total", labels: &["caller"], help: "Denied requests by caller id." },
     MetricSpec { name: "spapi_guard_caller_pii_fields_total", labels: &["caller"], help: "PII values delivered (in any form but removed) by caller id." },
-    MetricSpec { name: "spapi_guard_pii_fields_total", labels: &["class", "action"], help: "PII values by class and what was done to them (tokenized, hashed, redacted, clear, removed)." },
+    MetricSpec { name: "spapi_guard_pii_fields_total", labels: &["class", "action"], help: "PII values by class and what was done to them (tokenized, hashed, redacted, clear, removed, coarsened)." },
     MetricSpec { name: "spapi_guard_fail_closed_total", labels: &["reason"], help: "Responses replaced by an error because they could not be protected, by reason." },
     MetricSpec { name: "spapi_guard_aborted_total", labels: &["reason"], help: "Exchanges that ended (reset, disconnect) while the filter held a body it had not finished checking or rewriting; nothing of that body was released." },
     MetricSpec { name: "spapi_guard_lockouts_total", labels: &["trigger"], help: "Lockouts started, by trigger (denials, pii_volume)." },

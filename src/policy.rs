@@ -83,6 +83,23 @@ pub struct Policy {
     pub max_body_bytes: usize,
     /// Envoy's buffer limit (the listener's `per_connection_buffer_limit_bytes`).
     pub buffer_limit_bytes: usize,
+    /// What PII values that are JSON numbers become.
+    pub numbers: NumberAction,
+}
+
+/// Decimal places a coarsened number keeps by default.
+pub const DEFAULT_NUMBER_DECIMALS: u8 = 1;
+
+/// What a PII value that is a JSON number becomes when its class is tokenized, hashed or redacted.
+/// Amazon's SDKs read these members as numbers: a string there fails the whole response.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum NumberAction {
+    /// Rounded to this many decimal places, still a number (default: 1).
+    Coarsen(u8),
+    /// `null` (only where the schema does not require the member).
+    Null,
+    /// A token string: the opt-in that breaks Amazon's official SDKs (docs/CLIENTS.md).
+    Tokenize,
 }
 
 impl Policy {

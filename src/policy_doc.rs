@@ -30,6 +30,9 @@ pub struct PolicyDoc {
     pub max_body_bytes: Option<u64>,
     #[serde(default)]
     pub buffer_limit_bytes: Option<u64>,
+    /// What PII values that are JSON numbers (geo-coordinates) become.
+    #[serde(default)]
+    pub numbers: NumbersDoc,
     #[serde(default)]
     pub catalog: CatalogOverrides,
     #[serde(default)]
@@ -40,6 +43,16 @@ pub struct PolicyDoc {
     pub callers: Vec<CallerDoc>,
     #[serde(default)]
     pub canaries: CanariesDoc,
+}
+
+/// The `numbers` section: PII values that are JSON numbers stay numbers unless the policy opts in.
+#[derive(Deserialize, Default, Clone)]
+#[serde(deny_unknown_fields)]
+pub struct NumbersDoc {
+    /// `coarsen` (default), `null` or `tokenize`.
+    pub action: Option<String>,
+    /// Decimal places kept by `coarsen` (0–6, default 1: about 11 km for a coordinate).
+    pub decimals: Option<u8>,
 }
 
 /// What happens to the values of a PII class.
@@ -90,7 +103,24 @@ impl Policy {
                 ),
             ));
         }
-        Ok(Policy { actions, redact_mask, max_body_bytes: max_body_bytes as usize, buffer_limit_bytes: buffer_limit_bytes as usize })
+        let numbers = match doc.numbers.action.as_deref() {
+            None | Some("coarsen") => {
+                let decimals = doc.numbers.decimals.unwrap_or(DEFAULT_NUMBER_DECIMALS);
+                if decimals > 6 {
+                    return Err(ConfigError::new("numbers.decimals", "must be 0 to 6 (1 keeps a coordinate to about 11 km)"));
+                }
+                NumberAction::Coarsen(decimals)
+            }
+            Some(other) if doc.numbers.decimals.is_some() => {
+                return Err(ConfigError::new("numbers.decimals", format!("applies only to action coarsen, not {other}; remove it")))
+            }
+            Some("null") => NumberAction::Null,
+            Some("tokenize") => NumberAction::Tokenize,
+            Some(other) => {
+                return Err(ConfigError::new("numbers.action", format!("'{other}' is not a number action; use coarsen (default), null or tokenize")))
+            }
+        };
+        Ok(Policy { actions, redact_mask, max_body_bytes: max_body_bytes as usize, buffer_limit_bytes: buffer_limit_bytes as usize, numbers })
     }
 
     /// The largest rewritten body that fits Envoy's buffer.

@@ -433,13 +433,13 @@ fn lockout_after_exactly_n_denials_across_workers_then_cooldown() {
         denial_ids.push(id);
     }
     assert_eq!(analytics.get(b, &search.url(), &search.file).0, 200, "locked before the Nth denial");
-    // The Nth denial locks: every request after it, on either worker, gets 429.
+    // The Nth denial locks: every request after it, on either worker, gets 403 locked_out.
     let (status, id, _) = analytics.get(b, &orders.url(), &orders.file);
     assert_eq!(status, 403);
     denial_ids.push(id);
     for conn in [a, b] {
         let (status, _, reason) = analytics.get(conn, &search.url(), &search.file);
-        assert_eq!((status, reason.as_str()), (429, "locked_out"));
+        assert_eq!((status, reason.as_str()), (403, "locked_out"));
     }
     let workers = worker_of_requests(&stack, &denial_ids.iter().collect::<Vec<_>>());
     let denial_workers: BTreeSet<&String> = denial_ids.iter().map(|id| &workers[id]).collect();
@@ -457,7 +457,7 @@ fn lockout_after_exactly_n_denials_across_workers_then_cooldown() {
     assert_eq!(stack.play_as(Client::Cert("label-printer"), &address).status, 200);
     assert_eq!(stack.play_as(Client::Cert("label-printer"), &address).status, 200);
     let locked = stack.play_as(Client::Cert("label-printer"), &address);
-    assert_eq!((locked.status, locked.header("x-spapi-guard")), (429, Some("locked_out")));
+    assert_eq!((locked.status, locked.header("x-spapi-guard")), (403, Some("locked_out")));
     assert!(locked.header("retry-after").is_some());
     let log = stack.envoy_output();
     assert!(log.contains("lockout started: caller spiffe://spapi-guard.demo/analytics (denials)"), "{log}");

@@ -15,7 +15,7 @@
 //! must give the same error. The Orders 2026 fixtures are also played as `analytics` (PII
 //! removed): the client must still deserialize them. Then the refusals: an unknown caller (403),
 //! `analytics` on a restricted operation (403), an upstream body that is not JSON (502), and
-//! `analytics` locked out after repeated denials (429): each must surface as the client's error
+//! `analytics` locked out after repeated denials (403 locked_out): each must surface as the client's error
 //! type with its status, within the case's time limit.
 //!
 //! The LWA token exchange of every client goes to a stand-in (`POST /auth/o2/token` on the mock,
@@ -115,7 +115,8 @@ fn cases() -> Vec<Value> {
     for n in 2..=10 {
         cases.push(case(format!("lockout: denial {n}"), "guard", "analytics", "v0.getOrders", &get_orders, json!({"status": 403, "code": "Unauthorized"})));
     }
-    cases.push(case("lockout: 429".into(), "guard", "analytics", "2026.searchOrders", &search, json!({"status": 429, "code": "QuotaExceeded"})));
+    // A lockout is a 403 (with Retry-After): no client's retry logic sleeps through it.
+    cases.push(case("lockout: 403 locked_out".into(), "guard", "analytics", "2026.searchOrders", &search, json!({"status": 403, "code": "Unauthorized", "details": "spapi-guard:locked_out"})));
     cases
 }
 
