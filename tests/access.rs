@@ -254,6 +254,32 @@ fn spoofed_identity_headers_are_ignored_and_stripped() {
     assert_eq!((resp.status, resp.header("x-spapi-guard")), (403, Some("unauthenticated")), "a client-set identity header was believed");
 }
 
+/// Sidecar mode: the proxy serves only the app beside it, on loopback and without a client
+/// certificate; the caller is the workload the proxy was deployed for (its node id, from Envoy's
+/// `--service-node` / bootstrap `node.id`), never anything the request says.
+#[test]
+fn a_sidecar_knows_its_caller_from_its_own_node_identity() {
+    let key = random_key();
+    let mut opts = Options::new("node-identity", &key);
+    opts.policy["access"]["identity"] = json!({"sources": ["node"]});
+    opts.policy["access"]["allowPlaintext"] = json!(true);
+    opts.policy["access"]["allowCidrs"] = json!(["127.0.0.1/32", "::1/128"]);
+    opts.policy["callers"] = json!([{"id": "order-sync-workload", "source": "node", "roles": ["order-sync"]}]);
+    opts.envoy_args = vec!["--service-node".into(), "order-sync-workload".into()];
+    let stack = Stack::start(opts);
+    let address = fixture("orders-v0_getOrderAddress_1.json");
+    let spoof = ("x-spapi-guard-caller", "spiffe://spapi-guard.demo/analytics");
+    let resp = stack.send(Client::Plaintext, "GET", &address.url(), &[("x-mock-fixture", &address.file), spoof], None, None).expect("curl");
+    assert_eq!(resp.status, 200, "{}", resp.text());
+    let text = resp.text();
+    assert!(text.contains("spgt1.") && !text.contains("Michigan address"), "{text}");
+    let events = stack.wait_for_audit_events(1);
+    assert_eq!(events[0]["identity"], "node:order-sync-workload");
+    // From another loopback address outside the allow list: refused.
+    let outside = stack.send(Client::Plaintext, "GET", &address.url(), &[("x-mock-fixture", &address.file)], Some("127.0.0.2"), None).expect("curl");
+    assert_eq!((outside.status, outside.header("x-spapi-guard")), (403, Some("ip_not_allowed")));
+}
+
 #[test]
 fn header_identities_come_only_from_the_trusted_authentication_filter() {
     // Envoy's jwt_authn verifies a JWT and forwards its `sub` claim in the identity header; the
