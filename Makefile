@@ -112,7 +112,7 @@ tests/clients/node_modules/.installed: tests/clients/package.json tests/clients/
 test-clients: wasm envoy $(CLIENTS_VENV)/.installed tests/clients/node_modules/.installed
 	cargo test --test clients -- --test-threads 2
 
-test: envoy wasm check-config check-alerts test-unit test-e2e
+test: envoy wasm check-config check-alerts test-unit test-e2e test-clients
 	bash scripts/demo.sh --exit --quiet
 	@echo "make test: all suites passed"
 
