@@ -19,7 +19,7 @@ export PATH := $(HOME)/.cargo/bin:$(PATH)
 export ENVOY_BIN
 export SPAPI_GUARD_WASM := $(CURDIR)/$(WASM)
 
-.PHONY: help wasm envoy promtool wrk run demo test test-unit test-e2e test-clients check-config check-alerts config bench clean
+.PHONY: lint help wasm envoy promtool wrk run demo test test-unit test-e2e test-clients check-config check-alerts config bench clean
 
 help:
 	@echo "make run    demo stack: mock SP-API + Envoy + spapi-guard on 127.0.0.1:10000 (Ctrl-C stops)"
@@ -89,6 +89,14 @@ bench: wasm envoy wrk
 	set -o pipefail; cargo bench --bench core | tee target/bench/core.md
 	$(PYTHON) benches/run_bench.py --rounds 3 --seconds 5
 
+# The code's own rules, enforced: rustfmt.toml's style, and clippy with every warning an error on
+# the native build (library, tests, benches) and on wasm32-wasip1 (the only build of src/filter).
+# src/lib.rs denies unwrap/expect/panic outside unit tests.
+lint: $(VENV)/.rust-target
+	cargo fmt --check
+	cargo clippy --lib --tests --benches -- -D warnings
+	cargo clippy --lib --target $(WASM_TARGET) -- -D warnings
+
 test-unit:
 	cargo test --lib --test fast_path --test exchange
 	$(VENV)/bin/python tests/vectors/check_token_vectors.py src/tokens.rs
@@ -112,7 +120,7 @@ tests/clients/node_modules/.installed: tests/clients/package.json tests/clients/
 test-clients: wasm envoy $(CLIENTS_VENV)/.installed tests/clients/node_modules/.installed
 	cargo test --test clients -- --test-threads 2
 
-test: envoy wasm check-config check-alerts test-unit test-e2e test-clients
+test: lint envoy wasm check-config check-alerts test-unit test-e2e test-clients
 	bash scripts/demo.sh --exit --quiet
 	@echo "make test: all suites passed"
 

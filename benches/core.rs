@@ -59,15 +59,19 @@ fn main() {
     let mut out = String::new();
     println!("## Cost per PII value (native, {}-byte value)\n", value.len());
     println!("| action | ns per value |\n|---|---:|");
-    let cases: [(&str, Box<dyn Fn(&mut Vec<u8>, &mut String)>); 4] = [
+    type Case<'a> = (&'static str, Box<dyn Fn(&mut Vec<u8>, &mut String) + 'a>);
+    let cases: [Case; 4] = [
         ("tokenize, deterministic (HMAC-SHA256 SIV + AES-256-GCM)", Box::new(|s, o| g.tokens.seal_into(PiiClass::Name, Mode::Deterministic, ValueKind::Text, value, s, o))),
         ("tokenize, randomized (AES-256-GCM)", Box::new(|s, o| g.tokens.seal_into(PiiClass::Name, Mode::Randomized, ValueKind::Text, value, s, o))),
         ("hash (HMAC-SHA256)", Box::new(|_, o| g.tokens.hash_into(PiiClass::Name, ValueKind::Text, value, o))),
-        ("redact", Box::new(|_, o| {
-            let mut v = Vec::new();
-            write_json_string("REDACTED", &mut v);
-            o.push_str(std::str::from_utf8(&v).unwrap_or(""));
-        })),
+        (
+            "redact",
+            Box::new(|_, o| {
+                let mut v = Vec::new();
+                write_json_string("REDACTED", &mut v);
+                o.push_str(std::str::from_utf8(&v).unwrap_or(""));
+            }),
+        ),
     ];
     for (name, f) in &cases {
         let ns = time_per_call(budget, || {

@@ -30,8 +30,25 @@ const RDT_MAX_RESOURCES: usize = 50;
 /// Names that identify nobody in particular: refused as caller ids (DPP 1.2: no generic,
 /// shared or default accounts).
 const GENERIC_NAMES: &[&str] = &[
-    "", "*", "default", "admin", "administrator", "root", "test", "shared", "anonymous", "guest", "user", "users",
-    "service", "system", "any", "all", "everyone", "public", "nobody",
+    "",
+    "*",
+    "default",
+    "admin",
+    "administrator",
+    "root",
+    "test",
+    "shared",
+    "anonymous",
+    "guest",
+    "user",
+    "users",
+    "service",
+    "system",
+    "any",
+    "all",
+    "everyone",
+    "public",
+    "nobody",
 ];
 
 // ---------------------------------------------------------------------------------------------
@@ -355,13 +372,7 @@ impl Decision {
 
 impl Access {
     /// Compiles the policy's access sections against the catalog. Errors name the field.
-    pub fn build(
-        doc: &AccessDoc,
-        roles: &BTreeMap<String, RoleDoc>,
-        callers: &[CallerDoc],
-        catalog: &Catalog,
-        policy: &Policy,
-    ) -> Result<Access, ConfigError> {
+    pub fn build(doc: &AccessDoc, roles: &BTreeMap<String, RoleDoc>, callers: &[CallerDoc], catalog: &Catalog, policy: &Policy) -> Result<Access, ConfigError> {
         let mut sources = Vec::new();
         for (i, s) in doc.identity.sources.iter().enumerate() {
             let source = IdentitySource::parse(s).ok_or_else(|| {
@@ -399,10 +410,7 @@ impl Access {
         let mut pass_through = Vec::with_capacity(doc.pass_through_paths.len());
         for (i, p) in doc.pass_through_paths.iter().enumerate() {
             let segments = uri::path_segments(p.strip_suffix('/').unwrap_or(p)).map_err(|e| {
-                ConfigError::new(
-                    format!("access.passThroughPaths[{i}]"),
-                    format!("'{p}' must be a path prefix of one or more whole segments, like /catalog/ ({e})"),
-                )
+                ConfigError::new(format!("access.passThroughPaths[{i}]"), format!("'{p}' must be a path prefix of one or more whole segments, like /catalog/ ({e})"))
             })?;
             pass_through.push(segments.into_iter().map(Cow::into_owned).collect::<Vec<_>>());
         }
@@ -412,19 +420,13 @@ impl Access {
         }
         let lockout = LockoutRules { max_denials: l.max_denials, window_ms: l.window_seconds * 1000, cooldown_ms: l.cooldown_seconds * 1000 };
 
-        let compiled_roles = roles
-            .iter()
-            .map(|(name, role)| compile_role(name, role, catalog, policy).map(|r| (name.as_str(), r)))
-            .collect::<Result<BTreeMap<_, _>, _>>()?;
+        let compiled_roles = roles.iter().map(|(name, role)| compile_role(name, role, catalog, policy).map(|r| (name.as_str(), r))).collect::<Result<BTreeMap<_, _>, _>>()?;
 
         let mut compiled = Vec::with_capacity(callers.len());
         for (i, c) in callers.iter().enumerate() {
             let at = format!("callers[{i}]");
             if is_generic(&c.id) {
-                return Err(ConfigError::new(
-                    format!("{at}.id"),
-                    format!("'{}' is a generic, shared or default name; give each caller its own identity (DPP 1.2)", c.id),
-                ));
+                return Err(ConfigError::new(format!("{at}.id"), format!("'{}' is a generic, shared or default name; give each caller its own identity (DPP 1.2)", c.id)));
             }
             let source = match &c.source {
                 None => IdentitySource::UriSan,
@@ -450,9 +452,8 @@ impl Access {
                 dry_run: false,
             };
             for (j, name) in c.roles.iter().enumerate() {
-                let role = compiled_roles
-                    .get(name.as_str())
-                    .ok_or_else(|| ConfigError::new(format!("{at}.roles[{j}]"), format!("'{name}' is not a role of the policy's roles")))?;
+                let role =
+                    compiled_roles.get(name.as_str()).ok_or_else(|| ConfigError::new(format!("{at}.roles[{j}]"), format!("'{name}' is not a role of the policy's roles")))?;
                 for (k, allowed) in role.operations.iter().enumerate() {
                     caller.operations[k] |= allowed;
                 }
@@ -488,14 +489,8 @@ impl Access {
     /// Decides on a request. `operation` is the routed catalog operation; `is_locked` reads the
     /// shared lockout state of a listed caller.
     pub fn decide(&self, facts: &RequestFacts, operation: Option<(usize, &Operation)>, is_locked: &dyn Fn(&Caller) -> bool) -> Decision {
-        let mut d = Decision {
-            identity: self.identity(facts),
-            caller: None,
-            client_ip: self.client_ip(facts),
-            verdict: Verdict::Allow,
-            dry_run: self.dry_run,
-            needs_body_check: false,
-        };
+        let mut d =
+            Decision { identity: self.identity(facts), caller: None, client_ip: self.client_ip(facts), verdict: Verdict::Allow, dry_run: self.dry_run, needs_body_check: false };
         d.caller = d.identity.as_ref().and_then(|(source, id)| self.callers.iter().position(|c| c.source == *source && &c.id == id));
         if let Some(c) = d.caller {
             d.dry_run |= self.callers[c].dry_run;
@@ -529,17 +524,12 @@ impl Access {
         Ok(())
     }
 
-    fn check(
-        &self,
-        facts: &RequestFacts,
-        d: &Decision,
-        operation: Option<(usize, &Operation)>,
-        is_locked: &dyn Fn(&Caller) -> bool,
-    ) -> Result<bool, DenyReason> {
+    fn check(&self, facts: &RequestFacts, d: &Decision, operation: Option<(usize, &Operation)>, is_locked: &dyn Fn(&Caller) -> bool) -> Result<bool, DenyReason> {
         // One canonical path, whoever asks: what the filter routes and checks is what Amazon sees.
         let target = uri::parse(facts.path).map_err(|_| DenyReason::InvalidPath)?;
         let tls_ok = matches!(facts.tls_version, Some("TLSv1.2" | "TLSv1.3"));
-        if !tls_ok && !(facts.tls_version.is_none() && self.allow_plaintext) {
+        let plaintext_ok = facts.tls_version.is_none() && self.allow_plaintext;
+        if !(tls_ok || plaintext_ok) {
             return Err(DenyReason::TlsRequired);
         }
         let ip = d.client_ip.ok_or(DenyReason::IpNotAllowed)?;
@@ -598,15 +588,11 @@ impl Access {
             }
             let elements: Vec<&str> = match resource.get("dataElements") {
                 None | Some(serde_json::Value::Null) => Vec::new(),
-                Some(serde_json::Value::Array(list)) => {
-                    list.iter().map(|e| e.as_str().ok_or(DenyReason::InvalidRdtRequest)).collect::<Result<_, _>>()?
-                }
+                Some(serde_json::Value::Array(list)) => list.iter().map(|e| e.as_str().ok_or(DenyReason::InvalidRdtRequest)).collect::<Result<_, _>>()?,
                 Some(_) => return Err(DenyReason::InvalidRdtRequest),
             };
-            if elements.is_empty() {
-                if !grants_any(caller, op.classes_of(None)) {
-                    return Err(DenyReason::RdtResourceNotAllowed);
-                }
+            if elements.is_empty() && !grants_any(caller, op.classes_of(None)) {
+                return Err(DenyReason::RdtResourceNotAllowed);
             }
             for element in elements {
                 if op.classes_of(Some(element)).next().is_none() {
@@ -623,9 +609,7 @@ impl Access {
     /// Whether decoded path segments fall under one of `access.passThroughPaths`, whole segment by
     /// whole segment (`/catalog/` passes `/catalog/2022-04-01/items`, not `/catalogue/x`).
     fn passes_through(&self, segments: &[Cow<str>]) -> bool {
-        self.pass_through.iter().any(|prefix| {
-            prefix.len() <= segments.len() && prefix.iter().zip(segments).all(|(p, s)| p == s)
-        })
+        self.pass_through.iter().any(|prefix| prefix.len() <= segments.len() && prefix.iter().zip(segments).all(|(p, s)| p == s))
     }
 
     /// The path segments the audit log may print outside the catalog: the catalog's template
@@ -698,8 +682,8 @@ fn compile_role(name: &str, role: &RoleDoc, catalog: &Catalog, policy: &Policy) 
         if key == "*" {
             continue;
         }
-        let class = PiiClass::parse(key)
-            .ok_or_else(|| ConfigError::new(format!("{at}.pii.{key}"), format!("'{key}' is not a PII class; use one of {} or *", PiiClass::names())))?;
+        let class =
+            PiiClass::parse(key).ok_or_else(|| ConfigError::new(format!("{at}.pii.{key}"), format!("'{key}' is not a PII class; use one of {} or *", PiiClass::names())))?;
         actions[class.index()] = level_action(level, class, policy).ok_or_else(|| bad_level(&at, key, level))?;
     }
     Ok(CompiledRole { operations, actions, max_pii: role.max_pii_fields_per_window, dry_run: role.dry_run })
@@ -719,10 +703,7 @@ fn bad_level(at: &str, key: &str, level: &str) -> ConfigError {
 }
 
 fn cidrs(list: &[String], at: &str) -> Result<Vec<Cidr>, ConfigError> {
-    list.iter()
-        .enumerate()
-        .map(|(i, s)| s.parse::<Cidr>().map_err(|m| ConfigError::new(format!("{at}[{i}]"), m)))
-        .collect()
+    list.iter().enumerate().map(|(i, s)| s.parse::<Cidr>().map_err(|m| ConfigError::new(format!("{at}[{i}]"), m))).collect()
 }
 
 /// Whether an id is generic: the whole id, or its last component (the path of a SPIFFE id, a
@@ -765,13 +746,7 @@ fn requested_included_data(query: &[uri::QueryPair], op: &Operation) -> Vec<Stri
         for item in value.split(',').map(str::trim) {
             match INCLUDED_DATA.iter().find(|known| known.eq_ignore_ascii_case(item)) {
                 Some(known) => gates.push(format!("includedData={known}")),
-                None => gates.extend(
-                    op.response_rules
-                        .iter()
-                        .filter_map(|r| r.data_element.as_deref())
-                        .filter(|d| d.starts_with("includedData="))
-                        .map(str::to_string),
-                ),
+                None => gates.extend(op.response_rules.iter().filter_map(|r| r.data_element.as_deref()).filter(|d| d.starts_with("includedData=")).map(str::to_string)),
             }
         }
     }
@@ -1123,7 +1098,14 @@ mod tests {
                 let target = format!("{path}?{query}");
                 assert_eq!(verdict(&g, &facts(Some(ANALYTICS), &target), "GET"), Verdict::Deny(DenyReason::DataElementNotAllowed), "{target}");
             }
-            for query in ["includedData=RECIPIENT", "includedData=recipient", "includedData=%20Recipient%20,packages", "includedData[]=RECIPIENT", "includedData=PACKAGES,PROCEEDS", "createdAfter=2024-01-01"] {
+            for query in [
+                "includedData=RECIPIENT",
+                "includedData=recipient",
+                "includedData=%20Recipient%20,packages",
+                "includedData[]=RECIPIENT",
+                "includedData=PACKAGES,PROCEEDS",
+                "createdAfter=2024-01-01",
+            ] {
                 let target = format!("{path}?{query}");
                 assert_eq!(verdict(&g, &facts(Some(ANALYTICS), &target), "GET"), Verdict::Allow, "{target}");
             }

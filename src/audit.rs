@@ -385,7 +385,10 @@ mod tests {
             ("jane", "/{redacted}"),
             ("", "/{redacted}"),
             ("/orders/v0/orders#jane", "/orders/v0/orders"),
-            ("/orders/v0/orders?MarketplaceIds=ATVPDKIKX0DER&OrderStatuses=Shipped&q=jane", "/orders/v0/orders?MarketplaceIds=ATVPDKIKX0DER&OrderStatuses={redacted}&{redacted}={redacted}"),
+            (
+                "/orders/v0/orders?MarketplaceIds=ATVPDKIKX0DER&OrderStatuses=Shipped&q=jane",
+                "/orders/v0/orders?MarketplaceIds=ATVPDKIKX0DER&OrderStatuses={redacted}&{redacted}={redacted}",
+            ),
         ];
         for (path, logged) in cases {
             assert_eq!(redacted_path_with(path, None, words), logged, "{path}");

@@ -75,11 +75,7 @@ impl Canaries {
             ids.push(record.id.clone());
         }
         let longest = patterns.iter().map(String::len).max().unwrap_or(0);
-        let matcher = if patterns.is_empty() {
-            None
-        } else {
-            Some(AhoCorasick::new(&patterns).map_err(|_| ConfigError::new("canaries.records", "could not be compiled"))?)
-        };
+        let matcher = if patterns.is_empty() { None } else { Some(AhoCorasick::new(&patterns).map_err(|_| ConfigError::new("canaries.records", "could not be compiled"))?) };
         Ok(Canaries { block: doc.block, ids, owner, matcher, longest })
     }
 
@@ -109,10 +105,7 @@ fn forms(value: &str) -> Vec<String> {
     let json = serde_json::to_string(value).unwrap_or_default();
     let json_inner = json.get(1..json.len().saturating_sub(1)).unwrap_or("").to_string();
     let ascii_json = value.chars().map(|c| if c.is_ascii() { c.to_string() } else { format!("\\u{:04x}", c as u32) }).collect::<String>();
-    let percent = value
-        .bytes()
-        .map(|b| if b.is_ascii_alphanumeric() || b"-_.~".contains(&b) { (b as char).to_string() } else { format!("%{b:02X}") })
-        .collect::<String>();
+    let percent = value.bytes().map(|b| if b.is_ascii_alphanumeric() || b"-_.~".contains(&b) { (b as char).to_string() } else { format!("%{b:02X}") }).collect::<String>();
     let mut out = vec![value.to_string(), json_inner, ascii_json, percent.clone(), percent.to_lowercase()];
     out.dedup();
     out

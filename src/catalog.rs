@@ -154,10 +154,7 @@ impl Operation {
 
     /// The classes of the response fields that `data_element` unlocks (all fields for `None`).
     pub fn classes_of<'a>(&'a self, data_element: Option<&'a str>) -> impl Iterator<Item = PiiClass> + 'a {
-        self.response_rules
-            .iter()
-            .filter(move |r| data_element.is_none() || r.data_element.as_deref() == data_element)
-            .map(|r| r.class)
+        self.response_rules.iter().filter(move |r| data_element.is_none() || r.data_element.as_deref() == data_element).map(|r| r.class)
     }
 }
 
@@ -186,39 +183,40 @@ struct Draft {
 impl Catalog {
     /// The built-in catalog with `overrides` applied. Errors name the policy field at fault.
     pub fn build(overrides: &CatalogOverrides) -> Result<Catalog, ConfigError> {
-        let file: CatalogFile = serde_json::from_str(BUILTIN_CATALOG)
-            .map_err(|e| ConfigError::new("(built-in catalog)", format!("cannot be read: {e}; rebuild the filter")))?;
+        let file: CatalogFile = serde_json::from_str(BUILTIN_CATALOG).map_err(|e| ConfigError::new("(built-in catalog)", format!("cannot be read: {e}; rebuild the filter")))?;
         let mut drafts: Vec<Draft> = file
             .operations
             .into_iter()
             .map(|op| {
                 // Enumerations and country codes are not personal data on their own, and a token
                 // in their place breaks clients (src/schema.rs): they stay clear.
-                let (not_pii, pii): (Vec<_>, Vec<_>) = op
-                    .response_pii
-                    .into_iter()
-                    .partition(|f| is_non_pii_member(&f.jsonpath) || f.schema.as_ref().is_some_and(FieldSchema::is_enum));
+                let (not_pii, pii): (Vec<_>, Vec<_>) =
+                    op.response_pii.into_iter().partition(|f| is_non_pii_member(&f.jsonpath) || f.schema.as_ref().is_some_and(FieldSchema::is_enum));
                 Draft {
-                not_pii: not_pii.into_iter().map(|f| {
-                    let why = match f.schema.as_ref().and_then(|s| s.values.as_ref()) {
-                        Some(values) => format!("an enumeration ({})", values.join(", ")),
-                        None => "a country code or address type".to_string(),
-                    };
-                    (f.jsonpath, why)
-                }).collect(),
-                response: pii
-                    .into_iter()
-                    .map(|f| (FieldDoc { jsonpath: f.jsonpath, class: f.class, data_element: f.data_element }, format!("(built-in catalog) {}", op.id), f.schema))
-                    .collect(),
-                query: op.query_pii.into_iter().map(|q| (QueryField { param: q.param, class: q.class }, format!("(built-in catalog) {}", op.id))).collect(),
-                protected: op.non_customer_paths.into_iter().map(|p| p.jsonpath).collect(),
-                id: op.id,
-                api: op.api,
-                version: op.version,
-                method: op.method,
-                path_template: op.path_template,
-                restricted: op.restricted,
-            }})
+                    not_pii: not_pii
+                        .into_iter()
+                        .map(|f| {
+                            let why = match f.schema.as_ref().and_then(|s| s.values.as_ref()) {
+                                Some(values) => format!("an enumeration ({})", values.join(", ")),
+                                None => "a country code or address type".to_string(),
+                            };
+                            (f.jsonpath, why)
+                        })
+                        .collect(),
+                    response: pii
+                        .into_iter()
+                        .map(|f| (FieldDoc { jsonpath: f.jsonpath, class: f.class, data_element: f.data_element }, format!("(built-in catalog) {}", op.id), f.schema))
+                        .collect(),
+                    query: op.query_pii.into_iter().map(|q| (QueryField { param: q.param, class: q.class }, format!("(built-in catalog) {}", op.id))).collect(),
+                    protected: op.non_customer_paths.into_iter().map(|p| p.jsonpath).collect(),
+                    id: op.id,
+                    api: op.api,
+                    version: op.version,
+                    method: op.method,
+                    path_template: op.path_template,
+                    restricted: op.restricted,
+                }
+            })
             .collect();
 
         for (i, doc) in overrides.operations.iter().enumerate() {
@@ -269,8 +267,8 @@ impl Catalog {
         let mut router = Router::default();
         let mut operations = Vec::with_capacity(drafts.len());
         for (index, draft) in drafts.into_iter().enumerate() {
-            let template = PathTemplate::parse(&draft.path_template)
-                .map_err(|m| ConfigError::new(format!("{} pathTemplate", draft.id), format!("'{}' {m}", draft.path_template)))?;
+            let template =
+                PathTemplate::parse(&draft.path_template).map_err(|m| ConfigError::new(format!("{} pathTemplate", draft.id), format!("'{}' {m}", draft.path_template)))?;
             if let Err(other) = router.add(&draft.method, template, index) {
                 return Err(ConfigError::new(
                     format!("{} pathTemplate", draft.id),
@@ -326,8 +324,7 @@ fn compile(draft: Draft) -> Result<Operation, ConfigError> {
                 ));
             }
         }
-        let path = FieldPath::parse(&field.jsonpath)
-            .map_err(|m| ConfigError::new(format!("{at}.jsonpath"), format!("'{}' {m}", field.jsonpath)))?;
+        let path = FieldPath::parse(&field.jsonpath).map_err(|m| ConfigError::new(format!("{at}.jsonpath"), format!("'{}' {m}", field.jsonpath)))?;
         rules.push(FieldRule { class, jsonpath: field.jsonpath.clone(), data_element: field.data_element.clone(), schema: schema.clone() });
         paths.push(path);
     }
@@ -374,12 +371,9 @@ fn unknown_operation(at: &str, id: &str) -> ConfigError {
 }
 
 fn check_operation_id(id: &str) -> Result<(), String> {
-    let ok = id.split_once('.').is_some_and(|(api, op)| {
-        !api.is_empty()
-            && !op.is_empty()
-            && api.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
-            && op.bytes().all(|b| b.is_ascii_alphanumeric())
-    });
+    let ok = id
+        .split_once('.')
+        .is_some_and(|(api, op)| !api.is_empty() && !op.is_empty() && api.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-') && op.bytes().all(|b| b.is_ascii_alphanumeric()));
     if ok {
         Ok(())
     } else {
@@ -442,7 +436,10 @@ mod tests {
             (r#"{"operations":[{"id":"orders-v0.getOrder","method":"GET","pathTemplate":"/x"}]}"#, "catalog.operations[0].id"),
             (r#"{"operations":[{"id":"x.y","method":"FETCH","pathTemplate":"/x"}]}"#, "catalog.operations[0].method"),
             (r#"{"operations":[{"id":"bad id","method":"GET","pathTemplate":"/x"}]}"#, "catalog.operations[0].id"),
-            (r#"{"extend":{"orders-v0.getOrders":{"responsePii":[{"jsonpath":"$.payload.Orders[*].DefaultShipFromLocationAddress.Name","class":"name"}]}}}"#, "catalog.extend.orders-v0.getOrders.responsePii[0].jsonpath"),
+            (
+                r#"{"extend":{"orders-v0.getOrders":{"responsePii":[{"jsonpath":"$.payload.Orders[*].DefaultShipFromLocationAddress.Name","class":"name"}]}}}"#,
+                "catalog.extend.orders-v0.getOrders.responsePii[0].jsonpath",
+            ),
         ];
         for (json, field) in cases {
             let err = Catalog::build(&overrides(json)).err().expect("refused");

@@ -41,22 +41,13 @@ impl FailReason {
 
     /// The SP-API-style error body the client gets instead of the upstream's.
     pub fn error_body(self) -> String {
-        format!(
-            r#"{{"errors":[{{"code":"PiiProtectionFailed","message":"{}","details":"spapi-guard:{}"}}]}}"#,
-            self.message(),
-            self.code()
-        )
+        format!(r#"{{"errors":[{{"code":"PiiProtectionFailed","message":"{}","details":"spapi-guard:{}"}}]}}"#, self.message(), self.code())
     }
 }
 
 /// Checks the response headers of an operation whose body the filter must rewrite.
 /// `content_length` is the declared length, when there is one.
-pub fn check_response_headers(
-    content_type: Option<&str>,
-    content_encoding: Option<&str>,
-    content_length: Option<&str>,
-    max_body_bytes: usize,
-) -> Result<(), FailReason> {
+pub fn check_response_headers(content_type: Option<&str>, content_encoding: Option<&str>, content_length: Option<&str>, max_body_bytes: usize) -> Result<(), FailReason> {
     if let Some(encoding) = content_encoding {
         let encoding = encoding.trim();
         if !encoding.is_empty() && !encoding.eq_ignore_ascii_case("identity") {

@@ -33,9 +33,7 @@ impl FieldPath {
                 Segment::Selector(selector) => steps.push(step(selector)?),
                 Segment::Selectors(selectors) if selectors.len() == 1 => steps.push(step(&selectors[0])?),
                 Segment::Selectors(_) => return Err("uses a union selector; list each path separately".into()),
-                Segment::Descendant(_) => {
-                    return Err("uses recursive descent (`..`); name the full path from `$`".into())
-                }
+                Segment::Descendant(_) => return Err("uses recursive descent (`..`); name the full path from `$`".into()),
             }
         }
         if steps.is_empty() {
@@ -68,13 +66,7 @@ mod tests {
         let p = FieldPath::parse("$.payload.Orders[*].ShippingAddress.Name").expect("parses");
         assert_eq!(
             p.steps,
-            vec![
-                Step::Member("payload".into()),
-                Step::Member("Orders".into()),
-                Step::Wildcard,
-                Step::Member("ShippingAddress".into()),
-                Step::Member("Name".into())
-            ]
+            vec![Step::Member("payload".into()), Step::Member("Orders".into()), Step::Wildcard, Step::Member("ShippingAddress".into()), Step::Member("Name".into())]
         );
         let q = FieldPath::parse("$['payload'].attributes.*").expect("parses");
         assert_eq!(q.steps, vec![Step::Member("payload".into()), Step::Member("attributes".into()), Step::Wildcard]);

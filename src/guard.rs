@@ -11,10 +11,10 @@ use crate::json_rewrite::{rewrite, write_json_string, Edit, FieldHandler, Matche
 use crate::keyring;
 use crate::pii::PiiClass;
 use crate::policy::{Action, ClassActions, NumberAction, Policy, DEFAULT_NUMBER_DECIMALS};
-use crate::schema::{coarsen, empty_like, is_number_text, FieldSchema};
-use std::collections::BTreeMap;
 use crate::policy_doc::parse_doc;
+use crate::schema::{coarsen, empty_like, is_number_text, FieldSchema};
 use crate::tokens::{Mode, TokenEngine, ValueKind};
+use std::collections::BTreeMap;
 
 /// Everything a VM needs to protect traffic, built once per configuration.
 pub struct Guard {
@@ -104,8 +104,7 @@ fn schema_warnings(roles: &BTreeMap<String, RoleDoc>, policy: &Policy, catalog: 
     }
     for (name, role) in roles {
         let star = role.pii.get("*").map(String::as_str);
-        let hidden: Vec<PiiClass> =
-            PiiClass::ALL.into_iter().filter(|c| role.pii.get(c.as_str()).map(String::as_str).or(star).unwrap_or("none") == "none").collect();
+        let hidden: Vec<PiiClass> = PiiClass::ALL.into_iter().filter(|c| role.pii.get(c.as_str()).map(String::as_str).or(star).unwrap_or("none") == "none").collect();
         let (n, first) = example(&|r| hidden.contains(&r.class) && r.schema.as_ref().is_some_and(|f| f.required));
         if n > 0 {
             let classes: Vec<&str> = hidden.iter().map(|c| c.as_str()).collect();
@@ -470,7 +469,9 @@ mod tests {
         assert_eq!(e.field, "catalog.extend.orders-v0.getOrderAddress.responsePii[0].jsonpath");
         assert!(e.message.contains("enumeration (Residential, Commercial)") && e.message.contains("remove this entry"), "{e}");
         // Tokens longer than a member's maxLength, and required members of hidden classes, warn.
-        let g = guard(r#","roles":{"labels":{"operations":["merchant-fulfillment-v0.getShipment"],"pii":{"address":"clear"}}},"callers":[{"id":"spiffe://x/labels","roles":["labels"]}]"#);
+        let g = guard(
+            r#","roles":{"labels":{"operations":["merchant-fulfillment-v0.getShipment"],"pii":{"address":"clear"}}},"callers":[{"id":"spiffe://x/labels","roles":["labels"]}]"#,
+        );
         assert!(g.warnings.iter().any(|w| w.starts_with("classes.name: tokens are longer than the maxLength") && w.contains("e.g. merchant-fulfillment-v0.")), "{:?}", g.warnings);
         assert!(g.warnings.iter().any(|w| w.starts_with("roles.labels.pii: name") && w.contains("returned empty")), "{:?}", g.warnings);
         let bad = guard_result(r#","numbers":{"action":"round"}"#).err().expect("refused");

@@ -61,15 +61,9 @@ impl<E: fmt::Display> fmt::Display for RewriteError<E> {
 }
 
 /// Rewrites `body`. Returns `Ok(None)` when no value was replaced (the body stands as it is).
-pub fn rewrite<H: FieldHandler>(
-    body: &[u8],
-    matcher: &PathMatcher,
-    handler: &mut H,
-) -> Result<Option<Vec<u8>>, RewriteError<H::Error>> {
-    let text = std::str::from_utf8(body)
-        .map_err(|e| RewriteError::InvalidJson { offset: e.valid_up_to(), what: "not UTF-8" })?;
-    let mut walker =
-        Walker { text, bytes: body, pos: 0, matcher, handler, out: None, copied: 0, scratch: String::new(), replacement: Vec::new() };
+pub fn rewrite<H: FieldHandler>(body: &[u8], matcher: &PathMatcher, handler: &mut H) -> Result<Option<Vec<u8>>, RewriteError<H::Error>> {
+    let text = std::str::from_utf8(body).map_err(|e| RewriteError::InvalidJson { offset: e.valid_up_to(), what: "not UTF-8" })?;
+    let mut walker = Walker { text, bytes: body, pos: 0, matcher, handler, out: None, copied: 0, scratch: String::new(), replacement: Vec::new() };
     walker.skip_ws();
     // A path cannot select the root (`$` alone is refused), so the root is never removed.
     walker.value(matcher.root(), 0)?;
@@ -230,13 +224,7 @@ impl<'a, H: FieldHandler> Walker<'a, '_, H> {
     /// Finishes one entry of an object or array: consumes the `,` or the closing `close` after
     /// it, and if the entry is to be removed, drops it with one separator so the JSON stays valid.
     /// Returns whether more entries follow.
-    fn end_entry(
-        &mut self,
-        remove: bool,
-        entry_start: usize,
-        entries: &mut Entries,
-        close: u8,
-    ) -> Result<bool, RewriteError<H::Error>> {
+    fn end_entry(&mut self, remove: bool, entry_start: usize, entries: &mut Entries, close: u8) -> Result<bool, RewriteError<H::Error>> {
         let value_end = self.pos;
         self.skip_ws();
         let more = match self.peek() {
@@ -668,9 +656,25 @@ mod tests {
     #[test]
     fn refuses_invalid_json() {
         let bad = [
-            "", "{", "{\"a\":}", "{\"a\":1,}", "[1,]", "{\"a\" 1}", "{'a':1}", "{\"a\":01}", "{\"a\":1.}",
-            "{\"a\":-}", "{\"a\":tru}", "{\"a\":\"x\ny\"}", "{\"a\":\"\\x\"}", "{\"a\":\"\\u12\"}", "{} {}",
-            "{\"a\":1}x", "\u{feff}{}", "{\"a\":NaN}", "[\"\\ud8\"]",
+            "",
+            "{",
+            "{\"a\":}",
+            "{\"a\":1,}",
+            "[1,]",
+            "{\"a\" 1}",
+            "{'a':1}",
+            "{\"a\":01}",
+            "{\"a\":1.}",
+            "{\"a\":-}",
+            "{\"a\":tru}",
+            "{\"a\":\"x\ny\"}",
+            "{\"a\":\"\\x\"}",
+            "{\"a\":\"\\u12\"}",
+            "{} {}",
+            "{\"a\":1}x",
+            "\u{feff}{}",
+            "{\"a\":NaN}",
+            "[\"\\ud8\"]",
         ];
         for b in bad {
             let r = run(&["$.a", "$[*]"], b);

@@ -38,10 +38,7 @@ pub fn load(doc: &KeysDoc, env: &dyn Fn(&str) -> Option<String>) -> Result<KeyRi
         check_key_id(id).map_err(|m| ConfigError::new(&at, m))?;
         if !is_env_name(var) {
             // The value might be a key pasted in by mistake: never repeat it.
-            return Err(ConfigError::new(
-                &at,
-                "must be the NAME of an environment variable (A-Z, 0-9, _), not key material; keep keys out of the policy",
-            ));
+            return Err(ConfigError::new(&at, "must be the NAME of an environment variable (A-Z, 0-9, _), not key material; keep keys out of the policy"));
         }
         let value = env(var).ok_or_else(|| {
             ConfigError::key_missing(
@@ -52,7 +49,10 @@ pub fn load(doc: &KeysDoc, env: &dyn Fn(&str) -> Option<String>) -> Result<KeyRi
         keys.insert(id.clone(), decode_key(value.trim()).map_err(|m| ConfigError::new(&at, format!("{var} {m}")))?);
     }
     if !keys.contains_key(&doc.active) {
-        return Err(ConfigError::new("keys.active", format!("'{}' is not a key id of keys.env; name one of: {}", doc.active, doc.env.keys().cloned().collect::<Vec<_>>().join(", "))));
+        return Err(ConfigError::new(
+            "keys.active",
+            format!("'{}' is not a key id of keys.env; name one of: {}", doc.active, doc.env.keys().cloned().collect::<Vec<_>>().join(", ")),
+        ));
     }
     Ok(KeyRing { keys, active: doc.active.clone() })
 }
@@ -66,9 +66,7 @@ fn decode_key(value: &str) -> Result<[u8; KEY_LEN], String> {
     } else if value.bytes().all(|b| b.is_ascii_hexdigit()) && !value.is_empty() && value.len().is_multiple_of(2) && value.len() < 2 * KEY_LEN {
         return Err(format!("holds a {}-bit key; spapi-guard needs 256-bit keys (64 hex digits or 44 base64 characters)", value.len() * 4));
     } else {
-        STANDARD.decode(value).map_err(|_| {
-            format!("is not a key: expected 64 hex digits or 44 base64 characters, found {} characters that are neither", value.len())
-        })?
+        STANDARD.decode(value).map_err(|_| format!("is not a key: expected 64 hex digits or 44 base64 characters, found {} characters that are neither", value.len()))?
     };
     if bytes.len() != KEY_LEN {
         return Err(format!("holds a {}-bit key; spapi-guard needs 256-bit keys (generate one with: openssl rand -base64 32)", bytes.len() * 8));
@@ -90,9 +88,7 @@ fn check_key_id(id: &str) -> Result<(), String> {
 }
 
 fn is_env_name(s: &str) -> bool {
-    !s.is_empty()
-        && !s.as_bytes()[0].is_ascii_digit()
-        && s.bytes().all(|b| b.is_ascii_uppercase() || b.is_ascii_digit() || b == b'_')
+    !s.is_empty() && !s.as_bytes()[0].is_ascii_digit() && s.bytes().all(|b| b.is_ascii_uppercase() || b.is_ascii_digit() || b == b'_')
 }
 
 #[cfg(test)]

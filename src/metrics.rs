@@ -16,14 +16,30 @@ pub struct MetricSpec {
 
 /// Every metric, for the docs, the Envoy config's tag extraction and the alert rule checks.
 pub const METRICS: &[MetricSpec] = &[
-    MetricSpec { name: "spapi_guard_requests_total", labels: &["operation", "decision"], help: "Requests by catalog operation (`none` outside the catalog) and decision (allow, deny, dry_run_deny, lockout, fail_closed)." },
+    MetricSpec {
+        name: "spapi_guard_requests_total",
+        labels: &["operation", "decision"],
+        help: "Requests by catalog operation (`none` outside the catalog) and decision (allow, deny, dry_run_deny, lockout, fail_closed).",
+    },
     MetricSpec { name: "spapi_guard_denials_total", labels: &["reason"], help: "Denied requests by reason code (dry-run denials included, with their reason)." },
-    MetricSpec { name: "spapi_guard_caller_requests_total", labels: &["caller"], help: "Requests by caller id (`unknown` for identities the policy does not list, `none` without identity)." },
+    MetricSpec {
+        name: "spapi_guard_caller_requests_total",
+        labels: &["caller"],
+        help: "Requests by caller id (`unknown` for identities the policy does not list, `none` without identity).",
+    },
     MetricSpec { name: "spapi_guard_caller_denials_total", labels: &["caller"], help: "Denied requests by caller id." },
     MetricSpec { name: "spapi_guard_caller_pii_fields_total", labels: &["caller"], help: "PII values delivered (in any form but removed) by caller id." },
-    MetricSpec { name: "spapi_guard_pii_fields_total", labels: &["class", "action"], help: "PII values by class and what was done to them (tokenized, hashed, redacted, clear, removed, coarsened)." },
+    MetricSpec {
+        name: "spapi_guard_pii_fields_total",
+        labels: &["class", "action"],
+        help: "PII values by class and what was done to them (tokenized, hashed, redacted, clear, removed, coarsened).",
+    },
     MetricSpec { name: "spapi_guard_fail_closed_total", labels: &["reason"], help: "Responses replaced by an error because they could not be protected, by reason." },
-    MetricSpec { name: "spapi_guard_aborted_total", labels: &["reason"], help: "Exchanges that ended (reset, disconnect) while the filter held a body it had not finished checking or rewriting; nothing of that body was released." },
+    MetricSpec {
+        name: "spapi_guard_aborted_total",
+        labels: &["reason"],
+        help: "Exchanges that ended (reset, disconnect) while the filter held a body it had not finished checking or rewriting; nothing of that body was released.",
+    },
     MetricSpec { name: "spapi_guard_lockouts_total", labels: &["trigger"], help: "Lockouts started, by trigger (denials, pii_volume)." },
     MetricSpec { name: "spapi_guard_canary_hits_total", labels: &["canary"], help: "Canary records seen in a request or response, by canary id." },
     MetricSpec { name: "spapi_guard_config_total", labels: &["result"], help: "Configurations loaded or rejected (per Wasm VM)." },

@@ -45,10 +45,7 @@ pub struct Conflict {
 impl PathMatcher {
     /// Compiles `rules` (path → rule index, in priority order) and checks that none of them can
     /// reach a location that a `protected` path names.
-    pub fn compile<'a>(
-        rules: impl IntoIterator<Item = &'a FieldPath>,
-        protected: impl IntoIterator<Item = &'a FieldPath>,
-    ) -> Result<PathMatcher, Conflict> {
+    pub fn compile<'a>(rules: impl IntoIterator<Item = &'a FieldPath>, protected: impl IntoIterator<Item = &'a FieldPath>) -> Result<PathMatcher, Conflict> {
         let mut nfa = vec![NfaNode::default()];
         for (index, path) in rules.into_iter().enumerate() {
             let end = insert(&mut nfa, path);

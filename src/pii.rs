@@ -15,16 +15,8 @@ pub enum PiiClass {
 }
 
 impl PiiClass {
-    pub const ALL: [PiiClass; 8] = [
-        PiiClass::Name,
-        PiiClass::Email,
-        PiiClass::Phone,
-        PiiClass::Address,
-        PiiClass::TaxId,
-        PiiClass::GiftMessage,
-        PiiClass::Company,
-        PiiClass::Other,
-    ];
+    pub const ALL: [PiiClass; 8] =
+        [PiiClass::Name, PiiClass::Email, PiiClass::Phone, PiiClass::Address, PiiClass::TaxId, PiiClass::GiftMessage, PiiClass::Company, PiiClass::Other];
 
     pub fn as_str(self) -> &'static str {
         match self {

@@ -83,10 +83,7 @@ impl Policy {
         }
         let max_body_bytes = doc.max_body_bytes.unwrap_or(DEFAULT_MAX_BODY_BYTES);
         if !(1024..=MAX_BODY_BYTES_CEILING).contains(&max_body_bytes) {
-            return Err(ConfigError::new(
-                "maxBodyBytes",
-                format!("must be between 1024 and {MAX_BODY_BYTES_CEILING}"),
-            ));
+            return Err(ConfigError::new("maxBodyBytes", format!("must be between 1024 and {MAX_BODY_BYTES_CEILING}")));
         }
         let buffer_limit_bytes = doc.buffer_limit_bytes.unwrap_or(DEFAULT_BUFFER_LIMIT_BYTES);
         if !(64 * 1024..=BUFFER_LIMIT_CEILING).contains(&buffer_limit_bytes) {
@@ -111,14 +108,10 @@ impl Policy {
                 }
                 NumberAction::Coarsen(decimals)
             }
-            Some(other) if doc.numbers.decimals.is_some() => {
-                return Err(ConfigError::new("numbers.decimals", format!("applies only to action coarsen, not {other}; remove it")))
-            }
+            Some(other) if doc.numbers.decimals.is_some() => return Err(ConfigError::new("numbers.decimals", format!("applies only to action coarsen, not {other}; remove it"))),
             Some("null") => NumberAction::Null,
             Some("tokenize") => NumberAction::Tokenize,
-            Some(other) => {
-                return Err(ConfigError::new("numbers.action", format!("'{other}' is not a number action; use coarsen (default), null or tokenize")))
-            }
+            Some(other) => return Err(ConfigError::new("numbers.action", format!("'{other}' is not a number action; use coarsen (default), null or tokenize"))),
         };
         Ok(Policy { actions, redact_mask, max_body_bytes: max_body_bytes as usize, buffer_limit_bytes: buffer_limit_bytes as usize, numbers })
     }
@@ -145,9 +138,8 @@ fn action(rule: &ClassRuleDoc, inherited: Action, at: &str) -> Result<Action, Co
             (Action::Tokenize(_), Some(m)) => Action::Tokenize(m),
             (a, _) => a,
         },
-        Some(name) => Action::parse(name, mode.unwrap_or(inherited_mode)).ok_or_else(|| {
-            ConfigError::new(format!("{at}.action"), format!("'{name}' is not an action; use tokenize, redact, hash, clear or none"))
-        })?,
+        Some(name) => Action::parse(name, mode.unwrap_or(inherited_mode))
+            .ok_or_else(|| ConfigError::new(format!("{at}.action"), format!("'{name}' is not an action; use tokenize, redact, hash, clear or none")))?,
     };
     if mode.is_some() && !matches!(action, Action::Tokenize(_)) {
         return Err(ConfigError::new(format!("{at}.mode"), "applies only to action tokenize; remove it"));

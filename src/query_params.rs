@@ -66,8 +66,7 @@ pub struct QueryParam {
 }
 
 /// `includedData` values of Orders 2026-01-01 (`searchOrders`, `getOrder`).
-pub const INCLUDED_DATA: &[&str] =
-    &["BUYER", "RECIPIENT", "PROCEEDS", "EXPENSE", "PROMOTION", "CANCELLATION", "FULFILLMENT", "PACKAGES", "TAX", "PAYMENT", "FULFILLMENT_ORDERS"];
+pub const INCLUDED_DATA: &[&str] = &["BUYER", "RECIPIENT", "PROCEEDS", "EXPENSE", "PROMOTION", "CANCELLATION", "FULFILLMENT", "PACKAGES", "TAX", "PAYMENT", "FULFILLMENT_ORDERS"];
 
 const ORDERS_V0_GET_ORDERS: &[&str] = &["orders-v0.getOrders"];
 const ORDERS_2026: &[&str] = &["orders-2026-01-01.searchOrders", "orders-2026-01-01.getOrder"];
@@ -135,15 +134,33 @@ pub const QUERY_PARAMS: &[QueryParam] = &[
     row("pageToken", All, Hidden),
     row("paginationToken", All, Hidden),
     // Orders v0.
-    row("OrderStatuses", Ops(ORDERS_V0_GET_ORDERS), ListOf(&["PendingAvailability", "Pending", "Unshipped", "PartiallyShipped", "Shipped", "InvoiceUnconfirmed", "Canceled", "Unfulfillable"])),
+    row(
+        "OrderStatuses",
+        Ops(ORDERS_V0_GET_ORDERS),
+        ListOf(&["PendingAvailability", "Pending", "Unshipped", "PartiallyShipped", "Shipped", "InvoiceUnconfirmed", "Canceled", "Unfulfillable"]),
+    ),
     row("FulfillmentChannels", Ops(ORDERS_V0_GET_ORDERS), ListOf(&["AFN", "MFN"])),
     row("PaymentMethods", Ops(ORDERS_V0_GET_ORDERS), ListOf(&["COD", "CVS", "Other"])),
     row(
         "EasyShipShipmentStatuses",
         Ops(ORDERS_V0_GET_ORDERS),
         ListOf(&[
-            "PendingSchedule", "PendingPickUp", "PendingDropOff", "LabelCanceled", "PickedUp", "DroppedOff", "AtOriginFC", "AtDestinationFC",
-            "Delivered", "RejectedByBuyer", "Undeliverable", "ReturningToSeller", "ReturnedToSeller", "Lost", "OutForDelivery", "Damaged",
+            "PendingSchedule",
+            "PendingPickUp",
+            "PendingDropOff",
+            "LabelCanceled",
+            "PickedUp",
+            "DroppedOff",
+            "AtOriginFC",
+            "AtDestinationFC",
+            "Delivered",
+            "RejectedByBuyer",
+            "Undeliverable",
+            "ReturningToSeller",
+            "ReturnedToSeller",
+            "Lost",
+            "OutForDelivery",
+            "Damaged",
         ]),
     ),
     row("ElectronicInvoiceStatuses", Ops(ORDERS_V0_GET_ORDERS), ListOf(&["NotRequired", "NotFound", "Processing", "Errored", "Accepted"])),
@@ -221,9 +238,7 @@ impl Shape {
             OneOf(values) => values.contains(&value),
             ListOf(values) => value.split(',').all(|v| values.contains(&v)),
             MarketplaceIds => value.split(',').count() <= 50 && value.split(',').all(is_marketplace_id),
-            Integer(min, max) => {
-                value.len() <= 10 && value.bytes().all(|b| b.is_ascii_digit()) && value.parse::<u64>().is_ok_and(|n| (min..=max).contains(&n))
-            }
+            Integer(min, max) => value.len() <= 10 && value.bytes().all(|b| b.is_ascii_digit()) && value.parse::<u64>().is_ok_and(|n| (min..=max).contains(&n)),
             Boolean => value == "true" || value == "false",
             CountryCode => value.len() == 2 && value.bytes().all(|b| b.is_ascii_uppercase()),
             Hidden => false,
@@ -370,8 +385,7 @@ mod tests {
     #[test]
     fn every_query_parameter_of_the_fixtures_is_known() {
         let catalog = Catalog::build(&CatalogOverrides::default()).expect("catalog");
-        let index: serde_json::Value =
-            serde_json::from_str(include_str!("../tests/fixtures/spapi/INDEX.json")).expect("fixture index");
+        let index: serde_json::Value = serde_json::from_str(include_str!("../tests/fixtures/spapi/INDEX.json")).expect("fixture index");
         let mut checked = 0;
         for entry in index.as_array().expect("list") {
             let (Some(method), Some(path), Some(query)) = (entry["method"].as_str(), entry["path"].as_str(), entry["query"].as_str()) else { continue };
@@ -387,10 +401,34 @@ mod tests {
     #[test]
     fn shapes_admit_their_values_and_no_pii() {
         let date = DateTime;
-        for ok in ["2024", "2024-01", "2024-01-01", "2024-12-20T00:00:00Z", "2020-02-15T14:00:00-08:00", "2019-08-20T14:00:00.123+0530", "2024-01-01T10", "2024-01-01T10:30", "2024-06-30T23:59:60,5Z"] {
+        for ok in [
+            "2024",
+            "2024-01",
+            "2024-01-01",
+            "2024-12-20T00:00:00Z",
+            "2020-02-15T14:00:00-08:00",
+            "2019-08-20T14:00:00.123+0530",
+            "2024-01-01T10",
+            "2024-01-01T10:30",
+            "2024-06-30T23:59:60,5Z",
+        ] {
             assert!(date.accepts(ok), "{ok}");
         }
-        for bad in ["", "TEST_CASE_200", "2024-13-01", "2024-01-32", "2024-01-01T25:00", "2024-01-01 10:00", "20240101", "2024-01-01T10:00:00+", "2024-01-01T10:00:00+08:", "4155-551-234", "2015551234", "jane@example.com", "2024-01-01T00:00:00Zjane"] {
+        for bad in [
+            "",
+            "TEST_CASE_200",
+            "2024-13-01",
+            "2024-01-32",
+            "2024-01-01T25:00",
+            "2024-01-01 10:00",
+            "20240101",
+            "2024-01-01T10:00:00+",
+            "2024-01-01T10:00:00+08:",
+            "4155-551-234",
+            "2015551234",
+            "jane@example.com",
+            "2024-01-01T00:00:00Zjane",
+        ] {
             assert!(!date.accepts(bad), "{bad}");
         }
         let markets = MarketplaceIds;

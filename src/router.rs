@@ -89,11 +89,7 @@ impl Router {
 
     /// The operation of already decoded and checked path segments.
     pub fn route_segments(&self, method: &str, segments: &[Cow<str>]) -> Option<usize> {
-        self.routes
-            .iter()
-            .filter(|(m, t, _)| m == method && t.matches(segments))
-            .max_by(|a, b| a.1.specificity().cmp(&b.1.specificity()))
-            .map(|(_, _, op)| *op)
+        self.routes.iter().filter(|(m, t, _)| m == method && t.matches(segments)).max_by(|a, b| a.1.specificity().cmp(&b.1.specificity())).map(|(_, _, op)| *op)
     }
 
     /// Every template's literal segments.

@@ -87,12 +87,7 @@ impl MockHost {
 
     /// The security events logged (`spapi-guard event {json}`).
     pub fn security_events(&self) -> Vec<serde_json::Value> {
-        self.logs
-            .borrow()
-            .iter()
-            .filter_map(|(_, m)| m.strip_prefix("spapi-guard event "))
-            .filter_map(|json| serde_json::from_str(json).ok())
-            .collect()
+        self.logs.borrow().iter().filter_map(|(_, m)| m.strip_prefix("spapi-guard event ")).filter_map(|json| serde_json::from_str(json).ok()).collect()
     }
 
     /// The audit event, parsed.
@@ -179,11 +174,7 @@ impl HttpHost for MockHost {
     }
 
     fn send_reply(&mut self, status: u32, headers: &[(&str, &str)], body: &[u8]) {
-        self.reply = Some(SentReply {
-            status,
-            headers: headers.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect(),
-            body: body.to_vec(),
-        });
+        self.reply = Some(SentReply { status, headers: headers.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect(), body: body.to_vec() });
     }
 
     fn set_audit(&mut self, json: &str) {

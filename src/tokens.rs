@@ -300,10 +300,7 @@ impl TokenEngine {
         }
         let schedule = self.keys.get(key_id).ok_or(TokenError::UnknownKey)?;
         let aad = &token.as_bytes()[..token.len() - data.len() - 1];
-        let plaintext = schedule
-            .aead
-            .decrypt(Nonce::from_slice(&raw[..NONCE_LEN]), Payload { msg: &raw[NONCE_LEN..], aad })
-            .map_err(|_| TokenError::Forged)?;
+        let plaintext = schedule.aead.decrypt(Nonce::from_slice(&raw[..NONCE_LEN]), Payload { msg: &raw[NONCE_LEN..], aad }).map_err(|_| TokenError::Forged)?;
         Ok(Opened { class, mode, kind, key_id: key_id.to_string(), plaintext })
     }
 

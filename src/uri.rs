@@ -280,13 +280,9 @@ mod tests {
     fn decodes_query_pairs() {
         assert_eq!(
             pairs("Buyer%45mail=jane%40example.com&x=a+b&&flag&e=&k=v=w"),
-            Ok(vec![
-                ("BuyerEmail".into(), "jane@example.com".into()),
-                ("x".into(), "a b".into()),
-                ("flag".into(), "".into()),
-                ("e".into(), "".into()),
-                ("k".into(), "v=w".into()),
-            ])
+            Ok(
+                vec![("BuyerEmail".into(), "jane@example.com".into()), ("x".into(), "a b".into()), ("flag".into(), "".into()), ("e".into(), "".into()), ("k".into(), "v=w".into()),]
+            )
         );
         assert_eq!(pairs("BuyerEmail%3Djane=x"), Ok(vec![("BuyerEmail=jane".into(), "x".into())]), "an encoded = is part of the name");
         assert_eq!(pairs("a=%2B%2F%5C"), Ok(vec![("a".into(), "+/\\".into())]), "slashes are fine in values");

@@ -132,7 +132,9 @@ fn each_demo_caller_gets_exactly_its_rights() {
     let catalog = catalog();
     type Rights = (&'static str, &'static [&'static str], fn(PiiClass) -> Level);
     let callers: [Rights; 3] = [
-        ("order-sync", &["getOrders", "getOrderAddress", "getOrderBuyerInfo", "searchOrders", "mfn.getShipment", "mcf.getFulfillmentOrder", "createRestrictedDataToken"], |_| Level::Tokenize),
+        ("order-sync", &["getOrders", "getOrderAddress", "getOrderBuyerInfo", "searchOrders", "mfn.getShipment", "mcf.getFulfillmentOrder", "createRestrictedDataToken"], |_| {
+            Level::Tokenize
+        }),
         ("label-printer", &["getOrderAddress", "mfn.getShipment", "createRestrictedDataToken"], |c| if c == PiiClass::Address { Level::Clear } else { Level::None }),
         ("analytics", &["searchOrders", "mcf.getFulfillmentOrder"], |_| Level::None),
     ];
@@ -157,9 +159,7 @@ fn each_demo_caller_gets_exactly_its_rights() {
     }
     // RDT requests are checked resource by resource against the caller's rights.
     let rdt = fixture("tokens-2021-03-01_createRestrictedDataToken_1.json");
-    let ask = |caller: &str, body: &str| {
-        stack.send(Client::Cert(caller), "POST", &rdt.url(), &[("x-mock-fixture", &rdt.file)], None, Some(body)).expect("curl")
-    };
+    let ask = |caller: &str, body: &str| stack.send(Client::Cert(caller), "POST", &rdt.url(), &[("x-mock-fixture", &rdt.file)], None, Some(body)).expect("curl");
     let buyer_info = r#"{"restrictedResources":[{"method":"GET","path":"/orders/v0/orders","dataElements":["buyerInfo"]}]}"#;
     let calls_before = stack.mock_calls().len();
     let denied = ask("label-printer", buyer_info);
@@ -176,9 +176,7 @@ fn unknown_uncertified_plaintext_and_outside_callers_are_refused() {
     let key = random_key();
     let stack = Stack::start(Options::new("refused", &key));
     let fx = fixture("orders-v0_getOrderAddress_1.json");
-    let get = |client: Client, from: Option<&str>| {
-        stack.send(client, &fx.method, &fx.url(), &[("x-mock-fixture", &fx.file)], from, None)
-    };
+    let get = |client: Client, from: Option<&str>| stack.send(client, &fx.method, &fx.url(), &[("x-mock-fixture", &fx.file)], from, None);
     let cases: [(&str, Client, Option<&str>, &str); 4] = [
         ("a certificate the policy does not know", Client::Cert("intruder"), None, "unknown_caller"),
         ("no client certificate", Client::NoCert, None, "unauthenticated"),
@@ -229,9 +227,7 @@ fn spoofed_identity_headers_are_ignored_and_stripped() {
     let stack = Stack::start(Options::new("spoof", &key));
     let orders = fixture("orders-v0_getOrders_1.json");
     let spoof = ("x-spapi-guard-caller", "spiffe://spapi-guard.demo/order-sync");
-    let resp = stack
-        .send(Client::Cert("analytics"), "GET", &orders.url(), &[("x-mock-fixture", &orders.file), spoof], None, None)
-        .expect("curl");
+    let resp = stack.send(Client::Cert("analytics"), "GET", &orders.url(), &[("x-mock-fixture", &orders.file), spoof], None, None).expect("curl");
     assert_eq!((resp.status, resp.header("x-spapi-guard")), (403, Some("operation_not_allowed")), "the header was believed");
     let resp = stack.send(Client::Plaintext, "GET", &orders.url(), &[("x-mock-fixture", &orders.file), spoof], None, None).expect("curl");
     assert_eq!(resp.status, 403);
@@ -248,9 +244,7 @@ fn spoofed_identity_headers_are_ignored_and_stripped() {
     opts.policy["access"]["allowPlaintext"] = json!(true);
     opts.policy["callers"].as_array_mut().expect("callers").push(json!({"id": "batch-job", "source": "header", "roles": ["order-sync"]}));
     let header_stack = Stack::start(opts);
-    let resp = header_stack
-        .send(Client::Plaintext, "GET", &orders.url(), &[("x-mock-fixture", &orders.file), ("x-spapi-guard-caller", "batch-job")], None, None)
-        .expect("curl");
+    let resp = header_stack.send(Client::Plaintext, "GET", &orders.url(), &[("x-mock-fixture", &orders.file), ("x-spapi-guard-caller", "batch-job")], None, None).expect("curl");
     assert_eq!((resp.status, resp.header("x-spapi-guard")), (403, Some("unauthenticated")), "a client-set identity header was believed");
 }
 
@@ -336,19 +330,9 @@ fn header_identities_come_only_from_the_trusted_authentication_filter() {
     assert_eq!(get(&[("authorization", &forged)]).status, 401);
     // Every attempt is in the audit log, the one refused by jwt_authn too.
     let events = stack.wait_for_audit_events(4);
-    let seen: Vec<(&str, Option<&str>, u64)> = events
-        .iter()
-        .map(|e| (e["decision"].as_str().expect("decision"), e["reason"].as_str(), e["status"].as_u64().expect("status")))
-        .collect();
-    assert_eq!(
-        seen,
-        [
-            ("allow", None, 200),
-            ("deny", Some("unauthenticated"), 403),
-            ("deny", Some("unknown_caller"), 403),
-            ("deny", Some("refused_before_spapi_guard"), 401)
-        ]
-    );
+    let seen: Vec<(&str, Option<&str>, u64)> =
+        events.iter().map(|e| (e["decision"].as_str().expect("decision"), e["reason"].as_str(), e["status"].as_u64().expect("status"))).collect();
+    assert_eq!(seen, [("allow", None, 200), ("deny", Some("unauthenticated"), 403), ("deny", Some("unknown_caller"), 403), ("deny", Some("refused_before_spapi_guard"), 401)]);
     assert_eq!(events[0]["identity"], "header:batch-job");
 }
 
@@ -490,11 +474,8 @@ fn lockout_after_exactly_n_denials_across_workers_then_cooldown() {
     assert!(log.contains("lockout started: caller spiffe://spapi-guard.demo/label-printer (pii_volume)"));
     // The end of a lockout is noticed by a one-second timer.
     let events = stack.wait_for_security_event("lockout_ended");
-    let started: Vec<(&str, &str)> = events
-        .iter()
-        .filter(|e| e["event"] == "lockout_started")
-        .map(|e| (e["caller"].as_str().expect("caller"), e["reason"].as_str().expect("reason")))
-        .collect();
+    let started: Vec<(&str, &str)> =
+        events.iter().filter(|e| e["event"] == "lockout_started").map(|e| (e["caller"].as_str().expect("caller"), e["reason"].as_str().expect("reason"))).collect();
     assert_eq!(started, [("spiffe://spapi-guard.demo/analytics", "denials"), ("spiffe://spapi-guard.demo/label-printer", "pii_volume")]);
     let ended: Vec<&str> = events.iter().filter(|e| e["event"] == "lockout_ended").map(|e| e["caller"].as_str().expect("caller")).collect();
     assert_eq!(ended, ["spiffe://spapi-guard.demo/analytics"], "the cooldown's end is reported once");

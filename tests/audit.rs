@@ -28,10 +28,8 @@ fn fixture_pii_strings() -> BTreeSet<String> {
     let catalog = Catalog::build(&CatalogOverrides::default()).expect("catalog");
     // Query values of non-PII parameters (CreatedAfter=TEST_CASE_200…) are logged by design; a PII
     // field of some example that holds the same text is not a leak.
-    let query_values: BTreeSet<String> = response_fixtures()
-        .iter()
-        .flat_map(|f| f.query.split('&').filter_map(|p| p.split_once('=').map(|(_, v)| v.to_string())).collect::<Vec<_>>())
-        .collect();
+    let query_values: BTreeSet<String> =
+        response_fixtures().iter().flat_map(|f| f.query.split('&').filter_map(|p| p.split_once('=').map(|(_, v)| v.to_string())).collect::<Vec<_>>()).collect();
     let mut out = BTreeSet::new();
     for fx in response_fixtures() {
         let Some(op) = catalog.route(&fx.method, &fx.path) else { continue };
@@ -89,11 +87,7 @@ fn everything_envoy_prints_is_free_of_pii_and_keys_and_every_request_is_audited(
     sent += 1;
     // A buyer email in a query string (getOrders BuyerEmail): the redacted path hides it.
     let email = "jane.buyer.querytest@example.com";
-    let with_email = stack.request(
-        "GET",
-        &format!("/orders/v0/orders?BuyerEmail={}&MarketplaceIds=ATVPDKIKX0DER", email.replace('@', "%40")),
-        &[("x-mock-fixture", &orders.file)],
-    );
+    let with_email = stack.request("GET", &format!("/orders/v0/orders?BuyerEmail={}&MarketplaceIds=ATVPDKIKX0DER", email.replace('@', "%40")), &[("x-mock-fixture", &orders.file)]);
     assert_eq!(with_email.status, 200);
     sent += 1;
 
@@ -117,11 +111,7 @@ fn everything_envoy_prints_is_free_of_pii_and_keys_and_every_request_is_audited(
     let lines: Vec<String> = events.iter().chain(security.iter()).map(Value::to_string).collect();
     let events_file = stack.dir.join("events.jsonl");
     fs::write(&events_file, lines.join("\n") + "\n").expect("write");
-    let validated = Command::new(repo().join(".venv/bin/python"))
-        .arg(repo().join("tests/validate_events.py"))
-        .arg(&events_file)
-        .output()
-        .expect("python");
+    let validated = Command::new(repo().join(".venv/bin/python")).arg(repo().join("tests/validate_events.py")).arg(&events_file).output().expect("python");
     assert!(validated.status.success(), "schema: {}", String::from_utf8_lossy(&validated.stdout));
 
     // Everything Envoy printed: stdout (audit log), stderr (its log and the filter's), admin stats.
@@ -209,10 +199,7 @@ fn metrics_equal_the_traffic_sent() {
 
     // Every metric the alert rules use is one the filter emits (and this traffic produced).
     let rules = fs::read_to_string(repo().join("monitoring/alerts.yml")).expect("alerts.yml");
-    let used: BTreeSet<&str> = rules
-        .split(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
-        .filter(|w| w.starts_with("spapi_guard_"))
-        .collect();
+    let used: BTreeSet<&str> = rules.split(|c: char| !(c.is_ascii_alphanumeric() || c == '_')).filter(|w| w.starts_with("spapi_guard_")).collect();
     assert!(used.len() >= 7, "{used:?}");
     let emitted: BTreeSet<&str> = METRICS.iter().map(|m| m.name).collect();
     for metric in &used {

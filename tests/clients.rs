@@ -68,10 +68,7 @@ fn python() -> PathBuf {
 }
 
 fn node() -> PathBuf {
-    assert!(
-        repo().join("tests/clients/node_modules/@sp-api-sdk/auth").exists(),
-        "tests/clients/node_modules is missing: run `make test-clients` (it installs the clients)"
-    );
+    assert!(repo().join("tests/clients/node_modules/@sp-api-sdk/auth").exists(), "tests/clients/node_modules is missing: run `make test-clients` (it installs the clients)");
     PathBuf::from("node")
 }
 
@@ -79,10 +76,7 @@ fn node() -> PathBuf {
 fn cases() -> Vec<Value> {
     let mut cases = Vec::new();
     let ops: BTreeMap<&str, &str> = OPERATIONS.iter().map(|(name, id)| (*id, *name)).collect();
-    let fixtures: Vec<Fixture> = response_fixtures()
-        .into_iter()
-        .filter(|f| ops.contains_key(format!("{}.{}", op_prefix(&f.file), op_name(&f.file)).as_str()))
-        .collect();
+    let fixtures: Vec<Fixture> = response_fixtures().into_iter().filter(|f| ops.contains_key(format!("{}.{}", op_prefix(&f.file), op_name(&f.file)).as_str())).collect();
     let case = |id: String, via: &str, caller: &str, op: &str, fx: &Fixture, expect: Value| {
         let query: BTreeMap<String, String> = url_query(&fx.query);
         json!({"id": id, "via": via, "caller": caller, "op": op, "orderId": order_id(&fx.path), "query": query,
@@ -116,7 +110,14 @@ fn cases() -> Vec<Value> {
         cases.push(case(format!("lockout: denial {n}"), "guard", "analytics", "v0.getOrders", &get_orders, json!({"status": 403, "code": "Unauthorized"})));
     }
     // A lockout is a 403 (with Retry-After): no client's retry logic sleeps through it.
-    cases.push(case("lockout: 403 locked_out".into(), "guard", "analytics", "2026.searchOrders", &search, json!({"status": 403, "code": "Unauthorized", "details": "spapi-guard:locked_out"})));
+    cases.push(case(
+        "lockout: 403 locked_out".into(),
+        "guard",
+        "analytics",
+        "2026.searchOrders",
+        &search,
+        json!({"status": 403, "code": "Unauthorized", "details": "spapi-guard:locked_out"}),
+    ));
     cases
 }
 
@@ -135,12 +136,7 @@ fn order_id(path: &str) -> Option<String> {
 }
 
 fn url_query(query: &str) -> BTreeMap<String, String> {
-    query
-        .split('&')
-        .filter(|p| !p.is_empty())
-        .filter_map(|p| p.split_once('='))
-        .map(|(k, v)| (k.to_string(), v.replace("%3A", ":").replace("%2C", ",")))
-        .collect()
+    query.split('&').filter(|p| !p.is_empty()).filter_map(|p| p.split_once('=')).map(|(k, v)| (k.to_string(), v.replace("%3A", ":").replace("%2C", ","))).collect()
 }
 
 /// policies/spapi-schema-facts.json: operation id → JSONPath → facts.
@@ -413,7 +409,8 @@ fn run_client(client: ClientUnderTest) {
     let summary = json!({"client": client.name, "cases": report.len(), "failed": failed, "notes": notes, "report": report});
     fs::write(dir.join("report.json"), serde_json::to_vec_pretty(&summary).expect("json")).expect("write report");
 
-    let mut text = format!("{} — {} cases, {} failed, {:.1} s (report: {})\n", client.name, report.len(), failed, started.elapsed().as_secs_f64(), dir.join("report.json").display());
+    let mut text =
+        format!("{} — {} cases, {} failed, {:.1} s (report: {})\n", client.name, report.len(), failed, started.elapsed().as_secs_f64(), dir.join("report.json").display());
     for line in &report {
         if line["verdict"] == "ok" {
             continue;

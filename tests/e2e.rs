@@ -140,9 +140,7 @@ fn deterministic_tokens_repeat_across_requests_and_vms_randomized_do_not() {
     let second = a.play(&fx).json();
     let other_vm = b.play(&fx).json();
     let email = |v: &Value| v["orders"][0]["buyer"]["buyerEmail"].as_str().expect("token").to_string();
-    let gift = |v: &Value| {
-        v["orders"][0]["orderItems"][0]["fulfillment"]["packing"]["giftOption"]["giftMessage"].as_str().expect("token").to_string()
-    };
+    let gift = |v: &Value| v["orders"][0]["orderItems"][0]["fulfillment"]["packing"]["giftOption"]["giftMessage"].as_str().expect("token").to_string();
     // Default policy: email deterministic, gift_message randomized.
     assert_eq!(email(&first), email(&second));
     assert_eq!(email(&first), email(&other_vm), "another Envoy process, same key: same token");
@@ -227,9 +225,7 @@ fn operations_without_pii_pass_unchanged_and_unbuffered() {
     opts.fixture_dirs.push(dir);
     let stack = Stack::start(opts);
     let rdt_request = r#"{"restrictedResources":[{"method":"GET","path":"/orders/v0/orders/{orderId}/address"}]}"#;
-    let rdt = stack
-        .send(Client::Cert(ORDER_SYNC), "POST", "/tokens/2021-03-01/restrictedDataToken", &[("x-mock-fixture", "rdt.json")], None, Some(rdt_request))
-        .expect("curl");
+    let rdt = stack.send(Client::Cert(ORDER_SYNC), "POST", "/tokens/2021-03-01/restrictedDataToken", &[("x-mock-fixture", "rdt.json")], None, Some(rdt_request)).expect("curl");
     assert_eq!(rdt.status, 200);
     assert!(rdt.body == big, "catalog operation without response PII: body changed");
     let unknown = stack.request("GET", "/catalog/2022-04-01/items", &[("x-mock-fixture", "catalog.json")]);
@@ -269,10 +265,7 @@ fn unprocessable_responses_fail_closed_with_no_upstream_bytes() {
         ("oversize-chunked", json!({}), true, oversize, "body_too_large"),
         ("invalid-chunked", json!({}), true, pii_body[..pii_body.len() - 1].to_vec(), "invalid_json"),
     ];
-    let entries: Vec<_> = cases
-        .iter()
-        .map(|(case, headers, chunked, body, _)| (*case, "GET", path(case), 200u16, headers.clone(), *chunked, body.clone()))
-        .collect();
+    let entries: Vec<_> = cases.iter().map(|(case, headers, chunked, body, _)| (*case, "GET", path(case), 200u16, headers.clone(), *chunked, body.clone())).collect();
     let entries: Vec<_> = entries.iter().map(|(c, m, p, s, h, ch, b)| (*c, *m, p.as_str(), *s, h.clone(), *ch, b.clone())).collect();
     let dir = fixture_dir("failclosed-fixtures", &entries);
     let mut opts = Options::new("failclosed", &key);

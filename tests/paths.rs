@@ -148,7 +148,10 @@ fn the_audit_log_prints_no_pii_from_paths_or_queries() {
         ("BuyerEmail[]=jane.four%40example.com", "{redacted}={redacted}"),
         ("BuyerEmail%3Djane.five%40example.com", "{redacted}"),
         ("MarketplaceIds=jane.six%40example.com", "MarketplaceIds={redacted}"),
-        ("CreatedAfter=2024-12-20T00%3A00%3A00Z&OrderStatuses=Shipped&SellerOrderId=jane.seven", "CreatedAfter=2024-12-20T00:00:00Z&OrderStatuses=Shipped&SellerOrderId={redacted}"),
+        (
+            "CreatedAfter=2024-12-20T00%3A00%3A00Z&OrderStatuses=Shipped&SellerOrderId=jane.seven",
+            "CreatedAfter=2024-12-20T00:00:00Z&OrderStatuses=Shipped&SellerOrderId={redacted}",
+        ),
     ];
     let mut replies = Vec::new();
     for (query, _) in cases {
@@ -230,8 +233,7 @@ fn dry_run_still_refuses_unknown_operations_and_invalid_paths() {
     let analytics = send(&global, "analytics", "GET", "/orders/v0/orders?MarketplaceIds=ATVPDKIKX0DER", &fixture, None);
     assert_eq!(analytics.status, 200, "{}", analytics.body);
     let events = global.wait_for_audit_events(7);
-    let decisions: BTreeSet<(&str, &str)> =
-        events.iter().map(|e| (e["decision"].as_str().expect("decision"), e["reason"].as_str().expect("reason"))).collect();
+    let decisions: BTreeSet<(&str, &str)> = events.iter().map(|e| (e["decision"].as_str().expect("decision"), e["reason"].as_str().expect("reason"))).collect();
     let expected = [("deny", "unknown_operation"), ("deny", "invalid_path"), ("dry_run_deny", "operation_not_allowed")];
     assert_eq!(decisions, expected.into_iter().collect());
     assert_schema_valid(&global, &events);

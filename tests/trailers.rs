@@ -62,10 +62,7 @@ fn excerpt(body: &[u8]) -> String {
 /// The audit event with this request id (waiting for `n` events first).
 fn audit_event_of(stack: &Stack, request_id: &str, n: usize) -> Value {
     let events = stack.wait_for_audit_events(n);
-    events
-        .into_iter()
-        .find(|e| e["request_id"] == request_id)
-        .unwrap_or_else(|| panic!("no audit event with request_id {request_id} ({})", stack.dir.display()))
+    events.into_iter().find(|e| e["request_id"] == request_id).unwrap_or_else(|| panic!("no audit event with request_id {request_id} ({})", stack.dir.display()))
 }
 
 /// The last `n` characters of what Envoy printed, for a failure message.
@@ -79,10 +76,7 @@ fn output_tail(stack: &Stack, n: usize) -> String {
 // 1. Request trailers must not skip the Restricted Data Token check.
 
 fn rdt_request<'a>(body: &str) -> H2Request<'a> {
-    H2Request::new(Client::Cert(LABEL_PRINTER), "POST", RDT_PATH)
-        .header("content-type", "application/json")
-        .header("x-mock-fixture", RDT_FIXTURE)
-        .body(body.as_bytes().to_vec())
+    H2Request::new(Client::Cert(LABEL_PRINTER), "POST", RDT_PATH).header("content-type", "application/json").header("x-mock-fixture", RDT_FIXTURE).body(body.as_bytes().to_vec())
 }
 
 /// Asserts the RDT request was denied before the upstream: 403 `rdt_resource_not_allowed`, no
@@ -214,10 +208,7 @@ fn response_trailers_case(name: &'static str, upstream: UpstreamProtocol) {
     let fx = fixture(ADDRESS_FIXTURE);
     let body = fx.body();
     let trailers = json!({"x-amzn-checksum": "c2hhMjU2", "x-foo": "bar"});
-    let dir = fixture_folder(
-        "trailer-fixtures",
-        &[("address-trailers.json", json!({"method": "GET", "path": ADDRESS_PATH, "trailers": trailers}), &body)],
-    );
+    let dir = fixture_folder("trailer-fixtures", &[("address-trailers.json", json!({"method": "GET", "path": ADDRESS_PATH, "trailers": trailers}), &body)]);
     let mut opts = Options::new(name, &key);
     opts.fixture_dirs.push(dir);
     opts.upstream_protocol = upstream;
@@ -344,8 +335,7 @@ const ZEBULON: [&str; 5] = ["Zebulon Quartermaine", "77 Sunken Meadow Road", "Ra
 
 /// Starts Envoy with the mock serving `entries` (file, path, query, body).
 fn huge_stack(name: &'static str, key: &[u8; KEY_LEN], entries: &[(&str, &str, &str, &[u8])]) -> Stack {
-    let entries: Vec<(&str, Value, &[u8])> =
-        entries.iter().map(|(file, path, query, body)| (*file, json!({"method": "GET", "path": path, "query": query}), *body)).collect();
+    let entries: Vec<(&str, Value, &[u8])> = entries.iter().map(|(file, path, query, body)| (*file, json!({"method": "GET", "path": path, "query": query}), *body)).collect();
     let dir = fixture_folder(&format!("{name}-fixtures"), &entries);
     let mut opts = Options::new(name, key);
     opts.fixture_dirs.push(dir);
@@ -461,10 +451,7 @@ fn upstream_reset_case(name: &'static str, upstream: UpstreamProtocol) {
     assert!(sent_pii.len() >= 3, "{sent_pii:?}");
     let mut pii = distinctive_pii(op, &up);
     pii.extend(sent_pii.iter().map(|n| n.trim_matches('"').to_string()).filter(|s| s.len() >= 4));
-    let dir = fixture_folder(
-        &format!("{name}-fixtures"),
-        &[("address-cut.json", json!({"method": "GET", "path": ADDRESS_PATH, "close_after": cut}), &body)],
-    );
+    let dir = fixture_folder(&format!("{name}-fixtures"), &[("address-cut.json", json!({"method": "GET", "path": ADDRESS_PATH, "close_after": cut}), &body)]);
     let mut opts = Options::new(name, &key);
     opts.fixture_dirs.push(dir);
     opts.upstream_protocol = upstream;

@@ -40,10 +40,7 @@ impl Context for Root {}
 
 impl RootContext for Root {
     fn on_configure(&mut self, _size: usize) -> bool {
-        let config = proxy_wasm::hostcalls::get_buffer(proxy_wasm::types::BufferType::PluginConfiguration, 0, usize::MAX)
-            .ok()
-            .flatten()
-            .unwrap_or_default();
+        let config = proxy_wasm::hostcalls::get_buffer(proxy_wasm::types::BufferType::PluginConfiguration, 0, usize::MAX).ok().flatten().unwrap_or_default();
         // Returning false makes Envoy refuse the configuration (bootstrap or LDS update).
         let Some(guard) = lifecycle::configure(&Envoy, &config, &|name| std::env::var(name).ok()) else { return false };
         if !guard.access.callers.is_empty() {

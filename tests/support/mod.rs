@@ -15,9 +15,9 @@ use std::time::{Duration, Instant};
 
 use base64::engine::general_purpose::STANDARD;
 use base64::Engine as _;
-use serde_json::Value;
 use jsonpath_rust::query::js_path;
 use serde_json::json;
+use serde_json::Value;
 use spapi_guard::catalog::Operation;
 use spapi_guard::pii::PiiClass;
 use spapi_guard::tokens::{TokenEngine, KEY_LEN};
@@ -61,9 +61,7 @@ fn envoy_bin() -> PathBuf {
 }
 
 fn wasm() -> PathBuf {
-    std::env::var_os("SPAPI_GUARD_WASM")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| repo().join("target/wasm32-wasip1/release/spapi_guard.wasm"))
+    std::env::var_os("SPAPI_GUARD_WASM").map(PathBuf::from).unwrap_or_else(|| repo().join("target/wasm32-wasip1/release/spapi_guard.wasm"))
 }
 
 /// The shipped default policy.
@@ -257,15 +255,7 @@ impl Stack {
     }
 
     /// Sends a request with an explicit body; `Err` when the connection failed (e.g. handshake).
-    pub fn send(
-        &self,
-        client: Client,
-        method: &str,
-        path_and_query: &str,
-        headers: &[(&str, &str)],
-        from: Option<&str>,
-        body: Option<&str>,
-    ) -> Result<Response, String> {
+    pub fn send(&self, client: Client, method: &str, path_and_query: &str, headers: &[(&str, &str)], from: Option<&str>, body: Option<&str>) -> Result<Response, String> {
         let dir = certs();
         let mut args: Vec<String> = Vec::new();
         let scheme = match client {
@@ -309,18 +299,12 @@ impl Stack {
 
     /// The audit events so far: the JSON lines of Envoy's stdout access log.
     pub fn audit_events(&self) -> Vec<Value> {
-        read(&self.dir.join("envoy.stdout"))
-            .lines()
-            .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("access log line is not JSON ({e}): {l}")))
-            .collect()
+        read(&self.dir.join("envoy.stdout")).lines().map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("access log line is not JSON ({e}): {l}"))).collect()
     }
 
     /// The filter's security events so far (`spapi-guard event {json}` in Envoy's log).
     pub fn security_events(&self) -> Vec<Value> {
-        read(&self.dir.join("envoy.stderr"))
-            .lines()
-            .filter_map(|l| l.split_once("spapi-guard event ").map(|(_, json)| serde_json::from_str(json).expect("event json")))
-            .collect()
+        read(&self.dir.join("envoy.stderr")).lines().filter_map(|l| l.split_once("spapi-guard event ").map(|(_, json)| serde_json::from_str(json).expect("event json"))).collect()
     }
 
     /// Waits (up to 10 s) until a security event of this kind has been logged.
@@ -338,10 +322,7 @@ impl Stack {
     /// Envoy's Prometheus metrics of the filter: `name{labels}` → value.
     pub fn metrics(&self) -> BTreeMap<String, u64> {
         let text = String::from_utf8_lossy(&curl(self.admin_port, "GET", "/stats/prometheus", &[]).body).into_owned();
-        text.lines()
-            .filter(|l| l.starts_with("spapi_guard_"))
-            .filter_map(|l| l.rsplit_once(' ').map(|(k, v)| (k.to_string(), v.parse().unwrap_or(0))))
-            .collect()
+        text.lines().filter(|l| l.starts_with("spapi_guard_")).filter_map(|l| l.rsplit_once(' ').map(|(k, v)| (k.to_string(), v.parse().unwrap_or(0)))).collect()
     }
 
     /// Waits until the access log has `n` lines (Envoy writes it after the response).
@@ -453,9 +434,7 @@ fn parse_response(raw: &[u8]) -> Response {
     let head = String::from_utf8_lossy(&raw[..split]).into_owned();
     let mut lines = head.split("\r\n");
     let status = lines.next().and_then(|l| l.split(' ').nth(1)).and_then(|s| s.parse().ok()).expect("status");
-    let headers = lines
-        .filter_map(|l| l.split_once(':').map(|(k, v)| (k.trim().to_ascii_lowercase(), v.trim().to_string())))
-        .collect();
+    let headers = lines.filter_map(|l| l.split_once(':').map(|(k, v)| (k.trim().to_ascii_lowercase(), v.trim().to_string()))).collect();
     Response { status, headers, body: raw[split + 4..].to_vec() }
 }
 
@@ -493,8 +472,7 @@ impl Fixture {
 
 /// The response fixtures of the Amazon set.
 pub fn response_fixtures() -> Vec<Fixture> {
-    let index: Vec<Fixture> =
-        serde_json::from_str(&fs::read_to_string(repo().join("tests/fixtures/spapi/INDEX.json")).expect("index")).expect("json");
+    let index: Vec<Fixture> = serde_json::from_str(&fs::read_to_string(repo().join("tests/fixtures/spapi/INDEX.json")).expect("index")).expect("json");
     index.into_iter().filter(|f| f.kind == "response").collect()
 }
 
@@ -511,7 +489,10 @@ pub fn fixture(file: &str) -> Fixture {
 }
 
 /// Writes a fixture folder for the mock: `(file, method, path, status, headers, chunked, body)`.
-pub fn fixture_dir(name: &str, entries: &[(&str, &str, &str, u16, Value, bool, Vec<u8>)]) -> PathBuf {
+/// One mock fixture: `(file, method, path, status, headers, chunked, body)`.
+pub type FixtureEntry<'a> = (&'a str, &'a str, &'a str, u16, Value, bool, Vec<u8>);
+
+pub fn fixture_dir(name: &str, entries: &[FixtureEntry]) -> PathBuf {
     let dir = stack_dir(name);
     let mut index = Vec::new();
     for (file, method, path, status, headers, chunked, body) in entries {
@@ -546,7 +527,6 @@ pub fn reference_pii(op: &Operation, body: &Value) -> Vec<PiiValue> {
     }
     out
 }
-
 
 /// How Envoy talks to the `spapi` cluster (the mock serves all of them on one port).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -684,9 +664,7 @@ impl Stack {
         let v: Value = serde_json::from_slice(&out.stdout)
             .unwrap_or_else(|e| panic!("h2_client.py printed no JSON ({e}): {}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr)));
         let pairs = |v: &Value| -> Vec<(String, String)> {
-            v.as_array()
-                .map(|a| a.iter().map(|p| (p[0].as_str().unwrap_or("").to_string(), p[1].as_str().unwrap_or("").to_string())).collect())
-                .unwrap_or_default()
+            v.as_array().map(|a| a.iter().map(|p| (p[0].as_str().unwrap_or("").to_string(), p[1].as_str().unwrap_or("").to_string())).collect()).unwrap_or_default()
         };
         H2Response {
             alpn: v["alpn"].as_str().map(str::to_string),
