@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 
 use spapi_guard::guard::Guard;
 use spapi_guard::json_rewrite::write_json_string;
-use spapi_guard::pii::PiiClass;
+use spapi_guard::pii::{PerClass, PiiClass};
 use spapi_guard::policy::Action;
 use spapi_guard::tokens::{Mode, TokenEngine, ValueKind};
 
@@ -102,7 +102,7 @@ fn main() {
         ("rewrite + tokenize (default policy), page seen before (recent tokens remembered)", None, &warm),
     ] {
         let actions = match action {
-            Some(a) => [a; 8],
+            Some(a) => PerClass::splat(a),
             None => *g.policy.actions(),
         };
         let ns = time_per_call(budget * 2, || {

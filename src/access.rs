@@ -17,7 +17,7 @@ use crate::catalog::{Catalog, Operation};
 use crate::cidr::{canonical, Cidr};
 use crate::config_error::ConfigError;
 use crate::lockout::LockoutRules;
-use crate::pii::PiiClass;
+use crate::pii::{PerClass, PiiClass};
 use crate::policy::{Action, ClassActions, Policy};
 use crate::query_params::INCLUDED_DATA;
 use crate::uri;
@@ -447,7 +447,7 @@ impl Access {
                 source,
                 allow: c.allow_cidrs.as_ref().map(|l| cidrs(l, &format!("{at}.allowCidrs"))).transpose()?,
                 operations: vec![false; catalog.operations.len()],
-                actions: [Action::Remove; 8],
+                actions: PerClass::splat(Action::Remove),
                 max_pii_per_window: None,
                 dry_run: false,
             };
@@ -458,9 +458,9 @@ impl Access {
                     caller.operations[k] |= allowed;
                 }
                 for class in PiiClass::ALL {
-                    let (mine, theirs) = (caller.actions[class.index()], role.actions[class.index()]);
+                    let (mine, theirs) = (caller.actions[class], role.actions[class]);
                     if theirs.exposure() > mine.exposure() {
-                        caller.actions[class.index()] = theirs;
+                        caller.actions[class] = theirs;
                     }
                 }
                 caller.max_pii_per_window = match (caller.max_pii_per_window, role.max_pii) {
@@ -643,7 +643,7 @@ impl Access {
 
 /// Whether the caller gets any of these classes in some form.
 fn grants_any(caller: &Caller, mut classes: impl Iterator<Item = PiiClass>) -> bool {
-    classes.any(|c| caller.actions[c.index()] != Action::Remove)
+    classes.any(|c| caller.actions[c] != Action::Remove)
 }
 
 struct CompiledRole {
@@ -671,11 +671,11 @@ fn compile_role(name: &str, role: &RoleDoc, catalog: &Catalog, policy: &Policy) 
             ));
         }
     }
-    let mut actions = [Action::Remove; 8];
+    let mut actions = PerClass::splat(Action::Remove);
     if let Some(level) = role.pii.get("*") {
         let all = level_action(level, PiiClass::Other, policy).ok_or_else(|| bad_level(&at, "*", level))?;
         for class in PiiClass::ALL {
-            actions[class.index()] = level_action(level, class, policy).unwrap_or(all);
+            actions[class] = level_action(level, class, policy).unwrap_or(all);
         }
     }
     for (key, level) in &role.pii {
@@ -684,7 +684,7 @@ fn compile_role(name: &str, role: &RoleDoc, catalog: &Catalog, policy: &Policy) 
         }
         let class =
             PiiClass::parse(key).ok_or_else(|| ConfigError::new(format!("{at}.pii.{key}"), format!("'{key}' is not a PII class; use one of {} or *", PiiClass::names())))?;
-        actions[class.index()] = level_action(level, class, policy).ok_or_else(|| bad_level(&at, key, level))?;
+        actions[class] = level_action(level, class, policy).ok_or_else(|| bad_level(&at, key, level))?;
     }
     Ok(CompiledRole { operations, actions, max_pii: role.max_pii_fields_per_window, dry_run: role.dry_run })
 }
@@ -902,9 +902,9 @@ mod tests {
         assert_eq!(verdict(&g, &facts(Some(SYNC), "/reports/2021-06-30/reports"), "GET"), deny(DenyReason::UnknownOperation));
         assert_eq!(verdict(&g, &facts(Some(SYNC), "/catalog/2022-04-01/items"), "GET"), allow);
         let labels = &g.access.callers[1];
-        assert_eq!(labels.actions[PiiClass::Address.index()], Action::Clear);
-        assert_eq!(labels.actions[PiiClass::Name.index()], Action::Remove, "unlisted classes: need to know");
-        assert!(matches!(g.access.callers[0].actions[PiiClass::Email.index()], Action::Tokenize(_)));
+        assert_eq!(labels.actions[PiiClass::Address], Action::Clear);
+        assert_eq!(labels.actions[PiiClass::Name], Action::Remove, "unlisted classes: need to know");
+        assert!(matches!(g.access.callers[0].actions[PiiClass::Email], Action::Tokenize(_)));
     }
 
     #[test]

@@ -9,7 +9,7 @@ use crate::config_error::ConfigError;
 use crate::fail_closed::FailReason;
 use crate::json_rewrite::{rewrite, write_json_string, Edit, FieldHandler, MatchedValue, RewriteError};
 use crate::keyring;
-use crate::pii::PiiClass;
+use crate::pii::{PerClass, PiiClass};
 use crate::policy::{Action, ClassActions, NumberAction, Policy, DEFAULT_NUMBER_DECIMALS};
 use crate::policy_doc::parse_doc;
 use crate::schema::{coarsen, empty_like, is_number_text, FieldSchema};
@@ -128,7 +128,7 @@ pub struct Protected {
 /// PII values seen, by class and by what was done with them.
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
 pub struct FieldCounts {
-    counts: [[u32; ACTIONS]; 8],
+    counts: PerClass<[u32; ACTIONS]>,
 }
 
 /// Slots per class: the five actions, then numbers coarsened.
@@ -149,39 +149,39 @@ fn action_slot(action: Action) -> usize {
 
 impl FieldCounts {
     fn add(&mut self, class: PiiClass, action: Action) {
-        let slot = &mut self.counts[class.index()][action_slot(action)];
+        let slot = &mut self.counts[class][action_slot(action)];
         *slot = slot.saturating_add(1);
     }
 
     fn add_treatment(&mut self, class: PiiClass, slot: usize) {
-        if let Some(n) = self.counts.get_mut(class.index()).and_then(|c| c.get_mut(slot)) {
+        if let Some(n) = self.counts[class].get_mut(slot) {
             *n = n.saturating_add(1);
         }
     }
 
     /// How many numbers of `class` were coarsened.
     pub fn coarsened(&self, class: PiiClass) -> u32 {
-        self.counts[class.index()][COARSENED]
+        self.counts[class][COARSENED]
     }
 
     /// How many values of `class` got `action`'s treatment (the mode of tokenize is ignored).
     pub fn get(&self, class: PiiClass, action: Action) -> u32 {
-        self.counts[class.index()][action_slot(action)]
+        self.counts[class][action_slot(action)]
     }
 
     /// All values seen.
     pub fn total(&self) -> u32 {
-        self.counts.iter().flatten().sum()
+        self.counts.values().flatten().sum()
     }
 
     /// Whether any value was tokenized or hashed, i.e. the active key was used.
     pub fn used_key(&self) -> bool {
-        self.counts.iter().any(|c| c[action_slot(Action::Tokenize(Mode::Deterministic))] > 0 || c[action_slot(Action::Hash)] > 0)
+        self.counts.values().any(|c| c[action_slot(Action::Tokenize(Mode::Deterministic))] > 0 || c[action_slot(Action::Hash)] > 0)
     }
 
     /// Values the caller received in some form (every action but removal).
     pub fn delivered(&self) -> u32 {
-        self.counts.iter().map(|c| c.iter().sum::<u32>() - c[REMOVED]).sum()
+        self.counts.values().map(|c| c.iter().sum::<u32>() - c[REMOVED]).sum()
     }
 
     /// Non-zero counts as (class, action name, count).
@@ -189,7 +189,7 @@ impl FieldCounts {
         const NAMES: [&str; ACTIONS] = ["tokenized", "hashed", "redacted", "clear", "removed", "coarsened"];
         PiiClass::ALL.into_iter().flat_map(move |class| {
             (0..ACTIONS).filter_map(move |a| {
-                let n = self.counts[class.index()][a];
+                let n = self.counts[class][a];
                 (n > 0).then_some((class, NAMES[a], n))
             })
         })
@@ -227,7 +227,7 @@ impl FieldHandler for Protector<'_> {
 
     fn replace(&mut self, rule: u32, value: MatchedValue<'_>, out: &mut Vec<u8>) -> Result<Edit, Never> {
         let Some(rule) = self.rules.get(rule as usize) else { return Ok(Edit::Keep) };
-        let action = self.actions[rule.class.index()];
+        let action = self.actions[rule.class];
         let (plaintext, kind): (&[u8], ValueKind) = match &value {
             // An empty string carries no PII; keeping it keeps "was it empty" answerable.
             MatchedValue::Text(t) if t.is_empty() && action != Action::Remove => return Ok(Edit::Keep),
@@ -379,8 +379,8 @@ mod tests {
         let g = guard("");
         let op = g.catalog.route("GET", "/orders/v0/orders/1/address").expect("op");
         let mut actions = *g.policy.actions();
-        actions[PiiClass::Name.index()] = Action::Remove;
-        actions[PiiClass::Address.index()] = Action::Clear;
+        actions[PiiClass::Name] = Action::Remove;
+        actions[PiiClass::Address] = Action::Clear;
         let body = br#"{"payload":{"ShippingAddress":{"Name":"Jane","City":"Seattle"}}}"#;
         let out = g.protect_response_with(op, body, &actions).expect("protected");
         assert_eq!(out.body.as_deref(), Some(&br#"{"payload":{"ShippingAddress":{"City":"Seattle"}}}"#[..]));
@@ -450,7 +450,7 @@ mod tests {
         let g = guard("");
         let op = g.catalog.route("GET", "/mfn/v0/shipments/S1").expect("op");
         let mut actions = *g.policy.actions();
-        actions[PiiClass::Name.index()] = Action::Remove;
+        actions[PiiClass::Name] = Action::Remove;
         let body = br#"{"payload":{"ShipToAddress":{"Name":"Jane","City":"Canton"}}}"#;
         let out = g.protect_response_with(op, body, &actions).expect("ok");
         let v: serde_json::Value = serde_json::from_slice(&out.body.expect("changed")).expect("json");

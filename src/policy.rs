@@ -1,6 +1,6 @@
 //! The validated policy's own settings: what happens to each PII class and the body limits.
 //! The document as written, and how it is read, is [`crate::policy_doc`].
-use crate::pii::PiiClass;
+use crate::pii::{PerClass, PiiClass};
 use crate::tokens::Mode;
 
 /// Policy format version this build reads.
@@ -37,7 +37,7 @@ pub enum Action {
 }
 
 /// The action for each PII class, indexed by [`PiiClass::index`].
-pub type ClassActions = [Action; 8];
+pub type ClassActions = PerClass<Action>;
 
 impl Action {
     /// The name used in audit counts and metrics.
@@ -105,7 +105,7 @@ pub enum NumberAction {
 impl Policy {
     /// The action for values of `class`.
     pub fn action(&self, class: PiiClass) -> Action {
-        self.actions[class.index()]
+        self.actions[class]
     }
 
     /// The action of every class.

@@ -11,6 +11,7 @@ use crate::canary::CanariesDoc;
 use crate::catalog::{parse_class, CatalogOverrides};
 use crate::config_error::ConfigError;
 use crate::keyring::KeysDoc;
+use crate::pii::PerClass;
 use crate::policy::*;
 use crate::tokens::Mode;
 
@@ -72,10 +73,10 @@ impl Policy {
             return Err(ConfigError::new("version", format!("this build reads policy version {POLICY_VERSION}; set \"version\": {POLICY_VERSION}")));
         }
         let default = action(&doc.defaults, Action::Tokenize(Mode::Deterministic), "defaults")?;
-        let mut actions = [default; 8];
+        let mut actions = PerClass::splat(default);
         for (name, rule) in &doc.classes {
             let class = parse_class(name).map_err(|m| ConfigError::new(format!("classes.{name}"), m))?;
-            actions[class.index()] = action(rule, default, &format!("classes.{name}"))?;
+            actions[class] = action(rule, default, &format!("classes.{name}"))?;
         }
         let redact_mask = doc.redact_mask.clone().unwrap_or_else(|| DEFAULT_REDACT_MASK.to_string());
         if redact_mask.is_empty() || redact_mask.len() > 64 || redact_mask.chars().any(char::is_control) {
