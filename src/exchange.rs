@@ -23,6 +23,7 @@ use crate::audit::{redacted_path_with, AuditEvent, DecisionIds, DecisionKind, Ou
 use crate::canary::ChunkScanner;
 use crate::fail_closed::{check_response_headers, FailReason};
 use crate::guard::{FieldCounts, Guard};
+use crate::keyring::ActiveKeys;
 use crate::lockout::{LockState, Trigger};
 use crate::policy::ClassActions;
 
@@ -61,6 +62,8 @@ pub trait Host {
     fn now_ms(&self) -> u64;
     /// Adds `n` to a counter with labels.
     fn count(&self, metric: &str, labels: &[(&str, &str)], n: u64);
+    /// Sets a gauge with labels.
+    fn gauge(&self, metric: &str, labels: &[(&str, &str)], value: u64);
     /// A caller's lockout state as all workers see it.
     fn lock_state(&self, caller_id: &str) -> LockState;
     /// Updates a caller's lockout state atomically; `update` may run more than once.
@@ -167,6 +170,8 @@ pub struct Exchange {
     outcome: Outcome,
     reason: Option<&'static str>,
     counts: FieldCounts,
+    /// The key of each class in the response (when it was protected).
+    keys: Option<ActiveKeys>,
     upstream_status: Option<u32>,
     /// Size of the request body held so far (as the host last reported it).
     request_held: usize,
@@ -201,6 +206,7 @@ impl Exchange {
             outcome: Outcome::Unmatched,
             reason: None,
             counts: FieldCounts::default(),
+            keys: None,
             upstream_status: None,
             request_held: 0,
             response_held: 0,
@@ -453,6 +459,7 @@ impl Exchange {
         let operation = self.operation.and_then(|i| self.guard.catalog.operations.get(i));
         let identity = self.decision.as_ref().and_then(|d| d.identity.as_ref()).map(|(s, v)| format!("{}:{v}", s.as_str()));
         let decision_id = self.ids.next();
+        let key_ids = self.key_ids();
         if self.request_id.is_empty() {
             // Envoy refused the request before assigning it an id: the decision id names it.
             self.request_id = decision_id.clone();
@@ -478,7 +485,7 @@ impl Exchange {
             status: int(host.property(&["response", "code"])).map(|c| c as u32),
             upstream_status: self.upstream_status,
             pii: AuditEvent::pii_from(&self.counts),
-            key_id: self.counts.used_key().then(|| self.guard.tokens.active_key_id()),
+            key_id: key_ids.as_deref(),
             bytes_in: self.bytes_in,
             bytes_out: self.bytes_out,
             duration_ms: started_ms.map(|s| now.saturating_sub(s)),
@@ -538,9 +545,10 @@ impl Exchange {
             host.set_response_header("content-length", Some("0"));
             return Flow::Continue;
         }
-        match guard.protect_response_with(op, &body, &self.actions) {
+        match guard.protect_response_at(op, &body, &self.actions, host.now_ms()) {
             Ok(protected) => {
                 self.counts = protected.counts;
+                self.keys = Some(protected.keys);
                 let length = match protected.body {
                     Some(new_body) => {
                         host.set_response_body(body.len(), &new_body);
@@ -670,6 +678,22 @@ impl Exchange {
         self.guard.access.callers.get(index)
     }
 
+    /// The ids of the keys that made this response's tokens and pseudonyms, comma-separated.
+    fn key_ids(&self) -> Option<String> {
+        let keys = self.keys?;
+        let mut ids: Vec<&str> = Vec::new();
+        for class in crate::pii::PiiClass::ALL {
+            let used = self.counts.get(class, crate::policy::Action::Tokenize(crate::tokens::Mode::Deterministic)) + self.counts.get(class, crate::policy::Action::Hash) > 0;
+            if let Some(index) = keys.get(class).filter(|_| used) {
+                let id = self.guard.tokens.key_id(index);
+                if !ids.contains(&id) {
+                    ids.push(id);
+                }
+            }
+        }
+        (!ids.is_empty()).then(|| ids.join(","))
+    }
+
     /// Counts the request in the metrics (once, from `on_log`).
     fn count_metrics(&self, host: &dyn HttpHost) {
         let operation = self.operation.and_then(|i| self.guard.catalog.operations.get(i)).map_or("none", |o| o.id.as_str());
@@ -694,6 +718,9 @@ impl Exchange {
         }
         for (class, action, n) in self.counts.entries() {
             host.count("spapi_guard_pii_fields_total", &[("class", class.as_str()), ("action", action)], u64::from(n));
+        }
+        if let Some(keys) = self.keys {
+            crate::key_status::count_tokens(host, &self.guard, &keys, &self.actions, &self.counts);
         }
         host.count("spapi_guard_caller_pii_fields_total", &[("caller", caller)], u64::from(self.counts.delivered()));
         for canary in &self.canaries {

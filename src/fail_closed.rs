@@ -12,6 +12,9 @@ pub enum FailReason {
     UnsupportedContentType,
     /// The body is larger than `maxBodyBytes`.
     BodyTooLarge,
+    /// A PII class to tokenize or hash has no active key (the ring's keys ended, see
+    /// `spapi-guard keys`): nothing can protect it.
+    NoActiveKey,
 }
 
 impl FailReason {
@@ -22,6 +25,7 @@ impl FailReason {
             FailReason::UnsupportedEncoding => "unsupported_content_encoding",
             FailReason::UnsupportedContentType => "unsupported_content_type",
             FailReason::BodyTooLarge => "body_too_large",
+            FailReason::NoActiveKey => "no_active_key",
         }
     }
 
@@ -31,6 +35,7 @@ impl FailReason {
             FailReason::UnsupportedEncoding => "The SP-API response is compressed with an encoding spapi-guard does not read; send requests without Accept-Encoding.",
             FailReason::UnsupportedContentType => "The SP-API response is not JSON, so its customer data could not be protected.",
             FailReason::BodyTooLarge => "The SP-API response is larger than the policy's maxBodyBytes; request a smaller page.",
+            FailReason::NoActiveKey => "spapi-guard has no active key for a class of customer data in this response, so it could not be protected.",
         }
     }
 
@@ -97,7 +102,7 @@ mod tests {
 
     #[test]
     fn error_bodies_are_sp_api_style_json() {
-        for r in [FailReason::InvalidJson, FailReason::UnsupportedEncoding, FailReason::UnsupportedContentType, FailReason::BodyTooLarge] {
+        for r in [FailReason::InvalidJson, FailReason::UnsupportedEncoding, FailReason::UnsupportedContentType, FailReason::BodyTooLarge, FailReason::NoActiveKey] {
             let v: serde_json::Value = serde_json::from_str(&r.error_body()).expect("json");
             assert_eq!(v["errors"][0]["code"], "PiiProtectionFailed");
             assert_eq!(v["errors"][0]["details"], format!("spapi-guard:{}", r.code()));

@@ -8,7 +8,7 @@ use crate::catalog::{Catalog, FieldRule, Operation};
 use crate::config_error::ConfigError;
 use crate::fail_closed::FailReason;
 use crate::json_rewrite::{rewrite, write_json_string, Edit, FieldHandler, MatchedValue, RewriteError};
-use crate::keyring;
+use crate::keyring::{self, ActiveKeys};
 use crate::pii::{PerClass, PiiClass};
 use crate::policy::{Action, ClassActions, NumberAction, Policy, DEFAULT_NUMBER_DECIMALS};
 use crate::policy_doc::parse_doc;
@@ -26,35 +26,65 @@ pub struct Guard {
     /// What the policy does that some clients will not read, each naming the field and the fix
     /// (logged at load; the policy still loads).
     pub warnings: Vec<String>,
+    /// The instant the policy was loaded at (milliseconds since the Unix epoch; 0 from [`Guard::load`]).
+    pub loaded_at_ms: u64,
 }
 
 impl Guard {
-    /// Loads a policy document. `env` reads a variable of the VM's environment.
+    /// Loads a policy document without a clock: the key ring's dates are checked against each
+    /// other, not against the current time (see [`Guard::load_at`]). `env` reads a variable of the
+    /// VM's environment.
     pub fn load(config: &[u8], env: &dyn Fn(&str) -> Option<String>) -> Result<Guard, ConfigError> {
+        Guard::build(config, env, None)
+    }
+
+    /// Loads a policy document at `now_ms` (the filter's host clock): also refuses a key ring that
+    /// leaves a PII class without an active key now or later, and warns of expired keys.
+    pub fn load_at(config: &[u8], env: &dyn Fn(&str) -> Option<String>, now_ms: u64) -> Result<Guard, ConfigError> {
+        Guard::build(config, env, Some(now_ms))
+    }
+
+    fn build(config: &[u8], env: &dyn Fn(&str) -> Option<String>, now_ms: Option<u64>) -> Result<Guard, ConfigError> {
         let doc = parse_doc(config)?;
         let policy = Policy::from_doc(&doc)?;
         let catalog = Catalog::build(&doc.catalog)?;
         let access = Access::build(&doc.access, &doc.roles, &doc.callers, &catalog, &policy)?;
         let canaries = Canaries::build(&doc.canaries)?;
         let ring = keyring::load(&doc.keys, env)?;
-        let tokens = TokenEngine::new(ring.keys, &ring.active).map_err(|m| ConfigError::new("keys", m))?;
-        let warnings = schema_warnings(&doc.roles, &policy, &catalog);
-        Ok(Guard { policy, catalog, access, canaries, tokens, warnings })
+        let mut warnings = schema_warnings(&doc.roles, &policy, &catalog);
+        warnings.extend(ring.schedule.warnings());
+        if let Some(now) = now_ms {
+            warnings.extend(ring.schedule.check_at(now)?);
+        }
+        let tokens = TokenEngine::from_ring(ring.schedule, ring.materials).map_err(|m| ConfigError::new("keys", m))?;
+        Ok(Guard { policy, catalog, access, canaries, tokens, warnings, loaded_at_ms: now_ms.unwrap_or(0) })
     }
 
-    /// Rewrites a response body of `op` with the policy's class actions.
+    /// Rewrites a response body of `op` with the policy's class actions, at the load time.
     pub fn protect_response(&self, op: &Operation, body: &[u8]) -> Result<Protected, FailReason> {
         self.protect_response_with(op, body, self.policy.actions())
     }
 
-    /// Rewrites a response body of `op`, applying `actions` per class (a caller's access levels).
-    /// `Ok` with `body: None` means the body passes unchanged (no PII value in it).
+    /// Rewrites a response body of `op`, applying `actions` per class (a caller's access levels),
+    /// with the keys active at the load time.
     pub fn protect_response_with(&self, op: &Operation, body: &[u8], actions: &ClassActions) -> Result<Protected, FailReason> {
+        self.protect_response_at(op, body, actions, self.loaded_at_ms)
+    }
+
+    /// Rewrites a response body of `op`, applying `actions` per class, with the keys active for
+    /// each class at `now_ms`. `Ok` with `body: None` means the body passes unchanged (no PII value
+    /// in it). A class to tokenize or hash without an active key fails closed (`no_active_key`).
+    pub fn protect_response_at(&self, op: &Operation, body: &[u8], actions: &ClassActions, now_ms: u64) -> Result<Protected, FailReason> {
         if body.len() > self.policy.max_body_bytes {
             return Err(FailReason::BodyTooLarge);
         }
+        let keys = self.tokens.active_keys(now_ms);
+        if actions.iter().any(|(class, action)| matches!(action, Action::Tokenize(_) | Action::Hash) && keys.get(class).is_none()) {
+            return Err(FailReason::NoActiveKey);
+        }
         let mut protector = Protector {
             guard: self,
+            keys,
             actions,
             rules: &op.response_rules,
             counts: FieldCounts::default(),
@@ -67,7 +97,7 @@ impl Guard {
             // Envoy answers a body past its buffer limit from inside the write, re-entering the
             // VM: a body that grew too much is refused before it is written.
             Ok(Some(body)) if body.len() > self.policy.max_rewritten_bytes() => Err(FailReason::BodyTooLarge),
-            Ok(body) => Ok(Protected { body, counts: protector.counts }),
+            Ok(body) => Ok(Protected { body, counts: protector.counts, keys }),
             Err(RewriteError::InvalidJson { .. }) => Err(FailReason::InvalidJson),
             Err(RewriteError::Handler(never)) => match never {},
         }
@@ -123,6 +153,8 @@ pub struct Protected {
     /// The rewritten body, or `None` when nothing had to change.
     pub body: Option<Vec<u8>>,
     pub counts: FieldCounts,
+    /// The key that made each class's tokens and pseudonyms.
+    pub keys: ActiveKeys,
 }
 
 /// PII values seen, by class and by what was done with them.
@@ -208,6 +240,8 @@ impl fmt::Display for Never {
 /// Applies the policy's action to each PII value the rewriter finds.
 struct Protector<'g> {
     guard: &'g Guard,
+    /// The key of each class, at the time of the response.
+    keys: ActiveKeys,
     actions: &'g ClassActions,
     rules: &'g [FieldRule],
     counts: FieldCounts,
@@ -280,8 +314,8 @@ impl FieldHandler for Protector<'_> {
         match action {
             Action::Clear => return Ok(Edit::Keep),
             Action::Remove => return Ok(Edit::Remove),
-            Action::Tokenize(mode) => self.guard.tokens.seal_into(rule.class, mode, kind, plaintext, &mut self.buffer, &mut self.token),
-            Action::Hash => self.guard.tokens.hash_into(rule.class, kind, plaintext, &mut self.token),
+            Action::Tokenize(mode) => self.guard.tokens.seal_into(&self.keys, rule.class, mode, kind, plaintext, &mut self.buffer, &mut self.token),
+            Action::Hash => self.guard.tokens.hash_into(&self.keys, rule.class, kind, plaintext, &mut self.token),
             Action::Redact => match kind {
                 ValueKind::Text => {
                     write_json_string(&self.guard.policy.redact_mask, out);
@@ -335,7 +369,7 @@ mod tests {
         assert!(text.contains(r#""AmazonOrderId":"1""#));
         let v: serde_json::Value = serde_json::from_str(&text).expect("json");
         let name = v["payload"]["ShippingAddress"]["Name"].as_str().expect("token");
-        assert_eq!(g.tokens.open(name).expect("opens").plaintext, b"Jane Doe");
+        assert_eq!(g.tokens.open(name, 0).expect("opens").plaintext, b"Jane Doe");
         // A coordinate stays a number, coarsened to one decimal (about 11 km).
         assert_eq!(v["payload"]["ShippingAddress"]["ExtendedFields"]["GeoCoordinates"]["Latitude"], serde_json::json!(47.6));
         assert_eq!(out.counts.get(PiiClass::Name, Action::Tokenize(Mode::Deterministic)), 1);
@@ -363,7 +397,8 @@ mod tests {
     fn policy_reference_example_loads() {
         let doc = include_str!("../docs/POLICY.md");
         let example = doc.split("```json").nth(1).and_then(|s| s.split("```").next()).expect("example block");
-        let env = |name: &str| name.starts_with("SPAPI_GUARD_KEY_").then(|| KEY_HEX.to_string());
+        // A key of its own per variable (the ring refuses one key under two ids).
+        let env = |name: &str| name.starts_with("SPAPI_GUARD_KEY_").then(|| format!("{:08x}{}", name.bytes().map(u32::from).sum::<u32>(), &KEY_HEX[8..]));
         let g = Guard::load(example.as_bytes(), &env).unwrap_or_else(|e| panic!("docs/POLICY.md example: {e}"));
         assert!(g.catalog.get("my-api-v1.getThing").is_some());
         assert_eq!(g.policy.action(PiiClass::Other), Action::Redact);
@@ -414,7 +449,7 @@ mod tests {
         let text = String::from_utf8(out.body.expect("changed")).expect("utf8");
         assert!(!text.contains("Jane"), "{text}");
         let v: serde_json::Value = serde_json::from_str(&text).expect("json");
-        let opened = g.tokens.open(v["payload"]["ShippingAddress"]["Name"].as_str().expect("token")).expect("opens");
+        let opened = g.tokens.open(v["payload"]["ShippingAddress"]["Name"].as_str().expect("token"), 0).expect("opens");
         assert_eq!((opened.plaintext.as_slice(), opened.kind), (&br#""Jane\ud800""#[..], ValueKind::RawJson));
         let g = guard(r#","classes":{"name":{"action":"redact"}}"#);
         let out = g.protect_response(op, body).expect("protected");

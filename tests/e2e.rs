@@ -23,7 +23,7 @@ fn assert_tokenized(name: &str, op: &Operation, upstream: &[u8], response: &[u8]
         let got = js_path(&p.location, &resp).expect("query");
         let token = got.first().and_then(|g| g.clone().val().as_str().map(str::to_string));
         let token = token.unwrap_or_else(|| panic!("{name}: {} is not a token", p.location));
-        let opened = engine.open(&token).unwrap_or_else(|e| panic!("{name}: {} token does not open: {e}", p.location));
+        let opened = engine.open(&token, now_ms()).unwrap_or_else(|e| panic!("{name}: {} token does not open: {e}", p.location));
         assert_eq!(opened.class, p.class, "{name}: {}", p.location);
         match (&p.value, opened.kind) {
             (Value::String(s), ValueKind::Text) => assert_eq!(opened.plaintext, s.as_bytes(), "{name}: {}", p.location),
@@ -44,7 +44,7 @@ fn assert_tokenized(name: &str, op: &Operation, upstream: &[u8], response: &[u8]
         up_pos += start - resp_pos;
         let end = start + 1 + text[start + 1..].find('"').expect("token end") + 1;
         let token = &text[start + 1..end - 1];
-        let opened = engine.open(token).expect("token opens");
+        let opened = engine.open(token, now_ms()).expect("token opens");
         let mut values = serde_json::Deserializer::from_slice(&upstream[up_pos..]).into_iter::<Value>();
         let original = values.next().expect("a value").expect("valid");
         let consumed = values.byte_offset();
@@ -144,19 +144,19 @@ fn deterministic_tokens_repeat_across_requests_and_vms_randomized_do_not() {
     // Default policy: email deterministic, gift_message randomized.
     assert_eq!(email(&first), email(&second));
     assert_eq!(email(&first), email(&other_vm), "another Envoy process, same key: same token");
-    assert_eq!(engine.open(&email(&first)).expect("opens").mode, Mode::Deterministic);
+    assert_eq!(engine.open(&email(&first), now_ms()).expect("opens").mode, Mode::Deterministic);
     assert_ne!(gift(&first), gift(&second));
     assert_ne!(gift(&first), gift(&other_vm));
-    assert_eq!(engine.open(&gift(&first)).expect("opens").plaintext, engine.open(&gift(&second)).expect("opens").plaintext);
+    assert_eq!(engine.open(&gift(&first), now_ms()).expect("opens").plaintext, engine.open(&gift(&second), now_ms()).expect("opens").plaintext);
 
     // A token changed by one character, or presented as another class, does not open.
     let token = email(&first);
     let last = token.len() - 1;
     let flipped = format!("{}{}", &token[..last], if token.ends_with('A') { "B" } else { "A" });
-    assert!(engine.open(&flipped).is_err());
-    assert!(engine.open(&token.replacen(".email.", ".name.", 1)).is_err());
+    assert!(engine.open(&flipped, now_ms()).is_err());
+    assert!(engine.open(&token.replacen(".email.", ".name.", 1), now_ms()).is_err());
     // A different key opens nothing.
-    assert!(support::engine(&random_key()).open(&token).is_err());
+    assert!(support::engine(&random_key()).open(&token, now_ms()).is_err());
 }
 
 #[test]
@@ -188,14 +188,14 @@ fn class_actions_redact_hash_clear_and_randomize() {
     assert_eq!(stack.play(&fx).json()["orders"][0]["buyer"]["buyerEmail"], hashed, "hash is stable");
     assert_eq!(g["recipient"]["deliveryAddress"]["city"], u["recipient"]["deliveryAddress"]["city"], "address in clear");
     let phone = g["recipient"]["deliveryAddress"]["phone"].as_str().expect("token");
-    let opened = engine.open(phone).expect("opens");
+    let opened = engine.open(phone, now_ms()).expect("opens");
     assert_eq!(opened.mode, Mode::Randomized);
     assert_eq!(opened.plaintext, u["recipient"]["deliveryAddress"]["phone"].as_str().expect("phone").as_bytes());
     // Catalog overrides from the policy: an added field is protected, an excluded one is not.
     let fx = fixture("orders-v0_getOrderAddress_1.json");
     let address = stack.play(&fx).json();
     let order_id = address["payload"]["AmazonOrderId"].as_str().expect("token");
-    assert_eq!(engine.open(order_id).expect("opens").class, PiiClass::Other);
+    assert_eq!(engine.open(order_id, now_ms()).expect("opens").class, PiiClass::Other);
     assert_eq!(address["payload"]["ShippingAddress"]["CountryCode"], "US");
     let events = stack.wait_for_audit_events(3);
     assert_eq!(events[0]["pii"]["name"]["redacted"], 2, "{}", events[0]);
@@ -305,10 +305,10 @@ fn envoy_refuses_bad_configuration_and_names_the_problem() {
     let short_key = key_b64(&random_key())[..24].to_string();
 
     let missing = expect_refusal("refuse-missing-key", default_policy(), vec![]);
-    assert!(missing.log.contains("keys.env.demo-1: environment variable SPAPI_GUARD_KEY_DEMO_1 is not set"), "{}", missing.log);
+    assert!(missing.log.contains("keys.ring[0].env: environment variable SPAPI_GUARD_KEY_DEMO_1 is not set"), "{}", missing.log);
 
     let short = expect_refusal("refuse-short-key", default_policy(), vec![(KEY_VAR.into(), short_key.clone())]);
-    assert!(short.log.contains("keys.env.demo-1: SPAPI_GUARD_KEY_DEMO_1 holds a 144-bit key"), "{}", short.log);
+    assert!(short.log.contains("keys.ring[0].env: SPAPI_GUARD_KEY_DEMO_1 holds a 144-bit key"), "{}", short.log);
     assert!(!short.log.contains(&short_key), "key material in the log");
 
     let mut unknown = default_policy();
@@ -323,9 +323,9 @@ fn envoy_refuses_bad_configuration_and_names_the_problem() {
 
     let mut inline = default_policy();
     let material = key_b64(&key);
-    inline["keys"]["env"]["demo-1"] = json!(material);
+    inline["keys"]["ring"][0]["env"] = json!(material);
     let r = expect_refusal("refuse-inline-key", inline, good_env());
-    assert!(r.log.contains("keys.env.demo-1: must be the NAME of an environment variable"), "{}", r.log);
+    assert!(r.log.contains("keys.ring[0].env: must be the NAME of an environment variable"), "{}", r.log);
 
     for log in [&missing.log, &short.log, &r.log] {
         assert!(!log.contains(&material), "key material in Envoy's output");

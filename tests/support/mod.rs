@@ -87,6 +87,11 @@ pub fn engine(key: &[u8; KEY_LEN]) -> TokenEngine {
     TokenEngine::new(keys, KEY_ID).expect("engine")
 }
 
+/// The current time in milliseconds since the Unix epoch (tokens open until their key's notAfter).
+pub fn now_ms() -> u64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0)
+}
+
 fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0").expect("bind").local_addr().expect("addr").port()
 }
