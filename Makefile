@@ -94,11 +94,11 @@ bench: wasm envoy wrk
 # src/lib.rs denies unwrap/expect/panic outside unit tests.
 lint: $(VENV)/.rust-target
 	cargo fmt --check
-	cargo clippy --lib --tests --benches -- -D warnings
+	cargo clippy --lib --bins --tests --benches -- -D warnings
 	cargo clippy --lib --target $(WASM_TARGET) -- -D warnings
 
 test-unit:
-	cargo test --lib --test fast_path --test exchange --test keys
+	cargo test --lib --test fast_path --test exchange --test keys --test cli
 	$(VENV)/bin/python tests/vectors/check_token_vectors.py src/tokens.rs
 
 test-e2e: wasm envoy

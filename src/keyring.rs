@@ -136,6 +136,12 @@ impl ActiveKeys {
     pub fn get(&self, class: PiiClass) -> Option<usize> {
         self.0[class].map(usize::from)
     }
+
+    /// These keys with key `index` for `class` (the tokens an older key made: data-subject lookups).
+    pub fn with(mut self, class: PiiClass, index: usize) -> ActiveKeys {
+        self.0[class] = u16::try_from(index).ok();
+        self
+    }
 }
 
 /// The validated lifecycle of every key of the ring.
