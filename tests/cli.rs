@@ -191,6 +191,9 @@ fn the_inventory_shows_each_keys_state_and_shred_writes_the_deletion_record() {
     let all = [&expired, &readable, &active, &pending, &tax];
     let (policy, env) = setup(&dir, &all);
     let (p, e) = (policy.to_str().expect("path"), env.to_str().expect("path"));
+    // A token k-2026-08 made while it was active (for the deletion check below).
+    let shredded_token = guard(&policy, &all).tokens.seal(now_ms() - 100 * DAY, PiiClass::Address, Mode::Deterministic, ValueKind::Text, b"1 Main St").expect("active then");
+    assert!(shredded_token.contains(".k-2026-08."));
     let inventory = run(&dir, &["--policy", p, "--env-file", e, "keys"], "");
     assert_eq!(inventory.status, 0, "{}", inventory.stderr);
     let row = |out: &str, id: &str| out.lines().find(|l| l.starts_with(&format!("{id} "))).unwrap_or_else(|| panic!("no row {id} in\n{out}")).to_string();
@@ -210,7 +213,7 @@ fn the_inventory_shows_each_keys_state_and_shred_writes_the_deletion_record() {
     // An active key cannot be shredded; a readable one only with --force.
     let refused = run(&dir, &["--policy", p, "--env-file", e, "keys", "shred", "k-2026-10", "--by", "Jane Operator"], "");
     assert_eq!(refused.status, 1);
-    assert!(refused.stderr.contains("key k-2026-10 is active: it makes the new tokens of address"), "{}", refused.stderr);
+    assert!(refused.stderr.contains("key k-2026-10 is active (it makes the new tokens of address)"), "{}", refused.stderr);
     let early = run(&dir, &["--policy", p, "--env-file", e, "keys", "shred", "k-2026-09", "--by", "Jane Operator"], "");
     assert!(early.status == 1 && early.stderr.contains(&format!("in their retention period until {}", day(30))), "{}", early.stderr);
 
@@ -242,6 +245,9 @@ fn the_inventory_shows_each_keys_state_and_shred_writes_the_deletion_record() {
     let after = run(&dir, &["--policy", p, "--env-file", e, "keys"], "");
     assert!(row(&after.stdout, "k-2026-08").contains(&format!("deleted {}", day(0))), "{}", after.stdout);
     assert!(row(&after.stdout, "k-2026-08").contains(&fingerprint(&expired.material)));
+    // Deleted: its tokens open nowhere (here: the command line with the new ring).
+    let gone = run(&dir, &["--policy", p, "--env-file", e, "detokenize", "--json"], &shredded_token);
+    assert!(gone.status == 1 && gone.stdout.contains(r#""error":"unknown_key""#), "{}", gone.stdout);
     let listed: Value = serde_json::from_str(&run(&dir, &["--policy", p, "--env-file", e, "keys", "--json"], "").stdout).expect("json");
     let states: Vec<(&str, &str)> = listed.as_array().expect("array").iter().map(|k| (k["id"].as_str().unwrap_or(""), k["state"].as_str().unwrap_or(""))).collect();
     assert_eq!(states, [("k-2026-09", "readable"), ("k-2026-10", "active"), ("k-2026-11", "pending"), ("tax-2026", "active"), ("k-2026-08", "deleted")]);

@@ -53,10 +53,11 @@ struct Row {
 }
 
 fn classes_text(classes: &[PiiClass]) -> String {
-    if classes.len() == PiiClass::ALL.len() {
-        "every class".to_string()
-    } else {
-        classes.iter().map(|c| c.as_str()).collect::<Vec<_>>().join(",")
+    let missing: Vec<&str> = PiiClass::ALL.into_iter().filter(|c| !classes.contains(c)).map(PiiClass::as_str).collect();
+    match missing.len() {
+        0 => "every class".to_string(),
+        1 | 2 => format!("all but {}", missing.join(",")),
+        _ => classes.iter().map(|c| c.as_str()).collect::<Vec<_>>().join(","),
     }
 }
 
@@ -230,6 +231,27 @@ fn coverage(schedule: &Schedule, now: u64) -> String {
     lines.join("\n")
 }
 
+/// A deletion record, one JSON line of the records file (members in this order).
+#[derive(serde::Serialize)]
+struct DeletionRecord<'a> {
+    record: &'static str,
+    version: u32,
+    key_id: &'a str,
+    fingerprint: String,
+    classes: Vec<&'static str>,
+    created: Option<&'a str>,
+    active_from: Option<&'a str>,
+    not_after: Option<&'a str>,
+    state_when_deleted: &'static str,
+    deleted_at: String,
+    deleted_by: &'a str,
+    approved_by: Option<&'a str>,
+    reason: &'a str,
+    policy: String,
+    variable: &'a str,
+    previous_record_sha256: Option<String>,
+}
+
 pub fn shred(ctx: &Context, keys: &KeysArgs, args: &ShredArgs) -> Result<ExitCode> {
     let doc = ctx.policy_doc()?;
     let schedule = Schedule::from_doc(&doc.keys).map_err(|e| Failure(format!("{}: configuration refused: {e}", ctx.policy_name())))?;
@@ -260,7 +282,7 @@ pub fn shred(ctx: &Context, keys: &KeysArgs, args: &ShredArgs) -> Result<ExitCod
         KeyState::Active => {
             let classes: Vec<&str> = PiiClass::ALL.into_iter().filter(|&c| schedule.active_at(c, now) == Some(index)).map(PiiClass::as_str).collect();
             return fail(format!(
-                "key {} is active: it makes the new tokens of {}; add its successor to keys.ring with an earlier activeFrom than today, roll it out, then shred this key once it is past its notAfter",
+                "key {} is active (it makes the new tokens of {}): a key is deleted once a successor has taken its classes over, after its notAfter (earlier with --force)",
                 key.id,
                 classes.join(", ")
             ));
@@ -282,24 +304,24 @@ pub fn shred(ctx: &Context, keys: &KeysArgs, args: &ShredArgs) -> Result<ExitCod
     })?;
     let dates = key.dates.as_ref();
     let previous = records.last().map(|(_, line)| sha256_hex(line.as_bytes()));
-    let record = json!({
-        "record": RECORD_KIND,
-        "version": 1,
-        "key_id": key.id,
-        "fingerprint": fingerprint(&material),
-        "classes": key.class_list().iter().map(|c| c.as_str()).collect::<Vec<_>>(),
-        "created": dates.map(|d| &d.created),
-        "active_from": dates.map(|d| &d.active_from),
-        "not_after": dates.map(|d| &d.not_after),
-        "state_when_deleted": state.as_str(),
-        "deleted_at": format!("{}Z", &rfc3339_ms(now)[..19]),
-        "deleted_by": args.by.trim(),
-        "approved_by": args.approved_by.as_deref().map(str::trim),
-        "reason": args.reason,
-        "policy": ctx.policy_name(),
-        "variable": key.env,
-        "previous_record_sha256": previous,
-    });
+    let record = DeletionRecord {
+        record: RECORD_KIND,
+        version: 1,
+        key_id: &key.id,
+        fingerprint: fingerprint(&material),
+        classes: key.class_list().iter().map(|c| c.as_str()).collect(),
+        created: dates.map(|d| d.created.as_str()),
+        active_from: dates.map(|d| d.active_from.as_str()),
+        not_after: dates.map(|d| d.not_after.as_str()),
+        state_when_deleted: state.as_str(),
+        deleted_at: format!("{}Z", &rfc3339_ms(now)[..19]),
+        deleted_by: args.by.trim(),
+        approved_by: args.approved_by.as_deref().map(str::trim),
+        reason: &args.reason,
+        policy: ctx.policy_name(),
+        variable: &key.env,
+        previous_record_sha256: previous,
+    };
     let line = serde_json::to_string(&record)?;
     let mut file = std::fs::OpenOptions::new().create(true).append(true).open(&keys.records).map_err(|e| Failure(format!("cannot write {}: {e}", keys.records.display())))?;
     writeln!(file, "{line}").map_err(|e| Failure(format!("cannot write {}: {e}", keys.records.display())))?;
