@@ -88,7 +88,7 @@ fn schema_warnings(roles: &BTreeMap<String, RoleDoc>, policy: &Policy, catalog: 
     if policy.numbers == NumberAction::Tokenize {
         let (n, first) = example(&|r| r.schema.as_ref().is_some_and(FieldSchema::is_number));
         out.push(format!(
-            "numbers.action: tokenize writes strings where Amazon's models declare numbers ({n} fields, e.g. {first}): Amazon's Python SDK fails the whole response, its JS SDK turns the value into null, typed clients break; use coarsen (the default) or null"
+            "numbers.action: tokenize writes strings where the SP-API models declare numbers ({n} fields, e.g. {first}): the official Python SDK fails the whole response, the official JS SDK turns the value into null, typed clients break; use coarsen (the default) or null"
         ));
     }
     for class in PiiClass::ALL {
@@ -98,7 +98,7 @@ fn schema_warnings(roles: &BTreeMap<String, RoleDoc>, policy: &Policy, catalog: 
         let (n, first) = example(&|r| r.class == class && r.schema.as_ref().is_some_and(FieldSchema::too_short_for_tokens));
         if n > 0 {
             out.push(format!(
-                "classes.{class}: tokens are longer than the maxLength Amazon's models set for {n} {class} fields (e.g. {first}); clients that check lengths (Amazon's Python SDK) refuse them: give roles whose clients read these operations redact or clear for {class}"
+                "classes.{class}: tokens are longer than the maxLength the SP-API models set for {n} {class} fields (e.g. {first}); clients that check lengths (the official Python SDK) refuse them: give roles whose clients read these operations redact or clear for {class}"
             ));
         }
     }
@@ -109,7 +109,7 @@ fn schema_warnings(roles: &BTreeMap<String, RoleDoc>, policy: &Policy, catalog: 
         if n > 0 {
             let classes: Vec<&str> = hidden.iter().map(|c| c.as_str()).collect();
             out.push(format!(
-                "roles.{name}.pii: {} is none, and Amazon's models require {n} such fields (e.g. {first}): they are returned empty (\"\", 0, [] or {{}}), not removed, so clients still parse them; grant redact to return a mask instead",
+                "roles.{name}.pii: {} is none, and the SP-API models require {n} such fields (e.g. {first}): they are returned empty (\"\", 0, [] or {{}}), not removed, so clients still parse them; grant redact to return a mask instead",
                 classes.join(", ")
             ));
         }
