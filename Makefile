@@ -19,7 +19,7 @@ export PATH := $(HOME)/.cargo/bin:$(PATH)
 export ENVOY_BIN
 export SPAPI_GUARD_WASM := $(CURDIR)/$(WASM)
 
-.PHONY: help wasm envoy promtool wrk run demo test test-unit test-e2e check-config check-alerts config bench clean
+.PHONY: help wasm envoy promtool wrk run demo test test-unit test-wasm test-e2e check-config check-alerts config bench clean
 
 help:
 	@echo "make run    demo stack: mock SP-API + Envoy + spapi-guard on 127.0.0.1:10000 (Ctrl-C stops)"
@@ -94,10 +94,18 @@ test-unit:
 	cargo test --lib --test fast_path
 	$(VENV)/bin/python tests/vectors/check_token_vectors.py src/tokens.rs
 
+# The core's unit tests compiled for wasm32-wasip1 and run in Wasmtime (tests/wasm/run.py):
+# 32-bit usize, software AES/SHA, the simd128 code. Twice: debug (overflow checks, debug
+# assertions) and release (the optimisation, LTO and panic=abort the filter ships with).
+WASM_TEST_RUNNER := $(VENV)/bin/python $(CURDIR)/tests/wasm/run.py
+test-wasm: $(VENV)/.rust-target $(VENV_STAMP)
+	CARGO_TARGET_WASM32_WASIP1_RUNNER="$(WASM_TEST_RUNNER)" cargo test --lib --target $(WASM_TARGET)
+	CARGO_TARGET_WASM32_WASIP1_RUNNER="$(WASM_TEST_RUNNER)" cargo test --lib --target $(WASM_TARGET) --release
+
 test-e2e: wasm envoy
 	cargo test --test e2e --test access --test audit -- --test-threads 2
 
-test: envoy wasm check-config check-alerts test-unit test-e2e
+test: envoy wasm check-config check-alerts test-unit test-wasm test-e2e
 	bash scripts/demo.sh --exit --quiet
 	@echo "make test: all suites passed"
 
