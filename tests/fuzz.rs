@@ -83,3 +83,27 @@ fn fuzz_exchange() {
     }
 }
 
+// ---------------------------------------------------------------------------------------------
+// Reproducers of the known bugs: #[ignore]d until fixed (`cargo test --test fuzz -- --ignored`).
+// ---------------------------------------------------------------------------------------------
+
+/// KNOWN_BUG_ENCODED_QUERY_NAME, found by `fuzz_router`. The SP-API reads `%42uyerEmail` as
+/// `BuyerEmail` (query names are percent-decoded like values), but `redacted_path` matches the
+/// name as written, so the buyer's email is written to the audit log (DPP 2.6).
+#[test]
+#[ignore = "known bug: redacted_path logs PII query values under percent-encoded names"]
+fn known_bug_percent_encoded_pii_query_name_logs_the_value() {
+    use spapi_guard::audit::redacted_path;
+    use spapi_guard::catalog::{Catalog, CatalogOverrides};
+    let catalog = Catalog::build(&CatalogOverrides::default()).expect("catalog");
+    for (path, pii) in [
+        ("/orders/v0/orders?%42uyerEmail=jane%40example.com&MarketplaceIds=ATVPDKIKX0DER", "jane"),
+        ("/orders/v0/orders?Buyer%45mail=jane.doe", "jane"),
+        ("/shipping/v2/accessPoints?postal%43ode=98101&countryCode=US", "98101"),
+    ] {
+        let op = catalog.route("GET", path).expect("routed");
+        let logged = redacted_path(path, Some(op));
+        // Today: "/orders/v0/orders?%42uyerEmail=jane%40example.com&MarketplaceIds=ATVPDKIKX0DER".
+        assert!(!logged.contains(pii), "{} logs {pii}: {logged}", op.id);
+    }
+}
