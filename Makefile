@@ -19,13 +19,14 @@ export PATH := $(HOME)/.cargo/bin:$(PATH)
 export ENVOY_BIN
 export SPAPI_GUARD_WASM := $(CURDIR)/$(WASM)
 
-.PHONY: help wasm envoy promtool wrk run demo test test-unit test-wasm test-e2e check-config check-alerts config bench clean
+.PHONY: help wasm envoy promtool wrk run demo test test-unit test-wasm test-fuzz fuzz test-e2e check-config check-alerts config bench clean
 
 help:
 	@echo "make run    demo stack: mock SP-API + Envoy + spapi-guard on 127.0.0.1:10000 (Ctrl-C stops)"
 	@echo "make demo   the demo, scripted: prints tokenized responses and exits"
 	@echo "make test   all tests (installs Envoy $(ENVOY_VERSION) and the wasm32-wasip1 target)"
 	@echo "make bench  benchmarks: the filter through Envoy side by side (wrk) + the native core"
+	@echo "make fuzz   the fuzzer, FUZZ_SECONDS (300) per target, fresh seed (FUZZ_SEED=… to replay)"
 	@echo "make wasm   build $(WASM)"
 	@echo "make config re-render envoy/envoy.yaml from the template and policies/default.json"
 
@@ -102,10 +103,21 @@ test-wasm: $(VENV)/.rust-target $(VENV_STAMP)
 	CARGO_TARGET_WASM32_WASIP1_RUNNER="$(WASM_TEST_RUNNER)" cargo test --lib --target $(WASM_TARGET)
 	CARGO_TARGET_WASM32_WASIP1_RUNNER="$(WASM_TEST_RUNNER)" cargo test --lib --target $(WASM_TARGET) --release
 
+# Stable-Rust fuzzing (tests/fuzz.rs): the rewriter, and the router with the audit log's path.
+# make test runs each target a few seconds with the fixed seed; make fuzz runs each for
+# FUZZ_SECONDS with a fresh seed (or FUZZ_SEED=…). Reproducers go to target/fuzz-failures/.
+FUZZ_SECONDS ?= 300
+test-fuzz:
+	cargo test --profile fuzz --test fuzz -- --nocapture
+
+fuzz:
+	FUZZ_SECONDS=$(FUZZ_SECONDS) FUZZ_SEED="$${FUZZ_SEED:-$$(od -An -N8 -tu8 /dev/urandom | tr -d ' ')}" \
+	  cargo test --profile fuzz --test fuzz -- --nocapture
+
 test-e2e: wasm envoy
 	cargo test --test e2e --test access --test audit -- --test-threads 2
 
-test: envoy wasm check-config check-alerts test-unit test-wasm test-e2e
+test: envoy wasm check-config check-alerts test-unit test-wasm test-fuzz test-e2e
 	bash scripts/demo.sh --exit --quiet
 	@echo "make test: all suites passed"
 
