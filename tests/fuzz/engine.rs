@@ -17,6 +17,8 @@ pub const DEFAULT_SEED: u64 = 0x5EED_5A9A_0001;
 pub const DEFAULT_SECONDS: f64 = 3.0;
 /// How long the minimizer may take, and how many candidates it may try.
 const MINIMIZE_SECONDS: u64 = 30;
+/// The same for the first hit of a known bug (it must not eat a short run's budget).
+const KNOWN_MINIMIZE_SECONDS: u64 = 1;
 const MINIMIZE_TRIES: usize = 20_000;
 
 /// SplitMix64: small, fast, good enough to drive a fuzzer, and fully determined by its seed.
@@ -249,16 +251,21 @@ pub fn run<T: Target>(target: &mut T, knobs: &Knobs) -> Report {
         match checked(target, &case) {
             Ok(outcome) => *report.outcomes.entry(outcome).or_default() += 1,
             Err(f) if f.known.is_some() && !knobs.strict => {
-                let entry = report.known.entry(f.known.unwrap_or_default()).or_insert((0, String::new()));
-                if entry.0 == 0 {
-                    entry.1 = write_reproducer(target, &case, &f, knobs.seed, case_seed, false);
+                let bug = f.known.unwrap_or_default();
+                if !report.known.contains_key(bug) {
+                    // The first hit of each known bug: a short minimization, then its reproducer.
+                    let (small, small_failure, _) = minimize(target, case.clone(), f.clone(), Duration::from_secs(KNOWN_MINIMIZE_SECONDS));
+                    let file = write_reproducer(target, &small, &small_failure, knobs.seed, case_seed, true);
+                    report.known.insert(bug, (0, file));
                 }
-                entry.0 += 1;
+                if let Some(entry) = report.known.get_mut(bug) {
+                    entry.0 += 1;
+                }
             }
             Err(f) => {
                 report.seconds = start.elapsed().as_secs_f64();
                 print_report(name, knobs, &report);
-                let (small, small_failure, tries) = minimize(target, case, f.clone());
+                let (small, small_failure, tries) = minimize(target, case, f.clone(), Duration::from_secs(MINIMIZE_SECONDS));
                 let file = write_reproducer(target, &small, &small_failure, knobs.seed, case_seed, true);
                 panic!(
                     "fuzz {name}: {} — {}\n  after {} cases; seed {:#x}, case seed {case_seed:#x}\n  minimized in {tries} tries: {}\n  replay: FUZZ_SEED={:#x} FUZZ_REPLAY={case_seed:#x} cargo test --profile fuzz --test fuzz {name} -- --nocapture\n  reproducer: {file}",
@@ -293,8 +300,8 @@ fn print_report(name: &str, knobs: &Knobs, report: &Report) {
 
 /// Greedy minimization: keeps the first smaller variant that fails with the same kind, until
 /// none does or the budget is spent. Returns the smallest case, its failure and the tries made.
-fn minimize<T: Target>(target: &mut T, mut case: T::Case, mut failure: Failure) -> (T::Case, Failure, usize) {
-    let deadline = Instant::now() + Duration::from_secs(MINIMIZE_SECONDS);
+fn minimize<T: Target>(target: &mut T, mut case: T::Case, mut failure: Failure, budget: Duration) -> (T::Case, Failure, usize) {
+    let deadline = Instant::now() + budget;
     let mut tries = 0;
     'outer: while Instant::now() < deadline && tries < MINIMIZE_TRIES {
         for candidate in target.shrink(&case) {
