@@ -196,6 +196,8 @@ const WORDS: &[&str] = &[
     "spgt1.ds.k1.name.AAAA", "REDACTED",
 ];
 
+const LITERALS: [&str; 3] = ["true", "false", "null"];
+
 fn rand_char(rng: &mut Rng) -> char {
     let c = match rng.below(14) {
         0..=4 => rng.range(0x20, 0x7e) as u32,
@@ -232,7 +234,7 @@ fn filler(rng: &mut Rng, depth: usize, dict: &[String]) -> G {
     match rng.below(if depth > 3 { 5 } else { 8 }) {
         0 | 1 => G::Str(filler_string(rng)),
         2 => G::Num(filler_number(rng)),
-        3 => G::Lit(*rng.pick(&["true", "false", "null"])),
+        3 => G::Lit(LITERALS[rng.below(3)]),
         4 => G::Str(String::new()),
         5 | 6 => G::Obj((0..rng.small(4)).map(|_| (member_name(rng, dict), filler(rng, depth + 1, dict))).collect()),
         _ => G::Arr((0..rng.small(4)).map(|_| filler(rng, depth + 1, dict)).collect()),
@@ -311,7 +313,7 @@ fn pii_value(rng: &mut Rng, markers: &mut Vec<String>, depth: usize) -> G {
             }
         }
         16 => G::Str(String::new()),
-        17 => G::Lit(*rng.pick(&["true", "false", "null"])),
+        17 => G::Lit(LITERALS[rng.below(3)]),
         _ => G::Str(filler_string(rng)),
     }
 }
@@ -756,7 +758,7 @@ impl Target for RewriterTarget {
         let mut visible = Vec::new();
         visible_text(&expected, &case.body, &mut visible);
         let mut out_texts = Vec::new();
-        all_text(&out_tree, output, &mut out_texts);
+        all_text(&out_tree, &mut out_texts);
         for marker in &case.markers {
             if visible.iter().any(|v| v.contains(marker.as_str())) {
                 continue;
@@ -868,6 +870,9 @@ fn minify(body: &[u8]) -> Vec<u8> {
 // ---------------------------------------------------------------------------------------------
 // The model: what the rewriter must do with a parsed document
 // ---------------------------------------------------------------------------------------------
+
+/// A replaced value: its byte range in the input, then in the output.
+type Replaced = ((usize, usize), (usize, usize));
 
 /// The expected output, mirroring the input tree.
 enum Exp<'a> {
@@ -1019,7 +1024,7 @@ impl Model<'_> {
 impl RewriterTarget {
     /// Checks the output tree against the model; collects (input span, output span) of each
     /// replaced value.
-    fn compare(&self, exp: &Exp, out: &Node, input: &[u8], output: &[u8], replaced: &mut Vec<((usize, usize), (usize, usize))>) -> Result<(), Failure> {
+    fn compare(&self, exp: &Exp, out: &Node, input: &[u8], output: &[u8], replaced: &mut Vec<Replaced>) -> Result<(), Failure> {
         let at = |what: &str| Failure::new("wrong_output", format!("{what} (output bytes {}..{})", out.start, out.end));
         let out_str = || match &out.kind {
             Kind::Str(t) => Ok(t.value.as_str()),
@@ -1099,7 +1104,7 @@ fn visible_text(exp: &Exp, doc: &[u8], out: &mut Vec<String>) {
     match exp {
         Exp::Keep(n) => {
             out.push(String::from_utf8_lossy(n.raw(doc)).into_owned());
-            all_text(n, doc, out);
+            all_text(n, out);
         }
         Exp::Obj(children) => {
             for (k, e) in children {
@@ -1113,15 +1118,15 @@ fn visible_text(exp: &Exp, doc: &[u8], out: &mut Vec<String>) {
 }
 
 /// Every decoded string and member name of a tree.
-fn all_text(node: &Node, doc: &[u8], out: &mut Vec<String>) {
+fn all_text(node: &Node, out: &mut Vec<String>) {
     match &node.kind {
         Kind::Obj(ms) => {
             for m in ms {
                 out.push(m.key.value.clone());
-                all_text(&m.value, doc, out);
+                all_text(&m.value, out);
             }
         }
-        Kind::Arr(items) => items.iter().for_each(|n| all_text(n, doc, out)),
+        Kind::Arr(items) => items.iter().for_each(|n| all_text(n, out)),
         Kind::Str(t) => out.push(t.value.clone()),
         _ => {}
     }
