@@ -36,6 +36,8 @@ pub enum Outcome {
     /// The exchange ended (a reset, a disconnect) while the filter held a body it had not finished
     /// checking or rewriting: nothing of that body was released.
     Aborted,
+    /// The reveal endpoint answered with the plaintexts of the tokens asked for.
+    Revealed,
 }
 
 /// The decision on a request.

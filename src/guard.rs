@@ -131,10 +131,12 @@ pub struct FieldCounts {
     counts: PerClass<[u32; ACTIONS]>,
 }
 
-/// Slots per class: the five actions, then numbers coarsened.
-const ACTIONS: usize = 6;
+/// Slots per class: the five actions, then numbers coarsened, then tokens revealed.
+const ACTIONS: usize = 7;
 /// The slot of numbers coarsened instead of tokenized (src/schema.rs).
 const COARSENED: usize = 5;
+/// The slot of tokens turned back into plaintext for the caller (src/detokenize.rs).
+const REVEALED: usize = 6;
 const REMOVED: usize = 4;
 
 fn action_slot(action: Action) -> usize {
@@ -156,6 +158,14 @@ impl FieldCounts {
     fn add_treatment(&mut self, class: PiiClass, slot: usize) {
         if let Some(n) = self.counts[class].get_mut(slot) {
             *n = n.saturating_add(1);
+        }
+    }
+
+    /// Adds tokens of each class revealed to the caller.
+    pub fn add_revealed(&mut self, revealed: &crate::detokenize::Revealed) {
+        for (class, &n) in revealed.counts.iter() {
+            let slot = &mut self.counts[class][REVEALED];
+            *slot = slot.saturating_add(n);
         }
     }
 
@@ -186,7 +196,7 @@ impl FieldCounts {
 
     /// Non-zero counts as (class, action name, count).
     pub fn entries(&self) -> impl Iterator<Item = (PiiClass, &'static str, u32)> + '_ {
-        const NAMES: [&str; ACTIONS] = ["tokenized", "hashed", "redacted", "clear", "removed", "coarsened"];
+        const NAMES: [&str; ACTIONS] = ["tokenized", "hashed", "redacted", "clear", "removed", "coarsened", "revealed"];
         PiiClass::ALL.into_iter().flat_map(move |class| {
             (0..ACTIONS).filter_map(move |a| {
                 let n = self.counts[class][a];

@@ -124,6 +124,12 @@ impl HttpHost for Envoy {
         hostcalls::get_buffer(BufferType::HttpResponseBody, 0, max).ok().flatten().unwrap_or_default()
     }
 
+    fn set_request_body(&mut self, replaced: usize, body: &[u8]) {
+        if hostcalls::set_buffer(BufferType::HttpRequestBody, 0, replaced, body).is_err() {
+            log(Level::Error, "spapi-guard: could not replace the request body");
+        }
+    }
+
     fn set_response_body(&mut self, replaced: usize, body: &[u8]) {
         if hostcalls::set_buffer(BufferType::HttpResponseBody, 0, replaced, body).is_err() {
             log(Level::Error, "spapi-guard: could not replace the response body");
