@@ -17,6 +17,18 @@ const CAS_ATTEMPTS: usize = 32;
 /// The host as the root context and every stream context see it.
 pub struct Envoy;
 
+/// The plugin configuration (the policy document); empty if the host has none.
+pub fn plugin_configuration() -> Vec<u8> {
+    hostcalls::get_buffer(BufferType::PluginConfiguration, 0, usize::MAX).ok().flatten().unwrap_or_default()
+}
+
+/// Asks the host to call `on_tick` every `period`.
+pub fn set_tick_period(period: std::time::Duration) {
+    if hostcalls::set_tick_period(period).is_err() {
+        log(Level::Error, "spapi-guard: could not start the lockout timer");
+    }
+}
+
 pub fn log(level: Level, message: &str) {
     let level = match level {
         Level::Debug => LogLevel::Debug,
