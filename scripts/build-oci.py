@@ -81,8 +81,8 @@ def build(wasm_path, out, tag, source=None):
         "schemaVersion": 2,
         "mediaType": OCI_MANIFEST,
         "config": {"mediaType": OCI_CONFIG, "digest": digest(config), "size": len(config)},
-        "layers": [{"mediaType": OCI_LAYER_TGZ, "digest": digest(layer), "size": len(layer),
-                    "annotations": {"org.opencontainers.image.title": WASM_NAME}}],
+        # No title annotation on the layer: oras would save the tar.gz itself under that name.
+        "layers": [{"mediaType": OCI_LAYER_TGZ, "digest": digest(layer), "size": len(layer)}],
         "annotations": annotations,
     })
     index = canonical({
