@@ -177,7 +177,11 @@ fn lwa_token() -> String {
 fn production_profile_reaches_amazon_over_verified_tls_and_tokenizes() {
     let key = random_key();
     let engine = engine(&key);
-    let (stack, amazon) = start_production("prod-good", &key, Fake::Good, &[]);
+    // A 3 MiB PII response: more than Envoy's default 1 MiB buffers, over a TLS upstream.
+    let big_name = "Jane Q. Bigbody";
+    let big = format!(r#"{{"payload":{{"ShippingAddress":{{"Name":"{big_name}","City":"Springfield"}},"pad":"{}"}}}}"#, "x".repeat(3 << 20));
+    let big_dir = fixture_dir("prod-big-fixture", &[("big.json", "GET", "/orders/v0/orders/902-0000000-0000000/address", 200, serde_json::json!({}), false, big.into_bytes())]);
+    let (stack, amazon) = start_production("prod-good", &key, Fake::Good, &[big_dir]);
     let token = lwa_token();
 
     // 1. A PII read reaches Amazon over TLS, with Amazon's SNI and Host, and comes back tokenized.
@@ -214,6 +218,12 @@ fn production_profile_reaches_amazon_over_verified_tls_and_tokenizes() {
     assert!(r["headers"].get("x-forwarded-for").is_none(), "internal addresses are not Amazon's business");
     let handshakes = amazon.of("handshake");
     assert!(handshakes.iter().all(|h| h["ok"] == true && h["sni"] == NA), "{handshakes:?}");
+
+    let resp = stack.request("GET", "/orders/v0/orders/902-0000000-0000000/address", &[("host", APP_HOST_NA), ("x-mock-fixture", "big.json")]);
+    assert_eq!(resp.status, 200, "{}", String::from_utf8_lossy(&resp.body[..resp.body.len().min(300)]));
+    let name = resp.json()["payload"]["ShippingAddress"]["Name"].as_str().expect("token").to_string();
+    assert_eq!(engine.open(&name).expect("opens").plaintext, big_name.as_bytes());
+    assert!(!resp.text().contains(big_name));
 
     // 2. Amazon's own host name works too (the app's DNS points it at this Envoy).
     let resp = get_address(&stack, NA, &token);
@@ -253,7 +263,7 @@ fn production_profile_reaches_amazon_over_verified_tls_and_tokenizes() {
     assert_eq!(post_tries, 1, "POST must never be retried (status {post_status})");
 
     // 6. The access token reached Amazon and appears nowhere in what Envoy printed or serves.
-    stack.wait_for_audit_events(7);
+    stack.wait_for_audit_events(8);
     let printed = format!("{}{}", stack.envoy_output(), stack.stats());
     assert!(!printed.contains(&token), "the LWA token is in Envoy's output ({})", stack.dir.display());
     assert!(!printed.contains("IwEBIFakeProductionTestToken"), "part of the LWA token is in Envoy's output");
