@@ -127,7 +127,9 @@ def collect(doc):
             inner = collect(section["bootstrap"])
             listeners += inner[0]
             clusters += inner[1]
-    return listeners, clusters, ecds
+    # A config dump lists static resources twice (bootstrap and listener/cluster dumps).
+    unique = lambda items: list({json.dumps(i, sort_keys=True): i for i in items}.values())
+    return unique(listeners), unique(clusters), ecds
 
 
 def http_filter_config(f, ecds):

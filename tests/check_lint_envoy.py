@@ -2,12 +2,17 @@
 """Runs scripts/lint-envoy.py over every Envoy config this repo ships or tests with (they must
 pass) and over deliberately broken copies (each must fail with the check it breaks, and say how to
 fix it). Run by `make lint-envoy` (part of `make test`)."""
+import base64
 import copy
 import json
+import os
 import pathlib
+import socket
 import subprocess
 import sys
 import tempfile
+import time
+import urllib.request
 
 import yaml
 
@@ -15,12 +20,14 @@ ROOT = pathlib.Path(__file__).resolve().parent.parent
 RENDER = ROOT / "scripts" / "render-envoy-config.py"
 LINT = ROOT / "scripts" / "lint-envoy.py"
 results = {"passed": 0, "failed": 0}
+TEST_TRUST_STORE = "/nonexistent/amazon-ca.crt"  # replaced by a real file where Envoy runs it
 
 
 def report(ok, what, detail=""):
     results["passed" if ok else "failed"] += 1
     if not ok:
         print(f"FAIL {what}\n{detail}")
+    return ok
 
 
 def lint(path):
@@ -67,6 +74,65 @@ def na_tls(doc):
     return cluster["transport_socket"]["typed_config"]
 
 
+def config_dump(tmp, rendering):
+    """A running Envoy's admin /config_dump (what an Istio user lints) passes like its bootstrap."""
+    envoy = pathlib.Path(os.environ.get("ENVOY_BIN") or ROOT / ".venv" / "envoy-bin")
+    wasm = pathlib.Path(os.environ.get("SPAPI_GUARD_WASM") or ROOT / "target" / "wasm32-wasip1" / "release" / "spapi_guard.wasm")
+    if not envoy.exists() or not wasm.exists():
+        print("note: no Envoy or no built module: the /config_dump check is skipped")
+        return
+    sock = socket.socket()
+    sock.bind(("127.0.0.1", 0))
+    admin = sock.getsockname()[1]
+    sock.close()
+    doc = load(rendering)
+    doc["admin"]["address"]["socket_address"]["port_value"] = admin
+    listener(doc)["address"]["socket_address"]["port_value"] = 0
+    cfg = wasm_of_all(doc)
+    for c in cfg:
+        c["vm_config"]["code"]["local"]["filename"] = str(wasm)
+    certs = tmp / "tls"
+    subprocess.run(["bash", str(ROOT / "scripts" / "gen-certs.sh"), str(certs)], check=True, stdout=subprocess.DEVNULL)
+    text = yaml.safe_dump(doc).replace(str(ROOT / ".run" / "demo" / "tls"), str(certs)).replace(TEST_TRUST_STORE, str(certs / "ca.crt"))
+    path = tmp / "running.yaml"
+    path.write_text(text)
+    keys = {v: base64.b64encode(os.urandom(32)).decode() for v in json.loads(cfg[0]["configuration"]["value"])["keys"]["env"].values()}
+    proc = subprocess.Popen([str(envoy), "-c", str(path), "--disable-hot-restart", "--log-level", "error", "--concurrency", "1"],
+                            stdout=subprocess.DEVNULL, stderr=open(tmp / "envoy.log", "w"), env={**os.environ, **keys})
+    try:
+        dump = None
+        deadline = time.time() + 60
+        while time.time() < deadline and proc.poll() is None:
+            try:
+                dump = urllib.request.urlopen(f"http://127.0.0.1:{admin}/config_dump", timeout=2).read()
+                break
+            except OSError:
+                time.sleep(0.2)
+        if not report(dump is not None, "a running Envoy serves its /config_dump", (tmp / "envoy.log").read_text()[-3000:]):
+            return
+        (tmp / "dump.json").write_bytes(dump)
+        code, out = lint(tmp / "dump.json")
+        report(code == 0 and "0 failed" in out, "lint-envoy passes a running Envoy's /config_dump", out)
+        broken = json.loads(dump)
+        for section in broken["configs"]:
+            for entry in section.get("dynamic_active_clusters", []) + section.get("static_clusters", []):
+                entry["cluster"].pop("transport_socket", None)
+        for section in broken["configs"]:
+            for c in (section.get("bootstrap") or {}).get("static_resources", {}).get("clusters", []):
+                c.pop("transport_socket", None)
+        (tmp / "broken-dump.json").write_text(json.dumps(broken))
+        code, out = lint(tmp / "broken-dump.json")
+        report(code == 1 and "FAIL upstream-tls:" in out, "lint-envoy fails a /config_dump whose SP-API clusters lost TLS", out)
+    finally:
+        proc.kill()
+        proc.wait()
+
+
+def wasm_of_all(doc):
+    return [next(f for f in c["filters"][0]["typed_config"]["http_filters"] if f["name"] == "envoy.filters.http.wasm")["typed_config"]["config"]
+            for c in listener(doc)["filter_chains"]]
+
+
 def main():
     with tempfile.TemporaryDirectory(prefix="lint-envoy-") as d:
         return run(pathlib.Path(d))
@@ -89,7 +155,7 @@ def run(tmp):
         "test rendering, header identities": render(tmp / "header.yaml", policy=header_policy),
         "test rendering, 2 trusted hops": render(tmp / "hops.yaml", policy=hops_policy),
         "production test rendering (fake Amazon)": render(tmp / "prod-test.yaml", "--profile", "production", "--trust-store",
-                                                         "/tmp/amazon-ca.crt", "--upstream-override", "127.0.0.1:18443"),
+                                                         TEST_TRUST_STORE, "--upstream-override", "127.0.0.1:18443"),
     }
     for what, path in good.items():
         code, out = lint(path)
@@ -169,6 +235,7 @@ def run(tmp):
         code, out = lint(path)
         named = f"FAIL {check_id}:" in out and "fix:" in out
         report(code == 1 and named, f"broken copy '{what}' fails {check_id} with a fix", out)
+    config_dump(tmp, good["production test rendering (fake Amazon)"])
     print(f"lint-envoy checks: {results['passed']} passed, {results['failed']} failed")
     return 1 if results["failed"] else 0
 
