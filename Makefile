@@ -123,7 +123,7 @@ test-clients: wasm envoy $(CLIENTS_VENV)/.installed tests/clients/node_modules/.
 	cargo test --test clients -- --test-threads 2
 
 # lint-envoy over a config of yours (CONFIG=…), or over every shipped config and broken copies.
-lint-envoy: envoy
+lint-envoy: envoy wasm
 	@if [ -n "$(CONFIG)" ]; then $(VENV)/bin/python scripts/lint-envoy.py $(CONFIG); \
 	else $(VENV)/bin/python tests/check_lint_envoy.py; fi
 
