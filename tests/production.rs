@@ -91,11 +91,7 @@ impl Amazon {
     }
 
     fn events(&self) -> Vec<Value> {
-        fs::read_to_string(&self.events)
-            .unwrap_or_default()
-            .lines()
-            .map(|l| serde_json::from_str(l).expect("event json"))
-            .collect()
+        fs::read_to_string(&self.events).unwrap_or_default().lines().map(|l| serde_json::from_str(l).expect("event json")).collect()
     }
 
     fn of(&self, kind: &str) -> Vec<Value> {
@@ -156,11 +152,7 @@ fn start_production(name: &'static str, key: &[u8; 32], first: Fake, fixture_dir
 
 /// A counter of Envoy's admin /stats (0 when absent).
 fn stat(stack: &Stack, name: &str) -> u64 {
-    stack
-        .stats()
-        .lines()
-        .find_map(|l| l.strip_prefix(&format!("{name}: ")).map(|v| v.trim().parse().unwrap_or(0)))
-        .unwrap_or(0)
+    stack.stats().lines().find_map(|l| l.strip_prefix(&format!("{name}: ")).map(|v| v.trim().parse().unwrap_or(0))).unwrap_or(0)
 }
 
 fn get_address(stack: &Stack, host: &str, token: &str) -> Response {
