@@ -9,6 +9,7 @@ import hashlib
 import io
 import json
 import pathlib
+import shutil
 import subprocess
 import sys
 import tarfile
@@ -65,6 +66,24 @@ def verify(layout, wasm):
     return top["digest"]
 
 
+def skopeo_reads_back(layout, digest):
+    """A second reader (containers/image, as registries and CRI-O use it): skopeo inspects the
+    image and copies it, verifying every blob, to a new layout with the same manifest digest (so a
+    push keeps the digest a WasmPlugin pins)."""
+    if not shutil.which("skopeo"):
+        print("note: skopeo is not installed: the second reader is skipped")
+        return
+    tag = json.loads((layout / "index.json").read_text())["manifests"][0]["annotations"]["org.opencontainers.image.ref.name"]
+    p = subprocess.run(["skopeo", "inspect", f"oci:{layout}:{tag}"], capture_output=True, text=True)
+    info = json.loads(p.stdout) if p.returncode == 0 else {}
+    check(info.get("Digest") == digest and info.get("Architecture") == "wasm" and len(info.get("Layers", [])) == 1,
+          f"skopeo inspect reads the image: {p.stdout[:500]}{p.stderr[-500:]}")
+    with tempfile.TemporaryDirectory() as tmp:
+        p = subprocess.run(["skopeo", "copy", "--quiet", f"oci:{layout}:{tag}", f"oci:{tmp}/copy:{tag}"], capture_output=True, text=True)
+        copied = json.loads((pathlib.Path(tmp) / "copy" / "index.json").read_text())["manifests"][0]["digest"] if p.returncode == 0 else None
+        check(copied == digest, f"skopeo copies it, blobs verified, to the same manifest digest: {p.stderr[-500:]}")
+
+
 def main():
     wasm_path = pathlib.Path(sys.argv[1])
     wasm = wasm_path.read_bytes()
@@ -86,6 +105,7 @@ def main():
         pinned = layout.parent / "deploy" / "istio" / "envoyfilter.yaml"
         if pinned.exists():
             check(digest.split(":", 1)[1] in pinned.read_text(), f"{pinned} pins the manifest digest {digest}")
+        skopeo_reads_back(layout, digest)
     print(f"OCI layout checks: {results['passed']} passed, {results['failed']} failed")
     return 1 if results["failed"] else 0
 
