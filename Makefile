@@ -20,7 +20,7 @@ export ENVOY_BIN
 export SPAPI_GUARD_WASM := $(CURDIR)/$(WASM)
 
 .PHONY: help wasm envoy promtool wrk run demo test test-unit test-e2e test-clients check-config check-alerts config bench clean \
-	oci deploy check-deploy lint-envoy
+	oci deploy check-deploy lint-envoy skopeo
 
 help:
 	@echo "make run    demo stack: mock SP-API + Envoy + spapi-guard on 127.0.0.1:10000 (Ctrl-C stops)"
@@ -131,7 +131,13 @@ lint-envoy: envoy wasm
 # manifests pinned to its manifest digest in target/oci/deploy/.
 OCI_TAG ?= $(shell sed -n 's/^version = "\(.*\)"/\1/p' Cargo.toml | head -n 1)
 OCI_IMAGE ?= registry.example.com/spapi-guard:$(OCI_TAG)
-oci: wasm envoy
+# skopeo (Debian package) reads the OCI layout back as a second, independent reader; installed if missing.
+skopeo:
+	@command -v skopeo >/dev/null || { \
+	  echo "installing skopeo (Debian package)"; \
+	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends skopeo >/dev/null; }
+
+oci: wasm envoy skopeo
 	$(VENV)/bin/python scripts/build-oci.py --wasm $(WASM) --out target/oci/spapi-guard --tag $(OCI_TAG) --digests target/oci/digests.json
 	$(VENV)/bin/python scripts/gen-deploy.py --image $(OCI_IMAGE) --oci-digests target/oci/digests.json --out target/oci/deploy
 	$(VENV)/bin/python tests/check_oci.py $(WASM) target/oci/spapi-guard
