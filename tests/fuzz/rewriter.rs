@@ -191,9 +191,35 @@ fn to_g(node: &Node, doc: &[u8]) -> G {
 }
 
 const WORDS: &[&str] = &[
-    "Seattle", "US", "WA", "98101", "Standard", "Shipped", "Unshipped", "2024-01-01T00:00:00Z", "ATVPDKIKX0DER", "x", "", "USD",
-    "12.99", "Residential", "FBA", "MFN", "true", "null", "{}", "[]", "\"", "\\", "/", "a/b", "payload", "Name", "spgt1.",
-    "spgt1.ds.k1.name.AAAA", "REDACTED",
+    "Seattle",
+    "US",
+    "WA",
+    "98101",
+    "Standard",
+    "Shipped",
+    "Unshipped",
+    "2024-01-01T00:00:00Z",
+    "ATVPDKIKX0DER",
+    "x",
+    "",
+    "USD",
+    "12.99",
+    "Residential",
+    "FBA",
+    "MFN",
+    "true",
+    "null",
+    "{}",
+    "[]",
+    "\"",
+    "\\",
+    "/",
+    "a/b",
+    "payload",
+    "Name",
+    "spgt1.",
+    "spgt1.ds.k1.name.AAAA",
+    "REDACTED",
 ];
 
 const LITERALS: [&str; 3] = ["true", "false", "null"];
@@ -530,8 +556,27 @@ fn serialize(g: &G, out: &mut Vec<u8>, style: &Style, rng: &mut Rng, depth: usiz
 
 const INTERESTING: &[u8] = b"\"\\{}[],: \x00\x1f\x7f\x80\xc0\xff0-eun";
 const SNIPPETS: &[&[u8]] = &[
-    b"\\u0000", b"\\ud800", b"\\udc00", b",", b"\"", b"{}", b"[]", b"\"Name\":\"MkInserted00000\",", b"\xef\xbb\xbf", b"\xed\xa0\x80",
-    b"\xc0\xaf", b"\xf4\x90\x80\x80", b"1e999", b"-", b"01", b"\\", b"\\u00", b"//", b"/*c*/", b"NaN", b"\t\r\n",
+    b"\\u0000",
+    b"\\ud800",
+    b"\\udc00",
+    b",",
+    b"\"",
+    b"{}",
+    b"[]",
+    b"\"Name\":\"MkInserted00000\",",
+    b"\xef\xbb\xbf",
+    b"\xed\xa0\x80",
+    b"\xc0\xaf",
+    b"\xf4\x90\x80\x80",
+    b"1e999",
+    b"-",
+    b"01",
+    b"\\",
+    b"\\u00",
+    b"//",
+    b"/*c*/",
+    b"NaN",
+    b"\t\r\n",
 ];
 
 fn mutate(body: &mut Vec<u8>, rng: &mut Rng) {
@@ -636,12 +681,8 @@ impl Target for RewriterTarget {
                 noise(&mut doc, rng, dict, 0);
             }
         }
-        let style = Style {
-            ws: rng.below(4) as u8,
-            escape: *rng.pick(&[0, 0, 2, 10, 50, 100]),
-            upper_hex: rng.chance(50),
-            lone: if rng.chance(8) { *rng.pick(&[5, 30]) } else { 0 },
-        };
+        let style =
+            Style { ws: rng.below(4) as u8, escape: *rng.pick(&[0, 0, 2, 10, 50, 100]), upper_hex: rng.chance(50), lone: if rng.chance(8) { *rng.pick(&[5, 30]) } else { 0 } };
         let mut body = Vec::new();
         if rng.chance(10) {
             write_ws(&mut body, &Style { ws: 3, ..style }, rng, 0);
@@ -665,7 +706,9 @@ impl Target for RewriterTarget {
         if case.body.len() > guard.policy.max_body_bytes {
             return match result {
                 Err(FailReason::BodyTooLarge) => Ok("refused_too_large"),
-                other => Err(Failure::new("too_large_not_refused", format!("{} bytes > maxBodyBytes {}: {:?}", case.body.len(), guard.policy.max_body_bytes, other.map(|p| p.counts)))),
+                other => {
+                    Err(Failure::new("too_large_not_refused", format!("{} bytes > maxBodyBytes {}: {:?}", case.body.len(), guard.policy.max_body_bytes, other.map(|p| p.counts))))
+                }
             };
         }
         if let Err(FailReason::BodyTooLarge) = result {
@@ -704,7 +747,10 @@ impl Target for RewriterTarget {
         let protected = match result {
             Ok(p) => p,
             Err(e) => {
-                return Err(Failure::new("refused_valid_json", format!("valid JSON (per the reference parser{}) refused: {e:?}", if lenient { ", lone surrogates only where not decoded" } else { "" })))
+                return Err(Failure::new(
+                    "refused_valid_json",
+                    format!("valid JSON (per the reference parser{}) refused: {e:?}", if lenient { ", lone surrogates only where not decoded" } else { "" }),
+                ))
             }
         };
 
@@ -880,10 +926,24 @@ enum Exp<'a> {
     Keep(&'a Node),
     Obj(Vec<(&'a Text, Exp<'a>)>),
     Arr(Vec<Exp<'a>>),
-    Token { node: &'a Node, class: PiiClass, mode: Mode, kind: ValueKind, plain: Vec<u8> },
-    Hash { node: &'a Node, class: PiiClass, plain: Vec<u8> },
-    Mask { node: &'a Node },
-    Null { node: &'a Node },
+    Token {
+        node: &'a Node,
+        class: PiiClass,
+        mode: Mode,
+        kind: ValueKind,
+        plain: Vec<u8>,
+    },
+    Hash {
+        node: &'a Node,
+        class: PiiClass,
+        plain: Vec<u8>,
+    },
+    Mask {
+        node: &'a Node,
+    },
+    Null {
+        node: &'a Node,
+    },
 }
 
 struct Model<'a> {
@@ -1063,7 +1123,16 @@ impl RewriterTarget {
                 if opened.class != *class || opened.mode != *mode || opened.kind != *kind || &opened.plaintext != plain {
                     return Err(Failure::new(
                         "token_opens_to_other_value",
-                        format!("token at output {}..{} opens to {:?}/{:?}/{:?} {:?}, expected {class:?}/{mode:?}/{kind:?} {:?}", out.start, out.end, opened.class, opened.mode, opened.kind, String::from_utf8_lossy(&opened.plaintext), String::from_utf8_lossy(plain)),
+                        format!(
+                            "token at output {}..{} opens to {:?}/{:?}/{:?} {:?}, expected {class:?}/{mode:?}/{kind:?} {:?}",
+                            out.start,
+                            out.end,
+                            opened.class,
+                            opened.mode,
+                            opened.kind,
+                            String::from_utf8_lossy(&opened.plaintext),
+                            String::from_utf8_lossy(plain)
+                        ),
                     ));
                 }
                 if *mode == Mode::Deterministic {
