@@ -184,3 +184,49 @@ fn envoy_local_replies_are_not_audited_as_spapi_responses_that_failed_closed() {
         );
     }
 }
+
+// ---------------------------------------------------------------------------------------------
+// 5. A canary in an RDT request body, written with a JSON escape, is neither found nor blocked.
+//
+// Exchange::finish_rdt searches the raw body for the canary's plain, JSON-escaped (as
+// serde_json writes it) and percent-encoded forms, but the RDT check — and Amazon — read the
+// decoded JSON: `902\u002d0000000-1234567` is the canary order id to both, not to the search. So
+// a caller asks for (and gets) a Restricted Data Token for the planted order, with no
+// canary_hit event, no metric and no block.
+
+#[test]
+fn a_json_escaped_canary_in_an_rdt_body_is_neither_found_nor_blocked() {
+    let mut policy = default_policy();
+    policy["canaries"] = json!({"block": true, "records": [{"id": "order-trap", "value": "902-0000000-1234567"}]});
+    policy["access"]["lockout"] = json!({"maxDenials": 0});
+    let mut opts = Options::new("rdt-canary", &random_key());
+    opts.policy = policy;
+    let stack = Stack::start(opts);
+    let rdt = |body: &str| {
+        stack
+            .send(
+                Client::Cert(ORDER_SYNC),
+                "POST",
+                "/tokens/2021-03-01/restrictedDataToken",
+                &[("x-mock-fixture", "tokens-2021-03-01_createRestrictedDataToken_1.json")],
+                None,
+                Some(body),
+            )
+            .expect("curl")
+    };
+    // Control: the plain value is blocked.
+    let plain = rdt(r#"{"restrictedResources":[{"method":"GET","path":"/orders/v0/orders/902-0000000-1234567/address"}]}"#);
+    assert_eq!((plain.status, plain.header("x-spapi-guard")), (403, Some("canary_blocked")), "{}", plain.text());
+    // The same request, one character JSON-escaped: the same order to every JSON parser.
+    let escaped = rdt(r#"{"restrictedResources":[{"method":"GET","path":"/orders/v0/orders/902\u002d0000000-1234567/address"}]}"#);
+    let event = audit_of(&stack, escaped.header("x-request-id").expect("x-request-id"));
+    assert_eq!(
+        (escaped.status, escaped.header("x-spapi-guard")),
+        (403, Some("canary_blocked")),
+        "an RDT for the canary order, JSON-escaped, was {}: {}; audit canaries {}, security events {}",
+        escaped.status,
+        escaped.text(),
+        event["canaries"],
+        event["security_events"]
+    );
+}
