@@ -230,3 +230,39 @@ fn a_json_escaped_canary_in_an_rdt_body_is_neither_found_nor_blocked() {
         event["security_events"]
     );
 }
+
+// ---------------------------------------------------------------------------------------------
+// 6. Node identity (sidecar mode) with trusted X-Forwarded-For hops: any client claims loopback.
+//
+// Access::build accepts `node` only with an allow list of loopback addresses, "so only the app
+// beside it may call it" — but it also accepts `xffTrustedHops > 0`, and then the address the
+// allow list checks is whatever X-Forwarded-For says. A client from any address that sends
+// `X-Forwarded-For: 127.0.0.1` is the sidecar's workload, with all its rights. (Shown from
+// 127.0.0.2, which the allow list leaves out.) A node identity names the app on loopback: it
+// cannot come through proxies, so the policy should be refused.
+
+#[test]
+fn node_identity_with_trusted_xff_hops_lets_any_client_claim_loopback() {
+    let mut opts = Options::new("node-xff", &random_key());
+    opts.policy["access"]["identity"] = json!({"sources": ["node"]});
+    opts.policy["access"]["allowPlaintext"] = json!(true);
+    opts.policy["access"]["allowCidrs"] = json!(["127.0.0.1/32"]);
+    opts.policy["access"]["xffTrustedHops"] = json!(1);
+    opts.policy["callers"] = json!([{"id": "order-sync-workload", "source": "node", "roles": ["order-sync"]}]);
+    opts.envoy_args = vec!["--service-node".into(), "order-sync-workload".into()];
+    let Ok(stack) = Stack::try_start(opts) else {
+        return; // Refused at load: fixed.
+    };
+    let address = fixture("orders-v0_getOrderAddress_1.json");
+    let outside = stack.send(Client::Plaintext, "GET", &address.url(), &[("x-mock-fixture", &address.file)], Some("127.0.0.2"), None).expect("curl");
+    assert_eq!((outside.status, outside.header("x-spapi-guard")), (403, Some("ip_not_allowed")), "control: {}", outside.text());
+    let forged = stack.send(Client::Plaintext, "GET", &address.url(), &[("x-mock-fixture", &address.file), ("x-forwarded-for", "127.0.0.1")], Some("127.0.0.2"), None).expect("curl");
+    let event = audit_of(&stack, forged.header("x-request-id").expect("x-request-id"));
+    assert_eq!(
+        forged.status, 403,
+        "a client outside the loopback allow list became the sidecar's workload by sending X-Forwarded-For: 127.0.0.1: {} (audit identity {}, source_ip {})",
+        forged.text(),
+        event["identity"],
+        event["source_ip"]
+    );
+}
