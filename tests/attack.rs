@@ -256,10 +256,12 @@ fn node_identity_with_trusted_xff_hops_lets_any_client_claim_loopback() {
     let address = fixture("orders-v0_getOrderAddress_1.json");
     let outside = stack.send(Client::Plaintext, "GET", &address.url(), &[("x-mock-fixture", &address.file)], Some("127.0.0.2"), None).expect("curl");
     assert_eq!((outside.status, outside.header("x-spapi-guard")), (403, Some("ip_not_allowed")), "control: {}", outside.text());
-    let forged = stack.send(Client::Plaintext, "GET", &address.url(), &[("x-mock-fixture", &address.file), ("x-forwarded-for", "127.0.0.1")], Some("127.0.0.2"), None).expect("curl");
+    let forged =
+        stack.send(Client::Plaintext, "GET", &address.url(), &[("x-mock-fixture", &address.file), ("x-forwarded-for", "127.0.0.1")], Some("127.0.0.2"), None).expect("curl");
     let event = audit_of(&stack, forged.header("x-request-id").expect("x-request-id"));
     assert_eq!(
-        forged.status, 403,
+        forged.status,
+        403,
         "a client outside the loopback allow list became the sidecar's workload by sending X-Forwarded-For: 127.0.0.1: {} (audit identity {}, source_ip {})",
         forged.text(),
         event["identity"],
