@@ -109,6 +109,8 @@ pub struct Options {
     pub auth_filter: Option<String>,
     /// How Envoy talks to the mock (render-envoy-config.py --upstream-protocol).
     pub upstream_protocol: UpstreamProtocol,
+    /// Edits the rendered Envoy config before Envoy starts (a route timeout, another upstream).
+    pub config_edit: Option<Box<dyn Fn(String) -> String>>,
 }
 
 impl Options {
@@ -122,6 +124,7 @@ impl Options {
             envoy_args: vec![],
             auth_filter: None,
             upstream_protocol: UpstreamProtocol::H1,
+            config_edit: None,
         }
     }
 }
@@ -221,6 +224,10 @@ impl Stack {
             let marker = "          # Place the authentication filter that sets the identity header here.\n";
             assert!(text.contains(marker), "the rendered config has no place for an authentication filter");
             fs::write(&config, text.replace(marker, filters)).expect("write config");
+        }
+        if let Some(edit) = &opts.config_edit {
+            let text = fs::read_to_string(&config).expect("config");
+            fs::write(&config, edit(text)).expect("write config");
         }
         // The mock speaks h2c with the `h2` package of the venv.
         let python = if opts.upstream_protocol == UpstreamProtocol::H2 { repo().join(".venv/bin/python") } else { PathBuf::from("python3") };
