@@ -450,6 +450,12 @@ impl Access {
         let deny = cidrs(&doc.deny_cidrs, "access.denyCidrs")?;
         // A node identity names the workload the proxy serves, whoever sends the request: only
         // the app beside it (on loopback) may reach it.
+        if sources.contains(&IdentitySource::Node) && doc.xff_trusted_hops > 0 {
+            return Err(ConfigError::new(
+                "access.xffTrustedHops",
+                "must be 0 when 'node' is an identity source: with trusted hops the client address comes from X-Forwarded-For, so any client could claim loopback and be taken for this proxy's workload",
+            ));
+        }
         if sources.contains(&IdentitySource::Node) && !allow.as_ref().is_some_and(|l| !l.is_empty() && l.iter().all(Cidr::is_loopback)) {
             return Err(ConfigError::new(
                 "access.allowCidrs",
@@ -1350,6 +1356,9 @@ mod tests {
         assert_eq!(verdict(&g, &f, "GET"), Verdict::Deny(DenyReason::UnknownCaller));
         p["access"]["allowCidrs"] = json!(["127.0.0.0/8", "10.0.0.0/8"]);
         assert!(guard(&p).is_err());
+        p["access"]["allowCidrs"] = json!(["127.0.0.1/32"]);
+        p["access"]["xffTrustedHops"] = json!(1);
+        assert_eq!(guard(&p).err().map(|e| e.field), Some("access.xffTrustedHops".to_string()));
     }
 
     #[test]

@@ -38,6 +38,9 @@ pub enum Outcome {
     Aborted,
     /// The reveal endpoint answered with the plaintexts of the tokens asked for.
     Revealed,
+    /// The SP-API gave no usable response (timeout, connection failure, protocol error): Envoy
+    /// answered itself, and no upstream byte reached the client.
+    UpstreamFailed,
 }
 
 /// The decision on a request.

@@ -34,6 +34,9 @@ const REFUSED_BEFORE: &str = "refused_before_spapi_guard";
 /// Reason of an exchange that ended (reset, disconnect) before the body the filter held was whole.
 const RESPONSE_INCOMPLETE: &str = "response_incomplete";
 const REQUEST_INCOMPLETE: &str = "request_incomplete";
+/// Reasons of an exchange Envoy answered itself because the SP-API gave no usable response.
+const UPSTREAM_TIMEOUT: &str = "upstream_timeout";
+const UPSTREAM_UNAVAILABLE: &str = "upstream_unavailable";
 
 /// Largest `createRestrictedDataToken` request body read (50 resources fit easily).
 pub const MAX_RDT_BODY: usize = 64 * 1024;
@@ -438,6 +441,15 @@ impl Exchange {
             Reply::None => {}
         }
         self.response_started = true;
+        // Envoy's own answer (route timeout, connection failure, upstream protocol error) is no
+        // SP-API response: it carries no upstream byte, and auditing it as one that failed
+        // closed would feed the fail-closed alarm with the upstream's outages.
+        if let Some(details) = text(host.property(&["response", "code_details"])).filter(|d| !d.is_empty() && d != "via_upstream") {
+            self.outcome = Outcome::UpstreamFailed;
+            self.reason = Some(if details.contains("timeout") { UPSTREAM_TIMEOUT } else { UPSTREAM_UNAVAILABLE });
+            self.response = ResponseState::Streaming;
+            return Flow::Continue;
+        }
         self.upstream_status = text(host.response_header(":status")).and_then(|s| s.trim().parse().ok());
         if self.outcome != Outcome::Protected {
             self.response = ResponseState::Streaming;
@@ -574,7 +586,7 @@ impl Exchange {
             return self.deny(host, DenyReason::InvalidRdtRequest);
         }
         let guard = Rc::clone(&self.guard);
-        if self.canaries_seen(host, guard.canaries.find(&body)) {
+        if self.canaries_seen(host, guard.canaries.find_in_json(&body)) {
             return self.deny(host, DenyReason::CanaryBlocked);
         }
         let Some(caller) = self.decision.as_ref().and_then(|d| d.caller) else {
@@ -601,6 +613,9 @@ impl Exchange {
             return self.deny(host, DenyReason::UnreadableRequestBody);
         }
         let guard = Rc::clone(&self.guard);
+        if self.canaries_seen(host, guard.canaries.find_in_json(&body)) {
+            return self.deny(host, DenyReason::CanaryBlocked);
+        }
         match detokenize_json(&guard.tokens, &classes, &body, &mut self.revealed) {
             Ok(Some(new_body)) => {
                 host.set_request_body(body.len(), &new_body);

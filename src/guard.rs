@@ -245,8 +245,11 @@ impl FieldHandler for Protector<'_> {
             MatchedValue::Raw(r) => (r.as_bytes(), ValueKind::RawJson),
         };
         let required = rule.schema.as_ref().is_some_and(|f| f.required);
-        // Schema-faithful (src/schema.rs): a number stays a number unless the policy opts in…
-        if kind == ValueKind::RawJson && is_number_text(&String::from_utf8_lossy(plaintext)) {
+        // Schema-faithful (src/schema.rs): a number the model declares a number stays a number
+        // unless the policy opts in… A number where the model expects text (a phone or postal
+        // code sent as digits) is no coordinate: it is protected like any other value.
+        let model_number = rule.schema.as_ref().is_some_and(FieldSchema::is_number);
+        if kind == ValueKind::RawJson && model_number && is_number_text(&String::from_utf8_lossy(plaintext)) {
             let numbers = self.guard.policy.numbers;
             match action {
                 Action::Tokenize(_) | Action::Hash | Action::Redact if numbers != NumberAction::Tokenize => {
@@ -453,6 +456,22 @@ mod tests {
         assert!(v["payload"]["ShippingAddress"]["ExtendedFields"]["GeoCoordinates"]["Latitude"].is_string());
         assert!(tokens.warnings.iter().any(|w| w.starts_with("numbers.action: tokenize") && w.contains("use coarsen")), "{:?}", tokens.warnings);
         assert!(!g.warnings.iter().any(|w| w.starts_with("numbers.action")));
+    }
+
+    #[test]
+    fn numbers_where_the_model_expects_text_are_tokenized_not_coarsened() {
+        let g = guard("");
+        let op = g.catalog.route("GET", "/orders/v0/orders/1/address").expect("op");
+        let body = br#"{"payload":{"ShippingAddress":{"Phone":2065550123,"PostalCode":98101,"AddressLine1":4.2e3}}}"#;
+        let out = g.protect_response(op, body).expect("ok");
+        let text = String::from_utf8(out.body.expect("changed")).expect("utf8");
+        for clear in ["2065550123", "98101", "4.2e3", "4200"] {
+            assert!(!text.contains(clear), "{clear} in {text}");
+        }
+        let v: serde_json::Value = serde_json::from_str(&text).expect("json");
+        let phone = g.tokens.open(v["payload"]["ShippingAddress"]["Phone"].as_str().expect("token")).expect("opens");
+        assert_eq!((phone.plaintext.as_slice(), phone.kind), (&b"2065550123"[..], ValueKind::RawJson));
+        assert_eq!(out.counts.coarsened(PiiClass::Address), 0);
     }
 
     #[test]

@@ -441,6 +441,29 @@ fn pass_through_and_unprotected_responses_stream_in_chunks() {
 }
 
 #[test]
+fn envoys_own_replies_are_no_sp_api_responses() {
+    let guard = guard();
+    for (details, reason) in [("upstream_response_timeout", "upstream_timeout"), ("upstream_reset_before_response_started{connection_failure}", "upstream_unavailable")] {
+        let mut x = Exchange1::new(Rc::clone(&guard), "GET", ADDRESS_PATH, Some(ORDER_SYNC));
+        x.request(&[], false);
+        x.host.set_property("response.code_details", details.as_bytes());
+        x.respond(&[(":status", "504"), ("content-type", "text/plain")], &[b"upstream request timeout"], false);
+        assert!(x.seen.reply.is_none(), "not replaced by a fail-closed error");
+        assert_eq!(x.seen.delivered, b"upstream request timeout");
+        let event = x.log(Some(504));
+        assert_eq!((event["outcome"].as_str(), event["reason"].as_str(), event["decision"].as_str()), (Some("upstream_failed"), Some(reason), Some("allow")));
+        assert_eq!(event["upstream_status"], Value::Null);
+        assert!(x.host.security_events().iter().all(|e| e["event"] != "fail_closed"));
+    }
+    // A response Envoy forwards from the upstream says so, and is checked as always.
+    let mut x = Exchange1::new(Rc::clone(&guard), "GET", ADDRESS_PATH, Some(ORDER_SYNC));
+    x.request(&[], false);
+    x.host.set_property("response.code_details", b"via_upstream");
+    x.respond(&[(":status", "200"), ("content-type", "text/plain")], &[b"Jane Doe"], false);
+    assert_eq!(x.seen.reply.as_ref().map(|r| r.status), Some(502));
+}
+
+#[test]
 fn responses_without_a_body_pass() {
     let guard = guard();
     let mut x = Exchange1::new(Rc::clone(&guard), "GET", ADDRESS_PATH, Some(ORDER_SYNC));
