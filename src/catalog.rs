@@ -34,6 +34,10 @@ struct CatalogOperation {
     path_template: String,
     restricted: bool,
     response_pii: Vec<CatalogField>,
+    /// Where requests of this operation carry PII (only whether there is any is used: the
+    /// filter then reads those bodies for tokens to reveal or refuse).
+    #[serde(default)]
+    request_pii: Vec<serde::de::IgnoredAny>,
     query_pii: Vec<CatalogQueryField>,
     non_customer_paths: Vec<NonCustomerPath>,
 }
@@ -144,6 +148,9 @@ pub struct Operation {
     pub response_matcher: PathMatcher,
     /// Query parameters that carry PII.
     pub query_pii: Vec<(String, PiiClass)>,
+    /// Requests of this operation carry customer PII in their body (Amazon's models): where an
+    /// application sends data it holds as tokens.
+    pub has_request_pii: bool,
 }
 
 impl Operation {
@@ -178,6 +185,7 @@ struct Draft {
     not_pii: Vec<(String, String)>,
     query: Vec<(QueryField, String)>,
     protected: Vec<String>,
+    has_request_pii: bool,
 }
 
 impl Catalog {
@@ -209,6 +217,7 @@ impl Catalog {
                         .collect(),
                     query: op.query_pii.into_iter().map(|q| (QueryField { param: q.param, class: q.class }, format!("(built-in catalog) {}", op.id))).collect(),
                     protected: op.non_customer_paths.into_iter().map(|p| p.jsonpath).collect(),
+                    has_request_pii: !op.request_pii.is_empty(),
                     id: op.id,
                     api: op.api,
                     version: op.version,
@@ -239,6 +248,8 @@ impl Catalog {
                 not_pii: Vec::new(),
                 query: doc.query_pii.iter().enumerate().map(|(j, q)| (q.clone(), format!("{at}.queryPii[{j}]"))).collect(),
                 protected: Vec::new(),
+                // A policy's own operation may carry anything: its request bodies are read.
+                has_request_pii: true,
             });
         }
 
@@ -359,6 +370,7 @@ fn compile(draft: Draft) -> Result<Operation, ConfigError> {
         response_rules: rules,
         response_matcher: matcher,
         query_pii,
+        has_request_pii: draft.has_request_pii,
     })
 }
 

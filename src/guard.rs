@@ -118,7 +118,7 @@ fn schema_warnings(roles: &BTreeMap<String, RoleDoc>, policy: &Policy, catalog: 
     if policy.numbers == NumberAction::Tokenize {
         let (n, first) = example(&|r| r.schema.as_ref().is_some_and(FieldSchema::is_number));
         out.push(format!(
-            "numbers.action: tokenize writes strings where Amazon's models declare numbers ({n} fields, e.g. {first}): Amazon's Python SDK fails the whole response, its JS SDK turns the value into null, typed clients break; use coarsen (the default) or null"
+            "numbers.action: tokenize writes strings where the SP-API models declare numbers ({n} fields, e.g. {first}): the official Python SDK fails the whole response, the official JS SDK turns the value into null, typed clients break; use coarsen (the default) or null"
         ));
     }
     for class in PiiClass::ALL {
@@ -128,7 +128,7 @@ fn schema_warnings(roles: &BTreeMap<String, RoleDoc>, policy: &Policy, catalog: 
         let (n, first) = example(&|r| r.class == class && r.schema.as_ref().is_some_and(FieldSchema::too_short_for_tokens));
         if n > 0 {
             out.push(format!(
-                "classes.{class}: tokens are longer than the maxLength Amazon's models set for {n} {class} fields (e.g. {first}); clients that check lengths (Amazon's Python SDK) refuse them: give roles whose clients read these operations redact or clear for {class}"
+                "classes.{class}: tokens are longer than the maxLength the SP-API models set for {n} {class} fields (e.g. {first}); clients that check lengths (the official Python SDK) refuse them: give roles whose clients read these operations redact or clear for {class}"
             ));
         }
     }
@@ -139,7 +139,7 @@ fn schema_warnings(roles: &BTreeMap<String, RoleDoc>, policy: &Policy, catalog: 
         if n > 0 {
             let classes: Vec<&str> = hidden.iter().map(|c| c.as_str()).collect();
             out.push(format!(
-                "roles.{name}.pii: {} is none, and Amazon's models require {n} such fields (e.g. {first}): they are returned empty (\"\", 0, [] or {{}}), not removed, so clients still parse them; grant redact to return a mask instead",
+                "roles.{name}.pii: {} is none, and the SP-API models require {n} such fields (e.g. {first}): they are returned empty (\"\", 0, [] or {{}}), not removed, so clients still parse them; grant redact to return a mask instead",
                 classes.join(", ")
             ));
         }
@@ -163,10 +163,12 @@ pub struct FieldCounts {
     counts: PerClass<[u32; ACTIONS]>,
 }
 
-/// Slots per class: the five actions, then numbers coarsened.
-const ACTIONS: usize = 6;
+/// Slots per class: the five actions, then numbers coarsened, then tokens revealed.
+const ACTIONS: usize = 7;
 /// The slot of numbers coarsened instead of tokenized (src/schema.rs).
 const COARSENED: usize = 5;
+/// The slot of tokens turned back into plaintext for the caller (src/detokenize.rs).
+const REVEALED: usize = 6;
 const REMOVED: usize = 4;
 
 fn action_slot(action: Action) -> usize {
@@ -188,6 +190,14 @@ impl FieldCounts {
     fn add_treatment(&mut self, class: PiiClass, slot: usize) {
         if let Some(n) = self.counts[class].get_mut(slot) {
             *n = n.saturating_add(1);
+        }
+    }
+
+    /// Adds tokens of each class revealed to the caller.
+    pub fn add_revealed(&mut self, revealed: &crate::detokenize::Revealed) {
+        for (class, &n) in revealed.counts.iter() {
+            let slot = &mut self.counts[class][REVEALED];
+            *slot = slot.saturating_add(n);
         }
     }
 
@@ -218,7 +228,7 @@ impl FieldCounts {
 
     /// Non-zero counts as (class, action name, count).
     pub fn entries(&self) -> impl Iterator<Item = (PiiClass, &'static str, u32)> + '_ {
-        const NAMES: [&str; ACTIONS] = ["tokenized", "hashed", "redacted", "clear", "removed", "coarsened"];
+        const NAMES: [&str; ACTIONS] = ["tokenized", "hashed", "redacted", "clear", "removed", "coarsened", "revealed"];
         PiiClass::ALL.into_iter().flat_map(move |class| {
             (0..ACTIONS).filter_map(move |a| {
                 let n = self.counts[class][a];
@@ -269,8 +279,11 @@ impl FieldHandler for Protector<'_> {
             MatchedValue::Raw(r) => (r.as_bytes(), ValueKind::RawJson),
         };
         let required = rule.schema.as_ref().is_some_and(|f| f.required);
-        // Schema-faithful (src/schema.rs): a number stays a number unless the policy opts in…
-        if kind == ValueKind::RawJson && is_number_text(&String::from_utf8_lossy(plaintext)) {
+        // Schema-faithful (src/schema.rs): a number the model declares a number stays a number
+        // unless the policy opts in… A number where the model expects text (a phone or postal
+        // code sent as digits) is no coordinate: it is protected like any other value.
+        let model_number = rule.schema.as_ref().is_some_and(FieldSchema::is_number);
+        if kind == ValueKind::RawJson && model_number && is_number_text(&String::from_utf8_lossy(plaintext)) {
             let numbers = self.guard.policy.numbers;
             match action {
                 Action::Tokenize(_) | Action::Hash | Action::Redact if numbers != NumberAction::Tokenize => {
@@ -478,6 +491,22 @@ mod tests {
         assert!(v["payload"]["ShippingAddress"]["ExtendedFields"]["GeoCoordinates"]["Latitude"].is_string());
         assert!(tokens.warnings.iter().any(|w| w.starts_with("numbers.action: tokenize") && w.contains("use coarsen")), "{:?}", tokens.warnings);
         assert!(!g.warnings.iter().any(|w| w.starts_with("numbers.action")));
+    }
+
+    #[test]
+    fn numbers_where_the_model_expects_text_are_tokenized_not_coarsened() {
+        let g = guard("");
+        let op = g.catalog.route("GET", "/orders/v0/orders/1/address").expect("op");
+        let body = br#"{"payload":{"ShippingAddress":{"Phone":2065550123,"PostalCode":98101,"AddressLine1":4.2e3}}}"#;
+        let out = g.protect_response(op, body).expect("ok");
+        let text = String::from_utf8(out.body.expect("changed")).expect("utf8");
+        for clear in ["2065550123", "98101", "4.2e3", "4200"] {
+            assert!(!text.contains(clear), "{clear} in {text}");
+        }
+        let v: serde_json::Value = serde_json::from_str(&text).expect("json");
+        let phone = g.tokens.open(v["payload"]["ShippingAddress"]["Phone"].as_str().expect("token"), 0).expect("opens");
+        assert_eq!((phone.plaintext.as_slice(), phone.kind), (&b"2065550123"[..], ValueKind::RawJson));
+        assert_eq!(out.counts.coarsened(PiiClass::Address), 0);
     }
 
     #[test]

@@ -129,16 +129,24 @@ pub fn count_tokens(host: &dyn Host, guard: &Guard, keys: &ActiveKeys, actions: 
     }
 }
 
-/// Reports a token the filter refused to open (request-side detokenization, reveal): the metric,
+/// Reports a token the filter refused to open (request-side detokenization, the reveal endpoint):
+/// the metric (`token_expired`, or `invalid_token` for the rest: forged, malformed, unknown key),
 /// and for a token of an expired key the `token_expired` security event.
 pub fn token_refused(host: &dyn Host, error: &TokenError, request_id: Option<&str>) {
-    host.count(TOKEN_REFUSALS, &[("reason", error.code())], 1);
+    let reason = if matches!(error, TokenError::Expired { .. }) { "token_expired" } else { "invalid_token" };
+    host.count(TOKEN_REFUSALS, &[("reason", reason)], 1);
     if let TokenError::Expired { key_id, .. } = error {
         let mut event = SecurityEvent::new("token_expired", "warning", host.now_ms());
         event.request_id = request_id;
         event.detail = Some(key_id);
         security(host, &event);
     }
+}
+
+/// The refusal of a token of the ring key at `index`, past its `notAfter`.
+pub fn expired(guard: &Guard, index: usize) -> TokenError {
+    let key = guard.tokens.schedule().keys().get(index);
+    TokenError::Expired { key_id: guard.tokens.key_id(index).to_string(), not_after: key.and_then(|k| k.dates.as_ref()).map_or_else(String::new, |d| d.not_after.clone()) }
 }
 
 /// The active keys at `now` in words, for the log: `k-nov for name, email…; tax-2026 for tax_id`.
@@ -258,7 +266,7 @@ mod tests {
         token_refused(&host, &refused, Some("req-1"));
         token_refused(&host, &TokenError::Forged, None);
         assert_eq!(host.counter(&stat_name(TOKEN_REFUSALS, &[("reason", "token_expired")])), 1);
-        assert_eq!(host.counter(&stat_name(TOKEN_REFUSALS, &[("reason", "forged_token")])), 1);
+        assert_eq!(host.counter(&stat_name(TOKEN_REFUSALS, &[("reason", "invalid_token")])), 1);
         let events = host.security_events();
         assert_eq!(events.len(), 1);
         assert_eq!((events[0]["event"].as_str(), events[0]["detail"].as_str(), events[0]["request_id"].as_str()), (Some("token_expired"), Some("k1"), Some("req-1")));

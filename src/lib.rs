@@ -25,6 +25,7 @@ pub mod canary;
 pub mod catalog;
 pub mod cidr;
 pub mod config_error;
+pub mod detokenize;
 pub mod exchange;
 pub mod fail_closed;
 pub mod field_path;

@@ -52,7 +52,7 @@ pub const METRICS: &[MetricSpec] = &[
     MetricSpec {
         name: "spapi_guard_token_refusals_total",
         labels: &["reason"],
-        help: "Tokens refused when opened, by reason (token_expired, unknown_key, forged_token, malformed_token).",
+        help: "Tokens the filter refused to open (detokenization, the reveal endpoint), by reason: token_expired (a key past its notAfter) or invalid_token.",
     },
     MetricSpec {
         name: "spapi_guard_key_info",

@@ -60,7 +60,7 @@ fn envoy_bin() -> PathBuf {
     std::env::var_os("ENVOY_BIN").map(PathBuf::from).unwrap_or_else(|| repo().join(".venv/envoy-bin"))
 }
 
-fn wasm() -> PathBuf {
+pub fn wasm() -> PathBuf {
     std::env::var_os("SPAPI_GUARD_WASM").map(PathBuf::from).unwrap_or_else(|| repo().join("target/wasm32-wasip1/release/spapi_guard.wasm"))
 }
 
@@ -92,7 +92,7 @@ pub fn now_ms() -> u64 {
     std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0)
 }
 
-fn free_port() -> u16 {
+pub fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0").expect("bind").local_addr().expect("addr").port()
 }
 
@@ -116,6 +116,8 @@ pub struct Options {
     pub upstream_protocol: UpstreamProtocol,
     /// Start Envoy able to hot restart ([`Stack::hot_restart`]) instead of `--disable-hot-restart`.
     pub hot_restart: bool,
+    /// Edits the rendered Envoy config before Envoy starts (a route timeout, another upstream).
+    pub config_edit: Option<Box<dyn Fn(String) -> String>>,
 }
 
 impl Options {
@@ -130,6 +132,7 @@ impl Options {
             auth_filter: None,
             upstream_protocol: UpstreamProtocol::H1,
             hot_restart: false,
+            config_edit: None,
         }
     }
 }
@@ -214,7 +217,7 @@ fn render(dir: &Path, policy: &Value, port: u16, admin_port: u16, mock_port: u16
     config
 }
 
-fn spawn_envoy(dir: &Path, config: &Path, env: &[(String, String)], concurrency: u32, args: &[String]) -> Child {
+pub fn spawn_envoy(dir: &Path, config: &Path, env: &[(String, String)], concurrency: u32, args: &[String]) -> Child {
     spawn_envoy_epoch(dir, config, env, concurrency, args, None)
 }
 
@@ -251,6 +254,13 @@ fn read(path: &Path) -> String {
 }
 
 impl Stack {
+    /// A stack from processes a test started itself (another config, another upstream): Envoy
+    /// with its output in `dir` (as `spawn_envoy` writes it) and the upstream on `mock_port`.
+    /// Dropping it stops both.
+    pub fn assemble(dir: PathBuf, port: u16, admin_port: u16, mock_port: u16, envoy: Child, mock: Child) -> Stack {
+        Stack { dir, port, admin_port, mock_port, envoy, mock, concurrency: 1, upstream_protocol: UpstreamProtocol::H1, epoch: 0, retired: Vec::new() }
+    }
+
     pub fn start(opts: Options) -> Stack {
         match Stack::try_start(opts) {
             Ok(s) => s,
@@ -267,6 +277,10 @@ impl Stack {
             let marker = "          # Place the authentication filter that sets the identity header here.\n";
             assert!(text.contains(marker), "the rendered config has no place for an authentication filter");
             fs::write(&config, text.replace(marker, filters)).expect("write config");
+        }
+        if let Some(edit) = &opts.config_edit {
+            let text = fs::read_to_string(&config).expect("config");
+            fs::write(&config, edit(text)).expect("write config");
         }
         // The mock speaks h2c with the `h2` package of the venv.
         let python = if opts.upstream_protocol == UpstreamProtocol::H2 { repo().join(".venv/bin/python") } else { PathBuf::from("python3") };
@@ -467,7 +481,7 @@ pub fn expect_refusal(name: &'static str, policy: Value, env: Vec<(String, Strin
     }
 }
 
-fn http_get_status(port: u16, path: &str) -> Option<u16> {
+pub fn http_get_status(port: u16, path: &str) -> Option<u16> {
     let mut s = TcpStream::connect(("127.0.0.1", port)).ok()?;
     s.set_read_timeout(Some(Duration::from_secs(2))).ok()?;
     use std::io::Write;
