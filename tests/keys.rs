@@ -211,3 +211,69 @@ fn the_loaded_configuration_says_which_key_serves_which_class() {
     assert_eq!(loaded["detail"], "pii-2026,addr-2026-11");
     assert!(!guard.warnings.iter().any(|w| w.starts_with("keys")), "{:?}", guard.warnings);
 }
+
+/// A request through the exchange at `now`, with a body (the reveal endpoint, a detokenized
+/// request): the local reply if the filter answered, whether the request went upstream, the audit
+/// event and the host.
+fn send(guard: &Rc<Guard>, caller: &str, method: &str, path: &str, body: Option<&str>, now: u64) -> (Option<spapi_guard::testing::SentReply>, bool, Value, MockHost) {
+    let mut host = MockHost::new(method, path, Some(caller));
+    host.now.set(now);
+    let mut ex = Exchange::new(Rc::clone(guard), Rc::new(DecisionIds::new()));
+    let mut flow = ex.on_request_headers(&mut host, body.is_none());
+    if let (Some(body), None) = (body, host.reply.as_ref()) {
+        host.add_request_header("content-type", "application/json");
+        host.request_body = body.as_bytes().to_vec();
+        flow = ex.on_request_body(&mut host, body.len(), true);
+    }
+    let reply = host.reply.take();
+    let status = reply.as_ref().map_or(200, |r| i64::from(r.status));
+    host.set_property("response.code", &status.to_le_bytes());
+    ex.on_log(&mut host);
+    let audit = host.audit_event().expect("audit event");
+    (reply, flow == Flow::Continue, audit, host)
+}
+
+#[test]
+fn the_filter_refuses_tokens_of_an_expired_key_when_revealing_or_detokenizing() {
+    let every = ["name", "email", "phone", "address", "tax_id", "gift_message", "company", "other"];
+    let ring = json!([entry("old", &every, "2026-01-01", "2026-06-30"), entry("new", &every, "2026-06-01", "2027-12-31")]);
+    let mut policy: Value = serde_json::from_str(&policy(ring)).expect("json");
+    policy["roles"]["label-printer"]["reveal"] = json!([{"classes": ["address"], "operations": ["spapi-guard.reveal"]}]);
+    policy["roles"]["order-sync"]["reveal"] = json!([{"classes": ["email"], "operations": ["orders-v0.getOrders"]}]);
+    let now = day("2026-11-15");
+    let guard = Rc::new(Guard::load_at(policy.to_string().as_bytes(), &env, now).expect("loads, with a warning"));
+    assert!(guard.warnings.iter().any(|w| w.starts_with("keys.ring[0].notAfter: key old expired on 2026-06-30")), "{:?}", guard.warnings);
+    let seal = |at: u64, class, value: &str| {
+        guard.tokens.seal(at, class, spapi_guard::tokens::Mode::Deterministic, spapi_guard::tokens::ValueKind::Text, value.as_bytes()).expect("sealed")
+    };
+    use spapi_guard::pii::PiiClass;
+    let (old_city, new_city) = (seal(day("2026-03-01"), PiiClass::Address, "Canton"), seal(now, PiiClass::Address, "Canton"));
+    let old_email = seal(day("2026-03-01"), PiiClass::Email, "jane@example.com");
+    const LABEL_PRINTER: &str = "spiffe://spapi-guard.demo/label-printer";
+
+    // The reveal endpoint: the current key's token opens, the expired key's is refused.
+    let (reply, _, _, _) = send(&guard, LABEL_PRINTER, "POST", "/spapi-guard/v1/reveal", Some(&json!({"tokens": [new_city]}).to_string()), now);
+    let reply = reply.expect("answered");
+    assert_eq!((reply.status, String::from_utf8_lossy(&reply.body).into_owned()), (200, r#"{"values":["Canton"]}"#.to_string()));
+    let (reply, _, audit, host) = send(&guard, LABEL_PRINTER, "POST", "/spapi-guard/v1/reveal", Some(&json!({"tokens": [new_city, old_city]}).to_string()), now);
+    let reply = reply.expect("refused");
+    assert_eq!((reply.status, reply.header("x-spapi-guard")), (400, Some("token_expired")));
+    assert!(String::from_utf8_lossy(&reply.body).contains("its retention period is over") && !String::from_utf8_lossy(&reply.body).contains("Canton"));
+    assert_eq!((audit["reason"].as_str(), audit["security_events"].clone()), (Some("token_expired"), json!(["token_expired"])));
+    let events = host.security_events();
+    let expired = events.iter().find(|e| e["event"] == "token_expired").expect("token_expired event");
+    assert_eq!((expired["detail"].as_str(), expired["severity"].as_str()), (Some("old"), Some("warning")));
+    assert_eq!(host.counter(&stat_name(key_status::TOKEN_REFUSALS, &[("reason", "token_expired")])), 1);
+    assert!(!host.log_text().contains("Canton"));
+
+    // Detokenization toward an operation: refused before anything goes upstream.
+    let path = format!("/orders/v0/orders?MarketplaceIds=ATVPDKIKX0DER&BuyerEmail={old_email}");
+    let (reply, forwarded, audit, _) = send(&guard, ORDER_SYNC, "GET", &path, None, now);
+    assert!(!forwarded, "a request with an expired token went upstream");
+    assert_eq!(reply.map(|r| (r.status, r.header("x-spapi-guard").map(str::to_string))), Some((400, Some("token_expired".to_string()))));
+    assert_eq!(audit["reason"], "token_expired");
+    // Before its notAfter, the same token was revealed.
+    let (_, forwarded, audit, _) = send(&guard, ORDER_SYNC, "GET", &path, None, day("2026-06-15"));
+    assert!(forwarded);
+    assert_eq!(audit["pii"]["email"]["revealed"], 1);
+}

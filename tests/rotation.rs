@@ -183,3 +183,46 @@ fn envoy_refuses_an_invalid_ring_naming_the_field() {
     let refused = expect_refusal("refuse-not-after", policy, vec![(KEY_VAR.to_string(), key_b64(&key))]);
     assert!(refused.log.contains("configuration refused: keys.ring[0].notAfter: 2025-12-31 is before activeFrom 2026-01-01"), "{}", refused.log);
 }
+
+#[test]
+fn tokens_of_an_expired_key_are_refused_by_the_filter_while_its_material_is_loaded() {
+    // Ring: "old" (every class, expired yesterday) and "new" (active); both keys in Envoy.
+    let (old_key, new_key) = (random_key(), random_key());
+    let day = |offset: i64| display_instant((now_ms() / 86_400_000).saturating_add_signed(offset) * 86_400_000);
+    let mut opts = Options::new("expired-key", &old_key);
+    opts.policy["keys"] = json!({"ring": [
+        {"id": "old", "env": KEY_VAR, "classes": EVERY, "created": day(-90), "activeFrom": day(-90), "notAfter": day(-1)},
+        {"id": "new", "env": K2_VAR, "classes": EVERY, "created": day(-30), "activeFrom": day(-30), "notAfter": day(300)}]});
+    opts.policy["roles"]["label-printer"]["reveal"] = json!([{"classes": ["address"], "operations": ["spapi-guard.reveal"]}]);
+    opts.env.push((K2_VAR.to_string(), key_b64(&new_key)));
+    let policy = opts.policy.clone();
+    let stack = Stack::start(opts);
+    // A token the old key made while it was active, and today's.
+    let env = |name: &str| [(KEY_VAR, &old_key), (K2_VAR, &new_key)].iter().find(|(v, _)| *v == name).map(|(_, k)| key_b64(k));
+    let guard = spapi_guard::guard::Guard::load(policy.to_string().as_bytes(), &env).expect("policy");
+    let seal = |at: u64| {
+        guard.tokens.seal(at, spapi_guard::pii::PiiClass::Address, spapi_guard::tokens::Mode::Deterministic, spapi_guard::tokens::ValueKind::Text, b"Canton").expect("sealed")
+    };
+    let (old_token, new_token) = (seal(now_ms() - 60 * 86_400_000), seal(now_ms()));
+    assert!(old_token.contains(".old.") && new_token.contains(".new."));
+    let reveal = |tokens: &[&str]| {
+        let body = json!({ "tokens": tokens }).to_string();
+        stack.send(Client::Cert("label-printer"), "POST", "/spapi-guard/v1/reveal", &[], None, Some(&body)).expect("curl")
+    };
+    let r = reveal(&[&new_token]);
+    assert_eq!((r.status, r.json()), (200, json!({"values": ["Canton"]})));
+    let r = reveal(&[&old_token]);
+    assert_eq!((r.status, r.header("x-spapi-guard")), (400, Some("token_expired")), "{}", r.text());
+    assert!(!r.text().contains("Canton"));
+    // Reported: the key as expired from the start (gauge, event), the refusal (event, metric, audit).
+    let events = stack.wait_for_security_event("token_expired");
+    assert!(events.iter().any(|e| e["event"] == "key_expired" && e["detail"] == "old"), "{events:?}");
+    assert!(events.iter().any(|e| e["event"] == "token_expired" && e["detail"] == "old"), "{events:?}");
+    let metrics = stack.metrics();
+    assert_eq!(metrics.get(r#"spapi_guard_key_info{key_id="old",state="expired"}"#), Some(&1), "{metrics:?}");
+    assert_eq!(metrics.get(r#"spapi_guard_token_refusals_total{reason="token_expired"}"#), Some(&1), "{metrics:?}");
+    let audit = stack.wait_for_audit_events(2);
+    assert_eq!((audit[1]["reason"].as_str(), audit[1]["security_events"].clone()), (Some("token_expired"), json!(["token_expired"])));
+    assert!(stack.envoy_output().contains("configuration warning: keys.ring[0].notAfter: key old expired on"));
+    assert!(!stack.envoy_output().contains("Canton"));
+}
