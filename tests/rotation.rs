@@ -88,7 +88,7 @@ fn a_ring_change_under_load_drops_no_request_and_old_tokens_still_open() {
 
     // The change: k2 is added ahead of time, active a few seconds after the new Envoy starts;
     // its material reaches the new Envoy only (the new process's environment).
-    let active_from_ms = (now_ms() / 1000 + 9) * 1000;
+    let active_from_ms = (now_ms() / 1000 + 12) * 1000;
     let mut policy = default_policy();
     let ring = policy["keys"]["ring"].as_array_mut().expect("the shipped policy has a keys.ring");
     ring.push(json!({"id": "k2", "env": K2_VAR, "classes": EVERY, "created": display_instant(now_ms() / 86_400_000 * 86_400_000),
@@ -97,9 +97,10 @@ fn a_ring_change_under_load_drops_no_request_and_old_tokens_still_open() {
     let restart_began = now_ms();
     stack.hot_restart(&policy, &env).unwrap_or_else(|r| panic!("the new Envoy did not start:\n{}", r.log));
     let restarted = now_ms();
-    if restarted + 1000 < active_from_ms {
-        // Added ahead of time: listed, not yet making tokens.
-        let metrics = stack.metrics();
+    // Added ahead of time: listed, not yet making tokens (checked if the scrape ended before
+    // activeFrom: on a loaded machine the restart alone can take most of the margin).
+    let metrics = stack.metrics();
+    if now_ms() + 500 < active_from_ms {
         assert_eq!(metrics.get(r#"spapi_guard_key_info{key_id="k2",state="pending"}"#), Some(&1), "{metrics:?}");
         assert_eq!(metrics.get(r#"spapi_guard_key_info{key_id="demo-1",state="active"}"#), Some(&1), "{metrics:?}");
     }
