@@ -265,7 +265,9 @@ fn unprocessable_responses_fail_closed_with_no_upstream_bytes() {
         ("gzip", json!({"content-encoding": "gzip"}), false, pii_body.clone(), "unsupported_content_encoding"),
         ("html", json!({"content-type": "text/html"}), false, pii_body.clone(), "unsupported_content_type"),
         ("no-type", json!({"content-type": ""}), false, pii_body.clone(), "unsupported_content_type"),
-        ("latin1-type", json!({"content-type": "application/json; charset=\u{ff}"}), false, pii_body.clone(), "ok"),
+        // A charset other than UTF-8: a client decoding by it would read other members.
+        ("latin1-type", json!({"content-type": "application/json; charset=\u{ff}"}), false, pii_body.clone(), "unsupported_charset"),
+        ("utf8-type", json!({"content-type": "application/json; charset=utf-8"}), false, pii_body.clone(), "ok"),
         ("oversize", json!({}), false, oversize.clone(), "body_too_large"),
         ("oversize-chunked", json!({}), true, oversize, "body_too_large"),
         ("invalid-chunked", json!({}), true, pii_body[..pii_body.len() - 1].to_vec(), "invalid_json"),
