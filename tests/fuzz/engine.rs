@@ -283,13 +283,7 @@ pub fn run<T: Target>(target: &mut T, knobs: &Knobs) -> Report {
 }
 
 fn print_report(name: &str, knobs: &Knobs, report: &Report) {
-    let mut line = format!(
-        "fuzz {name}: {} execs in {:.1} s = {:.0} exec/s, seed {:#x}",
-        report.execs,
-        report.seconds,
-        report.execs as f64 / report.seconds.max(1e-9),
-        knobs.seed
-    );
+    let mut line = format!("fuzz {name}: {} execs in {:.1} s = {:.0} exec/s, seed {:#x}", report.execs, report.seconds, report.execs as f64 / report.seconds.max(1e-9), knobs.seed);
     let outcomes: Vec<String> = report.outcomes.iter().map(|(k, v)| format!("{k} {v}")).collect();
     let _ = write!(line, "; outcomes: {}", outcomes.join(", "));
     println!("{line}");
