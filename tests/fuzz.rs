@@ -3,8 +3,9 @@
 //!
 //! * `fuzz_rewriter` — the response rewriter through `Guard::protect_response_with`
 //!   (tests/fuzz/rewriter.rs);
-//! * `fuzz_router` — `Catalog::route_index` and `audit::redacted_path` (tests/fuzz/router.rs);
-//! * `fuzz_exchange` — the exchange state machine: a plug point, below, for src/exchange.rs.
+//! * `fuzz_router` — `Catalog::route_index` and `audit::redacted_path_with` (tests/fuzz/router.rs);
+//! * `fuzz_exchange` — the exchange state machine of src/exchange.rs against `MockHost`, with the
+//!   phase orders Envoy produces, resets and local replies (tests/fuzz/exchange.rs).
 //!
 //! Knobs (environment):
 //! * `FUZZ_SECONDS` — seconds per target (default 3: `make test`; `make fuzz` runs 300);
@@ -17,6 +18,8 @@
 //! seeds that replay it. Run: `cargo test --profile fuzz --test fuzz -- --nocapture`.
 #[path = "fuzz/engine.rs"]
 mod engine;
+#[path = "fuzz/exchange.rs"]
+mod exchange;
 #[path = "fuzz/refjson.rs"]
 mod refjson;
 #[path = "fuzz/rewriter.rs"]
@@ -24,7 +27,7 @@ mod rewriter;
 #[path = "fuzz/router.rs"]
 mod router;
 
-use engine::{Failure, FnTarget, Knobs, Outcome, Rng, Target};
+use engine::{Knobs, Target};
 
 // ---------------------------------------------------------------------------------------------
 // KNOWN BUGS: found by this fuzzer, reported, not fixed yet. The fuzzer counts and reports them
@@ -54,24 +57,12 @@ fn fuzz_router() {
 }
 
 // ---------------------------------------------------------------------------------------------
-// Target (c): THE EXCHANGE STATE MACHINE — PLUG POINT (src/exchange.rs is being written).
-//
-// Return the target here, either a `Target` implementation (with `shrink` for minimized
-// reproducers) or two closures:
-//
-//     Some(FnTarget::new(
-//         "exchange",
-//         |rng: &mut Rng| random_events(rng),                // a Vec of events, say
-//         |events: &Vec<Event>| -> Result<Outcome, Failure> { // drive the machine, check
-//             ...; Ok("completed")                           // invariants after each step
-//         },
-//     ))
-//
-// `fuzz_exchange` then runs it with the same knobs, statistics, panic capture, minimizer and
-// reproducer files as the other targets (and `make test` / `make fuzz` pick it up).
+// Target (c): the exchange state machine (tests/fuzz/exchange.rs). The plug point stays: any
+// `Target` (or an `engine::FnTarget` of two closures) returned here runs with the same knobs,
+// statistics, panic capture, minimizer and reproducer files as the other targets.
 // ---------------------------------------------------------------------------------------------
 fn exchange_target() -> Option<impl Target> {
-    None::<FnTarget<(), fn(&mut Rng), fn(&()) -> Result<Outcome, Failure>>>
+    Some(exchange::ExchangeTarget::new())
 }
 
 #[test]

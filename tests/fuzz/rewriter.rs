@@ -46,7 +46,7 @@ pub enum PStep {
     Wild,
 }
 
-fn steps_of(jsonpath: &str) -> Vec<PStep> {
+pub fn steps_of(jsonpath: &str) -> Vec<PStep> {
     FieldPath::parse(jsonpath)
         .unwrap_or_else(|e| panic!("catalog path {jsonpath}: {e}"))
         .steps
@@ -68,6 +68,8 @@ pub struct Rule {
     pub required: bool,
     /// Amazon's model declares a number here (the v0 coordinates).
     pub number: bool,
+    /// The RDT dataElement or Orders 2026 `includedData=…` gate that unlocks it.
+    pub data_element: Option<String>,
 }
 
 pub struct OpInfo {
@@ -111,15 +113,16 @@ pub fn catalog_model(guard: &Guard) -> (Vec<OpInfo>, Vec<String>) {
             let class = PiiClass::parse(field["class"].as_str().expect("class")).expect("a PII class");
             let required = schema["required"].as_bool().unwrap_or(false);
             let number = matches!(schema["type"].as_str(), Some("number" | "integer"));
-            rules.push(Rule { jsonpath, steps, class, required, number });
+            let data_element = field["dataElement"].as_str().map(str::to_string);
+            rules.push(Rule { jsonpath, steps, class, required, number, data_element });
         }
         read.insert(op["id"].as_str().expect("id").to_string(), (rules, clear, protected));
     }
     let mut ops = Vec::new();
     for (index, op) in guard.catalog.operations.iter().enumerate() {
         let (rules, clear, protected) = read.remove(&op.id).unwrap_or_default();
-        let compiled: Vec<(&str, PiiClass)> = op.response_rules.iter().map(|r| (r.jsonpath.as_str(), r.class)).collect();
-        let modelled: Vec<(&str, PiiClass)> = rules.iter().map(|r| (r.jsonpath.as_str(), r.class)).collect();
+        let compiled: Vec<(&str, PiiClass, Option<&str>)> = op.response_rules.iter().map(|r| (r.jsonpath.as_str(), r.class, r.data_element.as_deref())).collect();
+        let modelled: Vec<(&str, PiiClass, Option<&str>)> = rules.iter().map(|r| (r.jsonpath.as_str(), r.class, r.data_element.as_deref())).collect();
         assert_eq!(compiled, modelled, "{}: the compiled catalog's PII rules are not the catalog file's PII paths (enumerations and {NOT_PII_MEMBERS:?} left out)", op.id);
         for (rule, r) in op.response_rules.iter().zip(&rules) {
             let facts = rule.schema.as_ref().map(|f| (f.required, f.is_number()));
@@ -243,7 +246,7 @@ fn collect_keys(node: &Node, out: &mut Vec<String>) {
 
 /// A document being generated.
 #[derive(Clone, Debug)]
-enum G {
+pub enum G {
     Obj(Vec<(String, G)>),
     Arr(Vec<G>),
     Str(String),
@@ -251,7 +254,7 @@ enum G {
     Lit(&'static str),
 }
 
-fn to_g(node: &Node, doc: &[u8]) -> G {
+pub fn to_g(node: &Node, doc: &[u8]) -> G {
     match &node.kind {
         Kind::Obj(ms) => G::Obj(ms.iter().map(|m| (m.key.value.clone(), to_g(&m.value, doc))).collect()),
         Kind::Arr(items) => G::Arr(items.iter().map(|n| to_g(n, doc)).collect()),
@@ -315,7 +318,7 @@ fn rand_char(rng: &mut Rng) -> char {
     char::from_u32(c).unwrap_or('\u{fffd}')
 }
 
-fn junk(rng: &mut Rng, max: usize) -> String {
+pub fn junk(rng: &mut Rng, max: usize) -> String {
     (0..rng.small(max)).map(|_| rand_char(rng)).collect()
 }
 
@@ -331,7 +334,7 @@ fn filler_number(rng: &mut Rng) -> String {
     rng.pick(&["0", "-0", "1", "-1", "1.5", "0.00", "1e10", "1E-7", "-2.5e+3", "12345678901234567890", "3.14159", "100"]).to_string()
 }
 
-fn filler(rng: &mut Rng, depth: usize, dict: &[String]) -> G {
+pub fn filler(rng: &mut Rng, depth: usize, dict: &[String]) -> G {
     match rng.below(if depth > 3 { 5 } else { 8 }) {
         0 | 1 => G::Str(filler_string(rng)),
         2 => G::Num(filler_number(rng)),
@@ -342,7 +345,7 @@ fn filler(rng: &mut Rng, depth: usize, dict: &[String]) -> G {
     }
 }
 
-fn member_name(rng: &mut Rng, dict: &[String]) -> String {
+pub fn member_name(rng: &mut Rng, dict: &[String]) -> String {
     match rng.below(10) {
         0..=6 => rng.pick(dict).clone(),
         7 => junk(rng, 8),
@@ -359,7 +362,7 @@ fn member_name(rng: &mut Rng, dict: &[String]) -> String {
     }
 }
 
-fn marker_core(rng: &mut Rng) -> String {
+pub fn marker_core(rng: &mut Rng) -> String {
     const ALNUM: &[u8] = b"abcdefghijklmnopqrstuvwxyz0123456789";
     let mut s = String::from("Mk");
     for _ in 0..12 {
@@ -420,7 +423,7 @@ fn pii_value(rng: &mut Rng, markers: &mut Vec<String>, depth: usize) -> G {
 }
 
 /// Plants `leaf` at a location `steps` selects, building what is missing on the way.
-fn plant(g: &mut G, steps: &[PStep], leaf: G, rng: &mut Rng, dict: &[String]) {
+pub fn plant(g: &mut G, steps: &[PStep], leaf: G, rng: &mut Rng, dict: &[String]) {
     let Some((first, rest)) = steps.split_first() else {
         *g = leaf;
         return;
@@ -474,7 +477,7 @@ fn plant(g: &mut G, steps: &[PStep], leaf: G, rng: &mut Rng, dict: &[String]) {
 }
 
 /// Adds noise somewhere along a random walk down the tree.
-fn noise(g: &mut G, rng: &mut Rng, dict: &[String], depth: usize) {
+pub fn noise(g: &mut G, rng: &mut Rng, dict: &[String], depth: usize) {
     match g {
         G::Obj(members) => {
             if members.is_empty() || rng.chance(30) {
@@ -503,17 +506,17 @@ fn noise(g: &mut G, rng: &mut Rng, dict: &[String], depth: usize) {
 }
 
 /// How a document is written.
-struct Style {
+pub struct Style {
     /// 0 none, 1 one space, 2 pretty, 3 random runs.
-    ws: u8,
+    pub ws: u8,
     /// Percent of characters written as `\u` escapes.
-    escape: u32,
-    upper_hex: bool,
+    pub escape: u32,
+    pub upper_hex: bool,
     /// Percent of strings that get a lone surrogate escape.
-    lone: u32,
+    pub lone: u32,
 }
 
-fn write_ws(out: &mut Vec<u8>, style: &Style, rng: &mut Rng, depth: usize) {
+pub fn write_ws(out: &mut Vec<u8>, style: &Style, rng: &mut Rng, depth: usize) {
     match style.ws {
         0 => {}
         1 => out.push(b' '),
@@ -585,7 +588,7 @@ fn write_lone(out: &mut Vec<u8>, rng: &mut Rng, style: &Style) {
     }
 }
 
-fn serialize(g: &G, out: &mut Vec<u8>, style: &Style, rng: &mut Rng, depth: usize) {
+pub fn serialize(g: &G, out: &mut Vec<u8>, style: &Style, rng: &mut Rng, depth: usize) {
     match g {
         G::Obj(members) => {
             out.push(b'{');
@@ -654,7 +657,7 @@ const SNIPPETS: &[&[u8]] = &[
     b"\t\r\n",
 ];
 
-fn mutate(body: &mut Vec<u8>, rng: &mut Rng) {
+pub fn mutate(body: &mut Vec<u8>, rng: &mut Rng) {
     for _ in 0..rng.range(1, 3) {
         let len = body.len();
         match rng.below(8) {
@@ -726,7 +729,7 @@ fn random_actions(rng: &mut Rng) -> ClassActions {
 }
 
 /// A number shaped like a coordinate (more decimals than any coarsening keeps), as a marker.
-fn coordinate(rng: &mut Rng) -> String {
+pub fn coordinate(rng: &mut Rng) -> String {
     let digits: String = (0..8).map(|_| char::from(b'0' + rng.below(10) as u8)).collect();
     format!("{}{}.{digits}", if rng.chance(50) { "-" } else { "" }, rng.range(0, 179))
 }
@@ -1395,7 +1398,7 @@ fn visible_text(exp: &Exp, doc: &[u8], out: &mut Vec<String>, kept_numbers: &mut
 }
 
 /// Every decoded string and member name of a tree.
-fn all_text(node: &Node, out: &mut Vec<String>) {
+pub fn all_text(node: &Node, out: &mut Vec<String>) {
     match &node.kind {
         Kind::Obj(ms) => {
             for m in ms {
