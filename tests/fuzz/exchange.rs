@@ -986,6 +986,9 @@ struct Run {
     /// Stopped by a reset (the step budget).
     reset: bool,
     headers_seen: bool,
+    /// What `on_request_headers` and the upstream's `on_response_headers` returned.
+    request_headers_flow: Option<Flow>,
+    response_headers_flow: Option<Flow>,
     request_reply: Option<SentReply>,
     /// The request's headers reached the upstream.
     contacted: bool,
@@ -1079,6 +1082,7 @@ impl ExchangeTarget {
         run.headers_seen = true;
         let eos = case.request_chunks.is_empty() && !case.request_trailers;
         let flow = ex.on_request_headers(host, eos);
+        run.request_headers_flow = Some(flow);
         if let Some(reply) = host.mock.reply.take() {
             return self.reply_flows_back(case, ex, host, run, reply, budget);
         }
@@ -1135,6 +1139,7 @@ impl ExchangeTarget {
         host.mock.set_response_headers(&headers);
         run.response_started = true;
         let flow = ex.on_response_headers(host, response.eos_at_headers);
+        run.response_headers_flow = Some(flow);
         if let Some(reply) = host.mock.reply.take() {
             run.status = Some(i64::from(reply.status));
             run.response_reply = Some(reply);
@@ -1700,6 +1705,10 @@ impl ExchangeTarget {
         if run.contacted && run.request_ended && !run.early && run.request_released != case.request_chunks.concat() {
             return Err(fail("request_body_changed", format!("{} bytes released, {} sent", run.request_released.len(), case.request_chunks.concat().len())));
         }
+        // Only an RDT request is held; everything else goes on at its headers.
+        if run.request_reply.is_none() && request.at_body_end.is_none() && run.request_headers_flow == Some(Flow::Pause) {
+            return Err(fail("request_held_needlessly", "a request that needs no body check was held at its headers".into()));
+        }
         if !run.reset && run.request_ended && run.request_reply.is_none() && run.request_paused {
             return Err(fail("request_held_after_its_end", "the request ended, was not refused, and is still held".into()));
         }
@@ -1728,6 +1737,12 @@ impl ExchangeTarget {
                 if run.after_reply.contains(&Flow::Continue) {
                     return Err(fail("upstream_bytes_after_refusal", format!("upstream phases continued after the local reply: {:?}", run.after_reply)));
                 }
+            }
+            // A body to protect is held from its headers on (its length is set when it is
+            // rewritten); everything else goes on at its headers.
+            let hold = !matches!(response_model, ResponseModel::Stream | ResponseModel::NoBody);
+            if run.response_reply.is_none() && run.response_headers_flow.is_some_and(|f| (f == Flow::Pause) != hold) {
+                return Err(fail("response_headers_flow", format!("response headers {:?} for {response_model:?}", run.response_headers_flow)));
             }
             match response_model {
                 ResponseModel::Stream => {
