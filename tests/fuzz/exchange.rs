@@ -638,7 +638,15 @@ impl ExchangeTarget {
                 Built::Operation(i) => self.other_fixtures.get(&i).map(|f| rng.pick(f).clone()),
                 _ => None,
             };
-            return fixture.unwrap_or_else(|| br#"{"payload":{"items":[{"asin":"B00X","quantity":3}],"nextToken":null}}"#.to_vec());
+            let mut body = fixture.unwrap_or_else(|| br#"{"payload":{"items":[{"asin":"B00X","quantity":3}],"nextToken":null}}"#.to_vec());
+            if rng.chance(15) {
+                // A canary in a streamed body: reported (wherever the chunks split it), not blocked.
+                if let Some(at) = body.iter().position(|&b| b == b'{') {
+                    body.splice(at + 1..at + 1, format!("\"note\":\"{CANARY}\",").bytes());
+                    markers.push(CANARY.to_string());
+                }
+            }
+            return body;
         };
         let dict = &self.dict;
         let mut doc = if !info.fixtures.is_empty() && rng.chance(70) {
@@ -749,7 +757,7 @@ impl Target for ExchangeTarget {
                 Built::Operation(i) => self.request_fixtures.get(&i).map(|f| rng.pick(f).clone()),
                 _ => None,
             };
-            let m = marker(rng);
+            let m = if rng.chance(15) { CANARY.to_string() } else { marker(rng) };
             markers.push(m.clone());
             let mut body = fixture.unwrap_or_else(|| b"{}".to_vec());
             let note = format!("\"note\":\"{m}\"");
@@ -1929,8 +1937,23 @@ impl ExchangeTarget {
         if !canaries.is_empty() && (variant.canary_block.is_none() || !planted || canaries != vec![json!(CANARY_ID)]) {
             return Err(wrong("canaries reported".into()));
         }
-        if run.headers_seen && variant.canary_block.is_some() && case.path.contains(CANARY) && canaries.is_empty() {
-            return Err(wrong("a canary in the path not reported".into()));
+        if variant.canary_block.is_some() && canaries.is_empty() {
+            // Where the filter must have seen the canary: the path; a request body it read to its
+            // end; a response body it streamed whole or read whole.
+            let request_body = case.request_chunks.concat();
+            let response_read = match response_model {
+                ResponseModel::Stream => run.response_started && run.response_ended,
+                ResponseModel::Protected | ResponseModel::InvalidJson | ResponseModel::Canary | ResponseModel::Empty => run.response_ended,
+                _ => false,
+            };
+            let seen = [
+                ("the path", run.headers_seen && case.path.contains(CANARY)),
+                ("the request body", run.request_ended && !run.early && contains(&request_body, CANARY.as_bytes())),
+                ("the response body", response_read && contains(&body, CANARY.as_bytes())),
+            ];
+            if let Some((where_, _)) = seen.iter().find(|(_, s)| *s) {
+                return Err(wrong(format!("a canary in {where_} not reported")));
+            }
         }
         let canary_hit = event["security_events"].as_array().is_some_and(|e| e.contains(&json!("canary_hit")));
         if canary_hit == canaries.is_empty() {
