@@ -121,7 +121,8 @@ test-wasm: $(VENV)/.rust-target $(VENV_STAMP)
 	CARGO_TARGET_WASM32_WASIP1_RUNNER="$(WASM_TEST_RUNNER)" cargo test --lib --target $(WASM_TARGET)
 	CARGO_TARGET_WASM32_WASIP1_RUNNER="$(WASM_TEST_RUNNER)" cargo test --lib --target $(WASM_TARGET) --release
 
-# Stable-Rust fuzzing (tests/fuzz.rs): the rewriter, and the router with the audit log's path.
+# Stable-Rust fuzzing (tests/fuzz.rs): the rewriter, the router with the audit log's path, and
+# the exchange state machine against MockHost.
 # make test runs each target a few seconds with the fixed seed; make fuzz runs each for
 # FUZZ_SECONDS with a fresh seed (or FUZZ_SEED=…). Reproducers go to target/fuzz-failures/.
 FUZZ_SECONDS ?= 300

@@ -2,9 +2,9 @@
 //! like the rewriter, and every node keeps its byte span so the oracle can check bytes, not only
 //! values. Duplicate member names and member order are kept.
 //!
-//! Strict mode refuses lone UTF-16 surrogate escapes (`"\ud800"`), which name no character.
-//! Lenient mode decodes each to U+FFFD and marks the string, so the oracle can tell where the
-//! rewriter, which decodes only the strings it needs, must refuse one and where it passes it on.
+//! Strict mode refuses lone UTF-16 surrogate escapes (`"\ud800"`), which name no character (and
+//! which serde_json refuses). Lenient mode decodes each to U+FFFD and marks the string: valid JSON
+//! all the same, which the rewriter hands on as raw JSON text where it must treat it.
 
 /// Same limit as the rewriter (`json_rewrite::MAX_DEPTH`): 128 nested containers.
 pub const MAX_DEPTH: usize = 128;
@@ -31,6 +31,8 @@ pub enum Kind {
 pub struct Member {
     /// Where the member starts (its name's opening quote).
     pub start: usize,
+    /// Where its name ends (after the closing quote).
+    pub key_end: usize,
     pub key: Text,
     pub value: Node,
 }
@@ -98,6 +100,7 @@ impl Parser<'_> {
                             return Err(self.err("expected a name"));
                         }
                         let key = self.string()?;
+                        let key_end = self.pos;
                         self.ws();
                         if self.b.get(self.pos) != Some(&b':') {
                             return Err(self.err("expected ':'"));
@@ -105,7 +108,7 @@ impl Parser<'_> {
                         self.pos += 1;
                         self.ws();
                         let value = self.value(depth + 1)?;
-                        members.push(Member { start: member_start, key, value });
+                        members.push(Member { start: member_start, key_end, key, value });
                         self.ws();
                         match self.b.get(self.pos) {
                             Some(b',') => {
@@ -294,6 +297,13 @@ impl Parser<'_> {
                 Some(_) => return Err(self.err("control character in string")),
             }
         }
+    }
+}
+
+impl Member {
+    /// The name as written between its quotes, escapes and all.
+    pub fn raw_key<'a>(&self, doc: &'a [u8]) -> &'a [u8] {
+        &doc[self.start + 1..self.key_end - 1]
     }
 }
 
