@@ -36,11 +36,8 @@ use engine::{Knobs, Target};
 // target, and drop the #[ignore].
 // ---------------------------------------------------------------------------------------------
 
-/// A JSON number at a PII path is "coarsened" whatever Amazon's model says the member is, and
-/// coarsening keeps an integer (or a number with no more decimals than kept) as it is: a phone
-/// number or postal code an upstream sends as a number (`"Phone":4155551234`) reaches the client
-/// in clear, counted as coarsened.
-pub const KNOWN_BUG_INTEGER_COARSENED_IN_CLEAR: &str = "a number at a string-typed PII path is coarsened to itself: the value passes in clear";
+// (None open at the moment. Fixed: KNOWN_BUG_INTEGER_COARSENED_IN_CLEAR — see
+// `a_number_at_a_string_typed_pii_path_is_tokenized_not_kept_in_clear` below.)
 
 #[test]
 fn fuzz_rewriter() {
@@ -99,15 +96,14 @@ fn percent_encoded_pii_query_names_do_not_log_the_value() {
     }
 }
 
-/// KNOWN_BUG_INTEGER_COARSENED_IN_CLEAR, found by `fuzz_rewriter`. Schema-faithful protection
-/// coarsens every JSON number at a PII path (docs/POLICY.md); coarsening an integer keeps it (and
-/// a number with no more decimals than `numbers.decimals` too), so where Amazon's model has a
-/// string — a phone, a postal code, label contents — a number the upstream sends passes in clear
-/// while the class is tokenized (and is counted `coarsened`). Expected: a number is coarsened
-/// only where the model declares a number; elsewhere it gets its class's action (a token).
+/// Found by `fuzz_rewriter` as KNOWN_BUG_INTEGER_COARSENED_IN_CLEAR (fixed in src/guard.rs): a
+/// JSON number at a PII path was "coarsened" whatever Amazon's model says the member is, and
+/// coarsening keeps an integer, so where the model has a string — a phone, a postal code — a
+/// number the upstream sends passed in clear. Now a number is coarsened only where the model
+/// declares a number; elsewhere it gets its class's action (a token of kind `j`). Kept as a
+/// regression test.
 #[test]
-#[ignore = "known bug: a number at a string-typed PII path is coarsened to itself and passes in clear"]
-fn known_bug_a_number_at_a_string_typed_pii_path_passes_in_clear() {
+fn a_number_at_a_string_typed_pii_path_is_tokenized_not_kept_in_clear() {
     use spapi_guard::guard::Guard;
     let policy = r#"{"version":1,"keys":{"active":"k1","env":{"k1":"K1"}}}"#;
     let guard = Guard::load(policy.as_bytes(), &|_| Some("8f4c1a2b3d5e6f708192a3b4c5d6e7f8091a2b3c4d5e6f708192a3b4c5d6e7f8".to_string())).expect("policy");
@@ -115,8 +111,11 @@ fn known_bug_a_number_at_a_string_typed_pii_path_passes_in_clear() {
     let body = br#"{"payload":{"ShippingAddress":{"Name":"Jane Doe","Phone":4155551234,"PostalCode":48817,"AddressLine1":12.5}}}"#;
     let out = guard.protect_response(op, body).expect("protected");
     let text = String::from_utf8(out.body.expect("rewritten")).expect("utf8");
-    // Today: {"payload":{"ShippingAddress":{"Name":"spgt1.ds.k1.name.…","Phone":4155551234,"PostalCode":48817,"AddressLine1":12.5}}}
     for pii in ["4155551234", "48817", "12.5"] {
         assert!(!text.contains(pii), "{pii} in clear: {text}");
     }
+    let v: serde_json::Value = serde_json::from_str(&text).expect("json");
+    let phone = guard.tokens.open(v["payload"]["ShippingAddress"]["Phone"].as_str().expect("a token"), 0).expect("opens");
+    assert_eq!((phone.plaintext.as_slice(), phone.kind), (&b"4155551234"[..], spapi_guard::tokens::ValueKind::RawJson));
+    assert_eq!(out.counts.coarsened(spapi_guard::pii::PiiClass::Address), 0);
 }

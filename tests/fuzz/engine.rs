@@ -91,6 +91,8 @@ impl Failure {
         Failure { kind: kind.into(), message: message.into(), known: None }
     }
 
+    // Unused while no known bug is open (tests/fuzz.rs, KNOWN BUGS); kept for the next one.
+    #[allow(dead_code)]
     pub fn known(mut self, bug: &'static str) -> Failure {
         self.known = Some(bug);
         self

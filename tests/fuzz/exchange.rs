@@ -1637,10 +1637,7 @@ impl ExchangeTarget {
         }
 
         let upstream_body = case.response.as_ref().map(|r| r.chunks.concat()).unwrap_or_default();
-        // Whatever happened, no planted value leaves in clear unless the caller sees it clear. (A
-        // number planted where the model has a string is a known bug: reported once the other
-        // checks pass.)
-        let mut known_bug = None;
+        // Whatever happened, no planted value leaves in clear unless the caller sees it clear.
         if let Some(op) = op.filter(|&o| self.ops[o].info.is_some()) {
             let clear = self.clear_markers(&upstream_body, op, &request.actions, &case.markers);
             let mut released = vec![run.delivered.clone()];
@@ -1649,18 +1646,10 @@ impl ExchangeTarget {
                 rewriter::all_text(&tree, &mut texts);
                 released.extend(texts.into_iter().map(String::into_bytes));
             }
-            let mut known_leak = None;
             for m in case.markers.iter().filter(|m| !clear.contains(*m)) {
                 if released.iter().any(|r| contains(r, m.as_bytes())) {
-                    if !m.bytes().all(|b| b.is_ascii_digit()) {
-                        return Err(fail("pii_in_clear", format!("planted value {m} released in clear to {:?}", case.who)));
-                    }
-                    known_leak.get_or_insert(m);
+                    return Err(fail("pii_in_clear", format!("planted value {m} released in clear to {:?}", case.who)));
                 }
-            }
-            if let Some(m) = known_leak {
-                let message = format!("planted number {m} at a string-typed PII path released in clear to {:?}", case.who);
-                known_bug = Some(fail("number_kept_in_clear", message).known(crate::KNOWN_BUG_INTEGER_COARSENED_IN_CLEAR));
             }
         }
 
@@ -1786,11 +1775,7 @@ impl ExchangeTarget {
                 }
             }
         }
-        let outcome = self.check_audit(case, run, host, &event, &request, &response_model)?;
-        match known_bug {
-            Some(f) => Err(f),
-            None => Ok(outcome),
-        }
+        self.check_audit(case, run, host, &event, &request, &response_model)
     }
 
     /// A released protected body: the whole body rewritten with the caller's levels.

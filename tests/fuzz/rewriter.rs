@@ -18,9 +18,10 @@
 //!   to exactly that value with its class, mode and kind (a string's text; the raw JSON of a
 //!   number, a container or a string with a lone surrogate), the exact deterministic token and
 //!   `spgh2.` pseudonym (kind bound) of a cache-free engine, the mask (for any string), `null`, or
-//!   removal — schema-faithful: a number tokenized, hashed or redacted is coarsened (a number,
-//!   within half a unit of the last place kept), or `null` by the policy where not required, or a
-//!   token by opt-in; a required member removed is its type's empty value; enumerations and
+//!   removal — schema-faithful: where Amazon's model declares a number, a number tokenized,
+//!   hashed or redacted is coarsened (a number, within half a unit of the last place kept), or
+//!   `null` by the policy where not required, or a token by opt-in; anywhere else (a string-typed
+//!   member, no schema) a number gets its class's action like any value (a token of kind `j`); a required member removed is its type's empty value; enumerations and
 //!   country codes untouched; the bytes between replaced values unchanged, the counts exact
 //!   (`coarsened` included), and no marker that the model does not keep visible anywhere in the
 //!   output, raw or decoded.
@@ -906,29 +907,17 @@ impl Target for RewriterTarget {
         // No planted value shows unless the model keeps it visible (clear actions, decoys,
         // enumerations, coarsened numbers that were already coarse where a number belongs).
         let mut visible = Vec::new();
-        let mut kept_numbers = Vec::new();
-        visible_text(&expected, &case.body, &mut visible, &mut kept_numbers);
+        visible_text(&expected, &case.body, &mut visible);
         let mut out_texts = Vec::new();
         all_text(&out_tree, &mut out_texts);
-        let mut known_leak = None;
         for marker in &case.markers {
             if visible.iter().any(|v| v.contains(marker.as_str())) {
                 continue;
             }
             let raw = output.windows(marker.len()).any(|w| w == marker.as_bytes());
             if raw || out_texts.iter().any(|t| t.contains(marker.as_str())) {
-                if !kept_numbers.iter().any(|v| v.contains(marker.as_str())) {
-                    return Err(Failure::new("pii_in_clear", format!("planted value {marker} appears in the output")));
-                }
-                known_leak.get_or_insert(marker);
+                return Err(Failure::new("pii_in_clear", format!("planted value {marker} appears in the output")));
             }
-        }
-        if let Some(marker) = known_leak {
-            return Err(Failure::new(
-                "number_kept_in_clear",
-                format!("planted number {marker} at a PII path Amazon's model types as a string (or any) is 'coarsened' to itself and appears in the output"),
-            )
-            .known(crate::KNOWN_BUG_INTEGER_COARSENED_IN_CLEAR));
         }
 
         Ok(match (lenient, unchanged, removed) {
@@ -1072,12 +1061,11 @@ enum Exp<'a> {
     Null {
         node: &'a Node,
     },
-    /// A number rounded to `decimals` places, still a number. `typed`: Amazon's model declares a
-    /// number here (a value already that coarse may show as it is).
+    /// A number rounded to `decimals` places, still a number (only where Amazon's model declares
+    /// a number: a value already that coarse may show as it is).
     Coarse {
         node: &'a Node,
         decimals: u8,
-        typed: bool,
     },
     /// A required member the caller may not see: its type's empty value, exactly these bytes.
     Empty {
@@ -1193,9 +1181,11 @@ impl Model<'_> {
             Action::Clear => 3,
             Action::Remove => 4,
         };
-        // Schema-faithful: a number stays a number when it is tokenized, hashed or redacted —
-        // coarsened, or null where the policy says so and the model does not require it.
-        if matches!(node.kind, Kind::Num) && matches!(action, Action::Tokenize(_) | Action::Hash | Action::Redact) {
+        // Schema-faithful: where Amazon's model declares a number, a number stays a number when it
+        // is tokenized, hashed or redacted — coarsened, or null where the policy says so and the
+        // model does not require it. Anywhere else (a string-typed member, no schema) a number is
+        // protected like any value of its class (a token of kind `j`, a hash, `null`…).
+        if matches!(node.kind, Kind::Num) && rule.number && matches!(action, Action::Tokenize(_) | Action::Hash | Action::Redact) {
             match self.numbers {
                 NumberAction::Tokenize => {}
                 NumberAction::Null if !rule.required => {
@@ -1204,11 +1194,11 @@ impl Model<'_> {
                 }
                 NumberAction::Null => {
                     counts[class][COARSENED] += 1;
-                    return Some(Exp::Coarse { node, decimals: 1, typed: rule.number });
+                    return Some(Exp::Coarse { node, decimals: 1 });
                 }
                 NumberAction::Coarsen(decimals) => {
                     counts[class][COARSENED] += 1;
-                    return Some(Exp::Coarse { node, decimals, typed: rule.number });
+                    return Some(Exp::Coarse { node, decimals });
                 }
             }
         }
@@ -1379,9 +1369,9 @@ impl RewriterTarget {
 }
 
 /// The text the expected output keeps: raw bytes and decoded strings of kept subtrees, and names;
-/// coarsened numbers where Amazon's model has a number (a value already that coarse stays as it
-/// is). Numbers coarsened where the model has a string go to `kept_numbers`.
-fn visible_text(exp: &Exp, doc: &[u8], out: &mut Vec<String>, kept_numbers: &mut Vec<String>) {
+/// coarsened numbers (only where Amazon's model has a number: a value already that coarse stays
+/// as it is).
+fn visible_text(exp: &Exp, doc: &[u8], out: &mut Vec<String>) {
     match exp {
         Exp::Keep(n) => {
             out.push(String::from_utf8_lossy(n.raw(doc)).into_owned());
@@ -1390,12 +1380,11 @@ fn visible_text(exp: &Exp, doc: &[u8], out: &mut Vec<String>, kept_numbers: &mut
         Exp::Obj(children) => {
             for (k, e) in children {
                 out.push(k.value.clone());
-                visible_text(e, doc, out, kept_numbers);
+                visible_text(e, doc, out);
             }
         }
-        Exp::Arr(children) => children.iter().for_each(|e| visible_text(e, doc, out, kept_numbers)),
-        Exp::Coarse { node, typed: true, .. } => out.push(String::from_utf8_lossy(node.raw(doc)).into_owned()),
-        Exp::Coarse { node, typed: false, .. } => kept_numbers.push(String::from_utf8_lossy(node.raw(doc)).into_owned()),
+        Exp::Arr(children) => children.iter().for_each(|e| visible_text(e, doc, out)),
+        Exp::Coarse { node, .. } => out.push(String::from_utf8_lossy(node.raw(doc)).into_owned()),
         _ => {}
     }
 }
