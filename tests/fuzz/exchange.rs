@@ -279,7 +279,7 @@ pub struct ExchangeTarget {
 
 fn load_guard(policy: &Value) -> Rc<Guard> {
     let env = |name: &str| name.starts_with("SPAPI_GUARD_KEY_").then(|| KEY_HEX.to_string());
-    Rc::new(Guard::load(policy.to_string().as_bytes(), &env).unwrap_or_else(|e| panic!("fuzz policy: {e}")))
+    Rc::new(Guard::load_at(policy.to_string().as_bytes(), &env, NOW_MS).unwrap_or_else(|e| panic!("fuzz policy: {e}")))
 }
 
 impl ExchangeTarget {
@@ -1783,7 +1783,7 @@ impl ExchangeTarget {
         let variant = &self.variants[case.variant];
         let Some(op) = request.op else { return Err(fail("model", "protected without an operation".into())) };
         let guard = &variant.guard;
-        let reference = guard.protect_response_with(&guard.catalog.operations[op], body, &request.actions).map_err(|e| fail("reference_refused", format!("{e:?}")))?;
+        let reference = guard.protect_response_at(&guard.catalog.operations[op], body, &request.actions, host.mock.now_ms()).map_err(|e| fail("reference_refused", format!("{e:?}")))?;
         if !run.headers_released {
             return Err(fail("protected_body_held", "the body ended and was protected, but not released".into()));
         }
