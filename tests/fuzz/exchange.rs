@@ -46,7 +46,7 @@ use std::rc::Rc;
 
 use serde_json::{json, Value};
 use spapi_guard::audit::{redacted_path_with, AuditEvent, DecisionIds};
-use spapi_guard::exchange::{Exchange, Flow, Host, HttpHost, Level, MAX_RDT_BODY};
+use spapi_guard::exchange::{Exchange, Flow, Host, HttpHost, Level, MAX_DETOKENIZE_BODY, MAX_RDT_BODY};
 use spapi_guard::guard::Guard;
 use spapi_guard::lockout::{LockState, Trigger};
 use spapi_guard::metrics::stat_name;
@@ -54,7 +54,7 @@ use spapi_guard::pii::{PerClass, PiiClass};
 use spapi_guard::policy::{Action, ClassActions};
 use spapi_guard::query_params::INCLUDED_DATA;
 use spapi_guard::testing::{MockHost, SentReply};
-use spapi_guard::tokens::Mode;
+use spapi_guard::tokens::{Mode, TOKEN_PREFIX};
 
 use crate::engine::{json_string, Failure, Outcome, Rng, Target};
 use crate::refjson::{self, Kind, Node};
@@ -1315,7 +1315,7 @@ enum ResponseModel {
     Protected,
 }
 
-const DENY_STATUS_400: [&str; 2] = ["invalid_path", "invalid_rdt_request"];
+const DENY_STATUS_400: [&str; 6] = ["invalid_path", "invalid_rdt_request", "invalid_token", "token_expired", "invalid_reveal_request", "unreadable_request_body"];
 
 fn status_of(reason: &str) -> u32 {
     if DENY_STATUS_400.contains(&reason) {
@@ -1442,7 +1442,7 @@ impl ExchangeTarget {
             let body = case.request_chunks.concat();
             let end = if body.len() > MAX_RDT_BODY {
                 Decided::Deny("invalid_rdt_request")
-            } else if variant.canary_block == Some(true) && contains(&body, CANARY.as_bytes()) {
+            } else if variant.canary_block == Some(true) && canary_in_json(&body) {
                 Decided::Deny("canary_blocked")
             } else {
                 match (&case.rdt, caller) {
@@ -1453,6 +1453,25 @@ impl ExchangeTarget {
                     // A body that is no RDT request at all (or none).
                     _ => Decided::Deny("invalid_rdt_request"),
                 }
+            };
+            return model(Decided::Allow(None), Some(end));
+        }
+        // A request of an operation whose requests carry PII (or with a token in its path or
+        // query), from an allowed caller, is held until its body ends: no caller of the policy has
+        // a reveal grant, so a token in it is refused; anything else goes on as it came.
+        let request_pii = op.is_some_and(|o| self.variants[case.variant].guard.catalog.operations[o].has_request_pii);
+        let path_has_token = case.path.contains(TOKEN_PREFIX);
+        let body_follows = !case.request_chunks.is_empty() || case.request_trailers;
+        if (request_pii || path_has_token) && body_follows {
+            let body = case.request_chunks.concat();
+            let end = if body.len() > MAX_DETOKENIZE_BODY {
+                Decided::Deny("unreadable_request_body")
+            } else if variant.canary_block == Some(true) && canary_in_json(&body) {
+                Decided::Deny("canary_blocked")
+            } else if contains(&body, TOKEN_PREFIX.as_bytes()) {
+                Decided::Deny("detokenize_not_allowed")
+            } else {
+                Decided::Allow(None)
             };
             return model(Decided::Allow(None), Some(end));
         }
@@ -1590,6 +1609,20 @@ fn walk(node: &Node, doc: &[u8], rules: &[rewriter::Rule], alive: &[usize], dept
     }
 }
 
+/// A canary in a body as a JSON parser reads it (`Canaries::find_in_json`): the raw bytes, or a
+/// member name or string decoded.
+fn canary_in_json(body: &[u8]) -> bool {
+    fn walk(v: &Value) -> bool {
+        match v {
+            Value::String(s) => s.contains(CANARY),
+            Value::Array(items) => items.iter().any(walk),
+            Value::Object(members) => members.iter().any(|(k, v)| k.contains(CANARY) || walk(v)),
+            _ => false,
+        }
+    }
+    contains(body, CANARY.as_bytes()) || serde_json::from_slice::<Value>(body).is_ok_and(|v| walk(&v))
+}
+
 fn contains(haystack: &[u8], needle: &[u8]) -> bool {
     !needle.is_empty() && haystack.windows(needle.len()).any(|w| w == needle)
 }
@@ -1711,7 +1744,8 @@ impl ExchangeTarget {
         if run.contacted && run.request_ended && !run.early && run.request_released != case.request_chunks.concat() {
             return Err(fail("request_body_changed", format!("{} bytes released, {} sent", run.request_released.len(), case.request_chunks.concat().len())));
         }
-        // Only an RDT request is held; everything else goes on at its headers.
+        // Only an RDT request or one held for detokenization is held; everything else goes on at
+        // its headers.
         if run.request_reply.is_none() && request.at_body_end.is_none() && run.request_headers_flow == Some(Flow::Pause) {
             return Err(fail("request_held_needlessly", "a request that needs no body check was held at its headers".into()));
         }
