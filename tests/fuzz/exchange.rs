@@ -1430,12 +1430,15 @@ impl ExchangeTarget {
             if op.is_none() && !passes_through {
                 return model(Decided::Deny("unknown_operation"), None);
             }
-            return model(Decided::Allow(access), None);
-        }
-        if let Some(reason) = access {
+            // A request that would be denied is let through as it is (its verdict is a denial).
+            if access.is_some() {
+                return model(Decided::Allow(access), None);
+            }
+        } else if let Some(reason) = access {
             return model(Decided::Deny(reason), None);
         }
-        if op.is_some_and(|o| self.ops[o].id == RDT_ID) {
+        // (In dry-run the RDT check is not enforced: the request goes on at its headers.)
+        if !variant.dry_run && op.is_some_and(|o| self.ops[o].id == RDT_ID) {
             if case.request_chunks.is_empty() && !case.request_trailers {
                 return model(Decided::Deny("invalid_rdt_request"), None);
             }
