@@ -1820,7 +1820,8 @@ impl ExchangeTarget {
         let variant = &self.variants[case.variant];
         let Some(op) = request.op else { return Err(fail("model", "protected without an operation".into())) };
         let guard = &variant.guard;
-        let reference = guard.protect_response_at(&guard.catalog.operations[op], body, &request.actions, host.mock.now_ms()).map_err(|e| fail("reference_refused", format!("{e:?}")))?;
+        let reference =
+            guard.protect_response_at(&guard.catalog.operations[op], body, &request.actions, host.mock.now_ms()).map_err(|e| fail("reference_refused", format!("{e:?}")))?;
         if !run.headers_released {
             return Err(fail("protected_body_held", "the body ended and was protected, but not released".into()));
         }
@@ -2074,7 +2075,9 @@ fn pattern_matches(pattern: &str, s: &str) -> Result<bool, String> {
             .split_once('.')
             .is_some_and(|(a, b)| !a.is_empty() && !b.is_empty() && a.bytes().all(|c| c.is_ascii_alphanumeric() || c == b'-') && b.bytes().all(|c| c.is_ascii_alphanumeric())),
         // Key ids: one or more of [A-Za-z0-9_-]{1,32}, comma-separated.
-        "^[A-Za-z0-9_-]{1,32}(,[A-Za-z0-9_-]{1,32})*$" => s.split(',').all(|id| (1..=32).contains(&id.len()) && id.bytes().all(|c| c.is_ascii_alphanumeric() || c == b'_' || c == b'-')),
+        "^[A-Za-z0-9_-]{1,32}(,[A-Za-z0-9_-]{1,32})*$" => {
+            s.split(',').all(|id| (1..=32).contains(&id.len()) && id.bytes().all(|c| c.is_ascii_alphanumeric() || c == b'_' || c == b'-'))
+        }
         p if p.starts_with("^(") && p.ends_with("):") => p[2..p.len() - 2].split('|').any(|alt| s.strip_prefix(alt).is_some_and(|r| r.starts_with(':'))),
         other => return Err(format!("the schema uses a pattern this validator does not know: {other}")),
     })
