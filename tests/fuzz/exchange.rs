@@ -781,7 +781,15 @@ impl Target for ExchangeTarget {
             let json_type = if rng.chance(92) {
                 *rng.pick(&["application/json", "application/json", "application/json;charset=UTF-8", "Application/JSON", "application/vnd.x+json"])
             } else {
-                *rng.pick(&["text/html", "", "application/jsonx", "text/json"])
+                *rng.pick(&[
+                    "text/html",
+                    "",
+                    "application/jsonx",
+                    "text/json",
+                    "application/json; charset=ISO-8859-1",
+                    "application/json; Charset=\"utf-8\"",
+                    "application/json;charset=utf-16",
+                ])
             };
             let mut headers = vec![(":status".to_string(), rng.pick(&["200", "200", "200", "400", "404", "500"]).to_string())];
             if !json_type.is_empty() {
@@ -1320,7 +1328,7 @@ const DENY_STATUS_400: [&str; 6] = ["invalid_path", "invalid_rdt_request", "inva
 fn status_of(reason: &str) -> u32 {
     if DENY_STATUS_400.contains(&reason) {
         400
-    } else if ["invalid_json", "unsupported_content_encoding", "unsupported_content_type", "body_too_large"].contains(&reason) {
+    } else if ["invalid_json", "unsupported_content_encoding", "unsupported_content_type", "unsupported_charset", "body_too_large"].contains(&reason) {
         502
     } else {
         403
@@ -1532,6 +1540,16 @@ impl ExchangeTarget {
                 Ok(_) => {}
                 Err(_) => return ResponseModel::FailAtHeaders("invalid_json"),
             }
+        }
+        // A charset other than UTF-8 is refused (whatever the media type).
+        let other_charset = |ct: &str| {
+            ct.split(';')
+                .skip(1)
+                .filter_map(|p| p.split_once('='))
+                .any(|(n, v)| n.trim().eq_ignore_ascii_case("charset") && !["utf-8", "utf8"].contains(&v.trim().trim_matches('"').to_ascii_lowercase().as_str()))
+        };
+        if header("content-type").is_some_and(other_charset) {
+            return ResponseModel::FailAtHeaders("unsupported_charset");
         }
         match header("content-type") {
             Some(ct) if is_json(ct) => {}
