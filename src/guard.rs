@@ -6,8 +6,9 @@ use crate::access::{Access, RoleDoc};
 use crate::canary::Canaries;
 use crate::catalog::{Catalog, FieldRule, Operation};
 use crate::config_error::ConfigError;
+use crate::drift::{detect, looks_like_pii_key, member_class, DetectorAction, DriftAction, DriftFindings, DriftKind, DriftPolicy};
 use crate::fail_closed::FailReason;
-use crate::json_rewrite::{rewrite, write_json_string, Edit, FieldHandler, MatchedValue, RewriteError};
+use crate::json_rewrite::{rewrite, write_json_string, Edit, FieldHandler, MatchedValue, RewriteError, Site};
 use crate::keyring;
 use crate::pii::{PerClass, PiiClass};
 use crate::policy::{Action, ClassActions, NumberAction, Policy, DEFAULT_NUMBER_DECIMALS};
@@ -26,7 +27,15 @@ pub struct Guard {
     /// What the policy does that some clients will not read, each naming the field and the fix
     /// (logged at load; the policy still loads).
     pub warnings: Vec<String>,
+    /// What the drift detectors do (the policy's `drift` section).
+    pub drift: DriftPolicy,
+    /// (operation, path template) label pairs of `spapi_guard_schema_drift_total` this VM has
+    /// used: bounded by [`MAX_DRIFT_LABELS`], so an upstream cannot grow Envoy's stats at will.
+    drift_labels: std::cell::RefCell<std::collections::BTreeSet<(String, String)>>,
 }
+
+/// Distinct path labels of the drift metric per VM; later ones are counted as `other`.
+pub const MAX_DRIFT_LABELS: usize = 256;
 
 impl Guard {
     /// Loads a policy document. `env` reads a variable of the VM's environment.
@@ -39,7 +48,21 @@ impl Guard {
         let ring = keyring::load(&doc.keys, env)?;
         let tokens = TokenEngine::new(ring.keys, &ring.active).map_err(|m| ConfigError::new("keys", m))?;
         let warnings = schema_warnings(&doc.roles, &policy, &catalog);
-        Ok(Guard { policy, catalog, access, canaries, tokens, warnings })
+        let drift = crate::policy_doc::drift_policy(&doc.drift)?;
+        Ok(Guard { policy, catalog, access, canaries, tokens, warnings, drift, drift_labels: Default::default() })
+    }
+
+    /// The `path` label for a drift finding: the template, or `other` once this VM has used
+    /// [`MAX_DRIFT_LABELS`] of them.
+    pub fn drift_label(&self, operation: &str, path: &str) -> String {
+        let mut labels = self.drift_labels.borrow_mut();
+        let key = (operation.to_string(), path.to_string());
+        if labels.contains(&key) || labels.len() < MAX_DRIFT_LABELS {
+            labels.insert(key);
+            path.to_string()
+        } else {
+            "other".to_string()
+        }
     }
 
     /// Rewrites a response body of `op` with the policy's class actions.
@@ -53,24 +76,28 @@ impl Guard {
         if body.len() > self.policy.max_body_bytes {
             return Err(FailReason::BodyTooLarge);
         }
-        let mut protector = Protector {
-            guard: self,
-            actions,
-            rules: &op.response_rules,
-            counts: FieldCounts::default(),
-            token: String::new(),
-            buffer: Vec::new(),
-            key: Vec::new(),
-            repeated: HashMap::new(),
-        };
-        match rewrite(body, &op.response_matcher, &mut protector) {
+        let mut protector = Protector::new(self, op, actions, false);
+        let result = rewrite(body, &op.response_matcher, &mut protector);
+        protector.finish();
+        match result {
             // Envoy answers a body past its buffer limit from inside the write, re-entering the
             // VM: a body that grew too much is refused before it is written.
             Ok(Some(body)) if body.len() > self.policy.max_rewritten_bytes() => Err(FailReason::BodyTooLarge),
-            Ok(body) => Ok(Protected { body, counts: protector.counts }),
+            Ok(body) => Ok(Protected { body, counts: protector.counts, drift: protector.drift }),
             Err(RewriteError::InvalidJson { .. }) => Err(FailReason::InvalidJson),
             Err(RewriteError::Handler(never)) => match never {},
         }
+    }
+
+    /// Scans a whole response body of `op` with the drift detectors, reporting only: for
+    /// operations the catalog lists without PII, whose bytes already went to the client
+    /// (`drift.scanPiiFree`). `None` if the body is not JSON the walker reads.
+    pub fn scan_response(&self, op: &Operation, body: &[u8]) -> Option<DriftFindings> {
+        let actions = self.policy.actions();
+        let mut scanner = Protector::new(self, op, actions, true);
+        let result = rewrite(body, &op.response_matcher, &mut scanner);
+        scanner.finish();
+        result.ok().map(|_| scanner.drift)
     }
 }
 
@@ -123,6 +150,8 @@ pub struct Protected {
     /// The rewritten body, or `None` when nothing had to change.
     pub body: Option<Vec<u8>>,
     pub counts: FieldCounts,
+    /// PII the catalog's paths did not name: found by the allow list or the detectors.
+    pub drift: DriftFindings,
 }
 
 /// PII values seen, by class and by what was done with them.
@@ -205,12 +234,22 @@ impl fmt::Display for Never {
     }
 }
 
-/// Applies the policy's action to each PII value the rewriter finds.
+/// Applies the policy's action to each PII value the rewriter finds, and runs the drift detectors
+/// over the strings no rule selected.
 struct Protector<'g> {
     guard: &'g Guard,
     actions: &'g ClassActions,
-    rules: &'g [FieldRule],
+    op: &'g Operation,
     counts: FieldCounts,
+    drift: DriftFindings,
+    /// Values a rule selected (the zero-match alarm fires when none was).
+    matched: u32,
+    /// The path template of the first unmatched string under a key that looks like PII.
+    pii_key: Option<String>,
+    /// Whether unmatched strings are scanned.
+    scan: bool,
+    /// Report only, change nothing (a PII-free operation's body, already sent).
+    report_only: bool,
     /// The token or pseudonym being written.
     token: String,
     /// Reusable encryption buffer.
@@ -222,79 +261,104 @@ struct Protector<'g> {
     repeated: HashMap<Vec<u8>, Box<str>>,
 }
 
-impl FieldHandler for Protector<'_> {
-    type Error = Never;
+impl<'g> Protector<'g> {
+    fn new(guard: &'g Guard, op: &'g Operation, actions: &'g ClassActions, report_only: bool) -> Protector<'g> {
+        Protector {
+            guard,
+            actions,
+            op,
+            counts: FieldCounts::default(),
+            drift: DriftFindings::default(),
+            matched: 0,
+            pii_key: None,
+            scan: guard.drift.any_detector() || guard.drift.zero_match,
+            report_only,
+            token: String::new(),
+            buffer: Vec::new(),
+            key: Vec::new(),
+            repeated: HashMap::new(),
+        }
+    }
 
-    fn replace(&mut self, rule: u32, value: MatchedValue<'_>, out: &mut Vec<u8>) -> Result<Edit, Never> {
-        let Some(rule) = self.rules.get(rule as usize) else { return Ok(Edit::Keep) };
-        let action = self.actions[rule.class];
+    /// After the walk: the zero-match alarm.
+    fn finish(&mut self) {
+        if self.matched == 0 && self.guard.drift.zero_match && !self.report_only {
+            if let Some(path) = self.pii_key.take() {
+                self.drift.add(DriftKind::ZeroMatch, DriftAction::Reported, || path);
+            }
+        }
+    }
+
+    /// Applies `class`'s action to one value. `required`: the member may not be removed (its
+    /// type's empty value instead).
+    fn protect(&mut self, class: PiiClass, required: bool, value: MatchedValue<'_>, out: &mut Vec<u8>) -> Edit {
+        let action = self.actions[class];
         let (plaintext, kind): (&[u8], ValueKind) = match &value {
             // An empty string carries no PII; keeping it keeps "was it empty" answerable.
-            MatchedValue::Text(t) if t.is_empty() && action != Action::Remove => return Ok(Edit::Keep),
+            MatchedValue::Text(t) if t.is_empty() && action != Action::Remove => return Edit::Keep,
             MatchedValue::Text(t) => (t.as_bytes(), ValueKind::Text),
             MatchedValue::Raw(r) => (r.as_bytes(), ValueKind::RawJson),
         };
-        let required = rule.schema.as_ref().is_some_and(|f| f.required);
         // Schema-faithful (src/schema.rs): a number stays a number unless the policy opts in…
         if kind == ValueKind::RawJson && is_number_text(&String::from_utf8_lossy(plaintext)) {
             let numbers = self.guard.policy.numbers;
             match action {
                 Action::Tokenize(_) | Action::Hash | Action::Redact if numbers != NumberAction::Tokenize => {
                     if numbers == NumberAction::Null && !required {
-                        self.counts.add(rule.class, Action::Redact);
+                        self.counts.add(class, Action::Redact);
                         out.extend_from_slice(b"null");
                     } else {
                         // A required number is never null: coarsened to the default instead.
                         let decimals = if let NumberAction::Coarsen(d) = numbers { d } else { DEFAULT_NUMBER_DECIMALS };
-                        self.counts.add_treatment(rule.class, COARSENED);
+                        self.counts.add_treatment(class, COARSENED);
                         coarsen(&String::from_utf8_lossy(plaintext), decimals, out);
                     }
-                    return Ok(Edit::Replaced);
+                    return Edit::Replaced;
                 }
                 _ => {}
             }
         }
         // …and a required member is never removed: the caller gets its type's empty value.
         if action == Action::Remove && required {
-            self.counts.add(rule.class, action);
+            self.counts.add(class, action);
             out.extend_from_slice(match kind {
                 ValueKind::Text => b"\"\"",
                 ValueKind::RawJson => empty_like(plaintext),
             });
-            return Ok(Edit::Replaced);
+            return Edit::Replaced;
         }
-        self.counts.add(rule.class, action);
+        self.counts.add(class, action);
         let deterministic = matches!(action, Action::Tokenize(Mode::Deterministic) | Action::Hash);
         if deterministic {
             self.key.clear();
-            self.key.extend_from_slice(&[action_slot(action) as u8, rule.class.index() as u8, kind as u8]);
+            self.key.extend_from_slice(&[action_slot(action) as u8, class.index() as u8, kind as u8]);
             self.key.extend_from_slice(plaintext);
             if let Some(token) = self.repeated.get(self.key.as_slice()) {
                 out.push(b'"');
                 out.extend_from_slice(token.as_bytes());
                 out.push(b'"');
-                return Ok(Edit::Replaced);
+                return Edit::Replaced;
             }
         }
         self.token.clear();
         match action {
-            Action::Clear => return Ok(Edit::Keep),
-            Action::Remove => return Ok(Edit::Remove),
-            Action::Tokenize(mode) => self.guard.tokens.seal_into(rule.class, mode, kind, plaintext, &mut self.buffer, &mut self.token),
-            Action::Hash => self.guard.tokens.hash_into(rule.class, kind, plaintext, &mut self.token),
+            Action::Clear => return Edit::Keep,
+            Action::Remove => return Edit::Remove,
+            Action::Tokenize(mode) => self.guard.tokens.seal_into(class, mode, kind, plaintext, &mut self.buffer, &mut self.token),
+            Action::Hash => self.guard.tokens.hash_into(class, kind, plaintext, &mut self.token),
             Action::Redact => match kind {
                 ValueKind::Text => {
                     write_json_string(&self.guard.policy.redact_mask, out);
-                    return Ok(Edit::Replaced);
+                    return Edit::Replaced;
                 }
                 // A string that is no text (a lone surrogate) stays a string.
                 ValueKind::RawJson if plaintext.first() == Some(&b'"') => {
                     write_json_string(&self.guard.policy.redact_mask, out);
-                    return Ok(Edit::Replaced);
+                    return Edit::Replaced;
                 }
                 ValueKind::RawJson => {
                     out.extend_from_slice(b"null");
-                    return Ok(Edit::Replaced);
+                    return Edit::Replaced;
                 }
             },
         }
@@ -305,7 +369,54 @@ impl FieldHandler for Protector<'_> {
         if deterministic {
             self.repeated.insert(self.key.clone(), self.token.as_str().into());
         }
-        Ok(Edit::Replaced)
+        Edit::Replaced
+    }
+}
+
+impl FieldHandler for Protector<'_> {
+    type Error = Never;
+
+    fn replace(&mut self, rule: u32, value: MatchedValue<'_>, site: &Site<'_>, out: &mut Vec<u8>) -> Result<Edit, Never> {
+        self.matched = self.matched.saturating_add(1);
+        if self.report_only {
+            return Ok(Edit::Keep);
+        }
+        if let Some(rule) = self.op.response_rules.get(rule as usize) {
+            let required = rule.schema.as_ref().is_some_and(|f| f.required);
+            return Ok(self.protect(rule.class, required, value, out));
+        }
+        let Some(catch_all) = self.op.catch_all(rule) else { return Ok(Edit::Keep) };
+        // A member of a customer object that no rule names: Amazon added it. Every scalar in it
+        // is protected one by one (a nested object or array keeps its shape).
+        let class = match &value {
+            MatchedValue::Raw(raw) if raw.starts_with(['{', '[']) => return Ok(Edit::Keep),
+            MatchedValue::Text(t) if t.is_empty() => return Ok(Edit::Keep),
+            MatchedValue::Text(t) => member_class(site.key().as_deref(), Some(t), catch_all.class),
+            MatchedValue::Raw(_) => member_class(site.key().as_deref(), None, catch_all.class),
+        };
+        self.drift.add(DriftKind::Member, DriftAction::Protected, || site.template());
+        // Not in Amazon's model: nothing requires it, the caller may lose it.
+        Ok(self.protect(class, false, value, out))
+    }
+
+    fn unmatched(&mut self, value: &str, site: &Site<'_>, out: &mut Vec<u8>) -> Result<Edit, Never> {
+        let policy = &self.guard.drift;
+        let key = site.key();
+        if self.matched == 0 && self.pii_key.is_none() && policy.zero_match && key.as_deref().is_some_and(looks_like_pii_key) {
+            self.pii_key = Some(site.template());
+        }
+        let Some(kind) = detect(key.as_deref(), value, &|k| policy.action(k) != DetectorAction::Off) else { return Ok(Edit::Keep) };
+        if policy.action(kind) == DetectorAction::Report || self.report_only {
+            self.drift.add(kind, DriftAction::Reported, || site.template());
+            return Ok(Edit::Keep);
+        }
+        self.drift.add(kind, DriftAction::Protected, || site.template());
+        // Where the model says nothing, a value the caller may not see is emptied, not removed.
+        Ok(self.protect(kind.class(), true, MatchedValue::Text(std::borrow::Cow::Borrowed(value)), out))
+    }
+
+    fn scans(&self) -> bool {
+        self.scan
     }
 }
 

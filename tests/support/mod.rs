@@ -510,22 +510,131 @@ pub struct PiiValue {
     pub value: Value,
 }
 
-/// Every value at a catalog PII path of `op` in `body`, by the JSONPath reference (a DOM query,
-/// independent of the filter's one-pass automaton). Nulls, booleans and empty strings carry no PII.
+impl PiiValue {
+    /// What the filter writes for it under a tokenize level with the default `numbers` policy: a
+    /// number coarsened to one decimal (schema-faithful), `None` for anything else (a token).
+    pub fn coarsened(&self) -> Option<Value> {
+        let Value::Number(n) = &self.value else { return None };
+        let mut out = Vec::new();
+        spapi_guard::schema::coarsen(&n.to_string(), 1, &mut out);
+        Some(serde_json::from_slice(&out).expect("a number"))
+    }
+}
+
+/// `$.payload.a.b` → `$.a.b` for an operation whose responses may come without the wrapper.
+fn unwrapped_path(op: &Operation, jsonpath: &str) -> Option<String> {
+    let wrapper = op.also_unwrapped.as_deref()?;
+    let rest = jsonpath.strip_prefix(&format!("$.{wrapper}"))?;
+    (rest.starts_with('.') || rest.starts_with('[')).then(|| format!("${rest}"))
+}
+
+/// A path and, for an operation whose bodies may come unwrapped, its unwrapped twin.
+fn with_unwrapped(op: &Operation, jsonpath: &str) -> Vec<String> {
+    std::iter::once(jsonpath.to_string()).chain(unwrapped_path(op, jsonpath)).collect()
+}
+
+/// `$['a'][0]['b']`, as jsonpath-rust writes locations.
+fn child_location(parent: &str, step: &Step) -> String {
+    match step {
+        Step::Key(k) => format!("{parent}['{k}']"),
+        Step::Index(i) => format!("{parent}[{i}]"),
+    }
+}
+
+enum Step<'a> {
+    Key(&'a str),
+    Index(usize),
+}
+
+/// Every value of `body` the filter must protect under the default policy, found by a reference
+/// independent of the filter's one-pass automaton: a DOM, queried with jsonpath-rust, walked in
+/// plain recursion. Nulls, booleans and empty strings carry no PII.
+///
+/// 1. The operation's rules (catalog paths, and members the customer objects' definitions
+///    classify), also without the `payload` wrapper where Amazon's examples leave it out.
+/// 2. Customer objects (docs/POLICY.md): every member of the object at each of their paths that
+///    no rule names and that is not on the object's list of exceptions, and every scalar nested
+///    in it, with the class its name, its value or the object says (`drift::member_class`). An
+///    object that arrives as an array is taken element by element.
+/// 3. The default detectors (emails and phones, tokenized) over every other string, outside the
+///    non-customer subtrees. The shapes are `drift::detect`'s — the function under test for
+///    precision in tests/drift_precision.rs; here what is checked is that the filter applies it
+///    at the right places, byte for byte.
 pub fn reference_pii(op: &Operation, body: &Value) -> Vec<PiiValue> {
     let mut seen = BTreeSet::new();
     let mut out = Vec::new();
+    let add = |seen: &mut BTreeSet<String>, out: &mut Vec<PiiValue>, location: String, class: PiiClass, value: Value| {
+        if matches!(value, Value::Null | Value::Bool(_)) || value == json!("") || !seen.insert(location.clone()) {
+            return;
+        }
+        out.push(PiiValue { location, class, value });
+    };
+    let mut ruled = BTreeSet::new();
     for rule in &op.response_rules {
-        for hit in js_path(&rule.jsonpath, body).expect("reference query") {
-            let value = hit.clone().val().clone();
-            let location = hit.path();
-            if matches!(value, Value::Null | Value::Bool(_)) || value == json!("") || !seen.insert(location.clone()) {
-                continue;
+        for path in with_unwrapped(op, &rule.jsonpath) {
+            for hit in js_path(&path, body).expect("reference query") {
+                let value = hit.clone().val().clone();
+                let location = hit.path();
+                ruled.insert(location.clone());
+                add(&mut seen, &mut out, location, rule.class, value);
             }
-            out.push(PiiValue { location, class: rule.class, value });
+        }
+    }
+    for object in &op.objects {
+        let class = op.catch_alls[object.catch_all].class;
+        for path in with_unwrapped(op, &object.jsonpath).into_iter().filter(|p| p != "$") {
+            for hit in js_path(&path, body).expect("reference query") {
+                let location = hit.clone().path();
+                let value = hit.val();
+                let elements: Vec<(String, &Value)> = match value {
+                    Value::Array(items) => items.iter().enumerate().map(|(i, v)| (child_location(&location, &Step::Index(i)), v)).collect(),
+                    v => vec![(location.clone(), v)],
+                };
+                for (at, v) in elements {
+                    let Value::Object(members) = v else { continue };
+                    for (key, member) in members {
+                        if object.except.iter().any(|e| e.eq_ignore_ascii_case(key)) {
+                            continue;
+                        }
+                        let member_at = child_location(&at, &Step::Key(key));
+                        if ruled.contains(&member_at) {
+                            continue;
+                        }
+                        for (scalar_at, scalar_key, scalar) in scalars(&member_at, key, member) {
+                            let text = scalar.as_str();
+                            let scalar_class = spapi_guard::drift::member_class(Some(scalar_key), text, class);
+                            add(&mut seen, &mut out, scalar_at, scalar_class, scalar.clone());
+                        }
+                    }
+                }
+            }
+        }
+    }
+    let quiet: BTreeSet<String> =
+        op.quiet_paths.iter().flat_map(|p| with_unwrapped(op, p)).flat_map(|p| js_path(&p, body).expect("reference query").into_iter().map(|h| h.path())).collect();
+    let enabled = |k: spapi_guard::drift::DriftKind| matches!(k, spapi_guard::drift::DriftKind::Email | spapi_guard::drift::DriftKind::Phone);
+    for (at, key, value) in scalars("$", "", body) {
+        let Value::String(text) = value else { continue };
+        // Inside a value a rule selects whole (a container), or a non-customer subtree: not scanned.
+        if seen.contains(&at) || ruled.iter().any(|r| at.starts_with(r.as_str())) || quiet.iter().any(|q| at.starts_with(q.as_str())) {
+            continue;
+        }
+        if let Some(kind) = spapi_guard::drift::detect((!key.is_empty()).then_some(key), text, &enabled) {
+            add(&mut seen, &mut out, at, kind.class(), value.clone());
         }
     }
     out
+}
+
+/// Every scalar (string or number) in `value`, with its location and the name of the member it
+/// is (or its array is) under.
+fn scalars<'a>(location: &str, key: &'a str, value: &'a Value) -> Vec<(String, &'a str, &'a Value)> {
+    match value {
+        Value::Object(members) => members.iter().flat_map(|(k, v)| scalars(&child_location(location, &Step::Key(k)), k, v)).collect(),
+        Value::Array(items) => items.iter().enumerate().flat_map(|(i, v)| scalars(&child_location(location, &Step::Index(i)), key, v)).collect(),
+        Value::String(_) | Value::Number(_) => vec![(location.to_string(), key, value)],
+        Value::Null | Value::Bool(_) => vec![],
+    }
 }
 
 /// How Envoy talks to the `spapi` cluster (the mock serves all of them on one port).
