@@ -144,7 +144,7 @@ pub fn detect(key: Option<&str>, value: &str, enabled: &dyn Fn(DriftKind) -> boo
     if enabled(DriftKind::Email) && memchr::memchr(b'@', bytes).is_some() && contains_email(value) {
         return Some(DriftKind::Email);
     }
-    if enabled(DriftKind::Phone) && is_phone(value, || key.is_some_and(|k| key_words(k).any(|w| PHONE_WORDS.contains(&w.as_str())))) {
+    if enabled(DriftKind::Phone) && is_phone(value, || key.is_some_and(is_phone_key)) {
         return Some(DriftKind::Phone);
     }
     if enabled(DriftKind::Address) && is_address_line(value) {
@@ -203,14 +203,18 @@ pub fn is_phone(s: &str, phone_key: impl FnOnce() -> bool) -> bool {
     if !(first == b'+' || first == b'(' || first.is_ascii_digit()) || b.len() < 7 || b.len() > 40 {
         return false;
     }
-    let core = strip_extension(s);
-    let core_bytes = core.as_bytes();
-    let mut groups: Vec<u8> = Vec::with_capacity(6);
+    // Most strings that start like a number (dates, ids, amounts) fail here, without allocating.
+    if !b.iter().all(|&c| c.is_ascii_digit() || matches!(c, b' ' | b'-' | b'.' | b'(' | b')' | b'+' | b'#' | b'x' | b'X' | b'e' | b'E' | b't' | b'T')) {
+        return false;
+    }
+    let core = strip_extension(s).as_bytes();
+    let mut groups = [0u8; 8];
+    let mut count = 0usize;
     let mut digits = 0usize;
     let mut run = 0u8;
     let mut dots = 0;
     let mut other_separators = 0;
-    for (i, &c) in core_bytes.iter().enumerate() {
+    for (i, &c) in core.iter().enumerate() {
         match c {
             b'0'..=b'9' => {
                 digits += 1;
@@ -224,7 +228,11 @@ pub fn is_phone(s: &str, phone_key: impl FnOnce() -> bool) -> bool {
                     other_separators += 1;
                 }
                 if run > 0 {
-                    groups.push(run);
+                    if count == groups.len() {
+                        return false;
+                    }
+                    groups[count] = run;
+                    count += 1;
                     run = 0;
                 }
             }
@@ -232,8 +240,13 @@ pub fn is_phone(s: &str, phone_key: impl FnOnce() -> bool) -> bool {
         }
     }
     if run > 0 {
-        groups.push(run);
+        if count == groups.len() {
+            return false;
+        }
+        groups[count] = run;
+        count += 1;
     }
+    let groups = &groups[..count];
     if !(7..=15).contains(&digits) {
         return false;
     }
@@ -249,18 +262,26 @@ pub fn is_phone(s: &str, phone_key: impl FnOnce() -> bool) -> bool {
     grouped || (groups.iter().all(|&g| g <= 12) && phone_key())
 }
 
-/// `+1 480-386-0930 ext. 73824` → `+1 480-386-0930`.
+/// `+1 480-386-0930 ext. 73824` → `+1 480-386-0930` (also ` x123`, `#123`).
 fn strip_extension(s: &str) -> &str {
-    let lower_at = |needle: &str| s.to_ascii_lowercase().rfind(needle);
-    for marker in [" ext.", " ext", " x", "#"] {
-        if let Some(at) = lower_at(marker) {
-            let tail = s[at + marker.len()..].trim_start_matches(['.', ' ']);
-            if !tail.is_empty() && tail.len() <= 6 && tail.bytes().all(|c| c.is_ascii_digit()) {
-                return s[..at].trim_end();
-            }
+    let b = s.as_bytes();
+    let digits_from = b.iter().rposition(|c| !c.is_ascii_digit()).map_or(0, |p| p + 1);
+    if digits_from == b.len() || b.len() - digits_from > 6 {
+        return s;
+    }
+    let head = s[..digits_from].trim_end_matches([' ', '.']);
+    for marker in [" ext", " x", " X", " EXT", " Ext", "#"] {
+        if let Some(core) = head.strip_suffix(marker) {
+            return core.trim_end();
         }
     }
     s
+}
+
+/// Whether a member name is about phones (`Phone`, `buyerMobileNumber`, `fax`), without
+/// allocating for the usual short names.
+pub fn is_phone_key(key: &str) -> bool {
+    key_words(key).any(|w| PHONE_WORDS.contains(&w.as_str()))
 }
 
 /// Street types that follow a house number (`1 Cross St`, `1600 Amphitheatre Parkway`).
@@ -329,35 +350,45 @@ const STREET_PREFIXES: &[&str] = &[
 pub fn is_address_line(s: &str) -> bool {
     let s = s.trim();
     let b = s.as_bytes();
-    if b.len() < 6 || b.len() > 120 || memchr::memchr(b' ', b).is_none() || memchr::memchr(b'@', b).is_some() {
+    if b.len() < 6 || b.len() > 120 || memchr::memchr(b' ', b).is_none() || !b.iter().any(u8::is_ascii_digit) || memchr::memchr(b'@', b).is_some() {
         return false;
     }
-    let lower = s.to_lowercase();
-    if lower.starts_with("po box") || lower.starts_with("p.o. box") || lower.starts_with("p o box") {
-        return lower.bytes().any(|c| c.is_ascii_digit());
-    }
-    if !b.iter().any(u8::is_ascii_digit) {
-        return false;
-    }
-    let words: Vec<&str> = lower.split(|c: char| c.is_whitespace() || c == ',').filter(|w| !w.is_empty()).collect();
-    if words.len() < 2 || words.len() > 12 {
-        return false;
-    }
+    let mut words = s.split(|c: char| c.is_whitespace() || c == ',').filter(|w| !w.is_empty());
+    let Some(first) = words.next() else { return false };
+    let word_is = |w: &str, list: &[&str]| {
+        let w = w.trim_end_matches('.');
+        list.iter().any(|x| x.eq_ignore_ascii_case(w))
+    };
     let is_number = |w: &str| {
         let digits = w.bytes().take_while(u8::is_ascii_digit).count();
         (1..=6).contains(&digits) && w.len() - digits <= 2 && w[digits..].chars().all(|c| c.is_alphabetic() || c == '-')
     };
-    let suffix = |w: &str| STREET_SUFFIXES.contains(&w.trim_end_matches('.'));
     let prefix = |w: &str| {
-        let w = w.trim_end_matches('.');
-        STREET_PREFIXES.contains(&w) || w.ends_with("straße") || w.ends_with("strasse")
+        word_is(w, STREET_PREFIXES) || {
+            let lower = w.to_lowercase();
+            lower.ends_with("straße") || lower.ends_with("strasse")
+        }
     };
-    // 1 Cross St / 1600 Amphitheatre Parkway
-    if is_number(words[0]) && words[1..].iter().any(|w| suffix(w)) {
-        return true;
+    // PO Box 1234 / P.O. Box 1234
+    if first.eq_ignore_ascii_case("po") || first.eq_ignore_ascii_case("p.o.") || first.eq_ignore_ascii_case("p") {
+        let rest: Vec<&str> = words.clone().take(3).collect();
+        return rest.iter().any(|w| w.eq_ignore_ascii_case("box")) && rest.iter().any(|w| w.bytes().all(|c| c.is_ascii_digit()));
     }
-    // Hauptstraße 5 / Rua Augusta, 1500
-    words.iter().position(|w| prefix(w)).is_some_and(|i| words[i + 1..].iter().take(3).any(|w| is_number(w)))
+    // 1 Cross St / 1600 Amphitheatre Parkway
+    if is_number(first) {
+        return words.take(11).any(|w| word_is(w, STREET_SUFFIXES));
+    }
+    // Hauptstraße 5 / Rua Augusta, 1500 / Suite 200
+    let mut since_prefix: Option<usize> = prefix(first).then_some(0);
+    for w in words.take(11) {
+        match since_prefix {
+            Some(n) if n < 3 && is_number(w) => return true,
+            Some(n) => since_prefix = Some(n + 1),
+            None if prefix(w) => since_prefix = Some(0),
+            None => {}
+        }
+    }
+    false
 }
 
 /// Words that are not parts of a person's name (services, businesses, places).
@@ -439,21 +470,21 @@ const NOT_NAME_WORDS: &[&str] = &[
 /// `Mary-Jane O'Neil`, `JANE DOE`), no digits, none of them a common non-name word.
 pub fn looks_like_person_name(s: &str) -> bool {
     let s = s.trim();
-    if s.len() < 5 || s.len() > 60 || s.bytes().any(|b| b.is_ascii_digit()) {
+    let b = s.as_bytes();
+    // Cheap refusals first: most strings are not two to four capitalized words.
+    if b.len() < 5 || b.len() > 60 || !s.starts_with(char::is_uppercase) || memchr::memchr(b' ', b).is_none() || b.iter().any(u8::is_ascii_digit) {
         return false;
     }
-    let words: Vec<&str> = s.split(' ').collect();
-    if !(2..=4).contains(&words.len()) {
-        return false;
-    }
-    words.iter().all(|w| {
-        // Each part of `Mary-Jane`, `O'Neil`, `Q.` starts with a capital.
-        let shaped = w.split(['-', '\'']).all(|part| {
-            let mut chars = part.chars();
-            chars.next().is_some_and(char::is_uppercase) && chars.all(|c| c.is_alphabetic() || c == '.')
-        });
-        shaped && !NOT_NAME_WORDS.contains(&w.to_lowercase().as_str())
-    })
+    let count = s.split(' ').count();
+    (2..=4).contains(&count)
+        && s.split(' ').all(|w| {
+            // Each part of `Mary-Jane`, `O'Neil`, `Q.` starts with a capital.
+            let shaped = w.split(['-', '\'']).all(|part| {
+                let mut chars = part.chars();
+                chars.next().is_some_and(char::is_uppercase) && chars.all(|c| c.is_alphabetic() || c == '.')
+            });
+            shaped && !NOT_NAME_WORDS.iter().any(|n| n.eq_ignore_ascii_case(w))
+        })
 }
 
 /// Words before `name` in a key that make it a person's name (`buyerName`, `recipient_name`,

@@ -57,8 +57,9 @@ impl NfaNode {
 }
 
 struct DfaState {
-    /// Transitions on lowercase member names, sorted; names not listed go to `other`.
-    members: Vec<(Box<str>, State)>,
+    /// Transitions on lowercase member names, sorted by [`fold_hash`]; names not listed go to
+    /// `other`.
+    members: Vec<(u64, Box<str>, State)>,
     other: State,
     /// The elements of an array at this location.
     element: State,
@@ -155,10 +156,11 @@ impl PathMatcher {
                         target.extend(node.others);
                     }
                 }
-                members.push((name.to_string().into_boxed_str(), intern(target, &mut ids, &mut sets)));
+                members.push((fold_hash(name), name.to_string().into_boxed_str(), intern(target, &mut ids, &mut sets)));
             }
             let other = intern(other, &mut ids, &mut sets);
             let element = intern(element, &mut ids, &mut sets);
+            members.sort_by(|a, b| (a.0, &a.1).cmp(&(b.0, &b.1)));
             states.push(DfaState { members, other, element, rule: rule.map(|r| r as u32) });
             quiet_states.push(quiet);
         }
@@ -167,7 +169,7 @@ impl PathMatcher {
         for state in &mut states {
             state.other = quiet_of(state.other);
             state.element = quiet_of(state.element);
-            for (_, t) in &mut state.members {
+            for (_, _, t) in &mut state.members {
                 *t = quiet_of(*t);
             }
         }
@@ -183,10 +185,21 @@ impl PathMatcher {
     #[inline]
     pub fn member(&self, state: State, name: &str) -> State {
         let Some(s) = self.states.get(state as usize) else { return state };
-        match s.members.binary_search_by(|(n, _)| cmp_lowercase(n, name)) {
-            Ok(i) => s.members[i].1,
-            Err(_) => s.other,
+        if s.members.is_empty() {
+            return s.other;
         }
+        // One hash of the case-folded name, a binary search over integers, one comparison.
+        let hash = fold_hash(name);
+        let first = s.members.partition_point(|(h, _, _)| *h < hash);
+        for (h, stored, target) in &s.members[first..] {
+            if *h != hash {
+                break;
+            }
+            if stored.len() == name.len() && stored.bytes().zip(name.bytes()).all(|(a, b)| a == b.to_ascii_lowercase()) {
+                return *target;
+            }
+        }
+        s.other
     }
 
     /// The state of the elements of an array at `state`.
@@ -210,10 +223,29 @@ impl PathMatcher {
     }
 }
 
-/// `stored` (lowercase) against `name` compared as if lowercased (ASCII), without allocating.
+/// A hash of a member name that ignores ASCII case: 8 bytes at a time, each byte with its `0x20`
+/// bit set (`A`→`a`; other bytes change too, the same way on both sides, and a match is confirmed
+/// byte by byte).
 #[inline]
-fn cmp_lowercase(stored: &str, name: &str) -> std::cmp::Ordering {
-    stored.bytes().cmp(name.bytes().map(|b| b.to_ascii_lowercase()))
+fn fold_hash(name: &str) -> u64 {
+    let b = name.as_bytes();
+    let mut hash = b.len() as u64;
+    let mut chunks = b.chunks_exact(8);
+    for chunk in &mut chunks {
+        let mut word = [0u8; 8];
+        word.copy_from_slice(chunk);
+        hash = (hash.rotate_left(23) ^ (u64::from_le_bytes(word) | 0x2020_2020_2020_2020)).wrapping_mul(0x9E37_79B9_7F4A_7C15);
+    }
+    let rest = chunks.remainder();
+    if !rest.is_empty() {
+        let mut word = [0u8; 8];
+        word[..rest.len()].copy_from_slice(rest);
+        for byte in &mut word[..rest.len()] {
+            *byte |= 0x20;
+        }
+        hash = (hash.rotate_left(23) ^ u64::from_le_bytes(word)).wrapping_mul(0x9E37_79B9_7F4A_7C15);
+    }
+    hash ^ (hash >> 29)
 }
 
 fn insert(nfa: &mut Vec<NfaNode>, path: &FieldPath) -> usize {
