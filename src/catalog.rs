@@ -179,7 +179,7 @@ pub struct ExtendDoc {
 
 /// The `catalog` section of a policy.
 #[derive(Deserialize, Default)]
-#[serde(deny_unknown_fields)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
 pub struct CatalogOverrides {
     /// New operations (for SP-API operations newer than the built-in catalog).
     #[serde(default)]

@@ -423,6 +423,7 @@ impl FieldHandler for Protector<'_> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::drift::{DriftAction, DriftKind};
 
     const KEY_HEX: &str = "8f4c1a2b3d5e6f708192a3b4c5d6e7f8091a2b3c4d5e6f708192a3b4c5d6e7f8";
 
@@ -597,5 +598,180 @@ mod tests {
         let op = g.catalog.route("GET", "/orders/v0/orders/1/address").expect("op");
         assert_eq!(g.protect_response(op, b"{\"payload\":").err(), Some(FailReason::InvalidJson));
         assert_eq!(g.protect_response(op, &[b' '; 1025]).err(), Some(FailReason::BodyTooLarge));
+    }
+
+    /// Protects `body` as `op` would, and returns it as JSON with each token replaced by its
+    /// class (`<email>`), plus what drift found.
+    fn protect_classes(g: &Guard, method: &str, path: &str, body: &str) -> (serde_json::Value, DriftFindings) {
+        let op = g.catalog.route(method, path).expect("op");
+        let out = g.protect_response(op, body.as_bytes()).expect("protected");
+        let text = String::from_utf8(out.body.unwrap_or_else(|| body.as_bytes().to_vec())).expect("utf8");
+        let mut v: serde_json::Value = serde_json::from_str(&text).expect("json");
+        fn classes(v: &mut serde_json::Value, g: &Guard) {
+            match v {
+                serde_json::Value::String(s) if s.starts_with("spgt1.") => {
+                    let class = g.tokens.open(s).expect("opens").class;
+                    *s = format!("<{class}>");
+                }
+                serde_json::Value::Array(a) => a.iter_mut().for_each(|x| classes(x, g)),
+                serde_json::Value::Object(m) => m.values_mut().for_each(|x| classes(x, g)),
+                _ => {}
+            }
+        }
+        classes(&mut v, g);
+        (v, out.drift)
+    }
+
+    #[test]
+    fn members_of_customer_objects_that_no_path_names_are_protected_keeping_their_types() {
+        let g = guard("");
+        let body = r#"{"payload":{"AmazonOrderId":"902-3159896-1390916","BuyerInfo":{"BuyerEmail":"a@example.com","BuyerPhone":"4155551234","Contact":"jane.doe@example.com",
+            "Alternate":{"Line":"Flat 2","Floors":3,"Verified":true,"Lat":47.6062},"BuyerTaxInfo":{"TaxingRegion":"WA","TaxClassifications":[{"Name":"VATNumber","Value":"X1"}]},"Nickname":"Janie"},
+            "ShippingAddress":{"Name":"Jane","CountryCode":"US","AddressType":"Residential","DeliveryCode":"4455"}}}"#;
+        let (v, drift) = protect_classes(&g, "GET", "/orders/v0/orders/902-3159896-1390916", body);
+        let b = &v["payload"]["BuyerInfo"];
+        assert_eq!(b["BuyerEmail"], "<email>");
+        assert_eq!(b["BuyerPhone"], "<phone>", "a new member: its name says phone");
+        assert_eq!(b["Contact"], "<email>", "its value says email");
+        assert_eq!(b["Nickname"], "<other>", "nothing says: the object's class");
+        assert_eq!(b["Alternate"]["Line"], "<address>", "nested, by name");
+        assert_eq!(b["Alternate"]["Floors"], 3, "numbers stay numbers");
+        assert_eq!(b["Alternate"]["Lat"], serde_json::json!(47.6));
+        assert_eq!(b["Alternate"]["Verified"], true);
+        assert_eq!(b["BuyerTaxInfo"]["TaxingRegion"], "<address>", "classified by the definition now");
+        assert_eq!(b["BuyerTaxInfo"]["TaxClassifications"][0]["Name"], "VATNumber", "a label, clear");
+        assert_eq!(b["BuyerTaxInfo"]["TaxClassifications"][0]["Value"], "<tax_id>");
+        let a = &v["payload"]["ShippingAddress"];
+        assert_eq!((a["CountryCode"].as_str(), a["AddressType"].as_str()), (Some("US"), Some("Residential")), "clear and valid");
+        assert_eq!(a["DeliveryCode"], "<address>");
+        assert_eq!(v["payload"]["AmazonOrderId"], "902-3159896-1390916", "not a customer object's member");
+        assert_eq!(drift.count(DriftKind::Member, DriftAction::Protected), 7, "the booleans are not counted: they carry nothing");
+        assert!(drift.findings().iter().any(|f| f.path == "$.payload.BuyerInfo.Alternate.Floors"), "{:?}", drift.findings());
+    }
+
+    #[test]
+    fn shapes_drift_keys_in_any_case_objects_as_arrays_bodies_unwrapped() {
+        let g = guard("");
+        let (v, _) = protect_classes(&g, "GET", "/orders/v0/orders/1/address", r#"{"payload":{"shippingAddress":[{"name":"Jane","countryCode":"US"},{"NAME":"Joe","city":"X"}]}}"#);
+        let a = &v["payload"]["shippingAddress"];
+        assert_eq!(
+            (a[0]["name"].as_str(), a[0]["countryCode"].as_str(), a[1]["NAME"].as_str(), a[1]["city"].as_str()),
+            (Some("<name>"), Some("US"), Some("<name>"), Some("<address>"))
+        );
+        let tracking = r#"{"trackingId":"89108749065090","eventHistory":[{"eventCode":"Delivered","location":{"city":"San Bernardino","countryCode":"US","stateOrRegion":"CA","postalCode":"92404"}}]}"#;
+        let (v, _) = protect_classes(&g, "GET", "/shipping/v1/tracking/89108749065090", tracking);
+        let l = &v["eventHistory"][0]["location"];
+        assert_eq!((l["city"].as_str(), l["postalCode"].as_str(), l["countryCode"].as_str()), (Some("<address>"), Some("<address>"), Some("US")));
+        assert_eq!(v["trackingId"], "89108749065090");
+    }
+
+    #[test]
+    fn detectors_tokenize_emails_and_phones_and_report_the_rest_outside_quiet_subtrees() {
+        let g = guard("");
+        let body = r#"{"payload":{"Orders":[{"AmazonOrderId":"902-3159896-1390916","PurchaseDate":"2020-01-01T00:00:00Z","SellerNote":"call +1 206 555 0100",
+            "Relay":"2c6m0kt2@marketplace.amazon.com","Helpdesk":"+44 20 7946 0958","Gate":"1 Cross St","recipientName":"Jane Doe","OrderTotal":{"Amount":"1234567.89"},
+            "DefaultShipFromLocationAddress":{"Name":"Seller Inc","Phone":"+1 206 555 0199","Email":"shop@example.com"}}]}}"#;
+        let (v, drift) = protect_classes(&g, "GET", "/orders/v0/orders", body);
+        let o = &v["payload"]["Orders"][0];
+        assert_eq!(o["Relay"], "<email>");
+        assert_eq!(o["Helpdesk"], "<phone>");
+        assert_eq!(o["SellerNote"], "call +1 206 555 0100", "a phone inside text is not a phone-shaped string");
+        assert_eq!((o["Gate"].as_str(), o["recipientName"].as_str()), (Some("1 Cross St"), Some("Jane Doe")), "reported, not changed");
+        assert_eq!((o["AmazonOrderId"].as_str(), o["OrderTotal"]["Amount"].as_str()), (Some("902-3159896-1390916"), Some("1234567.89")));
+        let seller = &o["DefaultShipFromLocationAddress"];
+        assert_eq!((seller["Phone"].as_str(), seller["Email"].as_str()), (Some("+1 206 555 0199"), Some("shop@example.com")), "the seller's: not scanned");
+        let found: Vec<String> = drift.findings().iter().map(|f| format!("{} {} {}", f.kind.as_str(), f.action.as_str(), f.path)).collect();
+        assert_eq!(
+            found,
+            [
+                "email protected $.payload.Orders[*].Relay",
+                "phone protected $.payload.Orders[*].Helpdesk",
+                "address reported $.payload.Orders[*].Gate",
+                "name reported $.payload.Orders[*].recipientName",
+                // No catalog path matched (this page has no buyer or address), yet a key looks
+                // like PII: the shape may have changed.
+                "zero_match reported $.payload.Orders[*].recipientName"
+            ]
+        );
+        // A caller that may not see phones gets an empty string where the model says nothing.
+        let op = g.catalog.route("GET", "/orders/v0/orders").expect("op");
+        let mut actions = *g.policy.actions();
+        actions[PiiClass::Phone] = Action::Remove;
+        let out = g.protect_response_with(op, body.as_bytes(), &actions).expect("ok");
+        let v: serde_json::Value = serde_json::from_slice(&out.body.expect("changed")).expect("json");
+        assert_eq!(v["payload"]["Orders"][0]["Helpdesk"], "");
+        // Policy: every detector tokenizes, or none runs.
+        let all = guard(r#","drift":{"detectors":{"address":"tokenize","name":"tokenize"}}"#);
+        let (v, _) = protect_classes(&all, "GET", "/orders/v0/orders", body);
+        assert_eq!((v["payload"]["Orders"][0]["Gate"].as_str(), v["payload"]["Orders"][0]["recipientName"].as_str()), (Some("<address>"), Some("<name>")));
+        let none = guard(r#","drift":{"detectors":{"email":"off","phone":"off","address":"off","name":"off"},"zeroMatchAlarm":false}"#);
+        let (v, drift) = protect_classes(&none, "GET", "/orders/v0/orders", body);
+        assert_eq!(v["payload"]["Orders"][0]["Relay"], "2c6m0kt2@marketplace.amazon.com");
+        assert!(drift.is_empty());
+    }
+
+    #[test]
+    fn a_pii_response_where_nothing_matched_but_keys_look_like_pii_raises_the_alarm() {
+        let g = guard("");
+        let (_, drift) = protect_classes(&g, "GET", "/orders/v0/orders/1/address", r#"{"data":{"recipient":{"fullName":"jane","zip":"98101"}}}"#);
+        assert_eq!(drift.findings().iter().map(|f| (f.kind, f.path.as_str())).collect::<Vec<_>>(), [(DriftKind::ZeroMatch, "$.data.recipient.fullName")]);
+        for quiet in [r#"{"errors":[{"code":"NotFound","message":"No order"}]}"#, r#"{"payload":{"AmazonOrderId":"1","ShippingAddress":{"Name":"Jane"}}}"#] {
+            let (_, drift) = protect_classes(&g, "GET", "/orders/v0/orders/1/address", quiet);
+            assert!(drift.is_empty(), "{quiet}: {:?}", drift.findings());
+        }
+        let off = guard(r#","drift":{"zeroMatchAlarm":false}"#);
+        let (_, drift) = protect_classes(&off, "GET", "/orders/v0/orders/1/address", r#"{"data":{"recipient":{"fullName":"jane"}}}"#);
+        assert!(drift.is_empty());
+    }
+
+    #[test]
+    fn pii_free_operations_are_scanned_report_only() {
+        let g = guard(r#","drift":{"scanPiiFreeOperations":true}"#);
+        let op = g.catalog.route("POST", "/tokens/2021-03-01/restrictedDataToken").expect("op");
+        assert!(!op.has_response_pii());
+        let found = g.scan_response(op, br#"{"restrictedDataToken":"Atz.sprdt|x","note":"jane@example.com"}"#).expect("json");
+        assert_eq!(found.count(DriftKind::Email, DriftAction::Reported), 1);
+        assert_eq!(found.count(DriftKind::Email, DriftAction::Protected), 0);
+        assert!(g.scan_response(op, b"{not json").is_none());
+    }
+
+    #[test]
+    fn the_policy_extends_customer_objects_and_their_non_pii_members() {
+        let g = guard(
+            r#","catalog":{"customerObjects":{"orders-v0.Address":{"class":"other","nonPiiMembers":["DeliveryCode"]}},
+                "extend":{"orders-v0.getOrder":{"customerObjects":[{"jsonpath":"$.payload.AutomatedShippingSettings","class":"name","nonPiiMembers":["HasAutomatedShippingSettings"]},
+                                                                  {"jsonpath":"$.payload.MarketplaceTaxInfo2","object":"orders-v0.Address"}]}},
+                "exclude":{"orders-v0.getOrder":["$.payload.BuyerInfo.BuyerTaxInfo.TaxingRegion"]}}"#,
+        );
+        let body = r#"{"payload":{"ShippingAddress":{"DeliveryCode":"4455","Other":"x"},"AutomatedShippingSettings":{"HasAutomatedShippingSettings":"true","Note":"y"},
+            "MarketplaceTaxInfo2":{"Name":"Jane"},"BuyerInfo":{"BuyerTaxInfo":{"TaxingRegion":"WA"}}}}"#;
+        let (v, _) = protect_classes(&g, "GET", "/orders/v0/orders/1", body);
+        let p = &v["payload"];
+        assert_eq!((p["ShippingAddress"]["DeliveryCode"].as_str(), p["ShippingAddress"]["Other"].as_str()), (Some("4455"), Some("<other>")));
+        assert_eq!((p["AutomatedShippingSettings"]["HasAutomatedShippingSettings"].as_str(), p["AutomatedShippingSettings"]["Note"].as_str()), (Some("true"), Some("<name>")));
+        assert_eq!(p["MarketplaceTaxInfo2"]["Name"], "<name>", "a built-in object placed elsewhere");
+        assert_eq!(p["BuyerInfo"]["BuyerTaxInfo"]["TaxingRegion"], "WA", "excluded");
+        let bad = [
+            (r#","catalog":{"customerObjects":{"orders-v0.Nope":{}}}"#, "catalog.customerObjects.orders-v0.Nope"),
+            (r#","catalog":{"customerObjects":{"orders-v0.Address":{"class":"shoe"}}}"#, "catalog.customerObjects.orders-v0.Address.class"),
+            (r#","catalog":{"extend":{"orders-v0.getOrder":{"customerObjects":[{"jsonpath":"$.payload.X"}]}}}"#, "catalog.extend.orders-v0.getOrder.customerObjects[0].class"),
+            (
+                r#","catalog":{"extend":{"orders-v0.getOrder":{"customerObjects":[{"jsonpath":"$.payload.X","object":"x.Y"}]}}}"#,
+                "catalog.extend.orders-v0.getOrder.customerObjects[0].object",
+            ),
+            (
+                r#","catalog":{"extend":{"orders-v0.getOrder":{"customerObjects":[{"jsonpath":"$..X","class":"name"}]}}}"#,
+                "catalog.extend.orders-v0.getOrder.customerObjects[0].jsonpath",
+            ),
+            (
+                r#","catalog":{"extend":{"orders-v0.getOrder":{"customerObjects":[{"jsonpath":"$.payload.DefaultShipFromLocationAddress","class":"name"}]}}}"#,
+                "catalog.extend.orders-v0.getOrder.customerObjects[0].jsonpath",
+            ),
+            (r#","catalog":{"exclude":{"orders-v0.getOrder":["$.payload.BuyerInfo.Nope.Deeper"]}}"#, "catalog.exclude.orders-v0.getOrder[0]"),
+        ];
+        for (extra, field) in bad {
+            let e = guard_result(extra).err().expect("refused");
+            assert_eq!(e.field, field, "{e}");
+        }
     }
 }
