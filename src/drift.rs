@@ -134,9 +134,9 @@ impl DriftPolicy {
 // ---------------------------------------------------------------------------------------------
 // Detectors
 
-/// The detector a string is shaped for, if any, given the member name it sits under (`key`).
-/// Only detectors `enabled` says run.
-pub fn detect(key: Option<&str>, value: &str, enabled: &dyn Fn(DriftKind) -> bool) -> Option<DriftKind> {
+/// The detector a string is shaped for, if any, given the member name it sits under (`key`) and
+/// the one above that (`parent`). Only detectors `enabled` says run.
+pub fn detect(key: Option<&str>, parent: Option<&str>, value: &str, enabled: &dyn Fn(DriftKind) -> bool) -> Option<DriftKind> {
     let bytes = value.as_bytes();
     if bytes.len() < 5 || bytes.len() > 2048 {
         return None;
@@ -150,7 +150,7 @@ pub fn detect(key: Option<&str>, value: &str, enabled: &dyn Fn(DriftKind) -> boo
     if enabled(DriftKind::Address) && is_address_line(value) {
         return Some(DriftKind::Address);
     }
-    if enabled(DriftKind::Name) && looks_like_person_name(value) && key.is_some_and(is_name_key) {
+    if enabled(DriftKind::Name) && looks_like_person_name(value) && key.is_some_and(|k| is_person_name_key(k, parent)) {
         return Some(DriftKind::Name);
     }
     None
@@ -429,6 +429,22 @@ const NOT_NAME_WORDS: &[&str] = &[
     "prime",
     "home",
     "office",
+    "shop",
+    "market",
+    "pharmacy",
+    "station",
+    "hub",
+    "depot",
+    "plaza",
+    "mall",
+    "bank",
+    "cafe",
+    "hotel",
+    "new",
+    "north",
+    "south",
+    "east",
+    "west",
     "door",
     "front",
     "back",
@@ -519,7 +535,43 @@ const PERSON_WORDS: &[&str] = &[
 /// Keys whose value is a person's name without the word `name` in them.
 const PERSON_KEYS: &[&str] = &["attention", "signedforby", "receivedby", "recipient", "contactperson", "surname", "firstname", "lastname", "fullname"];
 
-/// Whether a member name says its value is a person's name.
+/// Words of an object's name that make its `name` member a person's (`recipient.name`,
+/// `shipToParty.name`, `buyer.name`); a bare `name` elsewhere is as often a shop's, a service's
+/// or a product's.
+const PERSON_OBJECTS: &[&str] = &[
+    "buyer",
+    "recipient",
+    "customer",
+    "contact",
+    "receiver",
+    "consignee",
+    "addressee",
+    "person",
+    "party",
+    "address",
+    "owner",
+    "user",
+    "neighbor",
+    "neighbour",
+    "signer",
+    "shipto",
+    "billto",
+    "attention",
+    "people",
+    "persons",
+];
+
+/// Whether a member name, under its parent's, says the value is a person's name: a person's key
+/// (`buyerName`, `firstName`, `signedForBy`), or `name` in an object named for a person.
+pub fn is_person_name_key(key: &str, parent: Option<&str>) -> bool {
+    if key.eq_ignore_ascii_case("name") {
+        return parent.is_some_and(|p| key_words(p).any(|w| PERSON_OBJECTS.contains(&w.as_str())));
+    }
+    is_name_key(key)
+}
+
+/// Whether a member name says its value is a person's name (`name` alone counts: inside a
+/// customer object, it is the customer's).
 pub fn is_name_key(key: &str) -> bool {
     let words: Vec<String> = key_words(key).collect();
     let joined: String = words.concat();
@@ -816,7 +868,7 @@ mod tests {
             ["jane@example.com", "buyer-email@marketplace.amazon.com.br", "2c6m0kt2f7xgh5y@marketplace.amazon.com", "Contact: j.doe+x@mail.example.co.uk, thanks", "o'neil@ex.io"]
         {
             assert!(contains_email(yes), "{yes}");
-            assert_eq!(detect(None, yes, &all), Some(DriftKind::Email), "{yes}");
+            assert_eq!(detect(None, None, yes, &all), Some(DriftKind::Email), "{yes}");
         }
         for no in ["user@host", "@example.com", "a@b.c", "x@.com", "1@2.34", "support at example.com", "https://example.com/a@", "jane@-x.com"] {
             assert!(!contains_email(no), "{no}");
@@ -862,10 +914,10 @@ mod tests {
         // A bare number is a phone under a phone-like key only.
         assert!(is_phone("7132341234", || true));
         assert!(!is_phone("7132341234", || false));
-        assert_eq!(detect(Some("Phone"), "7132341234", &all), Some(DriftKind::Phone));
-        assert_eq!(detect(Some("buyerMobileNumber"), "7132341234", &all), Some(DriftKind::Phone));
-        assert_eq!(detect(Some("OrderItemId"), "71323412349876", &all), None);
-        assert_eq!(detect(Some("cancellationId"), "7132341234", &all), None, "cancel is not cell");
+        assert_eq!(detect(Some("Phone"), None, "7132341234", &all), Some(DriftKind::Phone));
+        assert_eq!(detect(Some("buyerMobileNumber"), None, "7132341234", &all), Some(DriftKind::Phone));
+        assert_eq!(detect(Some("OrderItemId"), None, "71323412349876", &all), None);
+        assert_eq!(detect(Some("cancellationId"), None, "7132341234", &all), None, "cancel is not cell");
     }
 
     #[test]
@@ -880,18 +932,20 @@ mod tests {
 
     #[test]
     fn names_next_to_name_like_keys() {
-        assert_eq!(detect(Some("recipientName"), "Jane Doe", &all), Some(DriftKind::Name));
-        assert_eq!(detect(Some("name"), "Mary-Jane O'Neil", &all), Some(DriftKind::Name));
-        assert_eq!(detect(Some("signedForBy"), "JANE Q. PUBLIC", &all), Some(DriftKind::Name));
-        assert_eq!(detect(Some("productName"), "Jane Doe", &all), None, "not a person's key");
-        assert_eq!(detect(Some("name"), "Standard Shipping", &all), None);
-        assert_eq!(detect(Some("name"), "Amazon Locker", &all), None);
-        assert_eq!(detect(Some("status"), "Jane Doe", &all), None);
+        assert_eq!(detect(Some("recipientName"), None, "Jane Doe", &all), Some(DriftKind::Name));
+        assert_eq!(detect(Some("name"), Some("shipToParty"), "Mary-Jane O'Neil", &all), Some(DriftKind::Name));
+        assert_eq!(detect(Some("name"), None, "Mary-Jane O'Neil", &all), None, "a bare name, nothing says whose");
+        assert_eq!(detect(Some("name"), Some("accessPoint"), "Corner Shop", &all), None);
+        assert_eq!(detect(Some("signedForBy"), None, "JANE Q. PUBLIC", &all), Some(DriftKind::Name));
+        assert_eq!(detect(Some("productName"), None, "Jane Doe", &all), None, "not a person's key");
+        assert_eq!(detect(Some("name"), Some("recipient"), "Standard Shipping", &all), None);
+        assert_eq!(detect(Some("name"), Some("recipient"), "Amazon Locker", &all), None);
+        assert_eq!(detect(Some("status"), None, "Jane Doe", &all), None);
         assert!(!looks_like_person_name("jane doe"));
         assert!(!looks_like_person_name("Jane"));
         assert!(!looks_like_person_name("Unit 2 Jane"));
         let only_names = |k: DriftKind| k == DriftKind::Name;
-        assert_eq!(detect(Some("name"), "jane@example.com", &only_names), None, "detectors can be off");
+        assert_eq!(detect(Some("name"), Some("buyer"), "jane@example.com", &only_names), None, "detectors can be off");
     }
 
     #[test]

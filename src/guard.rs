@@ -405,7 +405,8 @@ impl FieldHandler for Protector<'_> {
         if self.matched == 0 && self.pii_key.is_none() && policy.zero_match && key.as_deref().is_some_and(looks_like_pii_key) {
             self.pii_key = Some(site.template());
         }
-        let Some(kind) = detect(key.as_deref(), value, &|k| policy.action(k) != DetectorAction::Off) else { return Ok(Edit::Keep) };
+        let parent = site.parent_key();
+        let Some(kind) = detect(key.as_deref(), parent.as_deref(), value, &|k| policy.action(k) != DetectorAction::Off) else { return Ok(Edit::Keep) };
         if policy.action(kind) == DetectorAction::Report || self.report_only {
             self.drift.add(kind, DriftAction::Reported, || site.template());
             return Ok(Edit::Keep);
@@ -669,7 +670,7 @@ mod tests {
     fn detectors_tokenize_emails_and_phones_and_report_the_rest_outside_quiet_subtrees() {
         let g = guard("");
         let body = r#"{"payload":{"Orders":[{"AmazonOrderId":"902-3159896-1390916","PurchaseDate":"2020-01-01T00:00:00Z","SellerNote":"call +1 206 555 0100",
-            "Relay":"2c6m0kt2@marketplace.amazon.com","Helpdesk":"+44 20 7946 0958","Gate":"1 Cross St","recipientName":"Jane Doe","OrderTotal":{"Amount":"1234567.89"},
+            "Relay":"2c6m0kt2@marketplace.amazon.com","Helpdesk":"+44 20 7946 0958","Gate":"1 Cross St","recipientName":"Jane Doe","shop":{"name":"Corner Shop"},"OrderTotal":{"Amount":"1234567.89"},
             "DefaultShipFromLocationAddress":{"Name":"Seller Inc","Phone":"+1 206 555 0199","Email":"shop@example.com"}}]}}"#;
         let (v, drift) = protect_classes(&g, "GET", "/orders/v0/orders", body);
         let o = &v["payload"]["Orders"][0];

@@ -62,6 +62,21 @@ impl<'a> Site<'a> {
         }
     }
 
+    /// The name of the member above [`key`](Self::key)'s (`shipTo` for `$.shipTo.name`).
+    pub fn parent_key(&self) -> Option<Cow<'a, str>> {
+        let mut members = self.path.iter().rev().filter_map(|seg| match *seg {
+            Seg::Member { start, end } => Some((start as usize, end as usize)),
+            Seg::Element => None,
+        });
+        let (start, end) = members.nth(1)?;
+        let raw = self.text.get(start..end)?;
+        if raw.contains('\\') {
+            Some(Cow::Owned(unescape(raw).unwrap_or_default()))
+        } else {
+            Some(Cow::Borrowed(raw))
+        }
+    }
+
     /// The JSON path template of the location (`$.payload.Orders[*].BuyerInfo.BuyerEmail`).
     pub fn template(&self) -> String {
         template(self.text, self.path)

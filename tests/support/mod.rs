@@ -600,7 +600,7 @@ pub fn reference_pii(op: &Operation, body: &Value) -> Vec<PiiValue> {
                         if ruled.contains(&member_at) {
                             continue;
                         }
-                        for (scalar_at, scalar_key, scalar) in scalars(&member_at, key, member) {
+                        for (scalar_at, scalar_key, _, scalar) in scalars(&member_at, key, "", member) {
                             let text = scalar.as_str();
                             let scalar_class = spapi_guard::drift::member_class(Some(scalar_key), text, class);
                             add(&mut seen, &mut out, scalar_at, scalar_class, scalar.clone());
@@ -613,26 +613,26 @@ pub fn reference_pii(op: &Operation, body: &Value) -> Vec<PiiValue> {
     let quiet: BTreeSet<String> =
         op.quiet_paths.iter().flat_map(|p| with_unwrapped(op, p)).flat_map(|p| js_path(&p, body).expect("reference query").into_iter().map(|h| h.path())).collect();
     let enabled = |k: spapi_guard::drift::DriftKind| matches!(k, spapi_guard::drift::DriftKind::Email | spapi_guard::drift::DriftKind::Phone);
-    for (at, key, value) in scalars("$", "", body) {
+    for (at, key, parent, value) in scalars("$", "", "", body) {
         let Value::String(text) = value else { continue };
         // Inside a value a rule selects whole (a container), or a non-customer subtree: not scanned.
         if seen.contains(&at) || ruled.iter().any(|r| at.starts_with(r.as_str())) || quiet.iter().any(|q| at.starts_with(q.as_str())) {
             continue;
         }
-        if let Some(kind) = spapi_guard::drift::detect((!key.is_empty()).then_some(key), text, &enabled) {
+        if let Some(kind) = spapi_guard::drift::detect((!key.is_empty()).then_some(key), (!parent.is_empty()).then_some(parent), text, &enabled) {
             add(&mut seen, &mut out, at, kind.class(), value.clone());
         }
     }
     out
 }
 
-/// Every scalar (string or number) in `value`, with its location and the name of the member it
-/// is (or its array is) under.
-fn scalars<'a>(location: &str, key: &'a str, value: &'a Value) -> Vec<(String, &'a str, &'a Value)> {
+/// Every scalar (string or number) in `value`, with its location, the name of the member it is
+/// (or its array is) under, and the member name above that.
+fn scalars<'a>(location: &str, key: &'a str, parent: &'a str, value: &'a Value) -> Vec<(String, &'a str, &'a str, &'a Value)> {
     match value {
-        Value::Object(members) => members.iter().flat_map(|(k, v)| scalars(&child_location(location, &Step::Key(k)), k, v)).collect(),
-        Value::Array(items) => items.iter().enumerate().flat_map(|(i, v)| scalars(&child_location(location, &Step::Index(i)), key, v)).collect(),
-        Value::String(_) | Value::Number(_) => vec![(location.to_string(), key, value)],
+        Value::Object(members) => members.iter().flat_map(|(k, v)| scalars(&child_location(location, &Step::Key(k)), k, key, v)).collect(),
+        Value::Array(items) => items.iter().enumerate().flat_map(|(i, v)| scalars(&child_location(location, &Step::Index(i)), key, parent, v)).collect(),
+        Value::String(_) | Value::Number(_) => vec![(location.to_string(), key, parent, value)],
         Value::Null | Value::Bool(_) => vec![],
     }
 }
