@@ -98,7 +98,7 @@ lint: $(VENV)/.rust-target
 	cargo clippy --lib --target $(WASM_TARGET) -- -D warnings
 
 test-unit:
-	cargo test --lib --test fast_path --test exchange
+	cargo test --lib --test fast_path --test exchange --test drift_precision
 	$(VENV)/bin/python tests/vectors/check_token_vectors.py src/tokens.rs
 
 test-e2e: wasm envoy

@@ -191,9 +191,9 @@ const PHONE_WORDS: &[&str] = &["phone", "phones", "telephone", "tel", "mobile", 
 /// elsewhere).
 ///
 /// Accepted: an international number (`+` then 8–15 digits in groups: `+44 20 7946 0958`,
-/// `+1 480-386-0930 ext. 73824`), a national number in 3 or more groups of 2–4 digits with 10–12
-/// digits in all (`206-555-1234`, `(206) 555-1234`, `020 7946 0958`), or 7–15 digits under a
-/// phone-like key. Not phones: order ids (`902-3159896-1390916`: groups of 7), dates
+/// `+1 480-386-0930 ext. 73824`), a North American 3-3-4 number (`206-555-1234`,
+/// `(206) 555-1234`), a national number with its trunk 0 (`020 7946 0958`), or 7–15 digits
+/// under a phone-like key. Not phones: order ids (`902-3159896-1390916`: groups of 7), dates
 /// (`2020-01-01`), amounts (`1234567.89`), times, ASINs and SKUs (letters), tracking numbers (too
 /// many digits, or letters), zip+4 codes (two groups).
 pub fn is_phone(s: &str, phone_key: impl FnOnce() -> bool) -> bool {
@@ -258,8 +258,11 @@ pub fn is_phone(s: &str, phone_key: impl FnOnce() -> bool) -> bool {
     if first == b'+' {
         return digits >= 8;
     }
-    let grouped = groups.len() >= 3 && (10..=12).contains(&digits) && groups.iter().all(|&g| (2..=4).contains(&g)) && groups.last().is_some_and(|&g| g >= 3);
-    grouped || (groups.iter().all(|&g| g <= 12) && phone_key())
+    // North American 3-3-4 (`206-555-1234`, `(206) 555-1234`), or a national number with its
+    // trunk 0 in groups of 2 to 5 (`020 7946 0958`, `0161 123 4567`).
+    let north_american = groups == [3, 3, 4];
+    let national = b[0] == b'0' && groups.len() >= 2 && (10..=11).contains(&digits) && groups.iter().all(|&g| (2..=5).contains(&g)) && groups.last().is_some_and(|&g| g >= 3);
+    north_american || national || (groups.iter().all(|&g| g <= 12) && phone_key())
 }
 
 /// `+1 480-386-0930 ext. 73824` → `+1 480-386-0930` (also ` x123`, `#123`).
@@ -320,6 +323,10 @@ const STREET_SUFFIXES: &[&str] = &[
     "crescent",
 ];
 
+/// What may follow a street type in a street line: a unit, or a direction (`Main St NW`).
+const UNIT_WORDS: &[&str] = &["apt", "apartment", "suite", "ste", "unit", "fl", "floor", "no", "room", "bldg", "building"];
+const DIRECTIONS: &[&str] = &["n", "s", "e", "w", "ne", "nw", "se", "sw", "north", "south", "east", "west"];
+
 /// Street types a house number follows (`Hauptstraße 5`, `Rua Augusta, 1500`, `Suite 200`).
 const STREET_PREFIXES: &[&str] = &[
     "calle",
@@ -374,9 +381,15 @@ pub fn is_address_line(s: &str) -> bool {
         let rest: Vec<&str> = words.clone().take(3).collect();
         return rest.iter().any(|w| w.eq_ignore_ascii_case("box")) && rest.iter().any(|w| w.bytes().all(|c| c.is_ascii_digit()));
     }
-    // 1 Cross St / 1600 Amphitheatre Parkway
+    // 1 Cross St / 1600 Amphitheatre Parkway / 123 Main St. Apt 4 / 221B Baker Street, Flat 2:
+    // the street type ends the street (`2 Pack Road Sign` is a product).
     if is_number(first) {
-        return words.take(11).any(|w| word_is(w, STREET_SUFFIXES));
+        let street = s.split(',').next().unwrap_or(s);
+        let rest: Vec<&str> = street.split_whitespace().skip(1).take(11).collect();
+        return rest
+            .iter()
+            .enumerate()
+            .any(|(i, w)| word_is(w, STREET_SUFFIXES) && rest.get(i + 1).is_none_or(|next| next.starts_with('#') || word_is(next, UNIT_WORDS) || word_is(next, DIRECTIONS)));
     }
     // Hauptstraße 5 / Rua Augusta, 1500 / Suite 200
     let mut since_prefix: Option<usize> = prefix(first).then_some(0);
@@ -907,6 +920,7 @@ mod tests {
             "12:30:45",
             "v1.2.3.4567",
             "555-1234",
+            "1234-5678-9012",
         ];
         for n in not {
             assert!(!is_phone(n, || false), "{n}");
@@ -925,7 +939,9 @@ mod tests {
         for yes in ["1 Cross St", "1600 Amphitheatre Parkway", "221B Baker Street, Flat 2", "PO Box 1234", "Hauptstraße 5", "Rua Augusta, 1500", "123 Main St. Apt 4"] {
             assert!(is_address_line(yes), "{yes}");
         }
-        for no in ["Standard shipping", "2 Pack", "2020-01-01", "Delivered", "Order 902-3159896-1390916", "jane@example.com", "12 x 24 inch", "Via UPS 2nd Day Air"] {
+        for no in
+            ["Standard shipping", "2 Pack", "2020-01-01", "Delivered", "Order 902-3159896-1390916", "jane@example.com", "12 x 24 inch", "Via UPS 2nd Day Air", "2 Pack Road Sign"]
+        {
             assert!(!is_address_line(no), "{no}");
         }
     }

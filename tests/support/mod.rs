@@ -561,6 +561,19 @@ enum Step<'a> {
 ///    precision in tests/drift_precision.rs; here what is checked is that the filter applies it
 ///    at the right places, byte for byte.
 pub fn reference_pii(op: &Operation, body: &Value) -> Vec<PiiValue> {
+    let mut out = catalog_pii(op, body);
+    let enabled = |k: spapi_guard::drift::DriftKind| matches!(k, spapi_guard::drift::DriftKind::Email | spapi_guard::drift::DriftKind::Phone);
+    for s in scanned_strings(op, body) {
+        if let Some(kind) = spapi_guard::drift::detect(s.key, s.parent, s.text, &enabled) {
+            out.push(PiiValue { location: s.location, class: kind.class(), value: Value::String(s.text.to_string()) });
+        }
+    }
+    out
+}
+
+/// Steps 1 and 2 of [`reference_pii`]: what the catalog says is PII (its paths and its customer
+/// objects), without the detectors.
+pub fn catalog_pii(op: &Operation, body: &Value) -> Vec<PiiValue> {
     let mut seen = BTreeSet::new();
     let mut out = Vec::new();
     let add = |seen: &mut BTreeSet<String>, out: &mut Vec<PiiValue>, location: String, class: PiiClass, value: Value| {
@@ -569,17 +582,15 @@ pub fn reference_pii(op: &Operation, body: &Value) -> Vec<PiiValue> {
         }
         out.push(PiiValue { location, class, value });
     };
-    let mut ruled = BTreeSet::new();
     for rule in &op.response_rules {
         for path in with_unwrapped(op, &rule.jsonpath) {
             for hit in js_path(&path, body).expect("reference query") {
                 let value = hit.clone().val().clone();
-                let location = hit.path();
-                ruled.insert(location.clone());
-                add(&mut seen, &mut out, location, rule.class, value);
+                add(&mut seen, &mut out, hit.path(), rule.class, value);
             }
         }
     }
+    let ruled = ruled_locations(op, body);
     for object in &op.objects {
         let class = op.catch_alls[object.catch_all].class;
         for path in with_unwrapped(op, &object.jsonpath).into_iter().filter(|p| p != "$") {
@@ -601,8 +612,7 @@ pub fn reference_pii(op: &Operation, body: &Value) -> Vec<PiiValue> {
                             continue;
                         }
                         for (scalar_at, scalar_key, _, scalar) in scalars(&member_at, key, "", member) {
-                            let text = scalar.as_str();
-                            let scalar_class = spapi_guard::drift::member_class(Some(scalar_key), text, class);
+                            let scalar_class = spapi_guard::drift::member_class(Some(scalar_key), scalar.as_str(), class);
                             add(&mut seen, &mut out, scalar_at, scalar_class, scalar.clone());
                         }
                     }
@@ -610,18 +620,37 @@ pub fn reference_pii(op: &Operation, body: &Value) -> Vec<PiiValue> {
             }
         }
     }
+    out
+}
+
+/// Where the operation's rules select a value (whatever the value).
+fn ruled_locations(op: &Operation, body: &Value) -> BTreeSet<String> {
+    op.response_rules.iter().flat_map(|r| with_unwrapped(op, &r.jsonpath)).flat_map(|p| js_path(&p, body).expect("reference query").into_iter().map(|h| h.path())).collect()
+}
+
+/// A string the drift detectors look at: not PII by the catalog, not inside a value a rule
+/// selects whole, not in a non-customer subtree.
+pub struct Scanned<'a> {
+    pub location: String,
+    pub key: Option<&'a str>,
+    pub parent: Option<&'a str>,
+    pub text: &'a str,
+}
+
+/// Step 3's input: every string of `body` the detectors see (non-empty).
+pub fn scanned_strings<'a>(op: &Operation, body: &'a Value) -> Vec<Scanned<'a>> {
+    let pii: BTreeSet<String> = catalog_pii(op, body).into_iter().map(|p| p.location).collect();
+    let ruled = ruled_locations(op, body);
     let quiet: BTreeSet<String> =
         op.quiet_paths.iter().flat_map(|p| with_unwrapped(op, p)).flat_map(|p| js_path(&p, body).expect("reference query").into_iter().map(|h| h.path())).collect();
-    let enabled = |k: spapi_guard::drift::DriftKind| matches!(k, spapi_guard::drift::DriftKind::Email | spapi_guard::drift::DriftKind::Phone);
+    let mut out = Vec::new();
     for (at, key, parent, value) in scalars("$", "", "", body) {
         let Value::String(text) = value else { continue };
         // Inside a value a rule selects whole (a container), or a non-customer subtree: not scanned.
-        if seen.contains(&at) || ruled.iter().any(|r| at.starts_with(r.as_str())) || quiet.iter().any(|q| at.starts_with(q.as_str())) {
+        if text.is_empty() || pii.contains(&at) || ruled.iter().any(|r| at.starts_with(r.as_str())) || quiet.iter().any(|q| at.starts_with(q.as_str())) {
             continue;
         }
-        if let Some(kind) = spapi_guard::drift::detect((!key.is_empty()).then_some(key), (!parent.is_empty()).then_some(parent), text, &enabled) {
-            add(&mut seen, &mut out, at, kind.class(), value.clone());
-        }
+        out.push(Scanned { location: at, key: (!key.is_empty()).then_some(key), parent: (!parent.is_empty()).then_some(parent), text });
     }
     out
 }
