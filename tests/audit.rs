@@ -38,7 +38,9 @@ fn fixture_pii_strings() -> BTreeSet<String> {
             if let Value::String(s) = p.value {
                 let letters = s.chars().any(char::is_alphabetic);
                 let digits = s.chars().filter(char::is_ascii_digit).count();
-                if ((letters && s.chars().count() >= 4) || digits >= 8) && !query_values.contains(&s) {
+                // (Amazon's examples give one customer the name "Amazon", which the filter's own
+                // messages name too: "Amazon's SDKs".)
+                if ((letters && s.chars().count() >= 4) || digits >= 8) && !query_values.contains(&s) && s != "Amazon" {
                     out.insert(s);
                 }
             }
@@ -167,11 +169,14 @@ fn metrics_equal_the_traffic_sent() {
         (r#"spapi_guard_caller_requests_total{caller="unknown"}"#.to_string(), 1),
         (format!(r#"spapi_guard_caller_denials_total{{caller="{analytics}"}}"#), 2),
         (r#"spapi_guard_caller_denials_total{caller="unknown"}"#.to_string(), 1),
-        (format!(r#"spapi_guard_caller_pii_fields_total{{caller="{sync}"}}"#), 30),
-        (format!(r#"spapi_guard_caller_pii_fields_total{{caller="{labels}"}}"#), 18),
-        (r#"spapi_guard_pii_fields_total{action="tokenized",class="address"}"#.to_string(), 27),
+        (format!(r#"spapi_guard_caller_pii_fields_total{{caller="{sync}"}}"#), 27),
+        (format!(r#"spapi_guard_caller_pii_fields_total{{caller="{labels}"}}"#), 16),
+        // 8 address values in the fixture (CountryCode is clear), 2 of them coordinates: numbers,
+        // coarsened rather than tokenized.
+        (r#"spapi_guard_pii_fields_total{action="tokenized",class="address"}"#.to_string(), 18),
+        (r#"spapi_guard_pii_fields_total{action="coarsened",class="address"}"#.to_string(), 6),
         (r#"spapi_guard_pii_fields_total{action="tokenized",class="name"}"#.to_string(), 3),
-        (r#"spapi_guard_pii_fields_total{action="clear",class="address"}"#.to_string(), 18),
+        (r#"spapi_guard_pii_fields_total{action="clear",class="address"}"#.to_string(), 16),
         (r#"spapi_guard_pii_fields_total{action="removed",class="name"}"#.to_string(), 2),
         (r#"spapi_guard_fail_closed_total{reason="unsupported_content_encoding"}"#.to_string(), 1),
         (r#"spapi_guard_config_total{result="loaded"}"#.to_string(), 3),

@@ -11,17 +11,26 @@ use spapi_guard::pii::PiiClass;
 use spapi_guard::tokens::{Mode, TokenEngine, ValueKind, TOKEN_PREFIX};
 use support::*;
 
-/// Checks that `response` is `upstream` with exactly the reference PII values replaced by tokens
-/// that open to them: every other byte identical, every token at a PII location, of its class.
+/// Checks that `response` is `upstream` with exactly the reference PII values protected: strings
+/// replaced by tokens that open to them, numbers coarsened (schema-faithful), every other byte
+/// identical, every token at a PII location, of its class. The reference (tests/support
+/// `reference_pii`) knows the catalog's paths, its customer objects, bodies without the `payload`
+/// wrapper and the default detectors; it is a DOM walk, independent of the filter's automaton.
 fn assert_tokenized(name: &str, op: &Operation, upstream: &[u8], response: &[u8], engine: &TokenEngine) -> usize {
     let up: Value = serde_json::from_slice(upstream).expect("fixture json");
     let resp: Value = serde_json::from_slice(response).unwrap_or_else(|e| panic!("{name}: response not JSON: {e}"));
     let pii = reference_pii(op, &up);
 
-    // 1. At every PII location there is a token of the right class that opens to the value.
+    // 1. At every PII location there is a token of the right class that opens to the value (a
+    //    number: the number coarsened to one decimal).
     for p in &pii {
         let got = js_path(&p.location, &resp).expect("query");
-        let token = got.first().and_then(|g| g.clone().val().as_str().map(str::to_string));
+        let got = got.first().map(|g| g.clone().val().clone());
+        if let Some(coarse) = p.coarsened() {
+            assert_eq!(got, Some(coarse), "{name}: {} is not the coarsened number", p.location);
+            continue;
+        }
+        let token = got.and_then(|g| g.as_str().map(str::to_string));
         let token = token.unwrap_or_else(|| panic!("{name}: {} is not a token", p.location));
         let opened = engine.open(&token).unwrap_or_else(|e| panic!("{name}: {} token does not open: {e}", p.location));
         assert_eq!(opened.class, p.class, "{name}: {}", p.location);
@@ -32,35 +41,55 @@ fn assert_tokenized(name: &str, op: &Operation, upstream: &[u8], response: &[u8]
         }
     }
 
-    // 2. Byte-faithful: walking the response, every byte outside a token equals the upstream's,
-    //    and each token stands exactly where one upstream JSON value stood and opens to its text.
-    let text = std::str::from_utf8(response).expect("utf8");
-    let mut up_pos = 0;
-    let mut resp_pos = 0;
-    let mut tokens = 0;
-    while let Some(offset) = text[resp_pos..].find(&format!("\"{TOKEN_PREFIX}")) {
-        let start = resp_pos + offset;
-        assert_eq!(&response[resp_pos..start], &upstream[up_pos..up_pos + (start - resp_pos)], "{name}: bytes differ before a token");
-        up_pos += start - resp_pos;
-        let end = start + 1 + text[start + 1..].find('"').expect("token end") + 1;
-        let token = &text[start + 1..end - 1];
-        let opened = engine.open(token).expect("token opens");
-        let mut values = serde_json::Deserializer::from_slice(&upstream[up_pos..]).into_iter::<Value>();
-        let original = values.next().expect("a value").expect("valid");
-        let consumed = values.byte_offset();
-        match opened.kind {
-            ValueKind::Text => assert_eq!(original, Value::String(String::from_utf8(opened.plaintext).expect("utf8"))),
-            ValueKind::RawJson => assert_eq!(&upstream[up_pos..up_pos + consumed], opened.plaintext.as_slice(), "{name}: raw value"),
+    // 2. Byte-faithful: walking the response, every byte outside a token or a coarsened number
+    //    equals the upstream's; each token stands exactly where one upstream JSON value stood and
+    //    opens to its text; each coarsened number stands where a PII number stood.
+    let numbers: Vec<f64> = pii.iter().filter_map(|p| p.value.as_f64().filter(|_| p.value.is_number())).collect();
+    let (mut u, mut r, mut tokens, mut coarsened) = (0usize, 0usize, 0usize, 0usize);
+    let is_number_byte = |b: u8| b.is_ascii_digit() || matches!(b, b'.' | b'-' | b'+' | b'e' | b'E');
+    while r < response.len() {
+        if response[r..].starts_with(format!("\"{TOKEN_PREFIX}").as_bytes()) {
+            let text = std::str::from_utf8(&response[r..]).expect("utf8");
+            let end = 1 + text[1..].find('"').expect("token end") + 1;
+            let opened = engine.open(&text[1..end - 1]).expect("token opens");
+            let mut values = serde_json::Deserializer::from_slice(&upstream[u..]).into_iter::<Value>();
+            let original = values.next().expect("a value").expect("valid");
+            let consumed = values.byte_offset();
+            match opened.kind {
+                ValueKind::Text => assert_eq!(original, Value::String(String::from_utf8(opened.plaintext).expect("utf8"))),
+                ValueKind::RawJson => assert_eq!(&upstream[u..u + consumed], opened.plaintext.as_slice(), "{name}: raw value"),
+            }
+            u += consumed;
+            r += end;
+            tokens += 1;
+            continue;
         }
-        up_pos += consumed;
-        resp_pos = end;
-        tokens += 1;
+        if upstream.get(u) == Some(&response[r]) {
+            u += 1;
+            r += 1;
+            continue;
+        }
+        // Not a token, not the upstream's byte: a coarsened number. Back to where it starts
+        // (the bytes before were equal in both), then both numbers whole.
+        let back = response[..r].iter().rev().take_while(|&&b| is_number_byte(b)).count();
+        let (u0, r0) = (u - back, r - back);
+        let u1 = u0 + upstream[u0..].iter().take_while(|&&b| is_number_byte(b)).count();
+        let r1 = r0 + response[r0..].iter().take_while(|&&b| is_number_byte(b)).count();
+        let original: f64 = std::str::from_utf8(&upstream[u0..u1]).ok().and_then(|t| t.parse().ok()).unwrap_or_else(|| panic!("{name}: bytes differ at {r0}"));
+        assert!(numbers.contains(&original), "{name}: a number that is not PII changed at {r0}");
+        let mut coarse = Vec::new();
+        spapi_guard::schema::coarsen(std::str::from_utf8(&upstream[u0..u1]).expect("utf8"), 1, &mut coarse);
+        assert_eq!(&response[r0..r1], coarse.as_slice(), "{name}: not the coarsened number at {r0}");
+        u = u1;
+        r = r1;
+        coarsened += 1;
     }
-    assert_eq!(&response[resp_pos..], &upstream[up_pos..], "{name}: bytes differ after the last token");
-    assert_eq!(tokens, pii.len(), "{name}: tokens in the response vs PII values in the catalog paths");
+    assert_eq!(u, upstream.len(), "{name}: bytes differ after the last replaced value");
+    assert_eq!(tokens + coarsened, pii.len(), "{name}: tokens and coarsened numbers in the response vs PII values the reference finds");
 
     // 3. No PII string appears anywhere in the response, except where the same text stands at a
     //    non-PII location of the upstream (a seller's own country code, say).
+    let text = std::str::from_utf8(response).expect("utf8");
     let up_text = String::from_utf8_lossy(upstream);
     for p in &pii {
         let Value::String(_) = &p.value else { continue };
