@@ -102,7 +102,7 @@ test-unit:
 	$(VENV)/bin/python tests/vectors/check_token_vectors.py src/tokens.rs
 
 test-e2e: wasm envoy
-	cargo test --test e2e --test access --test audit --test trailers --test paths -- --test-threads 2
+	cargo test --test e2e --test access --test audit --test trailers --test paths --test drift -- --test-threads 2
 
 # Four real SP-API clients through Envoy + spapi-guard (tests/clients.rs, docs/CLIENTS.md), pinned
 # and installed into ignored folders: the Python ones (tests/clients/requirements.txt) into

@@ -689,8 +689,18 @@ fn compile(draft: Draft) -> Result<Operation, ConfigError> {
     let base = rules.len();
     let mut object_paths: Vec<(FieldPath, usize, Vec<String>)> = Vec::new();
     for (instance, (path, _)) in objects.iter().zip(&parsed_objects) {
-        for p in std::iter::once(path.clone()).chain(unwrapped(path, wrapper)) {
-            object_paths.push((p, base + instance.catch_all, instance.except.clone()));
+        object_paths.push((path.clone(), base + instance.catch_all, instance.except.clone()));
+        // Without the wrapper, the object at `$.payload` is the body itself: its members are the
+        // body's, except the SP-API error envelope (`errors`), which is never customer data.
+        if let Some(steps) = wrapper.and_then(|w| match path.steps.split_first() {
+            Some((Step::Member(first), rest)) if first == w => Some(rest.to_vec()),
+            _ => None,
+        }) {
+            let mut except = instance.except.clone();
+            if steps.is_empty() {
+                except.push("errors".to_string());
+            }
+            object_paths.push((FieldPath { steps }, base + instance.catch_all, except));
         }
     }
     let quiet_extra: Vec<FieldPath> = quiet.iter().filter_map(|p| unwrapped(p, wrapper)).collect();

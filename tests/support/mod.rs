@@ -525,7 +525,7 @@ impl PiiValue {
 fn unwrapped_path(op: &Operation, jsonpath: &str) -> Option<String> {
     let wrapper = op.also_unwrapped.as_deref()?;
     let rest = jsonpath.strip_prefix(&format!("$.{wrapper}"))?;
-    (rest.starts_with('.') || rest.starts_with('[')).then(|| format!("${rest}"))
+    (rest.is_empty() || rest.starts_with('.') || rest.starts_with('[')).then(|| format!("${rest}"))
 }
 
 /// A path and, for an operation whose bodies may come unwrapped, its unwrapped twin.
@@ -593,7 +593,9 @@ pub fn catalog_pii(op: &Operation, body: &Value) -> Vec<PiiValue> {
     let ruled = ruled_locations(op, body);
     for object in &op.objects {
         let class = op.catch_alls[object.catch_all].class;
-        for path in with_unwrapped(op, &object.jsonpath).into_iter().filter(|p| p != "$") {
+        for path in with_unwrapped(op, &object.jsonpath) {
+            // The object at `$.payload`, unwrapped, is the body: its `errors` are not the object's.
+            let root = path == "$";
             for hit in js_path(&path, body).expect("reference query") {
                 let location = hit.clone().path();
                 let value = hit.val();
@@ -604,7 +606,7 @@ pub fn catalog_pii(op: &Operation, body: &Value) -> Vec<PiiValue> {
                 for (at, v) in elements {
                     let Value::Object(members) = v else { continue };
                     for (key, member) in members {
-                        if object.except.iter().any(|e| e.eq_ignore_ascii_case(key)) {
+                        if object.except.iter().any(|e| e.eq_ignore_ascii_case(key)) || (root && key.eq_ignore_ascii_case("errors")) {
                             continue;
                         }
                         let member_at = child_location(&at, &Step::Key(key));
