@@ -8,9 +8,19 @@ docker-compose config (envoy/envoy.yaml, rendered with --docker) all come from h
     python3 scripts/render-envoy-config.py --policy policies/default.json --out .run/envoy.yaml \
         --listen-port 10000 --upstream-port 18081 --admin-port 9901 --wasm target/.../spapi_guard.wasm
 
+Profiles (--profile): `demo` (the default) sends everything to one plaintext `spapi` cluster, the
+mock SP-API; `production` has one TLS cluster per SP-API endpoint (SPAPI_ENDPOINTS below) and
+picks it by the host name the app calls. The template marks profile-specific lines with `#@demo`,
+`#@production`, `#@endpoints` (repeated once per endpoint, production only) and `#@end`; the rest is
+shared, so both profiles keep the same listener, filter and log settings.
+
+    python3 scripts/render-envoy-config.py --docker --profile production --out envoy/envoy.production.yaml
+
 Tests only: --upstream-protocol changes how Envoy talks to the `spapi` cluster and nothing else:
 h1 (the template's HTTP/1.1, the default), h1-trailers (HTTP/1.1 with enable_trailers, so chunked
-trailers reach the filter) or h2 (HTTP/2 with prior knowledge, h2c).
+trailers reach the filter) or h2 (HTTP/2 with prior knowledge, h2c). --upstream-override
+ADDRESS:PORT points every production cluster at one address (a fake Amazon) and changes nothing
+else: SNI, Host and the certificate name checked stay Amazon's.
 """
 import argparse
 import json
@@ -31,6 +41,56 @@ UPSTREAM_PROTOCOLS = {
 }
 CLUSTER_ANCHOR = "  - name: spapi\n    type: STATIC\n    connect_timeout: 5s\n"
 
+PROFILES = ("demo", "production")
+# The SP-API endpoints (Amazon's "SP-API endpoints" page): cluster name, host name. The app's host
+# name selects one by its first labels (the host name up to ".amazon.com").
+SPAPI_ENDPOINTS = [
+    ("spapi-na", "sellingpartnerapi-na.amazon.com"),
+    ("spapi-eu", "sellingpartnerapi-eu.amazon.com"),
+    ("spapi-fe", "sellingpartnerapi-fe.amazon.com"),
+    ("spapi-sandbox-na", "sandbox.sellingpartnerapi-na.amazon.com"),
+    ("spapi-sandbox-eu", "sandbox.sellingpartnerapi-eu.amazon.com"),
+    ("spapi-sandbox-fe", "sandbox.sellingpartnerapi-fe.amazon.com"),
+]
+# Debian/Ubuntu's CA bundle (also in the envoyproxy/envoy image): the system trust store.
+SYSTEM_TRUST_STORE = "/etc/ssl/certs/ca-certificates.crt"
+
+
+def select_profile(text, profile, upstream_override=None):
+    """Keeps the shared lines and the active profile's blocks; repeats `#@endpoints` blocks once
+    per SP-API endpoint (production only). Marker lines themselves are dropped."""
+    if profile not in PROFILES:
+        raise SystemExit(f"render-envoy-config: unknown profile {profile!r}")
+    out, block, mode = [], [], None
+    for line in text.splitlines(keepends=True):
+        if line.startswith("#@"):
+            tag = line[2:].strip()
+            if tag not in PROFILES + ("endpoints", "end"):
+                raise SystemExit(f"render-envoy-config: unknown template marker {line.strip()!r}")
+            if mode == "endpoints" and profile == "production":
+                out.extend(expand_endpoints("".join(block), upstream_override))
+            block, mode = [], (None if tag == "end" else tag)
+        elif mode is None or mode == profile:
+            out.append(line)
+        elif mode == "endpoints":
+            block.append(line)
+    if mode is not None:
+        raise SystemExit("render-envoy-config: a template block has no #@end")
+    return "".join(out)
+
+
+def expand_endpoints(block, upstream_override):
+    address, port = None, 443
+    if upstream_override:
+        address, _, port = upstream_override.rpartition(":")
+    for cluster, host in SPAPI_ENDPOINTS:
+        values = {"EP_CLUSTER": cluster, "EP_HOST": host, "EP_HOST_PREFIX": host.removesuffix(".amazon.com"),
+                  "EP_ADDRESS": address or host, "EP_PORT": str(int(port))}
+        text = block
+        for name, value in values.items():
+            text = text.replace("{{" + name + "}}", value)
+        yield text
+
 
 def set_upstream_protocol(text, protocol):
     """Adds the cluster's HTTP protocol options for `protocol`; h1 leaves the text as it is."""
@@ -49,7 +109,8 @@ def set_upstream_protocol(text, protocol):
 
 
 def render(policy_text, bind, listen_port, admin_port, upstream_host, upstream_port, wasm, tls_dir, template=None,
-           variant="guard", trusted_identity=None, upstream_protocol="h1"):
+           variant="guard", trusted_identity=None, upstream_protocol="h1", profile="demo", trust_store=SYSTEM_TRUST_STORE,
+           upstream_override=None):
     policy = json.loads(policy_text)
     env_keys = sorted(set(policy.get("keys", {}).get("env", {}).values()))
     compact = json.dumps(policy, separators=(",", ":"))
@@ -77,7 +138,7 @@ def render(policy_text, bind, listen_port, admin_port, upstream_host, upstream_p
                 "                request_mutations:\n"
                 f"                - append: {{ header: {{ key: {identity['header']}, value: {trusted_identity} }}, append_action: OVERWRITE_IF_EXISTS_OR_ADD }}\n"
             )
-    text = template or (ROOT / "envoy" / "envoy.template.yaml").read_text()
+    text = select_profile(template or (ROOT / "envoy" / "envoy.template.yaml").read_text(), profile, upstream_override)
     values = {
         "BIND": bind,
         "LISTEN_PORT": str(listen_port),
@@ -91,6 +152,7 @@ def render(policy_text, bind, listen_port, admin_port, upstream_host, upstream_p
         "XFF_HOPS": str(int(policy.get("access", {}).get("xffTrustedHops", 0))),
         # Envoy's buffer limit is the policy's, so the filter knows what fits (src/policy.rs).
         "BUFFER_LIMIT": str(int(policy.get("bufferLimitBytes", DEFAULT_BUFFER_LIMIT_BYTES))),
+        "TRUST_STORE": str(trust_store),
         # YAML single-quoted scalar: a quote is written twice.
         "POLICY_JSON": compact.replace("'", "''"),
     }
@@ -125,13 +187,19 @@ def main():
     p.add_argument("--trusted-identity", help="benchmarks: set the policy's identity header to this value, as a trusted authentication filter would")
     p.add_argument("--upstream-protocol", choices=sorted(UPSTREAM_PROTOCOLS), default="h1",
                    help="tests: HTTP/1.1 (default), HTTP/1.1 with trailers, or HTTP/2 (h2c) to the spapi cluster")
+    p.add_argument("--profile", choices=PROFILES, default="demo",
+                   help="demo: the mock SP-API over plaintext; production: Amazon's SP-API endpoints over verified TLS")
+    p.add_argument("--trust-store", default=SYSTEM_TRUST_STORE, help="production: CA bundle that verifies Amazon's certificates")
+    p.add_argument("--upstream-override", metavar="ADDRESS:PORT",
+                   help="tests: connect every production cluster to this address (SNI, Host and SAN stay Amazon's)")
     a = p.parse_args()
     policy_text = pathlib.Path(a.policy).read_text()
     opts = DOCKER if a.docker else dict(bind=a.bind, listen_port=a.listen_port, admin_port=a.admin_port,
                                         upstream_host=a.upstream_host, upstream_port=a.upstream_port, wasm=a.wasm,
                                         tls_dir=a.tls_dir)
     pathlib.Path(a.out).write_text(render(policy_text, **opts, variant=a.variant, trusted_identity=a.trusted_identity,
-                                             upstream_protocol=a.upstream_protocol))
+                                             upstream_protocol=a.upstream_protocol, profile=a.profile,
+                                             trust_store=a.trust_store, upstream_override=a.upstream_override))
     return 0
 
 

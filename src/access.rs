@@ -156,7 +156,25 @@ pub struct RoleDoc {
     pub allow_restricted: bool,
     #[serde(default)]
     pub dry_run: bool,
+    /// Where this role may turn tokens back into data (detokenization toward the SP-API, the
+    /// reveal endpoint): need to know, per class and operation.
+    #[serde(default)]
+    pub reveal: Vec<RevealDoc>,
 }
+
+/// One reveal grant of a role.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RevealDoc {
+    /// PII classes (or `*`) whose tokens may be opened.
+    pub classes: Vec<String>,
+    /// Operation ids with `*` wildcards the plaintext may be sent to, and/or `spapi-guard.reveal`
+    /// (the proxy's own reveal endpoint).
+    pub operations: Vec<String>,
+}
+
+/// The operation id of the proxy's reveal endpoint in reveal grants.
+pub const REVEAL_OPERATION: &str = "spapi-guard.reveal";
 
 fn yes() -> bool {
     true
@@ -226,6 +244,21 @@ pub struct Caller {
     /// PII values per lockout window (the largest of the roles' limits; none if no role sets one).
     pub max_pii_per_window: Option<u64>,
     pub dry_run: bool,
+    /// Classes whose tokens this caller may reveal, per catalog operation index; the last entry
+    /// is the reveal endpoint. Empty when no role grants a reveal.
+    reveal: Vec<PerClass<bool>>,
+}
+
+impl Caller {
+    /// The classes this caller may reveal toward catalog operation `index` (`None`: the reveal
+    /// endpoint), or `None` when it may reveal nothing there.
+    pub fn reveal_classes(&self, operation: Option<usize>) -> Option<&PerClass<bool>> {
+        let at = match operation {
+            Some(i) => i,
+            None => self.reveal.len().checked_sub(1)?,
+        };
+        self.reveal.get(at).filter(|classes| classes.values().any(|&b| b))
+    }
 }
 
 /// The compiled access policy.
@@ -264,6 +297,14 @@ pub enum DenyReason {
     InvalidPath,
     /// The request or response carries a canary record and the policy blocks canaries.
     CanaryBlocked,
+    /// The request carries a token of a class the caller may not reveal toward this operation.
+    DetokenizeNotAllowed,
+    /// The request carries a token that does not open: forged, truncated, or of a key not in the ring.
+    InvalidToken,
+    /// A reveal request the endpoint cannot read.
+    InvalidRevealRequest,
+    /// A request body with tokens that cannot be detokenized: not JSON, or too large.
+    UnreadableRequestBody,
 }
 
 impl DenyReason {
@@ -282,6 +323,10 @@ impl DenyReason {
             DenyReason::InvalidRdtRequest => "invalid_rdt_request",
             DenyReason::InvalidPath => "invalid_path",
             DenyReason::CanaryBlocked => "canary_blocked",
+            DenyReason::DetokenizeNotAllowed => "detokenize_not_allowed",
+            DenyReason::InvalidToken => "invalid_token",
+            DenyReason::InvalidRevealRequest => "invalid_reveal_request",
+            DenyReason::UnreadableRequestBody => "unreadable_request_body",
         }
     }
 
@@ -298,7 +343,7 @@ impl DenyReason {
             // locked-out app would sleep through its lockout and never learn of it. A 403 is
             // never retried; Retry-After still says when the lockout ends.
             DenyReason::LockedOut => 403,
-            DenyReason::InvalidRdtRequest | DenyReason::InvalidPath => 400,
+            DenyReason::InvalidRdtRequest | DenyReason::InvalidPath | DenyReason::InvalidToken | DenyReason::InvalidRevealRequest | DenyReason::UnreadableRequestBody => 400,
             _ => 403,
         }
     }
@@ -310,6 +355,10 @@ impl DenyReason {
             DenyReason::InvalidRdtRequest => ("InvalidInput", "The Restricted Data Token request could not be read."),
             DenyReason::InvalidPath => ("InvalidInput", "The request path or query is not valid."),
             DenyReason::TlsRequired => ("Unauthorized", "Requests must use TLS 1.2 or later."),
+            DenyReason::DetokenizeNotAllowed => ("Unauthorized", "The request carries a token this caller may not reveal toward this operation."),
+            DenyReason::InvalidToken => ("InvalidInput", "The request carries a token that is not valid."),
+            DenyReason::UnreadableRequestBody => ("InvalidInput", "The request body carries tokens but is not JSON, or is too large to detokenize."),
+            DenyReason::InvalidRevealRequest => ("InvalidInput", "The reveal request could not be read; send a JSON object whose tokens member lists the tokens."),
             _ => ("Unauthorized", "Access to requested resource is denied."),
         };
         format!(r#"{{"errors":[{{"code":"{code}","message":"{message}","details":"spapi-guard:{}"}}]}}"#, self.code())
@@ -401,6 +450,12 @@ impl Access {
         let deny = cidrs(&doc.deny_cidrs, "access.denyCidrs")?;
         // A node identity names the workload the proxy serves, whoever sends the request: only
         // the app beside it (on loopback) may reach it.
+        if sources.contains(&IdentitySource::Node) && doc.xff_trusted_hops > 0 {
+            return Err(ConfigError::new(
+                "access.xffTrustedHops",
+                "must be 0 when 'node' is an identity source: with trusted hops the client address comes from X-Forwarded-For, so any client could claim loopback and be taken for this proxy's workload",
+            ));
+        }
         if sources.contains(&IdentitySource::Node) && !allow.as_ref().is_some_and(|l| !l.is_empty() && l.iter().all(Cidr::is_loopback)) {
             return Err(ConfigError::new(
                 "access.allowCidrs",
@@ -450,6 +505,7 @@ impl Access {
                 actions: PerClass::splat(Action::Remove),
                 max_pii_per_window: None,
                 dry_run: false,
+                reveal: Vec::new(),
             };
             for (j, name) in c.roles.iter().enumerate() {
                 let role =
@@ -468,6 +524,16 @@ impl Access {
                     (a, b) => a.or(b),
                 };
                 caller.dry_run |= role.dry_run;
+                if !role.reveal.is_empty() {
+                    caller.reveal.resize(catalog.operations.len() + 1, PerClass::splat(false));
+                    for (k, classes) in role.reveal.iter().enumerate() {
+                        for (class, &granted) in classes.iter() {
+                            if granted {
+                                caller.reveal[k][class] = true;
+                            }
+                        }
+                    }
+                }
             }
             compiled.push(caller);
         }
@@ -648,6 +714,8 @@ fn grants_any(caller: &Caller, mut classes: impl Iterator<Item = PiiClass>) -> b
 
 struct CompiledRole {
     operations: Vec<bool>,
+    /// Per catalog operation index (+ the reveal endpoint last): classes that may be revealed.
+    reveal: Vec<PerClass<bool>>,
     actions: ClassActions,
     max_pii: Option<u64>,
     dry_run: bool,
@@ -686,7 +754,67 @@ fn compile_role(name: &str, role: &RoleDoc, catalog: &Catalog, policy: &Policy) 
             PiiClass::parse(key).ok_or_else(|| ConfigError::new(format!("{at}.pii.{key}"), format!("'{key}' is not a PII class; use one of {} or *", PiiClass::names())))?;
         actions[class] = level_action(level, class, policy).ok_or_else(|| bad_level(&at, key, level))?;
     }
-    Ok(CompiledRole { operations, actions, max_pii: role.max_pii_fields_per_window, dry_run: role.dry_run })
+    let reveal = compile_reveal(&at, &role.reveal, catalog)?;
+    Ok(CompiledRole { operations, actions, max_pii: role.max_pii_fields_per_window, dry_run: role.dry_run, reveal })
+}
+
+/// Compiles a role's reveal grants: per operation (and the reveal endpoint, last), the classes.
+fn compile_reveal(at: &str, grants: &[RevealDoc], catalog: &Catalog) -> Result<Vec<PerClass<bool>>, ConfigError> {
+    if grants.is_empty() {
+        return Ok(Vec::new());
+    }
+    let mut out = vec![PerClass::splat(false); catalog.operations.len() + 1];
+    for (g, grant) in grants.iter().enumerate() {
+        let at = format!("{at}.reveal[{g}]");
+        let mut classes = PerClass::splat(false);
+        if grant.classes.is_empty() {
+            return Err(ConfigError::new(format!("{at}.classes"), "is empty; list the PII classes whose tokens may be revealed"));
+        }
+        for (i, name) in grant.classes.iter().enumerate() {
+            if name == "*" {
+                classes = PerClass::splat(true);
+            } else {
+                let class = PiiClass::parse(name)
+                    .ok_or_else(|| ConfigError::new(format!("{at}.classes[{i}]"), format!("'{name}' is not a PII class; use one of {} or *", PiiClass::names())))?;
+                classes[class] = true;
+            }
+        }
+        if grant.operations.is_empty() {
+            return Err(ConfigError::new(format!("{at}.operations"), format!("is empty; list operation ids (shipping-v2.*) and/or {REVEAL_OPERATION}")));
+        }
+        for (i, pattern) in grant.operations.iter().enumerate() {
+            let mut matched = false;
+            if glob(pattern, REVEAL_OPERATION) {
+                matched = true;
+                if let Some(last) = out.last_mut() {
+                    merge(last, &classes);
+                }
+            }
+            for (k, op) in catalog.operations.iter().enumerate() {
+                if glob(pattern, &op.id) {
+                    matched = true;
+                    if let Some(slot) = out.get_mut(k) {
+                        merge(slot, &classes);
+                    }
+                }
+            }
+            if !matched {
+                return Err(ConfigError::new(
+                    format!("{at}.operations[{i}]"),
+                    format!("'{pattern}' matches no operation of the catalog nor {REVEAL_OPERATION}; use ids like shipping-v2.getRates or shipping-v2.*"),
+                ));
+            }
+        }
+    }
+    Ok(out)
+}
+
+fn merge(into: &mut PerClass<bool>, classes: &PerClass<bool>) {
+    for (class, &granted) in classes.iter() {
+        if granted {
+            into[class] = true;
+        }
+    }
 }
 
 /// An access level as an action; `tokenize` uses the class's configured token mode.
@@ -1228,6 +1356,9 @@ mod tests {
         assert_eq!(verdict(&g, &f, "GET"), Verdict::Deny(DenyReason::UnknownCaller));
         p["access"]["allowCidrs"] = json!(["127.0.0.0/8", "10.0.0.0/8"]);
         assert!(guard(&p).is_err());
+        p["access"]["allowCidrs"] = json!(["127.0.0.1/32"]);
+        p["access"]["xffTrustedHops"] = json!(1);
+        assert_eq!(guard(&p).err().map(|e| e.field), Some("access.xffTrustedHops".to_string()));
     }
 
     #[test]

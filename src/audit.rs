@@ -37,6 +37,11 @@ pub enum Outcome {
     /// The exchange ended (a reset, a disconnect) while the filter held a body it had not finished
     /// checking or rewriting: nothing of that body was released.
     Aborted,
+    /// The reveal endpoint answered with the plaintexts of the tokens asked for.
+    Revealed,
+    /// The SP-API gave no usable response (timeout, connection failure, protocol error): Envoy
+    /// answered itself, and no upstream byte reached the client.
+    UpstreamFailed,
 }
 
 /// The decision on a request.

@@ -94,6 +94,40 @@ impl Canaries {
         self.ids.iter().zip(hit).filter(|(_, h)| *h).map(|(id, _)| id.as_str()).collect()
     }
 
+    /// The canaries in a JSON body as a JSON parser reads it: the raw bytes, and every member
+    /// name and string decoded (a canary written with escapes, `902\u002d0000000…`, is the same
+    /// value to the SP-API and every client). Bodies that are not JSON are searched raw.
+    pub fn find_in_json(&self, body: &[u8]) -> Vec<&str> {
+        let mut hits = self.find(body);
+        if self.matcher.is_none() {
+            return hits;
+        }
+        fn add<'c>(canaries: &'c Canaries, text: &str, hits: &mut Vec<&'c str>) {
+            for id in canaries.find(text.as_bytes()) {
+                if !hits.contains(&id) {
+                    hits.push(id);
+                }
+            }
+        }
+        fn walk<'c>(canaries: &'c Canaries, value: &serde_json::Value, hits: &mut Vec<&'c str>) {
+            match value {
+                serde_json::Value::String(s) => add(canaries, s, hits),
+                serde_json::Value::Array(items) => items.iter().for_each(|v| walk(canaries, v, hits)),
+                serde_json::Value::Object(members) => {
+                    for (name, v) in members {
+                        add(canaries, name, hits);
+                        walk(canaries, v, hits);
+                    }
+                }
+                _ => {}
+            }
+        }
+        if let Ok(value) = serde_json::from_slice::<serde_json::Value>(body) {
+            walk(self, &value, &mut hits);
+        }
+        hits
+    }
+
     /// How many bytes of one chunk to keep for the next, so a value split across chunks is found.
     pub fn overlap(&self) -> usize {
         self.longest.saturating_sub(1)
@@ -160,6 +194,14 @@ mod tests {
         assert_eq!(c.find(br#"{"Name":"Zo\u00eb Canarybird"}"#), ["canary-name"]);
         assert_eq!(c.find("{\"Name\":\"Zoë Canarybird\"}".as_bytes()), ["canary-name"]);
         assert!(c.find(b"902-0000000-1111112 and nothing else").is_empty());
+    }
+
+    #[test]
+    fn finds_values_json_escaped_any_way_in_bodies() {
+        let c = canaries(true);
+        let body = br#"{"restrictedResources":[{"method":"GET","path":"/orders/v0/orders/902\u002d0000000-1111111/address"}]}"#;
+        assert!(c.find(body).is_empty(), "not in its fixed forms");
+        assert_eq!(c.find_in_json(body), vec!["canary-order"]);
     }
 
     #[test]

@@ -66,6 +66,10 @@ struct CatalogOperation {
     path_template: String,
     restricted: bool,
     response_pii: Vec<CatalogField>,
+    /// Where requests of this operation carry PII (only whether there is any is used: the
+    /// filter then reads those bodies for tokens to reveal or refuse).
+    #[serde(default)]
+    request_pii: Vec<serde::de::IgnoredAny>,
     query_pii: Vec<CatalogQueryField>,
     non_customer_paths: Vec<NonCustomerPath>,
     #[serde(default)]
@@ -263,6 +267,9 @@ pub struct Operation {
     pub response_matcher: PathMatcher,
     /// Query parameters that carry PII.
     pub query_pii: Vec<(String, PiiClass)>,
+    /// Requests of this operation carry customer PII in their body (Amazon's models): where an
+    /// application sends data it holds as tokens.
+    pub has_request_pii: bool,
 }
 
 impl Operation {
@@ -326,6 +333,7 @@ struct Draft {
     protected: Vec<String>,
     objects: Vec<DraftObject>,
     also_unwrapped: Option<String>,
+    has_request_pii: bool,
 }
 
 /// The built-in customer objects, resolved: id → (class, members).
@@ -428,6 +436,7 @@ impl Catalog {
                     protected: op.non_customer_paths.into_iter().map(|p| p.jsonpath).collect(),
                     objects: placed,
                     also_unwrapped: op.also_unwrapped,
+                    has_request_pii: !op.request_pii.is_empty(),
                     id: op.id,
                     api: op.api,
                     version: op.version,
@@ -466,6 +475,8 @@ impl Catalog {
                 protected: Vec::new(),
                 objects: placed,
                 also_unwrapped: doc.also_unwrapped.clone(),
+                // A policy's own operation may carry anything: its request bodies are read.
+                has_request_pii: true,
             });
         }
 
@@ -735,6 +746,7 @@ fn compile(draft: Draft) -> Result<Operation, ConfigError> {
         also_unwrapped: draft.also_unwrapped,
         response_matcher: matcher,
         query_pii,
+        has_request_pii: draft.has_request_pii,
     })
 }
 

@@ -21,20 +21,32 @@ use std::rc::Rc;
 use crate::access::{Caller, Decision, DenyReason, IdentitySource, RequestFacts, Verdict};
 use crate::audit::{redacted_path_with, AuditEvent, DecisionIds, DecisionKind, Outcome, SecurityEvent};
 use crate::canary::ChunkScanner;
+use crate::detokenize::{detokenize_json, detokenize_target, DetokenizeError, Revealed};
 use crate::drift::{DriftAction, DriftFindings, DriftKind};
 use crate::fail_closed::{check_response_headers, FailReason};
 use crate::guard::{FieldCounts, Guard};
 use crate::lockout::{LockState, Trigger};
+use crate::pii::PerClass;
 use crate::policy::ClassActions;
+use crate::tokens::ValueKind;
 
 /// Reason of a request answered by a filter in front of spapi-guard.
 const REFUSED_BEFORE: &str = "refused_before_spapi_guard";
 /// Reason of an exchange that ended (reset, disconnect) before the body the filter held was whole.
 const RESPONSE_INCOMPLETE: &str = "response_incomplete";
 const REQUEST_INCOMPLETE: &str = "request_incomplete";
+/// Reasons of an exchange Envoy answered itself because the SP-API gave no usable response.
+const UPSTREAM_TIMEOUT: &str = "upstream_timeout";
+const UPSTREAM_UNAVAILABLE: &str = "upstream_unavailable";
 
 /// Largest `createRestrictedDataToken` request body read (50 resources fit easily).
 pub const MAX_RDT_BODY: usize = 64 * 1024;
+/// Largest request body detokenized (a label purchase is a few KB).
+pub const MAX_DETOKENIZE_BODY: usize = 1024 * 1024;
+/// The proxy's own endpoint that turns tokens back into data for callers allowed to see them.
+pub const REVEAL_PATH: &str = "/spapi-guard/v1/reveal";
+/// Most tokens one reveal request may ask for.
+pub const MAX_REVEAL_TOKENS: usize = 1000;
 
 /// What the host does after a phase.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -82,6 +94,8 @@ pub trait HttpHost: Host {
     fn request_body(&self, max: usize) -> Vec<u8>;
     /// Up to `max` bytes of the response body the host holds.
     fn response_body(&self, max: usize) -> Vec<u8>;
+    /// Replaces the first `replaced` bytes of the held request body with `body`.
+    fn set_request_body(&mut self, replaced: usize, body: &[u8]);
     /// Replaces the first `replaced` bytes of the held response body (all of it, as the filter
     /// uses it) with `body`.
     fn set_response_body(&mut self, replaced: usize, body: &[u8]);
@@ -119,6 +133,10 @@ enum RequestState {
     Streaming,
     /// Held until whole: an RDT request whose resources must be checked.
     CheckingRdt,
+    /// Held until whole: its tokens are turned back into data before it is forwarded.
+    Detokenizing,
+    /// Held until whole: a request to the reveal endpoint, answered by the filter itself.
+    Revealing,
     /// Checked and released.
     Released,
 }
@@ -168,6 +186,10 @@ pub struct Exchange {
     outcome: Outcome,
     reason: Option<&'static str>,
     counts: FieldCounts,
+    /// The classes the caller may reveal toward this request's destination.
+    reveal: Option<PerClass<bool>>,
+    /// Tokens turned back into data for this request.
+    revealed: Revealed,
     upstream_status: Option<u32>,
     /// Size of the request body held so far (as the host last reported it).
     request_held: usize,
@@ -207,6 +229,8 @@ impl Exchange {
             outcome: Outcome::Unmatched,
             reason: None,
             counts: FieldCounts::default(),
+            reveal: None,
+            revealed: Revealed::default(),
             upstream_status: None,
             request_held: 0,
             response_held: 0,
@@ -284,7 +308,11 @@ impl Exchange {
         self.operation = guard.catalog.route_index(&self.method, &path);
         let operation = self.operation.and_then(|i| guard.catalog.operations.get(i).map(|op| (i, op)));
         let now = host.now_ms();
-        let decision = guard.access.decide(&facts, operation, &|caller| host.lock_state(&caller.id).is_locked(now));
+        let mut decision = guard.access.decide(&facts, operation, &|caller| host.lock_state(&caller.id).is_locked(now));
+        let reveal_endpoint = crate::uri::split(&path).path == REVEAL_PATH;
+        if reveal_endpoint {
+            reveal_decision(&guard, &mut decision, &self.method);
+        }
         let caller_actions = decision.caller.and_then(|c| guard.access.callers.get(c)).map(|c| c.actions);
         let denial = decision.enforced_denial();
         let needs_body_check = decision.needs_body_check;
@@ -342,11 +370,56 @@ impl Exchange {
             self.request = RequestState::CheckingRdt;
             return Flow::Pause;
         }
-        Flow::Continue
+        let allowed = self.decision.as_ref().is_some_and(|d| d.verdict == Verdict::Allow);
+        let caller = self.decision.as_ref().and_then(|d| d.caller).and_then(|c| guard.access.callers.get(c));
+        if reveal_endpoint {
+            // Allowed by reveal_decision: answered by the filter once the body is whole.
+            self.outcome = Outcome::Revealed;
+            self.reveal = caller.and_then(|c| c.reveal_classes(None)).copied();
+            if end_of_stream {
+                return self.deny(host, DenyReason::InvalidRevealRequest);
+            }
+            self.request = RequestState::Revealing;
+            return Flow::Pause;
+        }
+        // Detokenization toward this operation, for a caller allowed to reveal there. A caller
+        // without a grant here may send no token where data is expected (the path, the query, the
+        // body of an operation that carries PII): it would reach Amazon instead of the data.
+        let grant = if allowed { caller.and_then(|c| c.reveal_classes(self.operation)).copied() } else { None };
+        let body_carries_pii = operation.is_some_and(|(_, op)| op.has_request_pii);
+        let path_has_token = self.path.contains(crate::tokens::TOKEN_PREFIX);
+        self.reveal = match grant {
+            Some(classes) => Some(classes),
+            None if allowed && (body_carries_pii || path_has_token) => Some(PerClass::splat(false)),
+            None => None,
+        };
+        let Some(classes) = self.reveal else { return Flow::Continue };
+        match detokenize_target(&guard.tokens, &classes, &self.path, &mut self.revealed) {
+            Ok(Some(target)) => host.set_request_header(":path", Some(&target)),
+            Ok(None) => {}
+            Err(e) => return self.refuse_detokenize(host, e),
+        }
+        if end_of_stream {
+            self.count_revealed(host);
+            return Flow::Continue;
+        }
+        self.request = RequestState::Detokenizing;
+        Flow::Pause
     }
 
     pub fn on_request_body(&mut self, host: &mut dyn HttpHost, body_size: usize, end_of_stream: bool) -> Flow {
         match self.request {
+            RequestState::Detokenizing | RequestState::Revealing => {
+                self.request_held = body_size;
+                if body_size > MAX_DETOKENIZE_BODY {
+                    let reason = if self.request == RequestState::Revealing { DenyReason::InvalidRevealRequest } else { DenyReason::UnreadableRequestBody };
+                    return self.deny(host, reason);
+                }
+                if !end_of_stream {
+                    return Flow::Pause;
+                }
+                self.finish_held_request(host)
+            }
             RequestState::CheckingRdt => {
                 self.request_held = body_size;
                 if body_size > MAX_RDT_BODY {
@@ -369,6 +442,7 @@ impl Exchange {
     pub fn on_request_trailers(&mut self, host: &mut dyn HttpHost) -> Flow {
         match self.request {
             RequestState::CheckingRdt => self.finish_rdt(host),
+            RequestState::Detokenizing | RequestState::Revealing => self.finish_held_request(host),
             _ if self.reply != Reply::None => Flow::Pause,
             _ => Flow::Continue,
         }
@@ -382,6 +456,15 @@ impl Exchange {
             Reply::None => {}
         }
         self.response_started = true;
+        // Envoy's own answer (route timeout, connection failure, upstream protocol error) is no
+        // SP-API response: it carries no upstream byte, and auditing it as one that failed
+        // closed would feed the fail-closed alarm with the upstream's outages.
+        if let Some(details) = text(host.property(&["response", "code_details"])).filter(|d| !d.is_empty() && d != "via_upstream") {
+            self.outcome = Outcome::UpstreamFailed;
+            self.reason = Some(if details.contains("timeout") { UPSTREAM_TIMEOUT } else { UPSTREAM_UNAVAILABLE });
+            self.response = ResponseState::Streaming;
+            return Flow::Continue;
+        }
         self.upstream_status = text(host.response_header(":status")).and_then(|s| s.trim().parse().ok());
         if self.outcome != Outcome::Protected {
             self.response = ResponseState::Streaming;
@@ -473,7 +556,7 @@ impl Exchange {
             self.outcome = Outcome::Denied;
             self.reason = Some(REFUSED_BEFORE);
             self.request_id = text(host.property(&["request", "id"])).unwrap_or_default();
-        } else if self.reply == Reply::None && self.request == RequestState::CheckingRdt {
+        } else if self.reply == Reply::None && matches!(self.request, RequestState::CheckingRdt | RequestState::Detokenizing | RequestState::Revealing) {
             // Reset before the RDT request was whole: it was never forwarded.
             self.outcome = Outcome::Aborted;
             self.reason = Some(REQUEST_INCOMPLETE);
@@ -482,6 +565,7 @@ impl Exchange {
             self.outcome = Outcome::Aborted;
             self.reason = Some(RESPONSE_INCOMPLETE);
         }
+        self.counts.add_revealed(&self.revealed);
         let started_ms = int(host.property(&["request", "time"])).map(|ns| (ns / 1_000_000) as u64);
         let now = host.now_ms();
         let operation = self.operation.and_then(|i| self.guard.catalog.operations.get(i));
@@ -537,7 +621,7 @@ impl Exchange {
             return self.deny(host, DenyReason::InvalidRdtRequest);
         }
         let guard = Rc::clone(&self.guard);
-        if self.canaries_seen(host, guard.canaries.find(&body)) {
+        if self.canaries_seen(host, guard.canaries.find_in_json(&body)) {
             return self.deny(host, DenyReason::CanaryBlocked);
         }
         let Some(caller) = self.decision.as_ref().and_then(|d| d.caller) else {
@@ -550,6 +634,102 @@ impl Exchange {
             }
             Err(reason) => self.deny(host, reason),
         }
+    }
+
+    /// A held request body is whole (end of stream or trailers): detokenized and forwarded, or
+    /// answered by the reveal endpoint.
+    fn finish_held_request(&mut self, host: &mut dyn HttpHost) -> Flow {
+        let body = host.request_body(MAX_DETOKENIZE_BODY + 1);
+        let Some(classes) = self.reveal else { return self.deny(host, DenyReason::DetokenizeNotAllowed) };
+        if self.request == RequestState::Revealing {
+            return self.answer_reveal(host, &classes, &body);
+        }
+        if body.len() > MAX_DETOKENIZE_BODY {
+            return self.deny(host, DenyReason::UnreadableRequestBody);
+        }
+        let guard = Rc::clone(&self.guard);
+        if self.canaries_seen(host, guard.canaries.find_in_json(&body)) {
+            return self.deny(host, DenyReason::CanaryBlocked);
+        }
+        match detokenize_json(&guard.tokens, &classes, &body, &mut self.revealed) {
+            Ok(Some(new_body)) => {
+                host.set_request_body(body.len(), &new_body);
+                host.set_request_header("content-length", Some(&new_body.len().to_string()));
+            }
+            Ok(None) => {}
+            Err(e) => return self.refuse_detokenize(host, e),
+        }
+        self.request = RequestState::Released;
+        self.count_revealed(host);
+        Flow::Continue
+    }
+
+    /// The reveal endpoint: `{"tokens": [..]}` → `{"values": [..]}`, every token of a class the
+    /// caller may reveal, or nothing at all.
+    fn answer_reveal(&mut self, host: &mut dyn HttpHost, classes: &PerClass<bool>, body: &[u8]) -> Flow {
+        #[derive(serde::Deserialize)]
+        #[serde(deny_unknown_fields)]
+        struct RevealRequest {
+            tokens: Vec<String>,
+        }
+        let request: RevealRequest = match serde_json::from_slice(body) {
+            Ok(r) => r,
+            Err(_) => return self.deny(host, DenyReason::InvalidRevealRequest),
+        };
+        if request.tokens.is_empty() || request.tokens.len() > MAX_REVEAL_TOKENS {
+            return self.deny(host, DenyReason::InvalidRevealRequest);
+        }
+        let guard = Rc::clone(&self.guard);
+        let mut values = Vec::with_capacity(body.len());
+        values.extend_from_slice(b"{\"values\":[");
+        let mut revealed = Revealed::default();
+        for (i, token) in request.tokens.iter().enumerate() {
+            let Ok(opened) = guard.tokens.open(token) else { return self.deny(host, DenyReason::InvalidToken) };
+            if !classes[opened.class] {
+                return self.deny(host, DenyReason::DetokenizeNotAllowed);
+            }
+            revealed.counts[opened.class] = revealed.counts[opened.class].saturating_add(1);
+            if i > 0 {
+                values.push(b',');
+            }
+            match opened.kind {
+                ValueKind::Text => crate::json_rewrite::write_json_string(&String::from_utf8_lossy(&opened.plaintext), &mut values),
+                ValueKind::RawJson => values.extend_from_slice(&opened.plaintext),
+            }
+        }
+        values.extend_from_slice(b"]}");
+        self.revealed = revealed;
+        self.count_revealed(host);
+        self.outcome = Outcome::Revealed;
+        self.request = RequestState::Released;
+        self.bytes_out = values.len();
+        self.reply = Reply::InRequest;
+        let headers = [("content-type", "application/json"), ("cache-control", "no-store"), ("x-spapi-guard", "revealed")];
+        host.send_reply(200, &headers, &values);
+        Flow::Pause
+    }
+
+    /// Refuses a request whose tokens cannot be revealed where it goes: nothing is forwarded.
+    fn refuse_detokenize(&mut self, host: &mut dyn HttpHost, error: DetokenizeError) -> Flow {
+        let reason = match error {
+            DetokenizeError::NotAllowed(_) => DenyReason::DetokenizeNotAllowed,
+            DetokenizeError::InvalidToken => DenyReason::InvalidToken,
+            DetokenizeError::NotJson => DenyReason::UnreadableRequestBody,
+        };
+        self.revealed = Revealed::default();
+        self.deny(host, reason)
+    }
+
+    /// Counts revealed values toward the caller's PII volume (the lockout's anomaly trigger).
+    fn count_revealed(&mut self, host: &mut dyn HttpHost) {
+        let n = u64::from(self.revealed.total());
+        let Some(caller) = self.caller() else { return };
+        let (id, limit, rules) = (caller.id.clone(), caller.max_pii_per_window, self.guard.access.lockout);
+        if n == 0 || limit.is_none() {
+            return;
+        }
+        let trigger = host.update_lock(&id, &|s, now| s.record_pii(now, n, limit, &rules));
+        self.lockout_started(host, &id, trigger);
     }
 
     /// Rewrites the whole response body and releases it, or answers with an error instead.
@@ -824,6 +1004,20 @@ impl Exchange {
             }
         }
     }
+}
+
+/// The access decision on the reveal endpoint, which is no catalog operation: allowed for a known
+/// caller with a reveal grant on it (every check before the operation's passed), POST only.
+fn reveal_decision(guard: &Guard, decision: &mut Decision, method: &str) {
+    if decision.verdict != Verdict::Deny(DenyReason::UnknownOperation) {
+        return;
+    }
+    let Some(caller) = decision.caller.and_then(|c| guard.access.callers.get(c)) else { return };
+    decision.verdict = match (caller.reveal_classes(None), method) {
+        (Some(_), "POST") => Verdict::Allow,
+        (Some(_), _) => Verdict::Deny(DenyReason::InvalidRevealRequest),
+        (None, _) => Verdict::Deny(DenyReason::OperationNotAllowed),
+    };
 }
 
 /// A header or property value as text (lossy: values are compared, never echoed raw).

@@ -12,6 +12,8 @@ pub enum FailReason {
     UnsupportedContentType,
     /// The body is larger than `maxBodyBytes`.
     BodyTooLarge,
+    /// A `charset` other than UTF-8: the filter would read other members than the client.
+    UnsupportedCharset,
 }
 
 impl FailReason {
@@ -22,6 +24,7 @@ impl FailReason {
             FailReason::UnsupportedEncoding => "unsupported_content_encoding",
             FailReason::UnsupportedContentType => "unsupported_content_type",
             FailReason::BodyTooLarge => "body_too_large",
+            FailReason::UnsupportedCharset => "unsupported_charset",
         }
     }
 
@@ -31,6 +34,7 @@ impl FailReason {
             FailReason::UnsupportedEncoding => "The SP-API response is compressed with an encoding spapi-guard does not read; send requests without Accept-Encoding.",
             FailReason::UnsupportedContentType => "The SP-API response is not JSON, so its customer data could not be protected.",
             FailReason::BodyTooLarge => "The SP-API response is larger than the policy's maxBodyBytes; request a smaller page.",
+            FailReason::UnsupportedCharset => "The SP-API response declares a character set other than UTF-8, so its customer data could not be protected.",
         }
     }
 
@@ -61,12 +65,25 @@ pub fn check_response_headers(content_type: Option<&str>, content_encoding: Opti
             Err(_) => return Err(FailReason::InvalidJson),
         }
     }
+    if content_type.is_some_and(|ct| !utf8_charset(ct)) {
+        return Err(FailReason::UnsupportedCharset);
+    }
     match content_type {
         Some(ct) if is_json(ct) => Ok(()),
         // An empty body needs no content type; a body without one is refused when it arrives.
         None if content_length.is_some_and(|l| l.trim() == "0") => Ok(()),
         _ => Err(FailReason::UnsupportedContentType),
     }
+}
+
+/// Whether a content type's `charset` parameter, if any, is UTF-8 (JSON's only encoding, RFC 8259):
+/// a client that decodes by another declared charset (UTF-7, UTF-16) reads members the filter
+/// never saw.
+fn utf8_charset(content_type: &str) -> bool {
+    content_type.split(';').skip(1).all(|param| {
+        let (name, value) = param.split_once('=').unwrap_or((param, ""));
+        !name.trim().eq_ignore_ascii_case("charset") || matches!(value.trim().trim_matches('"').to_ascii_lowercase().as_str(), "utf-8" | "utf8")
+    })
 }
 
 fn is_json(content_type: &str) -> bool {
@@ -93,11 +110,14 @@ mod tests {
         assert_eq!(check_response_headers(None, None, None, 100), Err(FailReason::UnsupportedContentType));
         assert_eq!(check_response_headers(Some("application/json"), None, Some("101"), 100), Err(FailReason::BodyTooLarge));
         assert_eq!(check_response_headers(Some("application/jsonx"), None, None, 100), Err(FailReason::UnsupportedContentType));
+        assert_eq!(check_response_headers(Some("application/json; charset=utf-7"), None, None, 100), Err(FailReason::UnsupportedCharset));
+        assert_eq!(check_response_headers(Some("application/json;Charset=\"UTF-16\""), None, None, 100), Err(FailReason::UnsupportedCharset));
+        assert_eq!(check_response_headers(Some("application/json; charset=\"UTF-8\""), None, None, 100), Ok(()));
     }
 
     #[test]
     fn error_bodies_are_sp_api_style_json() {
-        for r in [FailReason::InvalidJson, FailReason::UnsupportedEncoding, FailReason::UnsupportedContentType, FailReason::BodyTooLarge] {
+        for r in [FailReason::InvalidJson, FailReason::UnsupportedEncoding, FailReason::UnsupportedContentType, FailReason::BodyTooLarge, FailReason::UnsupportedCharset] {
             let v: serde_json::Value = serde_json::from_str(&r.error_body()).expect("json");
             assert_eq!(v["errors"][0]["code"], "PiiProtectionFailed");
             assert_eq!(v["errors"][0]["details"], format!("spapi-guard:{}", r.code()));

@@ -115,7 +115,7 @@ fn schema_warnings(roles: &BTreeMap<String, RoleDoc>, policy: &Policy, catalog: 
     if policy.numbers == NumberAction::Tokenize {
         let (n, first) = example(&|r| r.schema.as_ref().is_some_and(FieldSchema::is_number));
         out.push(format!(
-            "numbers.action: tokenize writes strings where Amazon's models declare numbers ({n} fields, e.g. {first}): Amazon's Python SDK fails the whole response, its JS SDK turns the value into null, typed clients break; use coarsen (the default) or null"
+            "numbers.action: tokenize writes strings where the SP-API models declare numbers ({n} fields, e.g. {first}): the official Python SDK fails the whole response, the official JS SDK turns the value into null, typed clients break; use coarsen (the default) or null"
         ));
     }
     for class in PiiClass::ALL {
@@ -125,7 +125,7 @@ fn schema_warnings(roles: &BTreeMap<String, RoleDoc>, policy: &Policy, catalog: 
         let (n, first) = example(&|r| r.class == class && r.schema.as_ref().is_some_and(FieldSchema::too_short_for_tokens));
         if n > 0 {
             out.push(format!(
-                "classes.{class}: tokens are longer than the maxLength Amazon's models set for {n} {class} fields (e.g. {first}); clients that check lengths (Amazon's Python SDK) refuse them: give roles whose clients read these operations redact or clear for {class}"
+                "classes.{class}: tokens are longer than the maxLength the SP-API models set for {n} {class} fields (e.g. {first}); clients that check lengths (the official Python SDK) refuse them: give roles whose clients read these operations redact or clear for {class}"
             ));
         }
     }
@@ -136,7 +136,7 @@ fn schema_warnings(roles: &BTreeMap<String, RoleDoc>, policy: &Policy, catalog: 
         if n > 0 {
             let classes: Vec<&str> = hidden.iter().map(|c| c.as_str()).collect();
             out.push(format!(
-                "roles.{name}.pii: {} is none, and Amazon's models require {n} such fields (e.g. {first}): they are returned empty (\"\", 0, [] or {{}}), not removed, so clients still parse them; grant redact to return a mask instead",
+                "roles.{name}.pii: {} is none, and the SP-API models require {n} such fields (e.g. {first}): they are returned empty (\"\", 0, [] or {{}}), not removed, so clients still parse them; grant redact to return a mask instead",
                 classes.join(", ")
             ));
         }
@@ -160,10 +160,12 @@ pub struct FieldCounts {
     counts: PerClass<[u32; ACTIONS]>,
 }
 
-/// Slots per class: the five actions, then numbers coarsened.
-const ACTIONS: usize = 6;
+/// Slots per class: the five actions, then numbers coarsened, then tokens revealed.
+const ACTIONS: usize = 7;
 /// The slot of numbers coarsened instead of tokenized (src/schema.rs).
 const COARSENED: usize = 5;
+/// The slot of tokens turned back into plaintext for the caller (src/detokenize.rs).
+const REVEALED: usize = 6;
 const REMOVED: usize = 4;
 
 fn action_slot(action: Action) -> usize {
@@ -185,6 +187,14 @@ impl FieldCounts {
     fn add_treatment(&mut self, class: PiiClass, slot: usize) {
         if let Some(n) = self.counts[class].get_mut(slot) {
             *n = n.saturating_add(1);
+        }
+    }
+
+    /// Adds tokens of each class revealed to the caller.
+    pub fn add_revealed(&mut self, revealed: &crate::detokenize::Revealed) {
+        for (class, &n) in revealed.counts.iter() {
+            let slot = &mut self.counts[class][REVEALED];
+            *slot = slot.saturating_add(n);
         }
     }
 
@@ -215,7 +225,7 @@ impl FieldCounts {
 
     /// Non-zero counts as (class, action name, count).
     pub fn entries(&self) -> impl Iterator<Item = (PiiClass, &'static str, u32)> + '_ {
-        const NAMES: [&str; ACTIONS] = ["tokenized", "hashed", "redacted", "clear", "removed", "coarsened"];
+        const NAMES: [&str; ACTIONS] = ["tokenized", "hashed", "redacted", "clear", "removed", "coarsened", "revealed"];
         PiiClass::ALL.into_iter().flat_map(move |class| {
             (0..ACTIONS).filter_map(move |a| {
                 let n = self.counts[class][a];
@@ -289,9 +299,10 @@ impl<'g> Protector<'g> {
         }
     }
 
-    /// Applies `class`'s action to one value. `required`: the member may not be removed (its
-    /// type's empty value instead).
-    fn protect(&mut self, class: PiiClass, required: bool, value: MatchedValue<'_>, out: &mut Vec<u8>) -> Edit {
+    /// Applies `class`'s action to one value. `model_number`: Amazon's model declares a number
+    /// here (it may be coarsened); `required`: the member may not be removed (its type's empty
+    /// value instead).
+    fn protect(&mut self, class: PiiClass, model_number: bool, required: bool, value: MatchedValue<'_>, out: &mut Vec<u8>) -> Edit {
         let action = self.actions[class];
         let (plaintext, kind): (&[u8], ValueKind) = match &value {
             // An empty string carries no PII; keeping it keeps "was it empty" answerable.
@@ -299,8 +310,11 @@ impl<'g> Protector<'g> {
             MatchedValue::Text(t) => (t.as_bytes(), ValueKind::Text),
             MatchedValue::Raw(r) => (r.as_bytes(), ValueKind::RawJson),
         };
-        // Schema-faithful (src/schema.rs): a number stays a number unless the policy opts in…
-        if kind == ValueKind::RawJson && is_number_text(&String::from_utf8_lossy(plaintext)) {
+        // Schema-faithful (src/schema.rs): a number the model declares a number stays a number
+        // unless the policy opts in… A number where the model expects text, or where no model
+        // says anything (a member Amazon added, a detector's find), is no coordinate: a phone or
+        // postal code sent as digits is protected like any other value.
+        if kind == ValueKind::RawJson && model_number && is_number_text(&String::from_utf8_lossy(plaintext)) {
             let numbers = self.guard.policy.numbers;
             match action {
                 Action::Tokenize(_) | Action::Hash | Action::Redact if numbers != NumberAction::Tokenize => {
@@ -383,7 +397,8 @@ impl FieldHandler for Protector<'_> {
         }
         if let Some(rule) = self.op.response_rules.get(rule as usize) {
             let required = rule.schema.as_ref().is_some_and(|f| f.required);
-            return Ok(self.protect(rule.class, required, value, out));
+            let model_number = rule.schema.as_ref().is_some_and(FieldSchema::is_number);
+            return Ok(self.protect(rule.class, model_number, required, value, out));
         }
         let Some(catch_all) = self.op.catch_all(rule) else { return Ok(Edit::Keep) };
         // A member of a customer object that no rule names: Amazon added it. Every scalar in it
@@ -395,8 +410,8 @@ impl FieldHandler for Protector<'_> {
             MatchedValue::Raw(_) => member_class(site.key().as_deref(), None, catch_all.class),
         };
         self.drift.add(DriftKind::Member, DriftAction::Protected, || site.template());
-        // Not in Amazon's model: nothing requires it, the caller may lose it.
-        Ok(self.protect(class, false, value, out))
+        // Not in Amazon's model: nothing requires it (the caller may lose it) or makes it a number.
+        Ok(self.protect(class, false, false, value, out))
     }
 
     fn unmatched(&mut self, value: &str, site: &Site<'_>, out: &mut Vec<u8>) -> Result<Edit, Never> {
@@ -413,7 +428,7 @@ impl FieldHandler for Protector<'_> {
         }
         self.drift.add(kind, DriftAction::Protected, || site.template());
         // Where the model says nothing, a value the caller may not see is emptied, not removed.
-        Ok(self.protect(kind.class(), true, MatchedValue::Text(std::borrow::Cow::Borrowed(value)), out))
+        Ok(self.protect(kind.class(), false, true, MatchedValue::Text(std::borrow::Cow::Borrowed(value)), out))
     }
 
     fn scans(&self) -> bool {
@@ -559,6 +574,22 @@ mod tests {
     }
 
     #[test]
+    fn numbers_where_the_model_expects_text_are_tokenized_not_coarsened() {
+        let g = guard("");
+        let op = g.catalog.route("GET", "/orders/v0/orders/1/address").expect("op");
+        let body = br#"{"payload":{"ShippingAddress":{"Phone":2065550123,"PostalCode":98101,"AddressLine1":4.2e3}}}"#;
+        let out = g.protect_response(op, body).expect("ok");
+        let text = String::from_utf8(out.body.expect("changed")).expect("utf8");
+        for clear in ["2065550123", "98101", "4.2e3", "4200"] {
+            assert!(!text.contains(clear), "{clear} in {text}");
+        }
+        let v: serde_json::Value = serde_json::from_str(&text).expect("json");
+        let phone = g.tokens.open(v["payload"]["ShippingAddress"]["Phone"].as_str().expect("token")).expect("opens");
+        assert_eq!((phone.plaintext.as_slice(), phone.kind), (&b"2065550123"[..], ValueKind::RawJson));
+        assert_eq!(out.counts.coarsened(PiiClass::Address), 0);
+    }
+
+    #[test]
     fn required_members_are_emptied_never_removed() {
         let g = guard("");
         let op = g.catalog.route("GET", "/mfn/v0/shipments/S1").expect("op");
@@ -636,8 +667,9 @@ mod tests {
         assert_eq!(b["Contact"], "<email>", "its value says email");
         assert_eq!(b["Nickname"], "<other>", "nothing says: the object's class");
         assert_eq!(b["Alternate"]["Line"], "<address>", "nested, by name");
-        assert_eq!(b["Alternate"]["Floors"], 3, "numbers stay numbers");
-        assert_eq!(b["Alternate"]["Lat"], serde_json::json!(47.6));
+        // No model says these are numbers (a phone could come as digits): tokens, like any value.
+        assert_eq!(b["Alternate"]["Floors"], "<address>");
+        assert_eq!(b["Alternate"]["Lat"], "<other>");
         assert_eq!(b["Alternate"]["Verified"], true);
         assert_eq!(b["BuyerTaxInfo"]["TaxingRegion"], "<address>", "classified by the definition now");
         assert_eq!(b["BuyerTaxInfo"]["TaxClassifications"][0]["Name"], "VATNumber", "a label, clear");

@@ -24,6 +24,7 @@ pub mod canary;
 pub mod catalog;
 pub mod cidr;
 pub mod config_error;
+pub mod detokenize;
 pub mod drift;
 pub mod exchange;
 pub mod fail_closed;

@@ -32,6 +32,8 @@ pub struct MockHost {
     pub request_body: Vec<u8>,
     /// The response body the host holds.
     pub response_body: Vec<u8>,
+    /// Whether the request body was replaced by the filter.
+    pub request_body_set: bool,
     /// Whether the response body was replaced by the filter.
     pub response_body_set: bool,
     pub reply: Option<SentReply>,
@@ -163,6 +165,13 @@ impl HttpHost for MockHost {
 
     fn response_body(&self, max: usize) -> Vec<u8> {
         self.response_body[..max.min(self.response_body.len())].to_vec()
+    }
+
+    fn set_request_body(&mut self, replaced: usize, body: &[u8]) {
+        let rest = self.request_body.split_off(replaced.min(self.request_body.len()));
+        self.request_body = body.to_vec();
+        self.request_body.extend_from_slice(&rest);
+        self.request_body_set = true;
     }
 
     fn set_response_body(&mut self, replaced: usize, body: &[u8]) {

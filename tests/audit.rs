@@ -169,10 +169,10 @@ fn metrics_equal_the_traffic_sent() {
         (r#"spapi_guard_caller_requests_total{caller="unknown"}"#.to_string(), 1),
         (format!(r#"spapi_guard_caller_denials_total{{caller="{analytics}"}}"#), 2),
         (r#"spapi_guard_caller_denials_total{caller="unknown"}"#.to_string(), 1),
+        // Per address response: 6 address strings tokenized, 2 coordinates coarsened, 1 name;
+        // CountryCode is not PII on its own (clear, not counted).
         (format!(r#"spapi_guard_caller_pii_fields_total{{caller="{sync}"}}"#), 27),
         (format!(r#"spapi_guard_caller_pii_fields_total{{caller="{labels}"}}"#), 16),
-        // 8 address values in the fixture (CountryCode is clear), 2 of them coordinates: numbers,
-        // coarsened rather than tokenized.
         (r#"spapi_guard_pii_fields_total{action="tokenized",class="address"}"#.to_string(), 18),
         (r#"spapi_guard_pii_fields_total{action="coarsened",class="address"}"#.to_string(), 6),
         (r#"spapi_guard_pii_fields_total{action="tokenized",class="name"}"#.to_string(), 3),

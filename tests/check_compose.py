@@ -2,7 +2,9 @@
 """Checks that docker-compose.yml agrees with the Envoy config and policy the tests use:
 the rendered envoy/envoy.yaml is up to date (checked by `make check-config` before this), the
 files compose mounts are the ones the config names, the key variables compose passes are the
-policy's, and the mock listens where the config's upstream points."""
+policy's, and the mock listens where the config's upstream points. Likewise for the production
+profile (service envoy-production, envoy/envoy.production.yaml): its own mounts and keys, no mock,
+and every upstream an SP-API endpoint over verified TLS with the image's system trust store."""
 import json
 import pathlib
 import sys
@@ -54,6 +56,42 @@ check(listener["per_connection_buffer_limit_bytes"] == policy.get("bufferLimitBy
       "the listener's buffer limit is the policy's bufferLimitBytes (the filter sizes rewrites by it)")
 check(listener["per_connection_buffer_limit_bytes"] >= 3 * policy.get("maxBodyBytes", 8 * 1024 * 1024),
       "maxBodyBytes can grow 3x within the buffer limit")
+
+# The production profile.
+prod = yaml.safe_load((ROOT / "envoy" / "envoy.production.yaml").read_text())
+psvc = compose["services"].get("envoy-production") or {}
+check(psvc.get("profiles") == ["production"], "envoy-production runs only with --profile production")
+pmounts = {v.split(":")[1]: v.split(":")[0] for v in psvc.get("volumes", [])}
+check(pmounts.get("/etc/envoy/envoy.yaml") == "./envoy/envoy.production.yaml", "envoy-production mounts envoy/envoy.production.yaml")
+check("/etc/envoy/envoy.yaml" in psvc.get("command", []), "envoy-production starts Envoy with the mounted config")
+plistener = prod["static_resources"]["listeners"][0]
+phcm = plistener["filter_chains"][0]["filters"][0]["typed_config"]
+pwasm = next(f for f in phcm["http_filters"] if f["name"] == "envoy.filters.http.wasm")["typed_config"]["config"]
+check(pmounts.get(pwasm["vm_config"]["code"]["local"]["filename"]) == "./target/wasm32-wasip1/release/spapi_guard.wasm",
+      "the wasm path in envoy.production.yaml is the file compose mounts")
+check(json.loads(pwasm["configuration"]["value"]) == policy, "envoy.production.yaml embeds policies/default.json")
+ptls = plistener["filter_chains"][0]["transport_socket"]["typed_config"]["common_tls_context"]
+check(pmounts.get(str(pathlib.PurePosixPath(ptls["validation_context"]["trusted_ca"]["filename"]).parent)) == "./.run/demo/tls",
+      "envoy-production mounts the listener certificates where the config reads them")
+check(set(psvc.get("environment", {})) == env_keys, "envoy-production passes exactly the policy's key variables")
+check(any(port.endswith(f":{plistener['address']['socket_address']['port_value']}") for port in psvc.get("ports", [])),
+      "envoy-production publishes the listener port")
+check(not set(p.split(":")[-2] if p.count(":") == 2 else p.split(":")[0] for p in psvc.get("ports", []))
+      & set(p.split(":")[-2] if p.count(":") == 2 else p.split(":")[0] for p in svc["ports"]),
+      "the demo and production services publish different host ports")
+check("network_mode" not in psvc and "depends_on" not in psvc, "envoy-production needs no mock")
+clusters = prod["static_resources"]["clusters"]
+check(len(clusters) == 6, "six SP-API clusters (NA, EU, FE and their sandboxes)")
+for c in clusters:
+    ts = c["transport_socket"]["typed_config"]
+    vc = ts["common_tls_context"]["validation_context"]
+    host = c["load_assignment"]["endpoints"][0]["lb_endpoints"][0]["endpoint"]["hostname"]
+    check(host.endswith(".amazon.com") and ts["sni"] == host
+          and vc["match_typed_subject_alt_names"] == [{"san_type": "DNS", "matcher": {"exact": host}}],
+          f"{c['name']}: TLS with SNI and SAN {host}")
+    check(vc["trusted_ca"]["filename"] == "/etc/ssl/certs/ca-certificates.crt", f"{c['name']}: the image's system trust store")
+    check(ts["common_tls_context"]["tls_params"]["tls_minimum_protocol_version"] == "TLSv1_2", f"{c['name']}: TLS 1.2 or later")
+check(plistener["per_connection_buffer_limit_bytes"] == listener["per_connection_buffer_limit_bytes"], "same buffer limit in both profiles")
 
 for f in failures:
     print("docker-compose check failed:", f)

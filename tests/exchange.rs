@@ -441,6 +441,29 @@ fn pass_through_and_unprotected_responses_stream_in_chunks() {
 }
 
 #[test]
+fn envoys_own_replies_are_no_sp_api_responses() {
+    let guard = guard();
+    for (details, reason) in [("upstream_response_timeout", "upstream_timeout"), ("upstream_reset_before_response_started{connection_failure}", "upstream_unavailable")] {
+        let mut x = Exchange1::new(Rc::clone(&guard), "GET", ADDRESS_PATH, Some(ORDER_SYNC));
+        x.request(&[], false);
+        x.host.set_property("response.code_details", details.as_bytes());
+        x.respond(&[(":status", "504"), ("content-type", "text/plain")], &[b"upstream request timeout"], false);
+        assert!(x.seen.reply.is_none(), "not replaced by a fail-closed error");
+        assert_eq!(x.seen.delivered, b"upstream request timeout");
+        let event = x.log(Some(504));
+        assert_eq!((event["outcome"].as_str(), event["reason"].as_str(), event["decision"].as_str()), (Some("upstream_failed"), Some(reason), Some("allow")));
+        assert_eq!(event["upstream_status"], Value::Null);
+        assert!(x.host.security_events().iter().all(|e| e["event"] != "fail_closed"));
+    }
+    // A response Envoy forwards from the upstream says so, and is checked as always.
+    let mut x = Exchange1::new(Rc::clone(&guard), "GET", ADDRESS_PATH, Some(ORDER_SYNC));
+    x.request(&[], false);
+    x.host.set_property("response.code_details", b"via_upstream");
+    x.respond(&[(":status", "200"), ("content-type", "text/plain")], &[b"Jane Doe"], false);
+    assert_eq!(x.seen.reply.as_ref().map(|r| r.status), Some(502));
+}
+
+#[test]
 fn responses_without_a_body_pass() {
     let guard = guard();
     let mut x = Exchange1::new(Rc::clone(&guard), "GET", ADDRESS_PATH, Some(ORDER_SYNC));
@@ -568,4 +591,169 @@ fn pii_free_responses_stream_and_are_scanned_only_when_the_policy_asks() {
             assert_eq!(audit["drift"], json!({}));
         }
     }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Tokens back to data: detokenization toward approved operations, and the reveal endpoint.
+
+const RATES_PATH: &str = "/shipping/v2/shipments/rates";
+
+/// The default policy with reveal grants: label-printer may send addresses and names to the
+/// Shipping API and read them from the reveal endpoint; order-sync may search orders by email.
+fn reveal_policy() -> Value {
+    let mut p = default_policy();
+    p["roles"]["label-printer"]["operations"] = json!(["orders-v0.getOrderAddress", "shipping-v2.getRates", "tokens-2021-03-01.createRestrictedDataToken"]);
+    p["roles"]["label-printer"]["reveal"] = json!([{"classes": ["address", "name"], "operations": ["shipping-v2.getRates", "spapi-guard.reveal"]}]);
+    p["roles"]["label-printer"]["maxPiiFieldsPerWindow"] = json!(20);
+    p["roles"]["order-sync"]["reveal"] = json!([{"classes": ["email"], "operations": ["orders-v0.getOrders"]}]);
+    p
+}
+
+fn seal(guard: &Guard, class: spapi_guard::pii::PiiClass, value: &str) -> String {
+    guard.tokens.seal(class, spapi_guard::tokens::Mode::Deterministic, spapi_guard::tokens::ValueKind::Text, value.as_bytes())
+}
+
+#[test]
+fn tokens_in_a_body_become_data_toward_an_approved_operation_in_any_chunking() {
+    use spapi_guard::pii::PiiClass;
+    let guard = guard_with(reveal_policy());
+    let (name, city) = (seal(&guard, PiiClass::Name, "Jane \"JD\" Doe"), seal(&guard, PiiClass::Address, "Canton"));
+    let body = format!(r#"{{"shipTo":{{"name":"{name}","city":"{city}","addressLine1":"c/o {name}"}},"shipFrom":{{"name":"Acme"}}}}"#);
+    let want = r#"{"shipTo":{"name":"Jane \"JD\" Doe","city":"Canton","addressLine1":"c/o Jane \"JD\" Doe"},"shipFrom":{"name":"Acme"}}"#;
+    for trailers in [false, true] {
+        for split in [1, body.len() / 2, body.len() - 1] {
+            let mut x = Exchange1::new(Rc::clone(&guard), "POST", RATES_PATH, Some(LABEL_PRINTER));
+            x.request(&[&body.as_bytes()[..split], &body.as_bytes()[split..]], trailers);
+            assert!(x.seen.forwarded, "{:?}", x.seen.reply);
+            assert_eq!(String::from_utf8_lossy(&x.host.request_body), want);
+            assert_eq!(x.host.request_header_text("content-length"), Some(want.len().to_string()));
+            x.respond(JSON_HEADERS, &[b"{}"], false);
+            let event = x.log(Some(200));
+            assert_eq!(event["pii"]["name"]["revealed"], 2, "{event}");
+            assert_eq!(event["pii"]["address"]["revealed"], 1);
+            no_pii(x.host.log_text().as_bytes(), &["Jane", "Canton"]);
+            no_pii(x.host.audit.as_deref().unwrap_or_default().as_bytes(), &["Jane", "Canton"]);
+        }
+    }
+}
+
+#[test]
+fn tokens_that_may_not_be_revealed_there_stop_the_request() {
+    use spapi_guard::pii::PiiClass;
+    let guard = guard_with(reveal_policy());
+    let email = seal(&guard, PiiClass::Email, "jane@example.com");
+    let name = seal(&guard, PiiClass::Name, "Jane");
+    let cases = [
+        // A class outside the grant.
+        (format!(r#"{{"shipTo":{{"email":"{email}"}}}}"#), 403, "detokenize_not_allowed"),
+        // Forged, truncated, another key.
+        (format!(r#"{{"shipTo":{{"name":"{}"}}}}"#, name.replace(".name.", ".address.")), 400, "invalid_token"),
+        (format!(r#"{{"shipTo":{{"name":"{}"}}}}"#, &name[..name.len() - 3]), 400, "invalid_token"),
+        (format!(r#"{{"shipTo":{{"name":"{}"}}}}"#, name.replace(".demo-1.", ".other.")), 400, "invalid_token"),
+        // Not JSON.
+        (format!("name={name}"), 400, "unreadable_request_body"),
+    ];
+    for (body, status, code) in cases {
+        for trailers in [false, true] {
+            let mut x = Exchange1::new(Rc::clone(&guard), "POST", RATES_PATH, Some(LABEL_PRINTER));
+            x.request(&[body.as_bytes()], trailers);
+            let reply = x.seen.reply.clone().unwrap_or_else(|| panic!("{code}: forwarded"));
+            assert_eq!((reply.status, reply.header("x-spapi-guard")), (status, Some(code)), "{body}");
+            assert!(!x.seen.forwarded && !x.host.request_body_set);
+        }
+    }
+    // A caller without a reveal grant there may not send tokens where Amazon expects data
+    // (the upstream would get a token instead of the address): refused, nothing forwarded.
+    let body = format!(r#"{{"shipTo":{{"name":"{name}"}}}}"#);
+    let mut x = Exchange1::new(Rc::clone(&guard), "POST", RATES_PATH, Some(ORDER_SYNC));
+    x.request(&[body.as_bytes()], false);
+    assert_eq!(x.seen.reply.as_ref().map(|r| r.status), Some(403));
+    let mut x = Exchange1::new(Rc::clone(&guard), "GET", &format!("/orders/v0/orders/{name}/address"), Some(LABEL_PRINTER));
+    x.request(&[], false);
+    assert_eq!(x.seen.reply.as_ref().and_then(|r| r.header("x-spapi-guard").map(str::to_string)), Some("detokenize_not_allowed".into()));
+    // Its plain data passes unchanged.
+    let mut x = Exchange1::new(Rc::clone(&guard), "POST", RATES_PATH, Some(ORDER_SYNC));
+    x.request(&[br#"{"shipTo":{"name":"Jane"}}"#], true);
+    assert!(x.seen.forwarded && !x.host.request_body_set);
+}
+
+#[test]
+fn a_token_in_the_query_becomes_data_and_the_audit_log_still_hides_it() {
+    use spapi_guard::pii::PiiClass;
+    let guard = guard_with(reveal_policy());
+    let email = seal(&guard, PiiClass::Email, "jane+1@example.com");
+    let path = format!("/orders/v0/orders?MarketplaceIds=ATVPDKIKX0DER&BuyerEmail={email}");
+    let mut x = Exchange1::new(Rc::clone(&guard), "GET", &path, Some(ORDER_SYNC));
+    x.request(&[], false);
+    assert!(x.seen.forwarded);
+    assert_eq!(x.host.request_header_text(":path").as_deref(), Some("/orders/v0/orders?MarketplaceIds=ATVPDKIKX0DER&BuyerEmail=jane%2B1%40example.com"));
+    x.respond(JSON_HEADERS, &[b"{\"payload\":{\"Orders\":[]}}"], false);
+    let event = x.log(Some(200));
+    assert_eq!(event["path"], "/orders/v0/orders?MarketplaceIds=ATVPDKIKX0DER&BuyerEmail={redacted}");
+    assert_eq!(event["pii"]["email"]["revealed"], 1);
+    // label-printer may not reveal emails toward getOrders (no grant there): forwarded as it is.
+    let mut x = Exchange1::new(Rc::clone(&guard), "GET", &path, Some("spiffe://spapi-guard.demo/analytics"));
+    x.request(&[], false);
+    assert_eq!(x.seen.reply.as_ref().map(|r| r.status), Some(403), "analytics may not call getOrders");
+}
+
+fn reveal(guard: &Rc<Guard>, caller: &str, method: &str, body: &str) -> Exchange1 {
+    let mut x = Exchange1::new(Rc::clone(guard), method, "/spapi-guard/v1/reveal", Some(caller));
+    x.request(&[body.as_bytes()], false);
+    x
+}
+
+#[test]
+fn the_reveal_endpoint_answers_allowed_callers_and_refuses_the_rest() {
+    use spapi_guard::pii::PiiClass;
+    let guard = guard_with(reveal_policy());
+    let (name, city, email) = (seal(&guard, PiiClass::Name, "Jane"), seal(&guard, PiiClass::Address, "Canton"), seal(&guard, PiiClass::Email, "j@example.com"));
+    let lat = guard.tokens.seal(PiiClass::Address, spapi_guard::tokens::Mode::Randomized, spapi_guard::tokens::ValueKind::RawJson, b"47.6062");
+    let mut x = reveal(&guard, LABEL_PRINTER, "POST", &json!({"tokens": [name, city, lat]}).to_string());
+    let reply = x.seen.reply.clone().expect("answered by the filter");
+    assert_eq!((reply.status, reply.header("cache-control")), (200, Some("no-store")));
+    let v: Value = serde_json::from_slice(&reply.body).expect("json");
+    assert_eq!(v, json!({"values": ["Jane", "Canton", 47.6062]}));
+    assert!(!x.seen.forwarded);
+    x.respond(&[(":status", "200"), ("content-type", "application/json")], &[&reply.body], false);
+    let event = x.log(Some(200));
+    assert_eq!((event["decision"].as_str(), event["outcome"].as_str()), (Some("allow"), Some("revealed")));
+    assert_eq!(event["pii"], json!({"address": {"revealed": 2}, "name": {"revealed": 1}}));
+    no_pii(x.host.audit.as_deref().unwrap_or_default().as_bytes(), &["Jane", "Canton", "47.6"]);
+
+    let refused = |x: &Exchange1| x.seen.reply.as_ref().map(|r| (r.status, r.header("x-spapi-guard").map(str::to_string)));
+    // A class outside the grant, a forged token, a bad request, GET, and a caller without a grant.
+    assert_eq!(refused(&reveal(&guard, LABEL_PRINTER, "POST", &json!({"tokens": [email]}).to_string())), Some((403, Some("detokenize_not_allowed".into()))));
+    assert_eq!(refused(&reveal(&guard, LABEL_PRINTER, "POST", &json!({"tokens": [name.replace(".name.", ".address.")]}).to_string())), Some((400, Some("invalid_token".into()))));
+    assert_eq!(refused(&reveal(&guard, LABEL_PRINTER, "POST", r#"{"tokens": "x"}"#)), Some((400, Some("invalid_reveal_request".into()))));
+    assert_eq!(refused(&reveal(&guard, LABEL_PRINTER, "POST", r#"{"tokens": [], "more": 1}"#)), Some((400, Some("invalid_reveal_request".into()))));
+    assert_eq!(refused(&reveal(&guard, ORDER_SYNC, "POST", &json!({"tokens": [name]}).to_string())), Some((403, Some("operation_not_allowed".into()))));
+    assert_eq!(refused(&reveal(&guard, "spiffe://spapi-guard.demo/intruder", "POST", &json!({"tokens": [name]}).to_string())), Some((403, Some("unknown_caller".into()))));
+    let mut get = Exchange1::new(Rc::clone(&guard), "GET", "/spapi-guard/v1/reveal", Some(LABEL_PRINTER));
+    get.request(&[], false);
+    assert_eq!(refused(&get), Some((400, Some("invalid_reveal_request".into()))));
+}
+
+#[test]
+fn revealed_values_count_toward_the_lockout() {
+    use spapi_guard::pii::PiiClass;
+    let guard = guard_with(reveal_policy());
+    let tokens: Vec<String> = (0..15).map(|i| seal(&guard, PiiClass::Name, &format!("buyer {i}"))).collect();
+    let body = json!({"tokens": tokens}).to_string();
+    let mut host_locks = None;
+    for round in 0..2 {
+        let mut x = Exchange1::new(Rc::clone(&guard), "POST", "/spapi-guard/v1/reveal", Some(LABEL_PRINTER));
+        if let Some(locks) = host_locks.take() {
+            x.host.locks = locks;
+        }
+        x.request(&[body.as_bytes()], false);
+        assert_eq!(x.seen.reply.as_ref().map(|r| r.status), Some(200), "round {round}");
+        let _ = x.log(Some(200));
+        host_locks = Some(std::mem::take(&mut x.host.locks));
+    }
+    // 30 values in the window, over the role's 20: the next request finds the caller locked.
+    let mut x = Exchange1::new(Rc::clone(&guard), "POST", "/spapi-guard/v1/reveal", Some(LABEL_PRINTER));
+    x.host.locks = host_locks.expect("state");
+    x.request(&[body.as_bytes()], false);
+    assert_eq!(x.seen.reply.as_ref().and_then(|r| r.header("x-spapi-guard").map(str::to_string)), Some("locked_out".into()));
 }

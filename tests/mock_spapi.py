@@ -119,13 +119,15 @@ def make_handler(fixtures, calls, lock):
                 self.wfile.write(head + body)
 
         def _read_body(self):
-            """Reads the request body (content-length or chunked); returns its trailers, if any."""
+            """Reads the request body (content-length or chunked) into self.request_body; returns
+            its trailers, if any."""
+            self.request_body = b""
             if "chunked" in (self.headers.get("transfer-encoding") or "").lower():
                 while True:
                     size = int(self.rfile.readline().split(b";")[0].strip() or b"0", 16)
                     if size == 0:
                         break
-                    self.rfile.read(size + 2)
+                    self.request_body += self.rfile.read(size + 2)[:size]
                 trailers = {}
                 while True:
                     line = self.rfile.readline()
@@ -135,7 +137,7 @@ def make_handler(fixtures, calls, lock):
                     trailers[k.strip().lower()] = v.strip()
             length = int(self.headers.get("content-length") or 0)
             if length:
-                self.rfile.read(length)
+                self.request_body = self.rfile.read(length)
             return {}
 
         def handle(self):
@@ -170,6 +172,9 @@ def make_handler(fixtures, calls, lock):
                     calls.clear()
                 return self._send(200, b"{}")
             call = {"method": self.command, "path": self.path, "headers": {k.lower(): v for k, v in self.headers.items()}}
+            if self.request_body:
+                # What the upstream received, for tests of request rewriting (detokenization).
+                call["body"] = self.request_body.decode("utf-8", "replace")
             if request_trailers:
                 call["trailers"] = request_trailers
             with lock:

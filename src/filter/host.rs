@@ -17,6 +17,18 @@ const CAS_ATTEMPTS: usize = 32;
 /// The host as the root context and every stream context see it.
 pub struct Envoy;
 
+/// The plugin configuration (the policy document); empty if the host has none.
+pub fn plugin_configuration() -> Vec<u8> {
+    hostcalls::get_buffer(BufferType::PluginConfiguration, 0, usize::MAX).ok().flatten().unwrap_or_default()
+}
+
+/// Asks the host to call `on_tick` every `period`.
+pub fn set_tick_period(period: std::time::Duration) {
+    if hostcalls::set_tick_period(period).is_err() {
+        log(Level::Error, "spapi-guard: could not start the lockout timer");
+    }
+}
+
 pub fn log(level: Level, message: &str) {
     let level = match level {
         Level::Debug => LogLevel::Debug,
@@ -122,6 +134,12 @@ impl HttpHost for Envoy {
 
     fn response_body(&self, max: usize) -> Vec<u8> {
         hostcalls::get_buffer(BufferType::HttpResponseBody, 0, max).ok().flatten().unwrap_or_default()
+    }
+
+    fn set_request_body(&mut self, replaced: usize, body: &[u8]) {
+        if hostcalls::set_buffer(BufferType::HttpRequestBody, 0, replaced, body).is_err() {
+            log(Level::Error, "spapi-guard: could not replace the request body");
+        }
     }
 
     fn set_response_body(&mut self, replaced: usize, body: &[u8]) {

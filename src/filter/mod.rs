@@ -40,11 +40,11 @@ impl Context for Root {}
 
 impl RootContext for Root {
     fn on_configure(&mut self, _size: usize) -> bool {
-        let config = proxy_wasm::hostcalls::get_buffer(proxy_wasm::types::BufferType::PluginConfiguration, 0, usize::MAX).ok().flatten().unwrap_or_default();
+        let config = host::plugin_configuration();
         // Returning false makes Envoy refuse the configuration (bootstrap or LDS update).
         let Some(guard) = lifecycle::configure(&Envoy, &config, &|name| std::env::var(name).ok()) else { return false };
         if !guard.access.callers.is_empty() {
-            let _ = proxy_wasm::hostcalls::set_tick_period(Duration::from_secs(1));
+            host::set_tick_period(Duration::from_secs(1));
         }
         self.guard = Some(Rc::new(guard));
         true

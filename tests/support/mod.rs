@@ -60,7 +60,7 @@ fn envoy_bin() -> PathBuf {
     std::env::var_os("ENVOY_BIN").map(PathBuf::from).unwrap_or_else(|| repo().join(".venv/envoy-bin"))
 }
 
-fn wasm() -> PathBuf {
+pub fn wasm() -> PathBuf {
     std::env::var_os("SPAPI_GUARD_WASM").map(PathBuf::from).unwrap_or_else(|| repo().join("target/wasm32-wasip1/release/spapi_guard.wasm"))
 }
 
@@ -87,7 +87,7 @@ pub fn engine(key: &[u8; KEY_LEN]) -> TokenEngine {
     TokenEngine::new(keys, KEY_ID).expect("engine")
 }
 
-fn free_port() -> u16 {
+pub fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0").expect("bind").local_addr().expect("addr").port()
 }
 
@@ -109,6 +109,8 @@ pub struct Options {
     pub auth_filter: Option<String>,
     /// How Envoy talks to the mock (render-envoy-config.py --upstream-protocol).
     pub upstream_protocol: UpstreamProtocol,
+    /// Edits the rendered Envoy config before Envoy starts (a route timeout, another upstream).
+    pub config_edit: Option<Box<dyn Fn(String) -> String>>,
 }
 
 impl Options {
@@ -122,6 +124,7 @@ impl Options {
             envoy_args: vec![],
             auth_filter: None,
             upstream_protocol: UpstreamProtocol::H1,
+            config_edit: None,
         }
     }
 }
@@ -173,7 +176,7 @@ fn render(dir: &Path, policy: &Value, port: u16, admin_port: u16, mock_port: u16
     config
 }
 
-fn spawn_envoy(dir: &Path, config: &Path, env: &[(String, String)], concurrency: u32, args: &[String]) -> Child {
+pub fn spawn_envoy(dir: &Path, config: &Path, env: &[(String, String)], concurrency: u32, args: &[String]) -> Child {
     let bin = envoy_bin();
     assert!(bin.exists(), "{} is missing: run the tests with `make test` (it installs Envoy)", bin.display());
     let mut cmd = Command::new(bin);
@@ -198,6 +201,13 @@ fn read(path: &Path) -> String {
 }
 
 impl Stack {
+    /// A stack from processes a test started itself (another config, another upstream): Envoy
+    /// with its output in `dir` (as `spawn_envoy` writes it) and the upstream on `mock_port`.
+    /// Dropping it stops both.
+    pub fn assemble(dir: PathBuf, port: u16, admin_port: u16, mock_port: u16, envoy: Child, mock: Child) -> Stack {
+        Stack { dir, port, admin_port, mock_port, envoy, mock }
+    }
+
     pub fn start(opts: Options) -> Stack {
         match Stack::try_start(opts) {
             Ok(s) => s,
@@ -214,6 +224,10 @@ impl Stack {
             let marker = "          # Place the authentication filter that sets the identity header here.\n";
             assert!(text.contains(marker), "the rendered config has no place for an authentication filter");
             fs::write(&config, text.replace(marker, filters)).expect("write config");
+        }
+        if let Some(edit) = &opts.config_edit {
+            let text = fs::read_to_string(&config).expect("config");
+            fs::write(&config, edit(text)).expect("write config");
         }
         // The mock speaks h2c with the `h2` package of the venv.
         let python = if opts.upstream_protocol == UpstreamProtocol::H2 { repo().join(".venv/bin/python") } else { PathBuf::from("python3") };
@@ -367,7 +381,7 @@ pub fn expect_refusal(name: &'static str, policy: Value, env: Vec<(String, Strin
     }
 }
 
-fn http_get_status(port: u16, path: &str) -> Option<u16> {
+pub fn http_get_status(port: u16, path: &str) -> Option<u16> {
     let mut s = TcpStream::connect(("127.0.0.1", port)).ok()?;
     s.set_read_timeout(Some(Duration::from_secs(2))).ok()?;
     use std::io::Write;
