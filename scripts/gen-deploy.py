@@ -74,7 +74,11 @@ def dump(docs):
 
 
 def key_vars(policy):
-    return sorted(set(((policy.get("keys") or {}).get("env") or {}).values()))
+    """The key variables the policy names: keys.ring[].env, or the short form's keys.env values."""
+    keys = policy.get("keys") or {}
+    if "ring" in keys:
+        return sorted({entry.get("env") for entry in keys["ring"] if entry.get("env")})
+    return sorted(set((keys.get("env") or {}).values()))
 
 
 def endpoints():

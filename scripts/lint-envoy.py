@@ -204,7 +204,8 @@ def lint_wasm(lint, where, cfg, policy):
         lint.check(False, "wasm-policy", where, "the plugin configuration is not a JSON policy",
                    "put the policy (policies/*.json) in `configuration: {\"@type\": type.googleapis.com/google.protobuf.StringValue, value: '<json>'}`")
         return
-    wanted = sorted(set(((policy.get("keys") or {}).get("env") or {}).values()))
+    keys = policy.get("keys") or {}
+    wanted = sorted({e.get("env") for e in keys["ring"] if e.get("env")} if "ring" in keys else set((keys.get("env") or {}).values()))
     have = ((cfg.get("vm_config") or {}).get("environment_variables") or {})
     present = set(have.get("host_env_keys") or []) | set((have.get("key_values") or {}))
     missing = [k for k in wanted if k not in present]

@@ -108,11 +108,20 @@ def set_upstream_protocol(text, protocol):
     return text.replace(CLUSTER_ANCHOR, CLUSTER_ANCHOR + options)
 
 
+def key_variables(policy):
+    """The environment variables the policy's key ring names: keys.ring[].env, or keys.env's values
+    (the short form)."""
+    keys = policy.get("keys", {})
+    if "ring" in keys:
+        return sorted({entry.get("env") for entry in keys["ring"] if entry.get("env")})
+    return sorted(set(keys.get("env", {}).values()))
+
+
 def render(policy_text, bind, listen_port, admin_port, upstream_host, upstream_port, wasm, tls_dir, template=None,
            variant="guard", trusted_identity=None, upstream_protocol="h1", profile="demo", trust_store=SYSTEM_TRUST_STORE,
            upstream_override=None):
     policy = json.loads(policy_text)
-    env_keys = sorted(set(policy.get("keys", {}).get("env", {}).values()))
+    env_keys = key_variables(policy)
     compact = json.dumps(policy, separators=(",", ":"))
     identity = policy.get("access", {}).get("identity", {})
     strip = ""

@@ -301,6 +301,8 @@ pub enum DenyReason {
     DetokenizeNotAllowed,
     /// The request carries a token that does not open: forged, truncated, or of a key not in the ring.
     InvalidToken,
+    /// The request carries a token of a key past its `notAfter`: its retention is over.
+    TokenExpired,
     /// A reveal request the endpoint cannot read.
     InvalidRevealRequest,
     /// A request body with tokens that cannot be detokenized: not JSON, or too large.
@@ -325,6 +327,7 @@ impl DenyReason {
             DenyReason::CanaryBlocked => "canary_blocked",
             DenyReason::DetokenizeNotAllowed => "detokenize_not_allowed",
             DenyReason::InvalidToken => "invalid_token",
+            DenyReason::TokenExpired => "token_expired",
             DenyReason::InvalidRevealRequest => "invalid_reveal_request",
             DenyReason::UnreadableRequestBody => "unreadable_request_body",
         }
@@ -343,7 +346,12 @@ impl DenyReason {
             // locked-out app would sleep through its lockout and never learn of it. A 403 is
             // never retried; Retry-After still says when the lockout ends.
             DenyReason::LockedOut => 403,
-            DenyReason::InvalidRdtRequest | DenyReason::InvalidPath | DenyReason::InvalidToken | DenyReason::InvalidRevealRequest | DenyReason::UnreadableRequestBody => 400,
+            DenyReason::InvalidRdtRequest
+            | DenyReason::InvalidPath
+            | DenyReason::InvalidToken
+            | DenyReason::TokenExpired
+            | DenyReason::InvalidRevealRequest
+            | DenyReason::UnreadableRequestBody => 400,
             _ => 403,
         }
     }
@@ -357,6 +365,7 @@ impl DenyReason {
             DenyReason::TlsRequired => ("Unauthorized", "Requests must use TLS 1.2 or later."),
             DenyReason::DetokenizeNotAllowed => ("Unauthorized", "The request carries a token this caller may not reveal toward this operation."),
             DenyReason::InvalidToken => ("InvalidInput", "The request carries a token that is not valid."),
+            DenyReason::TokenExpired => ("InvalidInput", "The request carries a token whose key has expired: its retention period is over and it is no longer opened."),
             DenyReason::UnreadableRequestBody => ("InvalidInput", "The request body carries tokens but is not JSON, or is too large to detokenize."),
             DenyReason::InvalidRevealRequest => ("InvalidInput", "The reveal request could not be read; send a JSON object whose tokens member lists the tokens."),
             _ => ("Unauthorized", "Access to requested resource is denied."),

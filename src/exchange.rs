@@ -25,6 +25,7 @@ use crate::detokenize::{detokenize_json, detokenize_target, DetokenizeError, Rev
 use crate::drift::{DriftAction, DriftFindings, DriftKind};
 use crate::fail_closed::{check_response_headers, FailReason};
 use crate::guard::{FieldCounts, Guard};
+use crate::keyring::ActiveKeys;
 use crate::lockout::{LockState, Trigger};
 use crate::pii::PerClass;
 use crate::policy::ClassActions;
@@ -74,6 +75,8 @@ pub trait Host {
     fn now_ms(&self) -> u64;
     /// Adds `n` to a counter with labels.
     fn count(&self, metric: &str, labels: &[(&str, &str)], n: u64);
+    /// Sets a gauge with labels.
+    fn gauge(&self, metric: &str, labels: &[(&str, &str)], value: u64);
     /// A caller's lockout state as all workers see it.
     fn lock_state(&self, caller_id: &str) -> LockState;
     /// Updates a caller's lockout state atomically; `update` may run more than once.
@@ -186,6 +189,8 @@ pub struct Exchange {
     outcome: Outcome,
     reason: Option<&'static str>,
     counts: FieldCounts,
+    /// The key of each class in the response (when it was protected).
+    keys: Option<ActiveKeys>,
     /// The classes the caller may reveal toward this request's destination.
     reveal: Option<PerClass<bool>>,
     /// Tokens turned back into data for this request.
@@ -229,6 +234,7 @@ impl Exchange {
             outcome: Outcome::Unmatched,
             reason: None,
             counts: FieldCounts::default(),
+            keys: None,
             reveal: None,
             revealed: Revealed::default(),
             upstream_status: None,
@@ -394,7 +400,7 @@ impl Exchange {
             None => None,
         };
         let Some(classes) = self.reveal else { return Flow::Continue };
-        match detokenize_target(&guard.tokens, &classes, &self.path, &mut self.revealed) {
+        match detokenize_target(&guard.tokens, &classes, &self.path, host.now_ms(), &mut self.revealed) {
             Ok(Some(target)) => host.set_request_header(":path", Some(&target)),
             Ok(None) => {}
             Err(e) => return self.refuse_detokenize(host, e),
@@ -571,6 +577,7 @@ impl Exchange {
         let operation = self.operation.and_then(|i| self.guard.catalog.operations.get(i));
         let identity = self.decision.as_ref().and_then(|d| d.identity.as_ref()).map(|(s, v)| format!("{}:{v}", s.as_str()));
         let decision_id = self.ids.next();
+        let key_ids = self.key_ids();
         if self.request_id.is_empty() {
             // Envoy refused the request before assigning it an id: the decision id names it.
             self.request_id = decision_id.clone();
@@ -596,7 +603,7 @@ impl Exchange {
             status: int(host.property(&["response", "code"])).map(|c| c as u32),
             upstream_status: self.upstream_status,
             pii: AuditEvent::pii_from(&self.counts),
-            key_id: self.counts.used_key().then(|| self.guard.tokens.active_key_id()),
+            key_id: key_ids.as_deref(),
             bytes_in: self.bytes_in,
             bytes_out: self.bytes_out,
             duration_ms: started_ms.map(|s| now.saturating_sub(s)),
@@ -651,7 +658,7 @@ impl Exchange {
         if self.canaries_seen(host, guard.canaries.find_in_json(&body)) {
             return self.deny(host, DenyReason::CanaryBlocked);
         }
-        match detokenize_json(&guard.tokens, &classes, &body, &mut self.revealed) {
+        match detokenize_json(&guard.tokens, &classes, &body, host.now_ms(), &mut self.revealed) {
             Ok(Some(new_body)) => {
                 host.set_request_body(body.len(), &new_body);
                 host.set_request_header("content-length", Some(&new_body.len().to_string()));
@@ -684,7 +691,10 @@ impl Exchange {
         values.extend_from_slice(b"{\"values\":[");
         let mut revealed = Revealed::default();
         for (i, token) in request.tokens.iter().enumerate() {
-            let Ok(opened) = guard.tokens.open(token) else { return self.deny(host, DenyReason::InvalidToken) };
+            let opened = match guard.tokens.open(token, host.now_ms()) {
+                Ok(opened) => opened,
+                Err(error) => return self.refuse_token(host, &error),
+            };
             if !classes[opened.class] {
                 return self.deny(host, DenyReason::DetokenizeNotAllowed);
             }
@@ -713,11 +723,25 @@ impl Exchange {
     fn refuse_detokenize(&mut self, host: &mut dyn HttpHost, error: DetokenizeError) -> Flow {
         let reason = match error {
             DetokenizeError::NotAllowed(_) => DenyReason::DetokenizeNotAllowed,
-            DetokenizeError::InvalidToken => DenyReason::InvalidToken,
+            DetokenizeError::InvalidToken => return self.refuse_token(host, &crate::tokens::TokenError::Forged),
+            DetokenizeError::KeyExpired(index) => return self.refuse_token(host, &crate::key_status::expired(&self.guard, index)),
             DetokenizeError::NotJson => DenyReason::UnreadableRequestBody,
         };
         self.revealed = Revealed::default();
         self.deny(host, reason)
+    }
+
+    /// Refuses a request with a token that does not open: `token_expired` for a key past its
+    /// `notAfter` (with its event), `invalid_token` otherwise; counted either way.
+    fn refuse_token(&mut self, host: &mut dyn HttpHost, error: &crate::tokens::TokenError) -> Flow {
+        crate::key_status::token_refused(host, error, Some(&self.request_id));
+        self.revealed = Revealed::default();
+        if matches!(error, crate::tokens::TokenError::Expired { .. }) {
+            self.raise("token_expired");
+            self.deny(host, DenyReason::TokenExpired)
+        } else {
+            self.deny(host, DenyReason::InvalidToken)
+        }
     }
 
     /// Counts revealed values toward the caller's PII volume (the lockout's anomaly trigger).
@@ -753,11 +777,12 @@ impl Exchange {
             host.set_response_header("content-length", Some("0"));
             return Flow::Continue;
         }
-        match guard.protect_response_with(op, &body, &self.actions) {
+        match guard.protect_response_at(op, &body, &self.actions, host.now_ms()) {
             Ok(protected) => {
                 self.counts = protected.counts;
                 self.drift = protected.drift;
                 self.report_drift(host);
+                self.keys = Some(protected.keys);
                 let length = match protected.body {
                     Some(new_body) => {
                         host.set_response_body(body.len(), &new_body);
@@ -940,6 +965,22 @@ impl Exchange {
         self.guard.access.callers.get(index)
     }
 
+    /// The ids of the keys that made this response's tokens and pseudonyms, comma-separated.
+    fn key_ids(&self) -> Option<String> {
+        let keys = self.keys?;
+        let mut ids: Vec<&str> = Vec::new();
+        for class in crate::pii::PiiClass::ALL {
+            let used = self.counts.get(class, crate::policy::Action::Tokenize(crate::tokens::Mode::Deterministic)) + self.counts.get(class, crate::policy::Action::Hash) > 0;
+            if let Some(index) = keys.get(class).filter(|_| used) {
+                let id = self.guard.tokens.key_id(index);
+                if !ids.contains(&id) {
+                    ids.push(id);
+                }
+            }
+        }
+        (!ids.is_empty()).then(|| ids.join(","))
+    }
+
     /// Counts the request in the metrics (once, from `on_log`).
     fn count_metrics(&self, host: &dyn HttpHost) {
         let operation = self.operation.and_then(|i| self.guard.catalog.operations.get(i)).map_or("none", |o| o.id.as_str());
@@ -964,6 +1005,9 @@ impl Exchange {
         }
         for (class, action, n) in self.counts.entries() {
             host.count("spapi_guard_pii_fields_total", &[("class", class.as_str()), ("action", action)], u64::from(n));
+        }
+        if let Some(keys) = self.keys {
+            crate::key_status::count_tokens(host, &self.guard, &keys, &self.actions, &self.counts);
         }
         host.count("spapi_guard_caller_pii_fields_total", &[("caller", caller)], u64::from(self.counts.delivered()));
         for canary in &self.canaries {

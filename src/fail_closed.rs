@@ -14,6 +14,9 @@ pub enum FailReason {
     BodyTooLarge,
     /// A `charset` other than UTF-8: the filter would read other members than the client.
     UnsupportedCharset,
+    /// A PII class to tokenize or hash has no active key (the ring's keys ended, see
+    /// `spapi-guard keys`): nothing can protect it.
+    NoActiveKey,
 }
 
 impl FailReason {
@@ -25,6 +28,7 @@ impl FailReason {
             FailReason::UnsupportedContentType => "unsupported_content_type",
             FailReason::BodyTooLarge => "body_too_large",
             FailReason::UnsupportedCharset => "unsupported_charset",
+            FailReason::NoActiveKey => "no_active_key",
         }
     }
 
@@ -35,6 +39,7 @@ impl FailReason {
             FailReason::UnsupportedContentType => "The SP-API response is not JSON, so its customer data could not be protected.",
             FailReason::BodyTooLarge => "The SP-API response is larger than the policy's maxBodyBytes; request a smaller page.",
             FailReason::UnsupportedCharset => "The SP-API response declares a character set other than UTF-8, so its customer data could not be protected.",
+            FailReason::NoActiveKey => "spapi-guard has no active key for a class of customer data in this response, so it could not be protected.",
         }
     }
 
@@ -117,7 +122,14 @@ mod tests {
 
     #[test]
     fn error_bodies_are_sp_api_style_json() {
-        for r in [FailReason::InvalidJson, FailReason::UnsupportedEncoding, FailReason::UnsupportedContentType, FailReason::BodyTooLarge, FailReason::UnsupportedCharset] {
+        for r in [
+            FailReason::InvalidJson,
+            FailReason::UnsupportedEncoding,
+            FailReason::UnsupportedContentType,
+            FailReason::BodyTooLarge,
+            FailReason::UnsupportedCharset,
+            FailReason::NoActiveKey,
+        ] {
             let v: serde_json::Value = serde_json::from_str(&r.error_body()).expect("json");
             assert_eq!(v["errors"][0]["code"], "PiiProtectionFailed");
             assert_eq!(v["errors"][0]["details"], format!("spapi-guard:{}", r.code()));

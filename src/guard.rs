@@ -9,7 +9,7 @@ use crate::config_error::ConfigError;
 use crate::drift::{detect, looks_like_pii_key, member_class, DetectorAction, DriftAction, DriftFindings, DriftKind, DriftPolicy};
 use crate::fail_closed::FailReason;
 use crate::json_rewrite::{rewrite, write_json_string, Edit, FieldHandler, MatchedValue, RewriteError, Site};
-use crate::keyring;
+use crate::keyring::{self, ActiveKeys};
 use crate::pii::{PerClass, PiiClass};
 use crate::policy::{Action, ClassActions, NumberAction, Policy, DEFAULT_NUMBER_DECIMALS};
 use crate::policy_doc::parse_doc;
@@ -32,24 +32,42 @@ pub struct Guard {
     /// (operation, path template) label pairs of `spapi_guard_schema_drift_total` this VM has
     /// used: bounded by [`MAX_DRIFT_LABELS`], so an upstream cannot grow Envoy's stats at will.
     drift_labels: std::cell::RefCell<std::collections::BTreeSet<(String, String)>>,
+    /// The instant the policy was loaded at (milliseconds since the Unix epoch; 0 from [`Guard::load`]).
+    pub loaded_at_ms: u64,
 }
 
 /// Distinct path labels of the drift metric per VM; later ones are counted as `other`.
 pub const MAX_DRIFT_LABELS: usize = 256;
 
 impl Guard {
-    /// Loads a policy document. `env` reads a variable of the VM's environment.
+    /// Loads a policy document without a clock: the key ring's dates are checked against each
+    /// other, not against the current time (see [`Guard::load_at`]). `env` reads a variable of the
+    /// VM's environment.
     pub fn load(config: &[u8], env: &dyn Fn(&str) -> Option<String>) -> Result<Guard, ConfigError> {
+        Guard::build(config, env, None)
+    }
+
+    /// Loads a policy document at `now_ms` (the filter's host clock): also refuses a key ring that
+    /// leaves a PII class without an active key now or later, and warns of expired keys.
+    pub fn load_at(config: &[u8], env: &dyn Fn(&str) -> Option<String>, now_ms: u64) -> Result<Guard, ConfigError> {
+        Guard::build(config, env, Some(now_ms))
+    }
+
+    fn build(config: &[u8], env: &dyn Fn(&str) -> Option<String>, now_ms: Option<u64>) -> Result<Guard, ConfigError> {
         let doc = parse_doc(config)?;
         let policy = Policy::from_doc(&doc)?;
         let catalog = Catalog::build(&doc.catalog)?;
         let access = Access::build(&doc.access, &doc.roles, &doc.callers, &catalog, &policy)?;
         let canaries = Canaries::build(&doc.canaries)?;
         let ring = keyring::load(&doc.keys, env)?;
-        let tokens = TokenEngine::new(ring.keys, &ring.active).map_err(|m| ConfigError::new("keys", m))?;
-        let warnings = schema_warnings(&doc.roles, &policy, &catalog);
+        let mut warnings = schema_warnings(&doc.roles, &policy, &catalog);
+        warnings.extend(ring.schedule.warnings());
+        if let Some(now) = now_ms {
+            warnings.extend(ring.schedule.check_at(now)?);
+        }
+        let tokens = TokenEngine::from_ring(ring.schedule, ring.materials).map_err(|m| ConfigError::new("keys", m))?;
         let drift = crate::policy_doc::drift_policy(&doc.drift)?;
-        Ok(Guard { policy, catalog, access, canaries, tokens, warnings, drift, drift_labels: Default::default() })
+        Ok(Guard { policy, catalog, access, canaries, tokens, warnings, drift, drift_labels: Default::default(), loaded_at_ms: now_ms.unwrap_or(0) })
     }
 
     /// The `path` label for a drift finding: the template, or `other` once this VM has used
@@ -65,25 +83,36 @@ impl Guard {
         }
     }
 
-    /// Rewrites a response body of `op` with the policy's class actions.
+    /// Rewrites a response body of `op` with the policy's class actions, at the load time.
     pub fn protect_response(&self, op: &Operation, body: &[u8]) -> Result<Protected, FailReason> {
         self.protect_response_with(op, body, self.policy.actions())
     }
 
-    /// Rewrites a response body of `op`, applying `actions` per class (a caller's access levels).
-    /// `Ok` with `body: None` means the body passes unchanged (no PII value in it).
+    /// Rewrites a response body of `op`, applying `actions` per class (a caller's access levels),
+    /// with the keys active at the load time.
     pub fn protect_response_with(&self, op: &Operation, body: &[u8], actions: &ClassActions) -> Result<Protected, FailReason> {
+        self.protect_response_at(op, body, actions, self.loaded_at_ms)
+    }
+
+    /// Rewrites a response body of `op`, applying `actions` per class, with the keys active for
+    /// each class at `now_ms`. `Ok` with `body: None` means the body passes unchanged (no PII value
+    /// in it). A class to tokenize or hash without an active key fails closed (`no_active_key`).
+    pub fn protect_response_at(&self, op: &Operation, body: &[u8], actions: &ClassActions, now_ms: u64) -> Result<Protected, FailReason> {
         if body.len() > self.policy.max_body_bytes {
             return Err(FailReason::BodyTooLarge);
         }
-        let mut protector = Protector::new(self, op, actions, false);
+        let keys = self.tokens.active_keys(now_ms);
+        if actions.iter().any(|(class, action)| matches!(action, Action::Tokenize(_) | Action::Hash) && keys.get(class).is_none()) {
+            return Err(FailReason::NoActiveKey);
+        }
+        let mut protector = Protector::new(self, op, actions, keys, false);
         let result = rewrite(body, &op.response_matcher, &mut protector);
         protector.finish();
         match result {
             // Envoy answers a body past its buffer limit from inside the write, re-entering the
             // VM: a body that grew too much is refused before it is written.
             Ok(Some(body)) if body.len() > self.policy.max_rewritten_bytes() => Err(FailReason::BodyTooLarge),
-            Ok(body) => Ok(Protected { body, counts: protector.counts, drift: protector.drift }),
+            Ok(body) => Ok(Protected { body, counts: protector.counts, drift: protector.drift, keys }),
             Err(RewriteError::InvalidJson { .. }) => Err(FailReason::InvalidJson),
             Err(RewriteError::Handler(never)) => match never {},
         }
@@ -94,7 +123,8 @@ impl Guard {
     /// (`drift.scanPiiFree`). `None` if the body is not JSON the walker reads.
     pub fn scan_response(&self, op: &Operation, body: &[u8]) -> Option<DriftFindings> {
         let actions = self.policy.actions();
-        let mut scanner = Protector::new(self, op, actions, true);
+        // (Report only: nothing is sealed, the keys are not used.)
+        let mut scanner = Protector::new(self, op, actions, self.tokens.active_keys(self.loaded_at_ms), true);
         let result = rewrite(body, &op.response_matcher, &mut scanner);
         scanner.finish();
         result.ok().map(|_| scanner.drift)
@@ -152,6 +182,8 @@ pub struct Protected {
     pub counts: FieldCounts,
     /// PII the catalog's paths did not name: found by the allow list or the detectors.
     pub drift: DriftFindings,
+    /// The key that made each class's tokens and pseudonyms.
+    pub keys: ActiveKeys,
 }
 
 /// PII values seen, by class and by what was done with them.
@@ -248,6 +280,8 @@ impl fmt::Display for Never {
 /// over the strings no rule selected.
 struct Protector<'g> {
     guard: &'g Guard,
+    /// The key of each class, at the time of the response.
+    keys: ActiveKeys,
     actions: &'g ClassActions,
     op: &'g Operation,
     counts: FieldCounts,
@@ -272,9 +306,10 @@ struct Protector<'g> {
 }
 
 impl<'g> Protector<'g> {
-    fn new(guard: &'g Guard, op: &'g Operation, actions: &'g ClassActions, report_only: bool) -> Protector<'g> {
+    fn new(guard: &'g Guard, op: &'g Operation, actions: &'g ClassActions, keys: ActiveKeys, report_only: bool) -> Protector<'g> {
         Protector {
             guard,
+            keys,
             actions,
             op,
             counts: FieldCounts::default(),
@@ -358,8 +393,8 @@ impl<'g> Protector<'g> {
         match action {
             Action::Clear => return Edit::Keep,
             Action::Remove => return Edit::Remove,
-            Action::Tokenize(mode) => self.guard.tokens.seal_into(class, mode, kind, plaintext, &mut self.buffer, &mut self.token),
-            Action::Hash => self.guard.tokens.hash_into(class, kind, plaintext, &mut self.token),
+            Action::Tokenize(mode) => self.guard.tokens.seal_into(&self.keys, class, mode, kind, plaintext, &mut self.buffer, &mut self.token),
+            Action::Hash => self.guard.tokens.hash_into(&self.keys, class, kind, plaintext, &mut self.token),
             Action::Redact => match kind {
                 ValueKind::Text => {
                     write_json_string(&self.guard.policy.redact_mask, out);
@@ -463,7 +498,7 @@ mod tests {
         assert!(text.contains(r#""AmazonOrderId":"1""#));
         let v: serde_json::Value = serde_json::from_str(&text).expect("json");
         let name = v["payload"]["ShippingAddress"]["Name"].as_str().expect("token");
-        assert_eq!(g.tokens.open(name).expect("opens").plaintext, b"Jane Doe");
+        assert_eq!(g.tokens.open(name, 0).expect("opens").plaintext, b"Jane Doe");
         // A coordinate stays a number, coarsened to one decimal (about 11 km).
         assert_eq!(v["payload"]["ShippingAddress"]["ExtendedFields"]["GeoCoordinates"]["Latitude"], serde_json::json!(47.6));
         assert_eq!(out.counts.get(PiiClass::Name, Action::Tokenize(Mode::Deterministic)), 1);
@@ -491,7 +526,8 @@ mod tests {
     fn policy_reference_example_loads() {
         let doc = include_str!("../docs/POLICY.md");
         let example = doc.split("```json").nth(1).and_then(|s| s.split("```").next()).expect("example block");
-        let env = |name: &str| name.starts_with("SPAPI_GUARD_KEY_").then(|| KEY_HEX.to_string());
+        // A key of its own per variable (the ring refuses one key under two ids).
+        let env = |name: &str| name.starts_with("SPAPI_GUARD_KEY_").then(|| format!("{:08x}{}", name.bytes().map(u32::from).sum::<u32>(), &KEY_HEX[8..]));
         let g = Guard::load(example.as_bytes(), &env).unwrap_or_else(|e| panic!("docs/POLICY.md example: {e}"));
         assert!(g.catalog.get("my-api-v1.getThing").is_some());
         assert_eq!(g.policy.action(PiiClass::Other), Action::Redact);
@@ -542,7 +578,7 @@ mod tests {
         let text = String::from_utf8(out.body.expect("changed")).expect("utf8");
         assert!(!text.contains("Jane"), "{text}");
         let v: serde_json::Value = serde_json::from_str(&text).expect("json");
-        let opened = g.tokens.open(v["payload"]["ShippingAddress"]["Name"].as_str().expect("token")).expect("opens");
+        let opened = g.tokens.open(v["payload"]["ShippingAddress"]["Name"].as_str().expect("token"), 0).expect("opens");
         assert_eq!((opened.plaintext.as_slice(), opened.kind), (&br#""Jane\ud800""#[..], ValueKind::RawJson));
         let g = guard(r#","classes":{"name":{"action":"redact"}}"#);
         let out = g.protect_response(op, body).expect("protected");
@@ -584,7 +620,7 @@ mod tests {
             assert!(!text.contains(clear), "{clear} in {text}");
         }
         let v: serde_json::Value = serde_json::from_str(&text).expect("json");
-        let phone = g.tokens.open(v["payload"]["ShippingAddress"]["Phone"].as_str().expect("token")).expect("opens");
+        let phone = g.tokens.open(v["payload"]["ShippingAddress"]["Phone"].as_str().expect("token"), 0).expect("opens");
         assert_eq!((phone.plaintext.as_slice(), phone.kind), (&b"2065550123"[..], ValueKind::RawJson));
         assert_eq!(out.counts.coarsened(PiiClass::Address), 0);
     }
@@ -642,7 +678,7 @@ mod tests {
         fn classes(v: &mut serde_json::Value, g: &Guard) {
             match v {
                 serde_json::Value::String(s) if s.starts_with("spgt1.") => {
-                    let class = g.tokens.open(s).expect("opens").class;
+                    let class = g.tokens.open(s, g.loaded_at_ms).expect("opens").class;
                     *s = format!("<{class}>");
                 }
                 serde_json::Value::Array(a) => a.iter_mut().for_each(|x| classes(x, g)),
@@ -668,7 +704,7 @@ mod tests {
         assert_eq!(b["Nickname"], "<other>", "nothing says: the object's class");
         assert_eq!(b["Alternate"]["Line"], "<address>", "nested, by name");
         // No model says these are numbers (a phone could come as digits): tokens, like any value.
-        assert_eq!(b["Alternate"]["Floors"], "<address>");
+        assert_eq!(b["Alternate"]["Floors"], "<other>");
         assert_eq!(b["Alternate"]["Lat"], "<other>");
         assert_eq!(b["Alternate"]["Verified"], true);
         assert_eq!(b["BuyerTaxInfo"]["TaxingRegion"], "<address>", "classified by the definition now");

@@ -12,7 +12,8 @@
 //! * [`guard`] — the loaded configuration applied to a body.
 //! * [`exchange`] — one request/response exchange as a state machine over a host trait: every
 //!   decision of the filter, testable natively ([`testing::MockHost`]).
-//! * [`lifecycle`] — configuration loading and lockout timers of a VM.
+//! * [`lifecycle`] — configuration loading and lockout timers of a VM; [`key_status`] — the key
+//!   ring's gauges and events.
 //! * [`fail_closed`] — what the client gets when a body cannot be protected.
 // A panic in the VM takes the filter down: input-driven code never unwraps (enforced here, for
 // everything but unit tests; `.ci/run` runs clippy on the native and the wasm32 build).
@@ -31,6 +32,7 @@ pub mod fail_closed;
 pub mod field_path;
 pub mod guard;
 pub mod json_rewrite;
+pub mod key_status;
 pub mod keyring;
 pub mod lifecycle;
 pub mod lockout;

@@ -5,20 +5,24 @@ use std::cell::Cell;
 use crate::audit::SecurityEvent;
 use crate::exchange::{security, Host, Level};
 use crate::guard::Guard;
+use crate::key_status;
 use crate::lockout::Trigger;
 
-/// Loads the policy; `None` (logged, with the field at fault) makes Envoy refuse the configuration.
+/// Loads the policy at the host's time; `None` (logged, with the field at fault) makes Envoy
+/// refuse the configuration.
 pub fn configure(host: &dyn Host, config: &[u8], env: &dyn Fn(&str) -> Option<String>) -> Option<Guard> {
-    match Guard::load(config, env) {
+    let now = host.now_ms();
+    match Guard::load_at(config, env, now) {
         Ok(guard) => {
+            let active = key_status::active_ids(&guard, now);
             host.log(
                 Level::Info,
                 &format!(
-                    "spapi-guard: configuration loaded: {} operations, {} callers, {} canaries, active key id {}{}",
+                    "spapi-guard: configuration loaded: {} operations, {} callers, {} canaries, active keys: {}{}",
                     guard.catalog.operations.len(),
                     guard.access.callers.len(),
                     if guard.canaries.is_empty() { "no" } else { "with" },
-                    guard.tokens.active_key_id(),
+                    key_status::summary(&guard, now),
                     if guard.access.dry_run { ", access in DRY-RUN (not enforced)" } else { "" }
                 ),
             );
@@ -29,7 +33,7 @@ pub fn configure(host: &dyn Host, config: &[u8], env: &dyn Fn(&str) -> Option<St
                 host.log(Level::Warn, "spapi-guard: the policy lists no callers: every request will be denied");
             }
             let mut event = SecurityEvent::new("config_loaded", "info", host.now_ms());
-            event.detail = Some(guard.tokens.active_key_id());
+            event.detail = Some(&active);
             security(host, &event);
             host.count("spapi_guard_config_total", &[("result", "loaded")], 1);
             Some(guard)

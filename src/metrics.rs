@@ -49,7 +49,30 @@ pub const METRICS: &[MetricSpec] = &[
     },
     MetricSpec { name: "spapi_guard_config_total", labels: &["result"], help: "Configurations loaded or rejected (per Wasm VM)." },
     MetricSpec { name: "spapi_guard_body_bytes_total", labels: &["direction"], help: "Response body bytes processed: upstream (received) and downstream (sent)." },
+    MetricSpec {
+        name: "spapi_guard_key_tokens_total",
+        labels: &["key_id", "mode"],
+        help: "Tokens made per key and mode (deterministic, randomized): randomized nonces are bounded per key (docs/TOKENS.md).",
+    },
+    MetricSpec {
+        name: "spapi_guard_token_refusals_total",
+        labels: &["reason"],
+        help: "Tokens the filter refused to open (detokenization, the reveal endpoint), by reason: token_expired (a key past its notAfter) or invalid_token.",
+    },
+    MetricSpec {
+        name: "spapi_guard_key_info",
+        labels: &["key_id", "state"],
+        help: "Gauge per key of the ring and state (pending, active, readable, expired): 1 for the key's state, 0 for the others.",
+    },
+    MetricSpec {
+        name: "spapi_guard_key_active_until_seconds",
+        labels: &["class"],
+        help: "Gauge per PII class: Unix time at which its run of active keys ends (0: no active key now; 253402300799: keys without dates).",
+    },
 ];
+
+/// The metrics of [`METRICS`] that are gauges (set, not counted).
+pub const GAUGES: &[&str] = &["spapi_guard_key_info", "spapi_guard_key_active_until_seconds"];
 
 /// The Envoy stat name of a counter with its labels encoded.
 pub fn stat_name(metric: &str, labels: &[(&str, &str)]) -> String {
@@ -113,9 +136,14 @@ mod tests {
     #[test]
     fn every_metric_is_named_and_labelled_consistently() {
         for m in METRICS {
-            assert!(m.name.starts_with("spapi_guard_") && m.name.ends_with("_total"), "{}", m.name);
+            let gauge = GAUGES.contains(&m.name);
+            assert!(m.name.starts_with("spapi_guard_") && m.name.ends_with("_total") != gauge, "{}", m.name);
             assert!(!m.labels.is_empty());
         }
+        for (name, _) in [(crate::key_status::KEY_INFO, 0), (crate::key_status::ACTIVE_UNTIL, 0), (crate::key_status::KEY_TOKENS, 1), (crate::key_status::TOKEN_REFUSALS, 1)] {
+            assert!(METRICS.iter().any(|m| m.name == name), "{name} is not in METRICS");
+        }
+        assert!(GAUGES.iter().all(|g| METRICS.iter().any(|m| m.name == *g)));
         assert!(tag_names().contains(&"operation"));
     }
 

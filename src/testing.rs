@@ -40,6 +40,7 @@ pub struct MockHost {
     pub audit: Option<String>,
     pub logs: RefCell<Vec<(Level, String)>>,
     pub counters: RefCell<HashMap<String, u64>>,
+    pub gauges: RefCell<HashMap<String, u64>>,
     pub locks: RefCell<HashMap<String, LockState>>,
     pub now: Cell<u64>,
 }
@@ -101,6 +102,11 @@ impl MockHost {
     pub fn counter(&self, stat_name: &str) -> u64 {
         self.counters.borrow().get(stat_name).copied().unwrap_or(0)
     }
+
+    /// A gauge's value by its stat name (0 if never set).
+    pub fn gauge_value(&self, stat_name: &str) -> u64 {
+        self.gauges.borrow().get(stat_name).copied().unwrap_or(0)
+    }
 }
 
 fn find<'a>(headers: &'a [(String, Vec<u8>)], name: &str) -> Option<&'a Vec<u8>> {
@@ -125,6 +131,10 @@ impl Host for MockHost {
 
     fn count(&self, metric: &str, labels: &[(&str, &str)], n: u64) {
         *self.counters.borrow_mut().entry(crate::metrics::stat_name(metric, labels)).or_insert(0) += n;
+    }
+
+    fn gauge(&self, metric: &str, labels: &[(&str, &str)], value: u64) {
+        self.gauges.borrow_mut().insert(crate::metrics::stat_name(metric, labels), value);
     }
 
     fn lock_state(&self, caller_id: &str) -> LockState {

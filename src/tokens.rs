@@ -26,6 +26,11 @@
 //!   from it (one getrandom call per VM, not per field). Two VMs' sequences overlap with
 //!   probability ≤ n·T/2⁹⁶ for n VMs and T tokens per key; keep T below 2³² per key (rotate keys
 //!   well before that) and the risk stays below 2⁻⁴⁰ for a million VM starts.
+//!
+//! Time: the ring's keys have a life ([`crate::keyring::Schedule`]). A token is made with the key
+//! active for its class at the instant the caller passes in ([`TokenEngine::active_keys`]), and
+//! opens only until its key's `notAfter` ([`TokenEngine::open`] takes the instant too). The engine
+//! never reads a clock.
 use aes_gcm::aead::{Aead, AeadInPlace, KeyInit, Payload};
 use aes_gcm::{Aes256Gcm, Nonce};
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
@@ -37,6 +42,7 @@ use std::cell::Cell;
 use std::collections::BTreeMap;
 use std::fmt;
 
+use crate::keyring::{ActiveKeys, KeyMeta, Schedule};
 use crate::pii::PiiClass;
 
 /// Magic prefix of a token; also the format version.
@@ -51,6 +57,8 @@ const TAG_LEN: usize = 16;
 /// Bytes of a keyed-hash pseudonym before encoding (128 bits).
 const HASH_LEN: usize = 16;
 const HKDF_SALT: &[u8] = b"spapi-guard/v1";
+/// Bytes of a key fingerprint (128 bits).
+const FINGERPRINT_LEN: usize = 16;
 
 type HmacSha256 = Hmac<Sha256>;
 
@@ -62,6 +70,14 @@ pub enum Mode {
 }
 
 impl Mode {
+    /// The policy's name of the mode (metrics).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Mode::Deterministic => "deterministic",
+            Mode::Randomized => "randomized",
+        }
+    }
+
     fn flag(self) -> char {
         match self {
             Mode::Deterministic => 'd',
@@ -93,19 +109,38 @@ impl ValueKind {
 pub enum TokenError {
     /// Not of the `spgt1.` form.
     Malformed,
-    /// The key id is not in the ring.
+    /// The key id is not in the ring (never was, or was deleted: crypto-shredded).
     UnknownKey,
     /// Authentication failed: the token was altered or presented as another class.
     Forged,
+    /// Its key is past its `notAfter`: refused, even though the material is still present.
+    Expired {
+        key_id: String,
+        /// The key's `notAfter` as the policy writes it.
+        not_after: String,
+    },
+}
+
+impl TokenError {
+    /// Stable reason code (events, metrics, error bodies).
+    pub fn code(&self) -> &'static str {
+        match self {
+            TokenError::Malformed => "malformed_token",
+            TokenError::UnknownKey => "unknown_key",
+            TokenError::Forged => "forged_token",
+            TokenError::Expired { .. } => "token_expired",
+        }
+    }
 }
 
 impl fmt::Display for TokenError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(match self {
-            TokenError::Malformed => "malformed token",
-            TokenError::UnknownKey => "token names a key id that is not in the key ring",
-            TokenError::Forged => "token failed authentication",
-        })
+        match self {
+            TokenError::Malformed => f.write_str("malformed token"),
+            TokenError::UnknownKey => f.write_str("token names a key id that is not in the key ring"),
+            TokenError::Forged => f.write_str("token failed authentication"),
+            TokenError::Expired { key_id, not_after } => write!(f, "token_expired: key {key_id} expired after {not_after} (its notAfter): its tokens are no longer opened"),
+        }
     }
 }
 
@@ -173,10 +208,12 @@ impl NonceCounter {
 
 const NONCE_MASK: u128 = (1u128 << 96) - 1;
 
-/// A key ring (key id → key) with one active key used for new tokens.
+/// A key ring: the keys' sub-keys by ring index, and the schedule that says which key is active
+/// for which class when, and until when each key's tokens open.
 pub struct TokenEngine {
-    keys: BTreeMap<String, KeySchedule>,
-    active: String,
+    keys: Vec<KeySchedule>,
+    schedule: Schedule,
+    fingerprints: Vec<String>,
     nonces: NonceCounter,
     recent: RecentTokens,
 }
@@ -192,16 +229,33 @@ struct RecentTokens {
 /// Default number of remembered deterministic tokens per VM (~1 MiB).
 pub const RECENT_TOKENS: usize = 8192;
 
+/// The fingerprint of a key: `HKDF-SHA256(salt, key, info = "key-fingerprint")`, 128 bits, in hex.
+/// It names the material (to match a key in a secret store, or in a deletion record, to the one the
+/// ring lists) without revealing it or anything derived from it for tokens.
+pub fn fingerprint(material: &[u8; KEY_LEN]) -> String {
+    let mut out = [0u8; FINGERPRINT_LEN];
+    let _ = Hkdf::<Sha256>::new(Some(HKDF_SALT), material).expand(b"key-fingerprint", &mut out);
+    out.iter().map(|b| format!("{b:02x}")).collect()
+}
+
 impl TokenEngine {
-    /// Builds the engine. `active` must be a key of `keys` (the policy loader checks this).
+    /// A ring of undated keys (the policy's short form): `active` makes every class's tokens,
+    /// every key opens its tokens forever.
     pub fn new(keys: BTreeMap<String, [u8; KEY_LEN]>, active: &str) -> Result<Self, String> {
-        if !keys.contains_key(active) {
-            return Err(format!("active key id '{active}' is not in the key ring"));
+        let schedule = Schedule::short_form(keys.keys().map(String::as_str), active).map_err(|e| e.message)?;
+        TokenEngine::from_ring(schedule, keys.into_values().collect())
+    }
+
+    /// The engine of a ring: `materials` by ring index.
+    pub fn from_ring(schedule: Schedule, materials: Vec<[u8; KEY_LEN]>) -> Result<Self, String> {
+        if schedule.keys().len() != materials.len() {
+            return Err("the key ring and its material differ in length".to_string());
         }
-        let keys = keys.iter().map(|(id, k)| (id.clone(), KeySchedule::new(k))).collect();
+        let keys = materials.iter().map(KeySchedule::new).collect();
+        let fingerprints = materials.iter().map(fingerprint).collect();
         let nonces = NonceCounter::new().map_err(|_| "the random source (getrandom) failed".to_string())?;
         let recent = RecentTokens { map: Default::default(), capacity: RECENT_TOKENS };
-        Ok(TokenEngine { keys, active: active.to_string(), nonces, recent })
+        Ok(TokenEngine { keys, schedule, fingerprints, nonces, recent })
     }
 
     /// Sets how many deterministic tokens the engine remembers (0: none, every token computed).
@@ -210,22 +264,36 @@ impl TokenEngine {
         self
     }
 
-    /// The key id new tokens are made with.
-    pub fn active_key_id(&self) -> &str {
-        &self.active
+    /// The ring's lifecycle: keys, classes, dates.
+    pub fn schedule(&self) -> &Schedule {
+        &self.schedule
     }
 
-    fn active_schedule(&self) -> &KeySchedule {
-        // `new` guarantees the active key is present.
-        &self.keys[&self.active]
+    /// The keys that make each class's new tokens at `now_ms` (milliseconds since the Unix epoch).
+    pub fn active_keys(&self, now_ms: u64) -> ActiveKeys {
+        self.schedule.active_keys(now_ms)
     }
 
-    /// Writes the token for `plaintext` to `out` (appending, no quotes). `scratch` is a reusable
-    /// buffer (no allocation per token once it has grown).
-    pub fn seal_into(&self, class: PiiClass, mode: Mode, kind: ValueKind, plaintext: &[u8], scratch: &mut Vec<u8>, out: &mut String) {
+    /// The id of the key at ring index `index`.
+    pub fn key_id(&self, index: usize) -> &str {
+        self.schedule.keys().get(index).map_or("", |k| k.id.as_str())
+    }
+
+    /// The fingerprint ([`fingerprint`]) of the key at ring index `index`.
+    pub fn fingerprint(&self, index: usize) -> &str {
+        self.fingerprints.get(index).map_or("", String::as_str)
+    }
+
+    /// Writes the token for `plaintext` to `out` (appending, no quotes), made with the key `keys`
+    /// names for `class`. `scratch` is a reusable buffer (no allocation per token once it has grown).
+    /// Writes nothing if no key is active for the class: callers check [`ActiveKeys`] first
+    /// (`Guard` refuses such a body before rewriting it).
+    // The hot path: every part of the token is an argument, so nothing is allocated or bundled.
+    #[allow(clippy::too_many_arguments)]
+    pub fn seal_into(&self, keys: &ActiveKeys, class: PiiClass, mode: Mode, kind: ValueKind, plaintext: &[u8], scratch: &mut Vec<u8>, out: &mut String) {
+        let Some((key, schedule)) = self.key_for(keys, class) else { return };
         let header_start = out.len();
-        write_header(out, mode, kind, &self.active, class);
-        let schedule = self.active_schedule();
+        write_header(out, mode, kind, &key.id, class);
         let mut siv = None;
         let nonce = match mode {
             Mode::Randomized => self.nonces.take(),
@@ -266,15 +334,23 @@ impl TokenEngine {
         }
     }
 
-    /// Convenience wrapper of [`seal_into`](Self::seal_into).
-    pub fn seal(&self, class: PiiClass, mode: Mode, kind: ValueKind, plaintext: &[u8]) -> String {
-        let mut out = String::new();
-        self.seal_into(class, mode, kind, plaintext, &mut Vec::new(), &mut out);
-        out
+    fn key_for(&self, keys: &ActiveKeys, class: PiiClass) -> Option<(&KeyMeta, &KeySchedule)> {
+        let index = keys.get(class)?;
+        Some((self.schedule.keys().get(index)?, self.keys.get(index)?))
     }
 
-    /// Opens a token made by any key of the ring.
-    pub fn open(&self, token: &str) -> Result<Opened, TokenError> {
+    /// The token of `plaintext` made with the key active for `class` at `now_ms`; `None` if no
+    /// key is.
+    pub fn seal(&self, now_ms: u64, class: PiiClass, mode: Mode, kind: ValueKind, plaintext: &[u8]) -> Option<String> {
+        let keys = self.active_keys(now_ms);
+        keys.get(class)?;
+        let mut out = String::new();
+        self.seal_into(&keys, class, mode, kind, plaintext, &mut Vec::new(), &mut out);
+        Some(out)
+    }
+
+    /// Opens a token made by any key of the ring whose `notAfter` has not passed at `now_ms`.
+    pub fn open(&self, token: &str, now_ms: u64) -> Result<Opened, TokenError> {
         let body = token.strip_prefix(TOKEN_PREFIX).ok_or(TokenError::Malformed)?;
         let (header_rest, data) = body.rsplit_once('.').ok_or(TokenError::Malformed)?;
         let mut parts = header_rest.split('.');
@@ -298,17 +374,25 @@ impl TokenEngine {
         if raw.len() < NONCE_LEN + TAG_LEN {
             return Err(TokenError::Malformed);
         }
-        let schedule = self.keys.get(key_id).ok_or(TokenError::UnknownKey)?;
+        let index = self.schedule.find(key_id).ok_or(TokenError::UnknownKey)?;
+        let (meta, schedule) = (&self.schedule.keys()[index], self.keys.get(index).ok_or(TokenError::UnknownKey)?);
+        if now_ms > meta.not_after_ms {
+            // Retention is over: refused before any decryption, though the material is present.
+            let not_after = meta.dates.as_ref().map_or_else(String::new, |d| d.not_after.clone());
+            return Err(TokenError::Expired { key_id: key_id.to_string(), not_after });
+        }
         let aad = &token.as_bytes()[..token.len() - data.len() - 1];
         let plaintext = schedule.aead.decrypt(Nonce::from_slice(&raw[..NONCE_LEN]), Payload { msg: &raw[NONCE_LEN..], aad }).map_err(|_| TokenError::Forged)?;
         Ok(Opened { class, mode, kind, key_id: key_id.to_string(), plaintext })
     }
 
-    /// Writes the keyed, irreversible pseudonym of `plaintext` to `out`:
+    /// Writes the keyed, irreversible pseudonym of `plaintext` to `out`, with the key `keys` names
+    /// for `class` (nothing if none):
     /// `spgh2.<key id>.<class>.<base64url(HMAC-SHA256(k_hash, class ‖ 0x00 ‖ kind ‖ 0x00 ‖ plaintext)[..16])>`
     /// with `kind` the token kind flag (`s` a string's text, `j` another JSON value's raw text).
-    pub fn hash_into(&self, class: PiiClass, kind: ValueKind, plaintext: &[u8], out: &mut String) {
-        let mut mac = self.active_schedule().hash.clone();
+    pub fn hash_into(&self, keys: &ActiveKeys, class: PiiClass, kind: ValueKind, plaintext: &[u8], out: &mut String) {
+        let Some((key, schedule)) = self.key_for(keys, class) else { return };
+        let mut mac = schedule.hash.clone();
         mac.update(class.as_str().as_bytes());
         mac.update(&[0]);
         let mut flag = [0u8; 4];
@@ -317,7 +401,7 @@ impl TokenEngine {
         mac.update(plaintext);
         let digest = mac.finalize().into_bytes();
         out.push_str(HASH_PREFIX);
-        out.push_str(&self.active);
+        out.push_str(&key.id);
         out.push('.');
         out.push_str(class.as_str());
         out.push('.');
@@ -338,6 +422,10 @@ fn write_header(out: &mut String, mode: Mode, kind: ValueKind, key_id: &str, cla
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::keyring::{parse_instant, KeyState, KeysDoc};
+
+    /// Any instant: the short-form ring has no dates.
+    const NOW: u64 = 1_800_000_000_000;
 
     fn engine() -> TokenEngine {
         let mut keys = BTreeMap::new();
@@ -346,13 +434,17 @@ mod tests {
         TokenEngine::new(keys, "k1").expect("engine")
     }
 
+    fn seal(e: &TokenEngine, class: PiiClass, mode: Mode, kind: ValueKind, plaintext: &[u8]) -> String {
+        e.seal(NOW, class, mode, kind, plaintext).expect("a key is active")
+    }
+
     #[test]
     fn round_trip_both_modes_and_kinds() {
         let e = engine();
         for mode in [Mode::Deterministic, Mode::Randomized] {
             for kind in [ValueKind::Text, ValueKind::RawJson] {
-                let t = e.seal(PiiClass::Email, mode, kind, b"jane@example.com");
-                let o = e.open(&t).expect("opens");
+                let t = seal(&e, PiiClass::Email, mode, kind, b"jane@example.com");
+                let o = e.open(&t, NOW).expect("opens");
                 assert_eq!(o.plaintext, b"jane@example.com");
                 assert_eq!((o.class, o.mode, o.kind, o.key_id.as_str()), (PiiClass::Email, mode, kind, "k1"));
             }
@@ -362,13 +454,13 @@ mod tests {
     #[test]
     fn deterministic_is_stable_randomized_is_not() {
         let e = engine();
-        let a = e.seal(PiiClass::Name, Mode::Deterministic, ValueKind::Text, b"Jane Doe");
-        let b = engine().seal(PiiClass::Name, Mode::Deterministic, ValueKind::Text, b"Jane Doe");
+        let a = seal(&e, PiiClass::Name, Mode::Deterministic, ValueKind::Text, b"Jane Doe");
+        let b = seal(&engine(), PiiClass::Name, Mode::Deterministic, ValueKind::Text, b"Jane Doe");
         assert_eq!(a, b, "same key, same value → same token, across engine instances");
-        let r1 = e.seal(PiiClass::Name, Mode::Randomized, ValueKind::Text, b"Jane Doe");
-        let r2 = e.seal(PiiClass::Name, Mode::Randomized, ValueKind::Text, b"Jane Doe");
+        let r1 = seal(&e, PiiClass::Name, Mode::Randomized, ValueKind::Text, b"Jane Doe");
+        let r2 = seal(&e, PiiClass::Name, Mode::Randomized, ValueKind::Text, b"Jane Doe");
         assert_ne!(r1, r2);
-        assert_ne!(a, e.seal(PiiClass::Address, Mode::Deterministic, ValueKind::Text, b"Jane Doe"));
+        assert_ne!(a, seal(&e, PiiClass::Address, Mode::Deterministic, ValueKind::Text, b"Jane Doe"));
     }
 
     #[test]
@@ -378,41 +470,112 @@ mod tests {
         for round in 0..3 {
             for i in 0..10 {
                 let value = format!("buyer-{i}@example.com");
-                let a = remembering.seal(PiiClass::Email, Mode::Deterministic, ValueKind::Text, value.as_bytes());
-                let b = computing.seal(PiiClass::Email, Mode::Deterministic, ValueKind::Text, value.as_bytes());
+                let a = seal(&remembering, PiiClass::Email, Mode::Deterministic, ValueKind::Text, value.as_bytes());
+                let b = seal(&computing, PiiClass::Email, Mode::Deterministic, ValueKind::Text, value.as_bytes());
                 assert_eq!(a, b, "round {round}, value {i}");
                 assert!(remembering.recent.map.borrow().len() <= 4);
             }
         }
         // A remembered token is class- and kind-specific.
-        let name = remembering.seal(PiiClass::Name, Mode::Deterministic, ValueKind::Text, b"buyer-9@example.com");
-        assert_eq!(remembering.open(&name).expect("opens").class, PiiClass::Name);
+        let name = seal(&remembering, PiiClass::Name, Mode::Deterministic, ValueKind::Text, b"buyer-9@example.com");
+        assert_eq!(remembering.open(&name, NOW).expect("opens").class, PiiClass::Name);
     }
 
     #[test]
     fn tampering_and_class_swap_fail() {
         let e = engine();
-        let t = e.seal(PiiClass::Phone, Mode::Deterministic, ValueKind::Text, b"+1 555 0100");
+        let t = seal(&e, PiiClass::Phone, Mode::Deterministic, ValueKind::Text, b"+1 555 0100");
         // One character changed anywhere in the token.
         for i in 0..t.len() {
             let mut bytes = t.clone().into_bytes();
             bytes[i] = if bytes[i] == b'A' { b'B' } else { b'A' };
             let changed = String::from_utf8(bytes).expect("ascii");
-            assert!(e.open(&changed).is_err(), "changed at {i} still opened");
+            assert!(e.open(&changed, NOW).is_err(), "changed at {i} still opened");
         }
         let swapped = t.replacen(".phone.", ".email.", 1);
-        assert_eq!(e.open(&swapped), Err(TokenError::Forged));
+        assert_eq!(e.open(&swapped, NOW), Err(TokenError::Forged));
         let rekeyed = t.replacen(".k1.", ".k0.", 1);
-        assert_eq!(e.open(&rekeyed), Err(TokenError::Forged));
-        assert_eq!(e.open(&t.replacen(".k1.", ".k9.", 1)), Err(TokenError::UnknownKey));
-        assert_eq!(e.open("Jane Doe"), Err(TokenError::Malformed));
+        assert_eq!(e.open(&rekeyed, NOW), Err(TokenError::Forged));
+        assert_eq!(e.open(&t.replacen(".k1.", ".k9.", 1), NOW), Err(TokenError::UnknownKey));
+        assert_eq!(e.open("Jane Doe", NOW), Err(TokenError::Malformed));
     }
 
     #[test]
     fn tokens_are_url_and_json_safe() {
         let e = engine();
-        let t = e.seal(PiiClass::GiftMessage, Mode::Randomized, ValueKind::Text, "Héllo \"x\" / ?&".as_bytes());
+        let t = seal(&e, PiiClass::GiftMessage, Mode::Randomized, ValueKind::Text, "Héllo \"x\" / ?&".as_bytes());
         assert!(t.bytes().all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b)), "{t}");
+    }
+
+    /// A dated ring: monthly keys k-oct, k-nov for every class but tax ids, a yearly key for them.
+    fn dated() -> TokenEngine {
+        let doc: KeysDoc = serde_json::from_str(
+            r#"{"ring":[
+                {"id":"k-oct","env":"A","classes":["name","email","phone","address","gift_message","company","other"],"created":"2026-09-20","activeFrom":"2026-10-01","notAfter":"2026-11-30"},
+                {"id":"k-nov","env":"B","classes":["name","email","phone","address","gift_message","company","other"],"created":"2026-10-20","activeFrom":"2026-11-01","notAfter":"2026-12-31"},
+                {"id":"tax-2026","env":"C","classes":["tax_id"],"created":"2025-12-01","activeFrom":"2026-01-01","notAfter":"2036-12-31"}]}"#,
+        )
+        .expect("doc");
+        let schedule = Schedule::from_doc(&doc).expect("valid ring");
+        TokenEngine::from_ring(schedule, vec![[1u8; KEY_LEN], [2u8; KEY_LEN], [3u8; KEY_LEN]]).expect("engine")
+    }
+
+    fn day(text: &str) -> u64 {
+        parse_instant(text, false).expect("date")
+    }
+
+    #[test]
+    fn tokens_are_made_with_the_key_active_for_their_class_at_the_instant_given() {
+        let e = dated();
+        let email_oct = e.seal(day("2026-10-15"), PiiClass::Email, Mode::Deterministic, ValueKind::Text, b"jane@example.com").expect("sealed");
+        let email_nov = e.seal(day("2026-11-15"), PiiClass::Email, Mode::Deterministic, ValueKind::Text, b"jane@example.com").expect("sealed");
+        let tax_nov = e.seal(day("2026-11-15"), PiiClass::TaxId, Mode::Deterministic, ValueKind::Text, b"DE123456789").expect("sealed");
+        assert!(email_oct.starts_with("spgt1.ds.k-oct.email."), "{email_oct}");
+        assert!(email_nov.starts_with("spgt1.ds.k-nov.email."), "{email_nov}");
+        assert!(tax_nov.starts_with("spgt1.ds.tax-2026.tax_id."), "{tax_nov}");
+        // A deterministic token changes with the key: joins across a rotation need both tokens.
+        assert_ne!(email_oct, email_nov);
+        // Keyed hashes follow the class's key too.
+        let keys = e.active_keys(day("2026-11-15"));
+        let mut hashed = String::new();
+        e.hash_into(&keys, PiiClass::TaxId, ValueKind::Text, b"DE123456789", &mut hashed);
+        assert!(hashed.starts_with("spgh2.tax-2026.tax_id."), "{hashed}");
+        // Before any key of the class, nothing is made.
+        assert_eq!(e.seal(day("2026-09-15"), PiiClass::Email, Mode::Deterministic, ValueKind::Text, b"x"), None);
+        let mut out = String::new();
+        e.seal_into(&e.active_keys(day("2026-09-15")), PiiClass::Email, Mode::Randomized, ValueKind::Text, b"x", &mut Vec::new(), &mut out);
+        assert_eq!(out, "", "no key, no token, and never the value");
+        // Both monthly keys open their tokens in November.
+        assert_eq!(e.open(&email_oct, day("2026-11-15")).expect("October's key still reads").plaintext, b"jane@example.com");
+        assert_eq!(e.open(&email_nov, day("2026-11-15")).expect("opens").key_id, "k-nov");
+        assert_eq!(e.schedule().state(0, day("2026-11-15")), KeyState::Readable);
+    }
+
+    #[test]
+    fn tokens_of_an_expired_key_are_refused_though_the_material_is_present() {
+        let e = dated();
+        let token = e.seal(day("2026-10-15"), PiiClass::Address, Mode::Randomized, ValueKind::Text, b"1 Main St").expect("sealed");
+        let last_moment = parse_instant("2026-11-30", true).expect("day");
+        assert!(e.open(&token, last_moment).is_ok(), "notAfter is the last day its tokens open");
+        let refused = e.open(&token, last_moment + 1).expect_err("expired");
+        assert_eq!(refused, TokenError::Expired { key_id: "k-oct".into(), not_after: "2026-11-30".into() });
+        assert_eq!(refused.code(), "token_expired");
+        assert!(!refused.to_string().contains("Main"));
+        // A forged token of the expired key is refused the same way: nothing is decrypted.
+        assert_eq!(e.open(&token.replacen(".address.", ".name.", 1), last_moment + 1).map_err(|e| e.code()), Err("token_expired"));
+    }
+
+    #[test]
+    fn fingerprints_name_the_key_without_revealing_it() {
+        let mut key = [0u8; KEY_LEN];
+        for (i, b) in key.iter_mut().enumerate() {
+            *b = i as u8;
+        }
+        assert_eq!(fingerprint(&key), FINGERPRINT_VECTOR);
+        assert_ne!(fingerprint(&[1u8; KEY_LEN]), fingerprint(&[2u8; KEY_LEN]));
+        let e = dated();
+        assert_eq!(e.fingerprint(1), fingerprint(&[2u8; KEY_LEN]));
+        assert_eq!(e.key_id(2), "tax-2026");
     }
 
     /// Known-answer vector: pins the deterministic construction (HKDF sub-keys, SIV nonce, AAD =
@@ -426,11 +589,11 @@ mod tests {
         }
         keys.insert("test".to_string(), key);
         let e = TokenEngine::new(keys, "test").expect("engine");
-        let t = e.seal(PiiClass::Email, Mode::Deterministic, ValueKind::Text, b"buyer@example.com");
+        let t = seal(&e, PiiClass::Email, Mode::Deterministic, ValueKind::Text, b"buyer@example.com");
         assert_eq!(t, DETERMINISTIC_VECTOR);
         let h = {
             let mut s = String::new();
-            e.hash_into(PiiClass::Email, ValueKind::Text, b"buyer@example.com", &mut s);
+            e.hash_into(&e.active_keys(NOW), PiiClass::Email, ValueKind::Text, b"buyer@example.com", &mut s);
             s
         };
         assert_eq!(h, HASH_VECTOR);
@@ -438,20 +601,22 @@ mod tests {
 
     const DETERMINISTIC_VECTOR: &str = "spgt1.ds.test.email.BDyT4ou2lghHKe48H_G8Z1cQfvBj5WuvPvmwuOJt9HntKo_-rS6zFV1JsHWC";
     const HASH_VECTOR: &str = "spgh2.test.email.RGA7Fojk9L91zuxZbD9bJg";
+    const FINGERPRINT_VECTOR: &str = "2198ebf492885c3e478e045726b45578";
 
     #[test]
     fn hash_is_keyed_and_class_bound() {
         let e = engine();
+        let keys = e.active_keys(NOW);
         let mut a = String::new();
         let mut b = String::new();
-        e.hash_into(PiiClass::Email, ValueKind::Text, b"x@example.com", &mut a);
-        e.hash_into(PiiClass::Name, ValueKind::Text, b"x@example.com", &mut b);
+        e.hash_into(&keys, PiiClass::Email, ValueKind::Text, b"x@example.com", &mut a);
+        e.hash_into(&keys, PiiClass::Name, ValueKind::Text, b"x@example.com", &mut b);
         assert!(a.starts_with("spgh2.k1.email."));
         assert_ne!(a[15..], b[14..]);
         // The string "123" and the number 123 are different values.
         let (mut text, mut number) = (String::new(), String::new());
-        e.hash_into(PiiClass::Other, ValueKind::Text, b"123", &mut text);
-        e.hash_into(PiiClass::Other, ValueKind::RawJson, b"123", &mut number);
+        e.hash_into(&keys, PiiClass::Other, ValueKind::Text, b"123", &mut text);
+        e.hash_into(&keys, PiiClass::Other, ValueKind::RawJson, b"123", &mut number);
         assert_ne!(text, number);
     }
 }

@@ -5,7 +5,6 @@ mod support;
 use serde_json::{json, Value};
 use support::*;
 
-use std::collections::BTreeSet;
 use std::io::Read;
 use std::net::TcpListener;
 use std::time::Duration;

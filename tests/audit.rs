@@ -8,6 +8,7 @@ use std::process::Command;
 use serde_json::{json, Value};
 use spapi_guard::catalog::{Catalog, CatalogOverrides};
 use spapi_guard::metrics::METRICS;
+use spapi_guard::pii::PiiClass;
 use support::*;
 
 /// Bodies the filter must refuse, each carrying real PII of the Amazon fixtures.
@@ -155,6 +156,8 @@ fn metrics_equal_the_traffic_sent() {
     let sync = "spiffe://spapi-guard.demo/order-sync";
     let labels = "spiffe://spapi-guard.demo/label-printer";
     let analytics = "spiffe://spapi-guard.demo/analytics";
+    // policies/default.json: demo-1 serves every class until 2030-12-31 (its last second's end).
+    let demo_key_end = spapi_guard::keyring::parse_instant("2031-01-01", false).expect("date") / 1000;
     let expected: BTreeMap<String, u64> = [
         (r#"spapi_guard_requests_total{operation="orders-v0.getOrderAddress",decision="allow"}"#.to_string(), 5),
         (r#"spapi_guard_requests_total{operation="orders-v0.getOrderAddress",decision="deny"}"#.to_string(), 1),
@@ -180,9 +183,19 @@ fn metrics_equal_the_traffic_sent() {
         (r#"spapi_guard_pii_fields_total{action="removed",class="name"}"#.to_string(), 2),
         (r#"spapi_guard_fail_closed_total{reason="unsupported_content_encoding"}"#.to_string(), 1),
         (r#"spapi_guard_config_total{result="loaded"}"#.to_string(), 3),
+        // The key ring's gauges (src/key_status.rs).
+        (r#"spapi_guard_key_info{key_id="demo-1",state="active"}"#.to_string(), 1),
+        (r#"spapi_guard_key_info{key_id="demo-1",state="pending"}"#.to_string(), 0),
+        (r#"spapi_guard_key_info{key_id="demo-1",state="readable"}"#.to_string(), 0),
+        (r#"spapi_guard_key_info{key_id="demo-1",state="expired"}"#.to_string(), 0),
     ]
     .into_iter()
+    .chain(PiiClass::ALL.map(|class| (format!(r#"spapi_guard_key_active_until_seconds{{class="{class}"}}"#), demo_key_end)))
     .collect();
+    // The demo key makes every token (all classes deterministic here): tokens per key = tokenized values.
+    let tokenized = expected.iter().filter(|(k, _)| k.starts_with(r#"spapi_guard_pii_fields_total{action="tokenized""#)).map(|(_, v)| v).sum();
+    let mut expected = expected;
+    expected.insert(r#"spapi_guard_key_tokens_total{key_id="demo-1",mode="deterministic"}"#.to_string(), tokenized);
     let mut metrics = stack.metrics();
     let bytes_in = metrics.remove(r#"spapi_guard_body_bytes_total{direction="upstream"}"#).expect("bytes in");
     let bytes_out = metrics.remove(r#"spapi_guard_body_bytes_total{direction="downstream"}"#).expect("bytes out");

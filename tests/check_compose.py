@@ -5,6 +5,7 @@ files compose mounts are the ones the config names, the key variables compose pa
 policy's, and the mock listens where the config's upstream points. Likewise for the production
 profile (service envoy-production, envoy/envoy.production.yaml): its own mounts and keys, no mock,
 and every upstream an SP-API endpoint over verified TLS with the image's system trust store."""
+import importlib.util
 import json
 import pathlib
 import sys
@@ -12,6 +13,9 @@ import sys
 import yaml
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
+_spec = importlib.util.spec_from_file_location("render", ROOT / "scripts" / "render-envoy-config.py")
+render = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(render)
 compose = yaml.safe_load((ROOT / "docker-compose.yml").read_text())
 envoy = yaml.safe_load((ROOT / "envoy" / "envoy.yaml").read_text())
 policy = json.loads((ROOT / "policies" / "default.json").read_text())
@@ -43,7 +47,7 @@ tls = listener["filter_chains"][0]["transport_socket"]["typed_config"]["common_t
 tls_dir = pathlib.PurePosixPath(tls["validation_context"]["trusted_ca"]["filename"]).parent
 check(mounts.get(str(tls_dir)) == "./.run/demo/tls", "compose mounts the certificates where envoy.yaml reads them")
 check(tls["tls_params"]["tls_minimum_protocol_version"] == "TLSv1_2", "TLS 1.2 or later")
-env_keys = set(policy["keys"]["env"].values())
+env_keys = set(render.key_variables(policy))
 check(set(wasm["vm_config"]["environment_variables"]["host_env_keys"]) == env_keys, "host_env_keys are the policy's key variables")
 check(set(svc.get("environment", {})) == env_keys, "compose passes exactly the policy's key variables")
 check(f'{listener["address"]["socket_address"]["port_value"]}:{listener["address"]["socket_address"]["port_value"]}' in svc["ports"],

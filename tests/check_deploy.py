@@ -115,8 +115,16 @@ def load(rel):
     return [d for d in yaml.safe_load_all((DEPLOY / rel).read_text()) if d]
 
 
+def key_variables(policy):
+    """The key variables the policy names: keys.ring[].env, or the short form's keys.env values."""
+    keys = policy.get("keys") or {}
+    if "ring" in keys:
+        return sorted({entry.get("env") for entry in keys["ring"] if entry.get("env")})
+    return sorted(set((keys.get("env") or {}).values()))
+
+
 def semantics(policy):
-    keys = sorted(set(policy["keys"]["env"].values()))
+    keys = key_variables(policy)
     limit = policy.get("bufferLimitBytes", 32 * 1024 * 1024)
     hops = policy.get("access", {}).get("xffTrustedHops", 0)
     # WasmPlugin
@@ -188,7 +196,7 @@ def merge(dst, src):
 def envoy_accepts(wasm, policy_path):
     render = ROOT / "scripts" / "render-envoy-config.py"
     envoy = os.environ.get("ENVOY_BIN") or str(ROOT / ".venv" / "envoy-bin")
-    key_env = {v: base64.b64encode(os.urandom(32)).decode() for v in json.loads(pathlib.Path(policy_path).read_text())["keys"]["env"].values()}
+    key_env = {v: base64.b64encode(os.urandom(32)).decode() for v in key_variables(json.loads(pathlib.Path(policy_path).read_text()))}
     with tempfile.TemporaryDirectory() as tmp:
         tmp = pathlib.Path(tmp)
         tls = tmp / "tls"

@@ -96,7 +96,9 @@ def config_dump(tmp, rendering):
     text = yaml.safe_dump(doc).replace(str(ROOT / ".run" / "demo" / "tls"), str(certs)).replace(TEST_TRUST_STORE, str(certs / "ca.crt"))
     path = tmp / "running.yaml"
     path.write_text(text)
-    keys = {v: base64.b64encode(os.urandom(32)).decode() for v in json.loads(cfg[0]["configuration"]["value"])["keys"]["env"].values()}
+    policy_keys = json.loads(cfg[0]["configuration"]["value"])["keys"]
+    names = {e["env"] for e in policy_keys["ring"]} if "ring" in policy_keys else set(policy_keys["env"].values())
+    keys = {v: base64.b64encode(os.urandom(32)).decode() for v in names}
     proc = subprocess.Popen([str(envoy), "-c", str(path), "--disable-hot-restart", "--log-level", "error", "--concurrency", "1"],
                             stdout=subprocess.DEVNULL, stderr=open(tmp / "envoy.log", "w"), env={**os.environ, **keys})
     try:

@@ -11,28 +11,22 @@ use spapi_guard::pii::PiiClass;
 use spapi_guard::tokens::{Mode, TokenEngine, ValueKind, TOKEN_PREFIX};
 use support::*;
 
-/// Checks that `response` is `upstream` with exactly the reference PII values protected: strings
-/// replaced by tokens that open to them, numbers coarsened (schema-faithful), every other byte
-/// identical, every token at a PII location, of its class. The reference (tests/support
-/// `reference_pii`) knows the catalog's paths, its customer objects, bodies without the `payload`
-/// wrapper and the default detectors; it is a DOM walk, independent of the filter's automaton.
+/// Checks that `response` is `upstream` with exactly the reference PII values replaced by tokens
+/// that open to them: every other byte identical, every token at a PII location, of its class.
+/// The reference (tests/support `reference_pii`) knows the catalog's paths, its customer objects,
+/// bodies without the `payload` wrapper and the default detectors; it is a DOM walk, independent
+/// of the filter's automaton.
 fn assert_tokenized(name: &str, op: &Operation, upstream: &[u8], response: &[u8], engine: &TokenEngine) -> usize {
     let up: Value = serde_json::from_slice(upstream).expect("fixture json");
     let resp: Value = serde_json::from_slice(response).unwrap_or_else(|e| panic!("{name}: response not JSON: {e}"));
     let pii = reference_pii(op, &up);
 
-    // 1. At every PII location there is a token of the right class that opens to the value (a
-    //    number: the number coarsened to one decimal).
+    // 1. At every PII location there is a token of the right class that opens to the value.
     for p in &pii {
         let got = js_path(&p.location, &resp).expect("query");
-        let got = got.first().map(|g| g.clone().val().clone());
-        if let Some(coarse) = p.coarsened() {
-            assert_eq!(got, Some(coarse), "{name}: {} is not the coarsened number", p.location);
-            continue;
-        }
-        let token = got.and_then(|g| g.as_str().map(str::to_string));
+        let token = got.first().and_then(|g| g.clone().val().as_str().map(str::to_string));
         let token = token.unwrap_or_else(|| panic!("{name}: {} is not a token", p.location));
-        let opened = engine.open(&token).unwrap_or_else(|e| panic!("{name}: {} token does not open: {e}", p.location));
+        let opened = engine.open(&token, now_ms()).unwrap_or_else(|e| panic!("{name}: {} token does not open: {e}", p.location));
         assert_eq!(opened.class, p.class, "{name}: {}", p.location);
         match (&p.value, opened.kind) {
             (Value::String(s), ValueKind::Text) => assert_eq!(opened.plaintext, s.as_bytes(), "{name}: {}", p.location),
@@ -41,55 +35,35 @@ fn assert_tokenized(name: &str, op: &Operation, upstream: &[u8], response: &[u8]
         }
     }
 
-    // 2. Byte-faithful: walking the response, every byte outside a token or a coarsened number
-    //    equals the upstream's; each token stands exactly where one upstream JSON value stood and
-    //    opens to its text; each coarsened number stands where a PII number stood.
-    let numbers: Vec<f64> = pii.iter().filter_map(|p| p.value.as_f64().filter(|_| p.value.is_number())).collect();
-    let (mut u, mut r, mut tokens, mut coarsened) = (0usize, 0usize, 0usize, 0usize);
-    let is_number_byte = |b: u8| b.is_ascii_digit() || matches!(b, b'.' | b'-' | b'+' | b'e' | b'E');
-    while r < response.len() {
-        if response[r..].starts_with(format!("\"{TOKEN_PREFIX}").as_bytes()) {
-            let text = std::str::from_utf8(&response[r..]).expect("utf8");
-            let end = 1 + text[1..].find('"').expect("token end") + 1;
-            let opened = engine.open(&text[1..end - 1]).expect("token opens");
-            let mut values = serde_json::Deserializer::from_slice(&upstream[u..]).into_iter::<Value>();
-            let original = values.next().expect("a value").expect("valid");
-            let consumed = values.byte_offset();
-            match opened.kind {
-                ValueKind::Text => assert_eq!(original, Value::String(String::from_utf8(opened.plaintext).expect("utf8"))),
-                ValueKind::RawJson => assert_eq!(&upstream[u..u + consumed], opened.plaintext.as_slice(), "{name}: raw value"),
-            }
-            u += consumed;
-            r += end;
-            tokens += 1;
-            continue;
+    // 2. Byte-faithful: walking the response, every byte outside a token equals the upstream's,
+    //    and each token stands exactly where one upstream JSON value stood and opens to its text.
+    let text = std::str::from_utf8(response).expect("utf8");
+    let mut up_pos = 0;
+    let mut resp_pos = 0;
+    let mut tokens = 0;
+    while let Some(offset) = text[resp_pos..].find(&format!("\"{TOKEN_PREFIX}")) {
+        let start = resp_pos + offset;
+        assert_eq!(&response[resp_pos..start], &upstream[up_pos..up_pos + (start - resp_pos)], "{name}: bytes differ before a token");
+        up_pos += start - resp_pos;
+        let end = start + 1 + text[start + 1..].find('"').expect("token end") + 1;
+        let token = &text[start + 1..end - 1];
+        let opened = engine.open(token, now_ms()).expect("token opens");
+        let mut values = serde_json::Deserializer::from_slice(&upstream[up_pos..]).into_iter::<Value>();
+        let original = values.next().expect("a value").expect("valid");
+        let consumed = values.byte_offset();
+        match opened.kind {
+            ValueKind::Text => assert_eq!(original, Value::String(String::from_utf8(opened.plaintext).expect("utf8"))),
+            ValueKind::RawJson => assert_eq!(&upstream[up_pos..up_pos + consumed], opened.plaintext.as_slice(), "{name}: raw value"),
         }
-        if upstream.get(u) == Some(&response[r]) {
-            u += 1;
-            r += 1;
-            continue;
-        }
-        // Not a token, not the upstream's byte: a coarsened number. Back to where it starts
-        // (the bytes before were equal in both), then both numbers whole.
-        let back = response[..r].iter().rev().take_while(|&&b| is_number_byte(b)).count();
-        let (u0, r0) = (u - back, r - back);
-        let u1 = u0 + upstream[u0..].iter().take_while(|&&b| is_number_byte(b)).count();
-        let r1 = r0 + response[r0..].iter().take_while(|&&b| is_number_byte(b)).count();
-        let original: f64 = std::str::from_utf8(&upstream[u0..u1]).ok().and_then(|t| t.parse().ok()).unwrap_or_else(|| panic!("{name}: bytes differ at {r0}"));
-        assert!(numbers.contains(&original), "{name}: a number that is not PII changed at {r0}");
-        let mut coarse = Vec::new();
-        spapi_guard::schema::coarsen(std::str::from_utf8(&upstream[u0..u1]).expect("utf8"), 1, &mut coarse);
-        assert_eq!(&response[r0..r1], coarse.as_slice(), "{name}: not the coarsened number at {r0}");
-        u = u1;
-        r = r1;
-        coarsened += 1;
+        up_pos += consumed;
+        resp_pos = end;
+        tokens += 1;
     }
-    assert_eq!(u, upstream.len(), "{name}: bytes differ after the last replaced value");
-    assert_eq!(tokens + coarsened, pii.len(), "{name}: tokens and coarsened numbers in the response vs PII values the reference finds");
+    assert_eq!(&response[resp_pos..], &upstream[up_pos..], "{name}: bytes differ after the last token");
+    assert_eq!(tokens, pii.len(), "{name}: tokens in the response vs PII values in the catalog paths");
 
     // 3. No PII string appears anywhere in the response, except where the same text stands at a
     //    non-PII location of the upstream (a seller's own country code, say).
-    let text = std::str::from_utf8(response).expect("utf8");
     let up_text = String::from_utf8_lossy(upstream);
     for p in &pii {
         let Value::String(_) = &p.value else { continue };
@@ -178,19 +152,19 @@ fn deterministic_tokens_repeat_across_requests_and_vms_randomized_do_not() {
     // Default policy: email deterministic, gift_message randomized.
     assert_eq!(email(&first), email(&second));
     assert_eq!(email(&first), email(&other_vm), "another Envoy process, same key: same token");
-    assert_eq!(engine.open(&email(&first)).expect("opens").mode, Mode::Deterministic);
+    assert_eq!(engine.open(&email(&first), now_ms()).expect("opens").mode, Mode::Deterministic);
     assert_ne!(gift(&first), gift(&second));
     assert_ne!(gift(&first), gift(&other_vm));
-    assert_eq!(engine.open(&gift(&first)).expect("opens").plaintext, engine.open(&gift(&second)).expect("opens").plaintext);
+    assert_eq!(engine.open(&gift(&first), now_ms()).expect("opens").plaintext, engine.open(&gift(&second), now_ms()).expect("opens").plaintext);
 
     // A token changed by one character, or presented as another class, does not open.
     let token = email(&first);
     let last = token.len() - 1;
     let flipped = format!("{}{}", &token[..last], if token.ends_with('A') { "B" } else { "A" });
-    assert!(engine.open(&flipped).is_err());
-    assert!(engine.open(&token.replacen(".email.", ".name.", 1)).is_err());
+    assert!(engine.open(&flipped, now_ms()).is_err());
+    assert!(engine.open(&token.replacen(".email.", ".name.", 1), now_ms()).is_err());
     // A different key opens nothing.
-    assert!(support::engine(&random_key()).open(&token).is_err());
+    assert!(support::engine(&random_key()).open(&token, now_ms()).is_err());
 }
 
 #[test]
@@ -222,14 +196,14 @@ fn class_actions_redact_hash_clear_and_randomize() {
     assert_eq!(stack.play(&fx).json()["orders"][0]["buyer"]["buyerEmail"], hashed, "hash is stable");
     assert_eq!(g["recipient"]["deliveryAddress"]["city"], u["recipient"]["deliveryAddress"]["city"], "address in clear");
     let phone = g["recipient"]["deliveryAddress"]["phone"].as_str().expect("token");
-    let opened = engine.open(phone).expect("opens");
+    let opened = engine.open(phone, now_ms()).expect("opens");
     assert_eq!(opened.mode, Mode::Randomized);
     assert_eq!(opened.plaintext, u["recipient"]["deliveryAddress"]["phone"].as_str().expect("phone").as_bytes());
     // Catalog overrides from the policy: an added field is protected, an excluded one is not.
     let fx = fixture("orders-v0_getOrderAddress_1.json");
     let address = stack.play(&fx).json();
     let order_id = address["payload"]["AmazonOrderId"].as_str().expect("token");
-    assert_eq!(engine.open(order_id).expect("opens").class, PiiClass::Other);
+    assert_eq!(engine.open(order_id, now_ms()).expect("opens").class, PiiClass::Other);
     assert_eq!(address["payload"]["ShippingAddress"]["CountryCode"], "US");
     let events = stack.wait_for_audit_events(3);
     assert_eq!(events[0]["pii"]["name"]["redacted"], 2, "{}", events[0]);
@@ -294,7 +268,9 @@ fn unprocessable_responses_fail_closed_with_no_upstream_bytes() {
         ("gzip", json!({"content-encoding": "gzip"}), false, pii_body.clone(), "unsupported_content_encoding"),
         ("html", json!({"content-type": "text/html"}), false, pii_body.clone(), "unsupported_content_type"),
         ("no-type", json!({"content-type": ""}), false, pii_body.clone(), "unsupported_content_type"),
-        ("latin1-type", json!({"content-type": "application/json; charset=\u{ff}"}), false, pii_body.clone(), "ok"),
+        // A charset other than UTF-8: a client decoding by it would read other members.
+        ("latin1-type", json!({"content-type": "application/json; charset=\u{ff}"}), false, pii_body.clone(), "unsupported_charset"),
+        ("utf8-type", json!({"content-type": "application/json; charset=utf-8"}), false, pii_body.clone(), "ok"),
         ("oversize", json!({}), false, oversize.clone(), "body_too_large"),
         ("oversize-chunked", json!({}), true, oversize, "body_too_large"),
         ("invalid-chunked", json!({}), true, pii_body[..pii_body.len() - 1].to_vec(), "invalid_json"),
@@ -339,10 +315,10 @@ fn envoy_refuses_bad_configuration_and_names_the_problem() {
     let short_key = key_b64(&random_key())[..24].to_string();
 
     let missing = expect_refusal("refuse-missing-key", default_policy(), vec![]);
-    assert!(missing.log.contains("keys.env.demo-1: environment variable SPAPI_GUARD_KEY_DEMO_1 is not set"), "{}", missing.log);
+    assert!(missing.log.contains("keys.ring[0].env: environment variable SPAPI_GUARD_KEY_DEMO_1 is not set"), "{}", missing.log);
 
     let short = expect_refusal("refuse-short-key", default_policy(), vec![(KEY_VAR.into(), short_key.clone())]);
-    assert!(short.log.contains("keys.env.demo-1: SPAPI_GUARD_KEY_DEMO_1 holds a 144-bit key"), "{}", short.log);
+    assert!(short.log.contains("keys.ring[0].env: SPAPI_GUARD_KEY_DEMO_1 holds a 144-bit key"), "{}", short.log);
     assert!(!short.log.contains(&short_key), "key material in the log");
 
     let mut unknown = default_policy();
@@ -357,9 +333,9 @@ fn envoy_refuses_bad_configuration_and_names_the_problem() {
 
     let mut inline = default_policy();
     let material = key_b64(&key);
-    inline["keys"]["env"]["demo-1"] = json!(material);
+    inline["keys"]["ring"][0]["env"] = json!(material);
     let r = expect_refusal("refuse-inline-key", inline, good_env());
-    assert!(r.log.contains("keys.env.demo-1: must be the NAME of an environment variable"), "{}", r.log);
+    assert!(r.log.contains("keys.ring[0].env: must be the NAME of an environment variable"), "{}", r.log);
 
     for log in [&missing.log, &short.log, &r.log] {
         assert!(!log.contains(&material), "key material in Envoy's output");

@@ -252,7 +252,7 @@ fn response_trailers_never_release_a_raw_body() {
     no_pii(&x.seen.delivered, ADDRESS_PII);
     let v: Value = serde_json::from_slice(&x.seen.delivered).expect("json");
     let name = v["payload"]["ShippingAddress"]["Name"].as_str().expect("token");
-    assert_eq!(guard.tokens.open(name).expect("opens").plaintext, b"Michigan address");
+    assert_eq!(guard.tokens.open(name, x.host.now.get()).expect("opens").plaintext, b"Michigan address");
     let event = x.log(Some(200));
     assert_eq!((event["outcome"].as_str(), event["reason"].as_str()), (Some("protected"), None));
     assert_ne!(event["pii"], json!({}));
@@ -610,8 +610,11 @@ fn reveal_policy() -> Value {
 }
 
 fn seal(guard: &Guard, class: spapi_guard::pii::PiiClass, value: &str) -> String {
-    guard.tokens.seal(class, spapi_guard::tokens::Mode::Deterministic, spapi_guard::tokens::ValueKind::Text, value.as_bytes())
+    guard.tokens.seal(MOCK_NOW, class, spapi_guard::tokens::Mode::Deterministic, spapi_guard::tokens::ValueKind::Text, value.as_bytes()).expect("a key is active")
 }
+
+/// MockHost::new's clock (2027-01-15): the default policy's key is active then.
+const MOCK_NOW: u64 = 1_800_000_000_000;
 
 #[test]
 fn tokens_in_a_body_become_data_toward_an_approved_operation_in_any_chunking() {
@@ -708,7 +711,7 @@ fn the_reveal_endpoint_answers_allowed_callers_and_refuses_the_rest() {
     use spapi_guard::pii::PiiClass;
     let guard = guard_with(reveal_policy());
     let (name, city, email) = (seal(&guard, PiiClass::Name, "Jane"), seal(&guard, PiiClass::Address, "Canton"), seal(&guard, PiiClass::Email, "j@example.com"));
-    let lat = guard.tokens.seal(PiiClass::Address, spapi_guard::tokens::Mode::Randomized, spapi_guard::tokens::ValueKind::RawJson, b"47.6062");
+    let lat = guard.tokens.seal(MOCK_NOW, PiiClass::Address, spapi_guard::tokens::Mode::Randomized, spapi_guard::tokens::ValueKind::RawJson, b"47.6062").expect("a key is active");
     let mut x = reveal(&guard, LABEL_PRINTER, "POST", &json!({"tokens": [name, city, lat]}).to_string());
     let reply = x.seen.reply.clone().expect("answered by the filter");
     assert_eq!((reply.status, reply.header("cache-control")), (200, Some("no-store")));

@@ -34,8 +34,8 @@ fn reference_engine() -> TokenEngine {
 fn reference(engine: &TokenEngine, action: Action, class: PiiClass, kind: ValueKind, plaintext: &[u8]) -> String {
     let mut out = String::new();
     match action {
-        Action::Tokenize(mode) => engine.seal_into(class, mode, kind, plaintext, &mut Vec::new(), &mut out),
-        Action::Hash => engine.hash_into(class, kind, plaintext, &mut out),
+        Action::Tokenize(mode) => engine.seal_into(&engine.active_keys(0), class, mode, kind, plaintext, &mut Vec::new(), &mut out),
+        Action::Hash => engine.hash_into(&engine.active_keys(0), class, kind, plaintext, &mut out),
         _ => unreachable!("only deterministic actions are compared byte for byte"),
     }
     out

@@ -194,7 +194,7 @@ fn production_profile_reaches_amazon_over_verified_tls_and_tokenizes() {
             continue;
         }
         let t = at.as_str().expect("a token").to_string();
-        let opened = engine.open(&t).unwrap_or_else(|e| panic!("{}: {t} does not open: {e}", p.location));
+        let opened = engine.open(&t, now_ms()).unwrap_or_else(|e| panic!("{}: {t} does not open: {e}", p.location));
         let value = match opened.kind {
             ValueKind::Text => Value::String(String::from_utf8(opened.plaintext).expect("utf8")),
             ValueKind::RawJson => serde_json::from_slice(&opened.plaintext).expect("raw json"),
@@ -220,7 +220,7 @@ fn production_profile_reaches_amazon_over_verified_tls_and_tokenizes() {
     let resp = stack.request("GET", "/orders/v0/orders/902-0000000-0000000/address", &[("host", APP_HOST_NA), ("x-mock-fixture", "big.json")]);
     assert_eq!(resp.status, 200, "{}", String::from_utf8_lossy(&resp.body[..resp.body.len().min(300)]));
     let name = resp.json()["payload"]["ShippingAddress"]["Name"].as_str().expect("token").to_string();
-    assert_eq!(engine.open(&name).expect("opens").plaintext, big_name.as_bytes());
+    assert_eq!(engine.open(&name, now_ms()).expect("opens").plaintext, big_name.as_bytes());
     assert!(!resp.text().contains(big_name));
 
     // 2. Amazon's own host name works too (the app's DNS points it at this Envoy).

@@ -90,7 +90,9 @@ fn a_label_is_bought_with_the_real_address_from_tokens_and_only_by_callers_allow
 fn a_search_by_email_token_reaches_amazon_as_the_email_and_the_log_as_redacted() {
     let key = random_key();
     let stack = Stack::start(options("reveal-email", &key));
-    let email = engine(&key).seal(spapi_guard::pii::PiiClass::Email, spapi_guard::tokens::Mode::Deterministic, spapi_guard::tokens::ValueKind::Text, b"jane+1@example.com");
+    let email = engine(&key)
+        .seal(now_ms(), spapi_guard::pii::PiiClass::Email, spapi_guard::tokens::Mode::Deterministic, spapi_guard::tokens::ValueKind::Text, b"jane+1@example.com")
+        .expect("sealed");
     let orders = fixture("orders-v0_getOrders_1.json");
     let path = format!("/orders/v0/orders?MarketplaceIds=ATVPDKIKX0DER&BuyerEmail={email}");
     let r = stack.send(Client::Cert(SYNC), "GET", &path, &[("x-mock-fixture", &orders.file)], None, None).expect("curl");

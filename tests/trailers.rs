@@ -155,7 +155,7 @@ fn rdt_request_in_several_data_frames_then_trailers_is_still_checked() {
 fn mask_tokens(v: &mut Value, engine: &TokenEngine) {
     match v {
         Value::String(s) if s.starts_with(TOKEN_PREFIX) => {
-            let opened = engine.open(s).unwrap_or_else(|e| panic!("a token does not open: {e}"));
+            let opened = engine.open(s, now_ms()).unwrap_or_else(|e| panic!("a token does not open: {e}"));
             *v = json!(format!("<{}>", opened.class));
         }
         Value::Array(a) => a.iter_mut().for_each(|x| mask_tokens(x, engine)),
@@ -191,7 +191,7 @@ fn assert_tokenized_as_reference(what: &str, op: &Operation, upstream: &[u8], re
         }
         let token = at.first().and_then(|h| h.clone().val().as_str().map(str::to_string));
         let token = token.unwrap_or_else(|| panic!("{what}: no token at {}: {}", p.location, excerpt(got)));
-        let opened = engine.open(&token).unwrap_or_else(|e| panic!("{what}: {} does not open: {e}", p.location));
+        let opened = engine.open(&token, now_ms()).unwrap_or_else(|e| panic!("{what}: {} does not open: {e}", p.location));
         assert_eq!(opened.class, p.class, "{what}: {}", p.location);
         let expected = match &p.value {
             Value::String(s) => s.as_bytes().to_vec(),
@@ -274,7 +274,7 @@ fn response_trailers_over_an_http1_chunked_upstream_do_not_release_the_raw_body(
 
 /// Bytes a one-letter string value gains as a deterministic token of `class`.
 fn token_growth(engine: &TokenEngine, class: PiiClass) -> usize {
-    engine.seal(class, Mode::Deterministic, ValueKind::Text, b"a").len() + 2 - 3
+    engine.seal(now_ms(), class, Mode::Deterministic, ValueKind::Text, b"a").expect("a key is active").len() + 2 - 3
 }
 
 /// A getOrders (orders-v0) page of at most `limit` bytes: `first` (an order with distinctive
@@ -431,7 +431,7 @@ fn a_getorders_page_of_short_pii_does_not_crash_envoy() {
         let got = resp.json();
         assert_eq!(resp.body.len(), tokenized, "the delivered body is not the whole tokenized page");
         let first = &got["payload"]["Orders"][0];
-        assert_eq!(engine.open(first["ShippingAddress"]["Name"].as_str().expect("token")).expect("opens").plaintext, ZEBULON[0].as_bytes());
+        assert_eq!(engine.open(first["ShippingAddress"]["Name"].as_str().expect("token"), now_ms()).expect("opens").plaintext, ZEBULON[0].as_bytes());
         assert_eq!(event["outcome"], "protected", "{event}");
     } else {
         assert_eq!((resp.status, resp.header("x-spapi-guard")), (502, Some("body_too_large")), "{}", excerpt(&resp.body));

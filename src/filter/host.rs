@@ -46,6 +46,22 @@ thread_local! {
     static NAME: RefCell<String> = const { RefCell::new(String::new()) };
 }
 
+/// The id of a metric, defined on first use (counter and gauge names never coincide).
+fn metric_id(kind: MetricType, metric: &str, labels: &[(&str, &str)]) -> Option<u32> {
+    NAME.with(|name| {
+        let mut name = name.borrow_mut();
+        write_stat_name(&mut name, metric, labels);
+        METRIC_IDS.with(|ids| {
+            if let Some(id) = ids.borrow().get(name.as_str()) {
+                return Some(*id);
+            }
+            let id = hostcalls::define_metric(kind, &name).ok()?;
+            ids.borrow_mut().insert(name.clone(), id);
+            Some(id)
+        })
+    })
+}
+
 fn lock_key(caller_id: &str) -> String {
     format!("spapi-guard.lockout.{caller_id}")
 }
@@ -63,20 +79,14 @@ impl Host for Envoy {
         if n == 0 {
             return;
         }
-        let id = NAME.with(|name| {
-            let mut name = name.borrow_mut();
-            write_stat_name(&mut name, metric, labels);
-            METRIC_IDS.with(|ids| {
-                if let Some(id) = ids.borrow().get(name.as_str()) {
-                    return Some(*id);
-                }
-                let id = hostcalls::define_metric(MetricType::Counter, &name).ok()?;
-                ids.borrow_mut().insert(name.clone(), id);
-                Some(id)
-            })
-        });
-        if let Some(id) = id {
+        if let Some(id) = metric_id(MetricType::Counter, metric, labels) {
             let _ = hostcalls::increment_metric(id, i64::try_from(n).unwrap_or(i64::MAX));
+        }
+    }
+
+    fn gauge(&self, metric: &str, labels: &[(&str, &str)], value: u64) {
+        if let Some(id) = metric_id(MetricType::Gauge, metric, labels) {
+            let _ = hostcalls::record_metric(id, value);
         }
     }
 

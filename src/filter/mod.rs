@@ -16,6 +16,7 @@ use std::time::Duration;
 use crate::audit::DecisionIds;
 use crate::exchange::{Exchange, Level};
 use crate::guard::Guard;
+use crate::key_status::KeyWatch;
 use crate::lifecycle;
 use host::Envoy;
 use stream::Stream;
@@ -28,11 +29,13 @@ proxy_wasm::main! {{
         let at = info.location().map(|l| format!("{}:{}", l.file(), l.line())).unwrap_or_default();
         host::log(Level::Error, &format!("spapi-guard: panic at {at}; the VM will be reloaded"));
     }));
-    proxy_wasm::set_root_context(|_| -> Box<dyn RootContext> { Box::new(Root { guard: None, ids: Rc::new(DecisionIds::new()) }) });
+    proxy_wasm::set_root_context(|_| -> Box<dyn RootContext> { Box::new(Root { guard: None, keys: None, ids: Rc::new(DecisionIds::new()) }) });
 }}
 
 struct Root {
     guard: Option<Rc<Guard>>,
+    /// The key ring's states, checked every tick (keys activate and expire by the clock).
+    keys: Option<KeyWatch>,
     ids: Rc<DecisionIds>,
 }
 
@@ -43,9 +46,9 @@ impl RootContext for Root {
         let config = host::plugin_configuration();
         // Returning false makes Envoy refuse the configuration (bootstrap or LDS update).
         let Some(guard) = lifecycle::configure(&Envoy, &config, &|name| std::env::var(name).ok()) else { return false };
-        if !guard.access.callers.is_empty() {
-            host::set_tick_period(Duration::from_secs(1));
-        }
+        self.keys = Some(KeyWatch::start(&Envoy, &guard));
+        // The timer ends lockouts and follows the keys' states (they change by the clock).
+        host::set_tick_period(Duration::from_secs(1));
         self.guard = Some(Rc::new(guard));
         true
     }
@@ -53,6 +56,9 @@ impl RootContext for Root {
     fn on_tick(&mut self) {
         if let Some(guard) = self.guard.as_ref() {
             lifecycle::end_expired_lockouts(&Envoy, guard);
+            if let Some(keys) = self.keys.as_mut() {
+                keys.tick(&Envoy, guard);
+            }
         }
     }
 

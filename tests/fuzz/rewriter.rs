@@ -1119,7 +1119,7 @@ impl RewriterTarget {
             }
             Exp::Token { node, class, mode, kind, plain } => {
                 let token = out_str()?;
-                let opened = self.guard.tokens.open(token).map_err(|e| Failure::new("token_does_not_open", format!("{token}: {e}")))?;
+                let opened = self.guard.tokens.open(token, 0).map_err(|e| Failure::new("token_does_not_open", format!("{token}: {e}")))?;
                 if opened.class != *class || opened.mode != *mode || opened.kind != *kind || &opened.plaintext != plain {
                     return Err(Failure::new(
                         "token_opens_to_other_value",
@@ -1136,7 +1136,7 @@ impl RewriterTarget {
                     ));
                 }
                 if *mode == Mode::Deterministic {
-                    let want = self.reference.seal(*class, *mode, *kind, plain);
+                    let want = self.reference.seal(0, *class, *mode, *kind, plain).unwrap_or_default();
                     if token != want {
                         return Err(Failure::new("deterministic_token_differs", format!("{token} != reference {want}")));
                     }

@@ -87,6 +87,11 @@ pub fn engine(key: &[u8; KEY_LEN]) -> TokenEngine {
     TokenEngine::new(keys, KEY_ID).expect("engine")
 }
 
+/// The current time in milliseconds since the Unix epoch (tokens open until their key's notAfter).
+pub fn now_ms() -> u64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0)
+}
+
 pub fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0").expect("bind").local_addr().expect("addr").port()
 }
@@ -109,6 +114,8 @@ pub struct Options {
     pub auth_filter: Option<String>,
     /// How Envoy talks to the mock (render-envoy-config.py --upstream-protocol).
     pub upstream_protocol: UpstreamProtocol,
+    /// Start Envoy able to hot restart ([`Stack::hot_restart`]) instead of `--disable-hot-restart`.
+    pub hot_restart: bool,
     /// Edits the rendered Envoy config before Envoy starts (a route timeout, another upstream).
     pub config_edit: Option<Box<dyn Fn(String) -> String>>,
 }
@@ -124,6 +131,7 @@ impl Options {
             envoy_args: vec![],
             auth_filter: None,
             upstream_protocol: UpstreamProtocol::H1,
+            hot_restart: false,
             config_edit: None,
         }
     }
@@ -137,6 +145,39 @@ pub struct Stack {
     pub mock_port: u16,
     envoy: Child,
     mock: Child,
+    /// How the stack was started (a hot restart starts the next Envoy the same way).
+    concurrency: u32,
+    upstream_protocol: UpstreamProtocol,
+    /// The hot restart epoch of the running Envoy, and the Envoys it replaced (they drain and exit).
+    epoch: u32,
+    retired: Vec<Child>,
+}
+
+/// Drain and parent shutdown times of hot restarts in the tests (Envoy's defaults: 600 s and 900 s).
+pub const HOT_RESTART_DRAIN_S: u32 = 2;
+pub const HOT_RESTART_PARENT_SHUTDOWN_S: u32 = 4;
+
+/// The arguments that let an Envoy hot restart: the first one picks a free base id (other Envoys
+/// may run on this machine) and writes it to `base-id` in the stack's folder.
+fn hot_restart_args(dir: &Path, epoch: u32) -> Vec<String> {
+    let mut args = vec![
+        "--restart-epoch".to_string(),
+        epoch.to_string(),
+        "--drain-time-s".to_string(),
+        HOT_RESTART_DRAIN_S.to_string(),
+        "--parent-shutdown-time-s".to_string(),
+        HOT_RESTART_PARENT_SHUTDOWN_S.to_string(),
+        // The new Envoy's gauges are its own: imported, the parent's would add to them while it
+        // drains (spapi_guard_key_info{…} 2). Counters restart at 0, which Prometheus handles.
+        "--skip-hot-restart-parent-stats".to_string(),
+    ];
+    if epoch == 0 {
+        args.extend(["--use-dynamic-base-id".to_string(), "--base-id-path".to_string(), dir.join("base-id").display().to_string()]);
+    } else {
+        let base_id = fs::read_to_string(dir.join("base-id")).expect("base-id of the first Envoy");
+        args.extend(["--base-id".to_string(), base_id.trim().to_string()]);
+    }
+    args
 }
 
 /// Envoy did not come up; `log` is everything it printed.
@@ -177,18 +218,30 @@ fn render(dir: &Path, policy: &Value, port: u16, admin_port: u16, mock_port: u16
 }
 
 pub fn spawn_envoy(dir: &Path, config: &Path, env: &[(String, String)], concurrency: u32, args: &[String]) -> Child {
+    spawn_envoy_epoch(dir, config, env, concurrency, args, None)
+}
+
+/// Starts Envoy; with `epoch`, able to hot restart (epoch 0) or as the hot restart of the running
+/// one (epoch n > 0). Every Envoy of a stack appends to the same stdout and stderr files.
+fn spawn_envoy_epoch(dir: &Path, config: &Path, env: &[(String, String)], concurrency: u32, args: &[String], epoch: Option<u32>) -> Child {
     let bin = envoy_bin();
     assert!(bin.exists(), "{} is missing: run the tests with `make test` (it installs Envoy)", bin.display());
+    let restart = match epoch {
+        Some(epoch) => hot_restart_args(dir, epoch),
+        None => vec!["--disable-hot-restart".to_string()],
+    };
+    let append = |name: &str| fs::OpenOptions::new().create(true).append(true).open(dir.join(name)).expect("log");
     let mut cmd = Command::new(bin);
     cmd.arg("-c")
         .arg(config)
-        .args(["--concurrency", &concurrency.to_string(), "--log-level", "info", "--disable-hot-restart"])
+        .args(["--concurrency", &concurrency.to_string(), "--log-level", "info"])
+        .args(restart)
         // The audit log is Envoy's stdout access log: flush it promptly for the assertions.
         .args(["--file-flush-interval-msec", "100"])
         .args(args)
         .stdin(Stdio::null())
-        .stdout(fs::File::create(dir.join("envoy.stdout")).expect("log"))
-        .stderr(fs::File::create(dir.join("envoy.stderr")).expect("log"))
+        .stdout(append("envoy.stdout"))
+        .stderr(append("envoy.stderr"))
         .env_remove(KEY_VAR);
     for (k, v) in env {
         cmd.env(k, v);
@@ -205,7 +258,7 @@ impl Stack {
     /// with its output in `dir` (as `spawn_envoy` writes it) and the upstream on `mock_port`.
     /// Dropping it stops both.
     pub fn assemble(dir: PathBuf, port: u16, admin_port: u16, mock_port: u16, envoy: Child, mock: Child) -> Stack {
-        Stack { dir, port, admin_port, mock_port, envoy, mock }
+        Stack { dir, port, admin_port, mock_port, envoy, mock, concurrency: 1, upstream_protocol: UpstreamProtocol::H1, epoch: 0, retired: Vec::new() }
     }
 
     pub fn start(opts: Options) -> Stack {
@@ -241,8 +294,9 @@ impl Stack {
             .stdout(fs::File::create(dir.join("mock.log")).expect("log"))
             .stderr(Stdio::inherit());
         let mock = mock_cmd.spawn().expect("spawn mock");
-        let envoy = spawn_envoy(&dir, &config, &opts.env, opts.concurrency, &opts.envoy_args);
-        let mut stack = Stack { dir, port, admin_port, mock_port, envoy, mock };
+        let envoy = spawn_envoy_epoch(&dir, &config, &opts.env, opts.concurrency, &opts.envoy_args, opts.hot_restart.then_some(0));
+        let (concurrency, upstream_protocol) = (opts.concurrency, opts.upstream_protocol);
+        let mut stack = Stack { dir, port, admin_port, mock_port, envoy, mock, concurrency, upstream_protocol, epoch: 0, retired: Vec::new() };
         let deadline = Instant::now() + Duration::from_secs(60);
         loop {
             if let Ok(Some(status)) = stack.envoy.try_wait() {
@@ -270,28 +324,7 @@ impl Stack {
 
     /// Sends a request with an explicit body; `Err` when the connection failed (e.g. handshake).
     pub fn send(&self, client: Client, method: &str, path_and_query: &str, headers: &[(&str, &str)], from: Option<&str>, body: Option<&str>) -> Result<Response, String> {
-        let dir = certs();
-        let mut args: Vec<String> = Vec::new();
-        let scheme = match client {
-            Client::Plaintext => "http",
-            _ => "https",
-        };
-        if scheme == "https" {
-            args.extend(["--cacert".into(), dir.join("ca.crt").display().to_string()]);
-        }
-        let cert = match client {
-            Client::Cert(name) => Some(name.to_string()),
-            Client::Rogue => Some("rogue".to_string()),
-            _ => None,
-        };
-        if let Some(name) = cert {
-            args.extend(["--cert".into(), dir.join(format!("{name}.crt")).display().to_string()]);
-            args.extend(["--key".into(), dir.join(format!("{name}.key")).display().to_string()]);
-        }
-        if let Some(ip) = from {
-            args.extend(["--interface".into(), ip.to_string()]);
-        }
-        curl_url(&format!("{scheme}://127.0.0.1:{}{path_and_query}", self.port), method, headers, &args, body)
+        send_to(self.port, client, method, path_and_query, headers, from, body)
     }
 
     /// Plays one fixture of the Amazon set (picked by file name) as the `order-sync` caller,
@@ -299,7 +332,36 @@ impl Stack {
     pub fn play(&self, fixture: &Fixture) -> Response {
         self.play_as(Client::Cert(ORDER_SYNC), fixture)
     }
+}
 
+/// Sends a request to Envoy's listener on `port` (without a [`Stack`]: from load threads while
+/// the stack hot restarts).
+pub fn send_to(port: u16, client: Client, method: &str, path_and_query: &str, headers: &[(&str, &str)], from: Option<&str>, body: Option<&str>) -> Result<Response, String> {
+    let dir = certs();
+    let mut args: Vec<String> = Vec::new();
+    let scheme = match client {
+        Client::Plaintext => "http",
+        _ => "https",
+    };
+    if scheme == "https" {
+        args.extend(["--cacert".into(), dir.join("ca.crt").display().to_string()]);
+    }
+    let cert = match client {
+        Client::Cert(name) => Some(name.to_string()),
+        Client::Rogue => Some("rogue".to_string()),
+        _ => None,
+    };
+    if let Some(name) = cert {
+        args.extend(["--cert".into(), dir.join(format!("{name}.crt")).display().to_string()]);
+        args.extend(["--key".into(), dir.join(format!("{name}.key")).display().to_string()]);
+    }
+    if let Some(ip) = from {
+        args.extend(["--interface".into(), ip.to_string()]);
+    }
+    curl_url(&format!("{scheme}://127.0.0.1:{port}{path_and_query}"), method, headers, &args, body)
+}
+
+impl Stack {
     /// Plays one fixture as `client`.
     pub fn play_as(&self, client: Client, fixture: &Fixture) -> Response {
         let body = fixture.request_body();
@@ -363,8 +425,46 @@ impl Stack {
     }
 }
 
+impl Stack {
+    /// Hot restarts Envoy (the stack must be started with `hot_restart`) with a new policy and
+    /// process environment, on the same ports: the new Envoy takes the listening sockets over, the
+    /// old one drains its connections and exits. Returns once the new Envoy serves (its admin
+    /// reports its epoch), or what it printed if it refused the configuration.
+    pub fn hot_restart(&mut self, policy: &Value, env: &[(String, String)]) -> Result<(), Refused> {
+        let epoch = self.epoch + 1;
+        let dir = self.dir.join(format!("epoch-{epoch}"));
+        fs::create_dir_all(&dir).expect("mkdir");
+        let config = render(&dir, policy, self.port, self.admin_port, self.mock_port, self.upstream_protocol);
+        let mut child = spawn_envoy_epoch(&self.dir, &config, env, self.concurrency, &[], Some(epoch));
+        let deadline = Instant::now() + Duration::from_secs(60);
+        let stat = format!("server.hot_restart_epoch: {epoch}");
+        loop {
+            if let Ok(Some(status)) = child.try_wait() {
+                return Err(Refused { log: self.envoy_output(), exit_code: status.code() });
+            }
+            let serving = TcpStream::connect(("127.0.0.1", self.admin_port)).is_ok()
+                && String::from_utf8_lossy(&curl(self.admin_port, "GET", "/stats?filter=hot_restart_epoch", &[]).body).contains(&stat)
+                && http_get_status(self.admin_port, "/ready") == Some(200);
+            if serving {
+                self.retired.push(std::mem::replace(&mut self.envoy, child));
+                self.epoch = epoch;
+                return Ok(());
+            }
+            if Instant::now() > deadline {
+                let _ = child.kill();
+                return Err(Refused { log: self.envoy_output(), exit_code: None });
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+}
+
 impl Drop for Stack {
     fn drop(&mut self) {
+        for mut old in self.retired.drain(..) {
+            let _ = old.kill();
+            let _ = old.wait();
+        }
         let _ = self.envoy.kill();
         let _ = self.mock.kill();
         let _ = self.envoy.wait();
@@ -522,17 +622,6 @@ pub struct PiiValue {
     pub location: String,
     pub class: PiiClass,
     pub value: Value,
-}
-
-impl PiiValue {
-    /// What the filter writes for it under a tokenize level with the default `numbers` policy: a
-    /// number coarsened to one decimal (schema-faithful), `None` for anything else (a token).
-    pub fn coarsened(&self) -> Option<Value> {
-        let Value::Number(n) = &self.value else { return None };
-        let mut out = Vec::new();
-        spapi_guard::schema::coarsen(&n.to_string(), 1, &mut out);
-        Some(serde_json::from_slice(&out).expect("a number"))
-    }
 }
 
 /// `$.payload.a.b` → `$.a.b` for an operation whose responses may come without the wrapper.

@@ -34,16 +34,23 @@ def keyed_hash(key_id, cls, kind, plaintext):
     return f"spgh2.{key_id}.{cls}." + b64(digest[:16])
 
 
+def fingerprint(key):
+    return hkdf(key, b"key-fingerprint", 16).hex()
+
+
 def main():
     src = open(sys.argv[1] if len(sys.argv) > 1 else "src/tokens.rs").read()
     token = deterministic_token("test", "email", b"buyer@example.com")
     hashed = keyed_hash("test", "email", b"s", b"buyer@example.com")
+    vectors = (("DETERMINISTIC_VECTOR", token), ("HASH_VECTOR", hashed), ("FINGERPRINT_VECTOR", fingerprint(KEY)))
     ok = True
-    for name, value in (("DETERMINISTIC_VECTOR", token), ("HASH_VECTOR", hashed)):
+    failed = 0
+    for name, value in vectors:
         if f'const {name}: &str = "{value}";' not in src:
             print(f"vector {name} differs from the documented construction: {value}")
             ok = False
-    print("token vectors: 2 passed, 0 failed" if ok else "token vectors: 0 passed, 2 failed")
+            failed += 1
+    print(f"token vectors: {len(vectors) - failed} passed, {failed} failed")
     sys.exit(0 if ok else 1)
 
 
