@@ -691,7 +691,7 @@ mod tests {
     }
 
     #[test]
-    fn members_of_customer_objects_that_no_path_names_are_protected_keeping_their_types() {
+    fn members_of_customer_objects_that_no_path_names_are_protected_by_name_value_or_object_class() {
         let g = guard("");
         let body = r#"{"payload":{"AmazonOrderId":"902-3159896-1390916","BuyerInfo":{"BuyerEmail":"a@example.com","BuyerPhone":"4155551234","Contact":"jane.doe@example.com",
             "Alternate":{"Line":"Flat 2","Floors":3,"Verified":true,"Lat":47.6062},"BuyerTaxInfo":{"TaxingRegion":"WA","TaxClassifications":[{"Name":"VATNumber","Value":"X1"}]},"Nickname":"Janie"},
