@@ -134,6 +134,22 @@ impl DriftPolicy {
 // ---------------------------------------------------------------------------------------------
 // Detectors
 
+/// Whether `value` could be anything a detector finds, from a few byte checks (no member names
+/// needed): an `@`, a first character of a phone number, or a space with a capital first letter or
+/// a digit. Most strings of a response (dates, codes, statuses, ids) are refused here.
+#[inline]
+pub fn worth_a_look(value: &str) -> bool {
+    let b = value.as_bytes();
+    let Some(&first) = b.first() else { return false };
+    if b.len() < 5 || b.len() > 2048 {
+        return false;
+    }
+    if first.is_ascii_digit() || first == b'+' || first == b'(' || memchr::memchr(b'@', b).is_some() {
+        return true;
+    }
+    memchr::memchr(b' ', b).is_some() && (!first.is_ascii_lowercase() || b.iter().any(u8::is_ascii_digit))
+}
+
 /// The detector a string is shaped for, if any, given the member name it sits under (`key`) and
 /// the one above that (`parent`). Only detectors `enabled` says run.
 pub fn detect(key: Option<&str>, parent: Option<&str>, value: &str, enabled: &dyn Fn(DriftKind) -> bool) -> Option<DriftKind> {
@@ -962,6 +978,17 @@ mod tests {
         assert!(!looks_like_person_name("Unit 2 Jane"));
         let only_names = |k: DriftKind| k == DriftKind::Name;
         assert_eq!(detect(Some("name"), Some("buyer"), "jane@example.com", &only_names), None, "detectors can be off");
+    }
+
+    #[test]
+    fn the_quick_look_lets_every_detectors_shape_through() {
+        for v in ["jane@example.com", "+44 20 7946 0958", "206-555-1234", "(206) 555-1234", "1 Cross St", "Hauptstraße 5", "rua augusta 15", "Jane Doe", "PO Box 12", "ÉMILE ZOLA"]
+        {
+            assert!(worth_a_look(v), "{v}");
+        }
+        for v in ["Shipped", "standard", "ATVPDKIKX0DER", "true", "Ship", "B00551Q3CS", "abc def"] {
+            assert!(!worth_a_look(v), "{v}");
+        }
     }
 
     #[test]

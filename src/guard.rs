@@ -6,7 +6,7 @@ use crate::access::{Access, RoleDoc};
 use crate::canary::Canaries;
 use crate::catalog::{Catalog, FieldRule, Operation};
 use crate::config_error::ConfigError;
-use crate::drift::{detect, looks_like_pii_key, member_class, DetectorAction, DriftAction, DriftFindings, DriftKind, DriftPolicy};
+use crate::drift::{detect, looks_like_pii_key, member_class, worth_a_look, DetectorAction, DriftAction, DriftFindings, DriftKind, DriftPolicy};
 use crate::fail_closed::FailReason;
 use crate::json_rewrite::{rewrite, write_json_string, Edit, FieldHandler, MatchedValue, RewriteError, Site};
 use crate::keyring::{self, ActiveKeys};
@@ -451,10 +451,14 @@ impl FieldHandler for Protector<'_> {
 
     fn unmatched(&mut self, value: &str, site: &Site<'_>, out: &mut Vec<u8>) -> Result<Edit, Never> {
         let policy = &self.guard.drift;
-        let key = site.key();
-        if self.matched == 0 && self.pii_key.is_none() && policy.zero_match && key.as_deref().is_some_and(looks_like_pii_key) {
+        if self.matched == 0 && self.pii_key.is_none() && policy.zero_match && site.key().as_deref().is_some_and(looks_like_pii_key) {
             self.pii_key = Some(site.template());
         }
+        // Most strings are refused by their bytes alone, before any member name is read.
+        if !worth_a_look(value) {
+            return Ok(Edit::Keep);
+        }
+        let key = site.key();
         let parent = site.parent_key();
         let Some(kind) = detect(key.as_deref(), parent.as_deref(), value, &|k| policy.action(k) != DetectorAction::Off) else { return Ok(Edit::Keep) };
         if policy.action(kind) == DetectorAction::Report || self.report_only {
@@ -468,6 +472,13 @@ impl FieldHandler for Protector<'_> {
 
     fn scans(&self) -> bool {
         self.scan
+    }
+
+    fn wants(&self, raw: &str) -> bool {
+        // Until a rule matches, every string's member name counts for the zero-match alarm;
+        // after, only strings a detector could take. (An escape could hide an `@` or a digit:
+        // such strings are always looked at.)
+        (self.matched == 0 && self.guard.drift.zero_match) || raw.contains('\\') || worth_a_look(raw)
     }
 }
 

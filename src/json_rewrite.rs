@@ -105,6 +105,12 @@ pub trait FieldHandler {
     fn scans(&self) -> bool {
         false
     }
+
+    /// A quick look at an unmatched string's raw JSON text (escapes not decoded) before the
+    /// walker decodes it and calls [`unmatched`](Self::unmatched): `false` skips it.
+    fn wants(&self, _raw: &str) -> bool {
+        true
+    }
 }
 
 /// Why a body could not be rewritten.
@@ -199,7 +205,7 @@ impl<'a, H: FieldHandler> Walker<'a, '_, H> {
                         Some(None) => MatchedValue::Raw(&self.text[start..self.pos]),
                     };
                     remove = self.replace(Some(rule), start, value)?;
-                } else if self.scans && state != QUIET && self.pos - start > 2 {
+                } else if self.scans && state != QUIET && self.pos - start > 2 && self.handler.wants(&self.text[start + 1..self.pos - 1]) {
                     let inner = &self.text[start + 1..self.pos - 1];
                     let decoded = if has_escape { unescape(inner).map(Cow::Owned) } else { Some(Cow::Borrowed(inner)) };
                     // (A lone surrogate is no text: nothing to detect in it.)

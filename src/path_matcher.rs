@@ -60,6 +60,11 @@ struct DfaState {
     /// Transitions on lowercase member names, sorted by [`fold_hash`]; names not listed go to
     /// `other`.
     members: Vec<(u64, Box<str>, State)>,
+    /// A quick refusal for names no transition has: a bit per name length (63 for longer) and a
+    /// bit per first byte (lowercased, modulo 64). Most member names of a response are looked up
+    /// in states that have no transition for them.
+    lengths: u64,
+    firsts: u64,
     other: State,
     /// The elements of an array at this location.
     element: State,
@@ -161,7 +166,9 @@ impl PathMatcher {
             let other = intern(other, &mut ids, &mut sets);
             let element = intern(element, &mut ids, &mut sets);
             members.sort_by(|a, b| (a.0, &a.1).cmp(&(b.0, &b.1)));
-            states.push(DfaState { members, other, element, rule: rule.map(|r| r as u32) });
+            let lengths = members.iter().fold(0u64, |m, (_, n, _)| m | length_bit(n.len()));
+            let firsts = members.iter().fold(0u64, |m, (_, n, _)| m | first_bit(n.as_bytes().first().copied()));
+            states.push(DfaState { members, lengths, firsts, other, element, rule: rule.map(|r| r as u32) });
             quiet_states.push(quiet);
         }
         // Transitions into a quiet state go to QUIET: the walker stops looking there.
@@ -185,7 +192,7 @@ impl PathMatcher {
     #[inline]
     pub fn member(&self, state: State, name: &str) -> State {
         let Some(s) = self.states.get(state as usize) else { return state };
-        if s.members.is_empty() {
+        if s.lengths & length_bit(name.len()) == 0 || s.firsts & first_bit(name.as_bytes().first().map(u8::to_ascii_lowercase)) == 0 {
             return s.other;
         }
         // One hash of the case-folded name, a binary search over integers, one comparison.
@@ -221,6 +228,16 @@ impl PathMatcher {
     pub fn is_empty(&self) -> bool {
         self.states.len() == 1 && self.states[0].members.is_empty() && self.states[0].other == DEAD && self.states[0].element == DEAD
     }
+}
+
+#[inline]
+fn length_bit(len: usize) -> u64 {
+    1 << len.min(63)
+}
+
+#[inline]
+fn first_bit(first: Option<u8>) -> u64 {
+    first.map_or(1, |b| 1 << (b & 63))
 }
 
 /// A hash of a member name that ignores ASCII case: 8 bytes at a time, each byte with its `0x20`
