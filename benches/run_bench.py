@@ -39,9 +39,11 @@ PAYLOADS = [
 ]
 VARIANTS = ["none", "floor", "guard"]
 # Diagnostics, to show where spapi-guard's time goes: the same filter with every PII class
-# cleared (walk and validate only), redacted (rewrite, no crypto), hashed (rewrite + HMAC-SHA256);
-# and a Wasm filter that does nothing (the cost of any Wasm filter per request).
-DIAGNOSTICS = {"guard-clear": "clear", "guard-redact": "redact", "guard-hash": "hash", "noop": None}
+# cleared (walk and validate only), redacted (rewrite, no crypto), hashed (rewrite + HMAC-SHA256),
+# the default policy with the drift detectors and the zero-match alarm off (the rest of the drift
+# safety net — customer objects, shapes — cannot be turned off); and a Wasm filter that does
+# nothing (the cost of any Wasm filter per request).
+DIAGNOSTICS = {"guard-clear": "clear", "guard-redact": "redact", "guard-hash": "hash", "guard-nodetect": "nodetect", "noop": None}
 
 
 def free_port():
@@ -73,7 +75,9 @@ def wait_ready(admin_port, proc, name):
 
 def bench_policy(level=None):
     policy = json.loads((ROOT / "policies" / "default.json").read_text())
-    if level:
+    if level == "nodetect":
+        policy["drift"] = {"detectors": {d: "off" for d in ("email", "phone", "address", "name")}, "zeroMatchAlarm": False}
+    elif level:
         policy["roles"]["order-sync"]["pii"] = {"*": level}
     access = policy["access"]
     access["allowPlaintext"] = True
@@ -206,7 +210,9 @@ def main():
     steps = [("none", "no filter"), ("noop", "no-op Wasm filter"), ("floor", "buffer-only Wasm"),
              ("guard-clear", "spapi-guard, every class clear (parse + validate)"),
              ("guard-redact", "spapi-guard, every class redacted (+ rewrite)"),
-             ("guard-hash", "spapi-guard, every class hashed (+ HMAC-SHA256)"), ("guard", "spapi-guard, default policy (+ AES-GCM)")]
+             ("guard-hash", "spapi-guard, every class hashed (+ HMAC-SHA256)"),
+             ("guard-nodetect", "spapi-guard, default policy, drift detectors off (+ AES-GCM)"),
+             ("guard", "spapi-guard, default policy (+ drift detectors, zero-match alarm)")]
     for name, _, _ in PAYLOADS:
         previous = None
         for v, label in steps:

@@ -25,7 +25,9 @@ and writes what the schema says of the value there:
     }
 
 `operationModels` says which model, response definition and declared license each operation
-comes from. `customerObjects` lists every definition that directly holds a catalog PII member,
+comes from, and `examplesWithoutWrapper: "payload"` where one of Amazon's own example bodies for
+the success response leaves out the `payload` wrapper the schema puts around it (Shipping v1/v2,
+MCF 2020, DF v1: real responses may come in either shape). `customerObjects` lists every definition that directly holds a catalog PII member,
 with all of its members and the same facts (the `pii` class where the catalog lists the member),
 for allow lists of the non-PII members of customer objects. `summary` lists the PII paths that are
 not strings, that are enum-typed (or list documented values), that are required, that have a
@@ -43,7 +45,9 @@ import sys
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 METHODS = ("get", "put", "post", "delete", "patch")
-POSSIBLE_VALUES = re.compile(r"\*\*Possible values\*\*:\s*((?:`[^`]+`[,\s]*)+)")
+# "**Possible values**: `A`, `B`", "**Possible Values**: `true`, `false`.", "Possible values: `A`, `B`"
+# and the list form "**Possible values**:\n- `A` (what A means)\n- `B` (…)".
+POSSIBLE_VALUES = re.compile(r"(?i)(?:\*\*)?Possible values(?:\*\*)?:\s*((?:`[^`]+`[,.\s]*)+|(?:\s*[-*]\s*`[^`]+`[^\n]*)+)")
 FACT_KEYS = ("format", "minLength", "maxLength", "pattern", "minimum", "maximum")
 
 
@@ -205,6 +209,44 @@ def success_schema(op):
     return None, None
 
 
+def example_bodies(response):
+    """Every example body Amazon gives for one response: `examples` (by media type, or named), and
+    the sandbox responses (`x-amzn-api-sandbox` static and dynamic)."""
+    bodies = []
+    examples = response.get("examples")
+    if isinstance(examples, dict):
+        for value in examples.values():
+            if isinstance(value, dict) and "value" in value and len(value) <= 2:
+                value = value["value"]
+            bodies.append(value)
+    sandbox = response.get("x-amzn-api-sandbox") or {}
+    for kind in ("static", "dynamic"):
+        for case in sandbox.get(kind, []):
+            if isinstance(case, dict) and "response" in case:
+                bodies.append(case["response"])
+    return [b for b in bodies if isinstance(b, dict)]
+
+
+def unwrapped_examples(model, schema, response):
+    """The wrapper member (`payload`) the response schema puts around the body, if one of Amazon's
+    own examples for the response leaves it out and holds the wrapped object's members at the top
+    level instead (Shipping v1: `{"trackingId":…,"eventHistory":…}`): real responses may come in
+    either shape, so the filter matches both."""
+    root, _ = model.deref(schema)
+    for wrapper, member in root.get("properties", {}).items():
+        if wrapper != "payload":
+            continue
+        inner, _ = model.deref(member)
+        names = set(inner.get("properties", {}))
+        if type_of(inner) != "object" or not names:
+            continue
+        for body in example_bodies(response):
+            keys = set(body)
+            if wrapper not in keys and keys and keys <= names | {"errors"} and keys & names:
+                return wrapper
+    return None
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("checkout", type=pathlib.Path, help="a checkout of amzn/selling-partner-api-models")
@@ -238,6 +280,9 @@ def main():
             continue
         _, response_def = model.deref(schema)
         op_models[op["id"]] = {"model": model.rel, "modelLicense": model.license, "response": code, "responseSchema": response_def}
+        wrapper = unwrapped_examples(model, schema, mop["responses"][code])
+        if wrapper:
+            op_models[op["id"]]["examplesWithoutWrapper"] = wrapper
         paths = {}
         for rule in op["responsePii"]:
             facts, holder = walk(model, schema, steps_of(rule["jsonpath"]))

@@ -11,6 +11,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::sync::OnceLock;
 
 use crate::catalog::{Catalog, Operation, BUILTIN_CATALOG};
+use crate::drift::DriftFindings;
 use crate::guard::FieldCounts;
 use crate::{query_params, uri};
 
@@ -107,10 +108,14 @@ pub struct AuditEvent<'a> {
     pub bytes_in: usize,
     pub bytes_out: usize,
     pub duration_ms: Option<u64>,
-    /// Security events this request raised (`canary_hit`, `lockout_started`, `fail_closed`).
+    /// Security events this request raised (`canary_hit`, `lockout_started`, `fail_closed`,
+    /// `schema_drift`).
     pub security_events: Vec<&'static str>,
     /// Ids of the canary records seen.
     pub canaries: Vec<String>,
+    /// PII the catalog's paths did not name, by what found it and what was done:
+    /// `{"member":{"protected":3},"name":{"reported":1}}` (src/drift.rs).
+    pub drift: BTreeMap<&'static str, BTreeMap<&'static str, u32>>,
 }
 
 impl AuditEvent<'_> {
@@ -119,6 +124,15 @@ impl AuditEvent<'_> {
         let mut out: BTreeMap<&'static str, BTreeMap<&'static str, u32>> = BTreeMap::new();
         for (class, action, n) in counts.entries() {
             out.entry(class.as_str()).or_default().insert(action, n);
+        }
+        out
+    }
+
+    /// Groups drift counts by kind for the event.
+    pub fn drift_from(drift: &DriftFindings) -> BTreeMap<&'static str, BTreeMap<&'static str, u32>> {
+        let mut out: BTreeMap<&'static str, BTreeMap<&'static str, u32>> = BTreeMap::new();
+        for (kind, action, n) in drift.entries() {
+            out.entry(kind.as_str()).or_default().insert(action.as_str(), n);
         }
         out
     }
@@ -141,16 +155,34 @@ pub struct SecurityEvent<'a> {
     pub request_id: Option<&'a str>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub caller: Option<&'a str>,
+    /// The catalog operation (schema_drift).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub operation: Option<&'a str>,
+    /// A JSON path template, never a value (schema_drift: `$.payload.Orders[*].BuyerInfo.X`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub path: Option<&'a str>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub reason: Option<&'a str>,
-    /// The policy field at fault (config_rejected) or the canary id (canary_hit).
+    /// The policy field at fault (config_rejected), the canary id (canary_hit), what was done
+    /// (schema_drift: protected, reported).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub detail: Option<&'a str>,
 }
 
 impl<'a> SecurityEvent<'a> {
     pub fn new(event: &'static str, severity: &'static str, time_ms: u64) -> SecurityEvent<'a> {
-        SecurityEvent { event, schema: SCHEMA_VERSION, time: rfc3339_ms(time_ms), severity, request_id: None, caller: None, reason: None, detail: None }
+        SecurityEvent {
+            event,
+            schema: SCHEMA_VERSION,
+            time: rfc3339_ms(time_ms),
+            severity,
+            request_id: None,
+            caller: None,
+            operation: None,
+            path: None,
+            reason: None,
+            detail: None,
+        }
     }
 
     pub fn to_json(&self) -> String {

@@ -7,7 +7,7 @@
 //! Tokens are URL- and JSON-safe ASCII (docs/TOKENS.md), so they appear verbatim wherever an
 //! application put them: no decoding is needed to find them, and any text starting like a token
 //! must be one.
-use crate::json_rewrite::{rewrite, write_json_string, Edit, FieldHandler, MatchedValue};
+use crate::json_rewrite::{rewrite, write_json_string, Edit, FieldHandler, MatchedValue, Site};
 use crate::path_matcher::PathMatcher;
 use crate::pii::{PerClass, PiiClass};
 use crate::tokens::{TokenEngine, TokenError, ValueKind, TOKEN_PREFIX};
@@ -126,7 +126,7 @@ struct Validate;
 impl FieldHandler for Validate {
     type Error = std::convert::Infallible;
 
-    fn replace(&mut self, _: u32, _: MatchedValue<'_>, _: &mut Vec<u8>) -> Result<Edit, Self::Error> {
+    fn replace(&mut self, _: u32, _: MatchedValue<'_>, _: &Site<'_>, _: &mut Vec<u8>) -> Result<Edit, Self::Error> {
         Ok(Edit::Keep)
     }
 }
@@ -140,7 +140,7 @@ pub fn detokenize_json(engine: &TokenEngine, allowed: &PerClass<bool>, body: &[u
     }
     // The same strict reading as responses: a token can then only stand inside a string (a token
     // has no quote or backslash, and no other JSON value starts with its letters).
-    let none = PathMatcher::compile(std::iter::empty(), std::iter::empty()).map_err(|_| DetokenizeError::NotJson)?;
+    let none = PathMatcher::compile(std::iter::empty(), std::iter::empty(), std::iter::empty()).map_err(|_| DetokenizeError::NotJson)?;
     rewrite(body, &none, &mut Validate).map_err(|_| DetokenizeError::NotJson)?;
     let found = open_all(engine, allowed, body, now_ms, revealed)?;
     let mut out = Vec::with_capacity(body.len() + body.len() / 4);

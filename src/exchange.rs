@@ -22,6 +22,7 @@ use crate::access::{Caller, Decision, DenyReason, IdentitySource, RequestFacts, 
 use crate::audit::{redacted_path_with, AuditEvent, DecisionIds, DecisionKind, Outcome, SecurityEvent};
 use crate::canary::ChunkScanner;
 use crate::detokenize::{detokenize_json, detokenize_target, DetokenizeError, Revealed};
+use crate::drift::{DriftAction, DriftFindings, DriftKind};
 use crate::fail_closed::{check_response_headers, FailReason};
 use crate::guard::{FieldCounts, Guard};
 use crate::keyring::ActiveKeys;
@@ -203,6 +204,11 @@ pub struct Exchange {
     bytes_out: usize,
     security_events: Vec<&'static str>,
     canaries: Vec<String>,
+    /// PII the catalog's paths did not name, found in the response.
+    drift: DriftFindings,
+    /// A copy of a PII-free operation's response as it streams, for the drift scan at its end
+    /// (`drift.scanPiiFreeOperations`); `None` when not scanning (or past `maxBodyBytes`).
+    drift_copy: Option<Vec<u8>>,
     request_scanner: ChunkScanner,
     response_scanner: ChunkScanner,
 }
@@ -238,6 +244,8 @@ impl Exchange {
             bytes_out: 0,
             security_events: Vec::new(),
             canaries: Vec::new(),
+            drift: DriftFindings::default(),
+            drift_copy: None,
             request_scanner: ChunkScanner::default(),
             response_scanner: ChunkScanner::default(),
         }
@@ -351,7 +359,14 @@ impl Exchange {
                 host.set_request_header("accept-encoding", None);
                 Outcome::Protected
             }
-            Some(_) => Outcome::PassedThrough,
+            Some(_) => {
+                if guard.drift.scan_pii_free {
+                    // Scanned as it streams (report only): the filter reads identity bodies only.
+                    host.set_request_header("accept-encoding", None);
+                    self.drift_copy = Some(Vec::new());
+                }
+                Outcome::PassedThrough
+            }
             None => Outcome::Unmatched,
         };
         if needs_body_check && enforcing {
@@ -459,6 +474,17 @@ impl Exchange {
         self.upstream_status = text(host.response_header(":status")).and_then(|s| s.trim().parse().ok());
         if self.outcome != Outcome::Protected {
             self.response = ResponseState::Streaming;
+            if self.drift_copy.is_some() {
+                let readable = check_response_headers(
+                    text(host.response_header("content-type")).as_deref(),
+                    text(host.response_header("content-encoding")).as_deref(),
+                    text(host.response_header("content-length")).as_deref(),
+                    self.guard.policy.max_body_bytes,
+                );
+                if readable.is_err() || end_of_stream {
+                    self.drift_copy = None;
+                }
+            }
             return Flow::Continue;
         }
         if end_of_stream {
@@ -496,10 +522,14 @@ impl Exchange {
                 self.finish_response(host)
             }
             (Reply::None, ResponseState::Streaming) => {
-                // Streaming pass-through: counted, and scanned for canaries if the policy has any.
+                // Streaming pass-through: counted, and scanned for canaries and drift if the
+                // policy asks.
                 self.bytes_in += body_size;
                 self.bytes_out += body_size;
                 self.scan_streaming_chunk(host, body_size, true);
+                if end_of_stream {
+                    self.finish_drift_scan(host);
+                }
                 Flow::Continue
             }
             // A body after a response that needed none (HEAD), or before any headers: nothing
@@ -515,6 +545,10 @@ impl Exchange {
             (Reply::InRequest, _) => Flow::Continue,
             (Reply::InResponse, _) => Flow::Pause,
             (Reply::None, ResponseState::Protecting) => self.finish_response(host),
+            (Reply::None, ResponseState::Streaming) => {
+                self.finish_drift_scan(host);
+                Flow::Continue
+            }
             (Reply::None, _) => Flow::Continue,
         }
     }
@@ -575,6 +609,7 @@ impl Exchange {
             duration_ms: started_ms.map(|s| now.saturating_sub(s)),
             security_events: self.security_events.clone(),
             canaries: self.canaries.clone(),
+            drift: AuditEvent::drift_from(&self.drift),
         };
         // Written to stdout by the access log (%FILTER_STATE(wasm.spapi_guard.audit:PLAIN)%).
         host.set_audit(&event.to_json());
@@ -745,6 +780,8 @@ impl Exchange {
         match guard.protect_response_at(op, &body, &self.actions, host.now_ms()) {
             Ok(protected) => {
                 self.counts = protected.counts;
+                self.drift = protected.drift;
+                self.report_drift(host);
                 self.keys = Some(protected.keys);
                 let length = match protected.body {
                     Some(new_body) => {
@@ -818,16 +855,69 @@ impl Exchange {
         Flow::Pause
     }
 
-    /// Scans a body chunk that streams on: a canary in it is reported, not blocked.
+    /// Scans a body chunk that streams on: a canary in it is reported, not blocked; a response
+    /// chunk is kept for the drift scan when the policy scans PII-free operations.
     fn scan_streaming_chunk(&mut self, host: &mut dyn HttpHost, body_size: usize, response: bool) {
-        if self.guard.canaries.is_empty() {
+        let copying = response && self.drift_copy.is_some();
+        if self.guard.canaries.is_empty() && !copying {
             return;
         }
         let chunk = if response { host.response_body(body_size) } else { host.request_body(body_size) };
+        if copying {
+            let limit = self.guard.policy.max_body_bytes;
+            if let Some(copy) = self.drift_copy.as_mut() {
+                if copy.len() + chunk.len() > limit {
+                    // Too large to scan whole: passed on unscanned, as any PII-free body.
+                    self.drift_copy = None;
+                } else {
+                    copy.extend_from_slice(&chunk);
+                }
+            }
+            if self.guard.canaries.is_empty() {
+                return;
+            }
+        }
         let guard = Rc::clone(&self.guard);
         let scanner = if response { &mut self.response_scanner } else { &mut self.request_scanner };
         let hits = scanner.feed(&guard.canaries, &chunk);
         self.canaries_seen(host, hits);
+    }
+
+    /// The end of a PII-free response that streamed: the drift detectors read the copy (report
+    /// only: its bytes are gone).
+    fn finish_drift_scan(&mut self, host: &mut dyn HttpHost) {
+        let Some(copy) = self.drift_copy.take() else { return };
+        let guard = Rc::clone(&self.guard);
+        let Some(op) = self.operation.and_then(|i| guard.catalog.operations.get(i)) else { return };
+        if copy.is_empty() {
+            return;
+        }
+        if let Some(found) = guard.scan_response(op, &copy) {
+            self.drift = found;
+            self.report_drift(host);
+        }
+    }
+
+    /// One `schema_drift` security event per distinct finding (operation, path template, what
+    /// found it, what was done), never a value.
+    fn report_drift(&mut self, host: &dyn HttpHost) {
+        if self.drift.is_empty() {
+            return;
+        }
+        let operation = self.operation.and_then(|i| self.guard.catalog.operations.get(i)).map(|o| o.id.clone());
+        let caller = self.caller().map(|c| c.id.clone());
+        for finding in self.drift.findings() {
+            let severity = if finding.kind == DriftKind::ZeroMatch || finding.action == DriftAction::Reported { "high" } else { "warning" };
+            let mut event = SecurityEvent::new("schema_drift", severity, host.now_ms());
+            event.request_id = Some(&self.request_id);
+            event.caller = caller.as_deref();
+            event.operation = operation.as_deref();
+            event.path = Some(&finding.path);
+            event.reason = Some(finding.kind.as_str());
+            event.detail = Some(finding.action.as_str());
+            security(host, &event);
+        }
+        self.raise("schema_drift");
     }
 
     /// Records canaries seen; returns true if the policy blocks them.
@@ -923,8 +1013,40 @@ impl Exchange {
         for canary in &self.canaries {
             host.count("spapi_guard_canary_hits_total", &[("canary", canary)], 1);
         }
+        self.count_drift(host, operation);
         host.count("spapi_guard_body_bytes_total", &[("direction", "upstream")], self.bytes_in as u64);
         host.count("spapi_guard_body_bytes_total", &[("direction", "downstream")], self.bytes_out as u64);
+    }
+}
+
+impl Exchange {
+    /// `spapi_guard_schema_drift_total{operation, kind, action, path}`: per distinct finding, and
+    /// what exceeded [`crate::drift::MAX_FINDINGS`] under `path="other"` (as do paths past the VM's
+    /// cap on path labels, [`crate::guard::MAX_DRIFT_LABELS`]).
+    fn count_drift(&self, host: &dyn HttpHost, operation: &str) {
+        let mut listed: Vec<(DriftKind, DriftAction, u32)> = Vec::new();
+        for f in self.drift.findings() {
+            let path = self.guard.drift_label(operation, &f.path);
+            host.count(
+                "spapi_guard_schema_drift_total",
+                &[("operation", operation), ("kind", f.kind.as_str()), ("action", f.action.as_str()), ("path", &path)],
+                u64::from(f.count),
+            );
+            match listed.iter_mut().find(|(k, a, _)| *k == f.kind && *a == f.action) {
+                Some(entry) => entry.2 += f.count,
+                None => listed.push((f.kind, f.action, f.count)),
+            }
+        }
+        for (kind, action, n) in self.drift.entries() {
+            let shown = listed.iter().find(|(k, a, _)| *k == kind && *a == action).map_or(0, |e| e.2);
+            if n > shown {
+                host.count(
+                    "spapi_guard_schema_drift_total",
+                    &[("operation", operation), ("kind", kind.as_str()), ("action", action.as_str()), ("path", "other")],
+                    u64::from(n - shown),
+                );
+            }
+        }
     }
 }
 

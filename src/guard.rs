@@ -6,8 +6,9 @@ use crate::access::{Access, RoleDoc};
 use crate::canary::Canaries;
 use crate::catalog::{Catalog, FieldRule, Operation};
 use crate::config_error::ConfigError;
+use crate::drift::{detect, looks_like_pii_key, member_class, worth_a_look, DetectorAction, DriftAction, DriftFindings, DriftKind, DriftPolicy};
 use crate::fail_closed::FailReason;
-use crate::json_rewrite::{rewrite, write_json_string, Edit, FieldHandler, MatchedValue, RewriteError};
+use crate::json_rewrite::{rewrite, write_json_string, Edit, FieldHandler, MatchedValue, RewriteError, Site};
 use crate::keyring::{self, ActiveKeys};
 use crate::pii::{PerClass, PiiClass};
 use crate::policy::{Action, ClassActions, NumberAction, Policy, DEFAULT_NUMBER_DECIMALS};
@@ -26,9 +27,17 @@ pub struct Guard {
     /// What the policy does that some clients will not read, each naming the field and the fix
     /// (logged at load; the policy still loads).
     pub warnings: Vec<String>,
+    /// What the drift detectors do (the policy's `drift` section).
+    pub drift: DriftPolicy,
+    /// (operation, path template) label pairs of `spapi_guard_schema_drift_total` this VM has
+    /// used: bounded by [`MAX_DRIFT_LABELS`], so an upstream cannot grow Envoy's stats at will.
+    drift_labels: std::cell::RefCell<std::collections::BTreeSet<(String, String)>>,
     /// The instant the policy was loaded at (milliseconds since the Unix epoch; 0 from [`Guard::load`]).
     pub loaded_at_ms: u64,
 }
+
+/// Distinct path labels of the drift metric per VM; later ones are counted as `other`.
+pub const MAX_DRIFT_LABELS: usize = 256;
 
 impl Guard {
     /// Loads a policy document without a clock: the key ring's dates are checked against each
@@ -57,7 +66,21 @@ impl Guard {
             warnings.extend(ring.schedule.check_at(now)?);
         }
         let tokens = TokenEngine::from_ring(ring.schedule, ring.materials).map_err(|m| ConfigError::new("keys", m))?;
-        Ok(Guard { policy, catalog, access, canaries, tokens, warnings, loaded_at_ms: now_ms.unwrap_or(0) })
+        let drift = crate::policy_doc::drift_policy(&doc.drift)?;
+        Ok(Guard { policy, catalog, access, canaries, tokens, warnings, drift, drift_labels: Default::default(), loaded_at_ms: now_ms.unwrap_or(0) })
+    }
+
+    /// The `path` label for a drift finding: the template, or `other` once this VM has used
+    /// [`MAX_DRIFT_LABELS`] of them.
+    pub fn drift_label(&self, operation: &str, path: &str) -> String {
+        let mut labels = self.drift_labels.borrow_mut();
+        let key = (operation.to_string(), path.to_string());
+        if labels.contains(&key) || labels.len() < MAX_DRIFT_LABELS {
+            labels.insert(key);
+            path.to_string()
+        } else {
+            "other".to_string()
+        }
     }
 
     /// Rewrites a response body of `op` with the policy's class actions, at the load time.
@@ -82,25 +105,29 @@ impl Guard {
         if actions.iter().any(|(class, action)| matches!(action, Action::Tokenize(_) | Action::Hash) && keys.get(class).is_none()) {
             return Err(FailReason::NoActiveKey);
         }
-        let mut protector = Protector {
-            guard: self,
-            keys,
-            actions,
-            rules: &op.response_rules,
-            counts: FieldCounts::default(),
-            token: String::new(),
-            buffer: Vec::new(),
-            key: Vec::new(),
-            repeated: HashMap::new(),
-        };
-        match rewrite(body, &op.response_matcher, &mut protector) {
+        let mut protector = Protector::new(self, op, actions, keys, false);
+        let result = rewrite(body, &op.response_matcher, &mut protector);
+        protector.finish();
+        match result {
             // Envoy answers a body past its buffer limit from inside the write, re-entering the
             // VM: a body that grew too much is refused before it is written.
             Ok(Some(body)) if body.len() > self.policy.max_rewritten_bytes() => Err(FailReason::BodyTooLarge),
-            Ok(body) => Ok(Protected { body, counts: protector.counts, keys }),
+            Ok(body) => Ok(Protected { body, counts: protector.counts, drift: protector.drift, keys }),
             Err(RewriteError::InvalidJson { .. }) => Err(FailReason::InvalidJson),
             Err(RewriteError::Handler(never)) => match never {},
         }
+    }
+
+    /// Scans a whole response body of `op` with the drift detectors, reporting only: for
+    /// operations the catalog lists without PII, whose bytes already went to the client
+    /// (`drift.scanPiiFree`). `None` if the body is not JSON the walker reads.
+    pub fn scan_response(&self, op: &Operation, body: &[u8]) -> Option<DriftFindings> {
+        let actions = self.policy.actions();
+        // (Report only: nothing is sealed, the keys are not used.)
+        let mut scanner = Protector::new(self, op, actions, self.tokens.active_keys(self.loaded_at_ms), true);
+        let result = rewrite(body, &op.response_matcher, &mut scanner);
+        scanner.finish();
+        result.ok().map(|_| scanner.drift)
     }
 }
 
@@ -153,6 +180,8 @@ pub struct Protected {
     /// The rewritten body, or `None` when nothing had to change.
     pub body: Option<Vec<u8>>,
     pub counts: FieldCounts,
+    /// PII the catalog's paths did not name: found by the allow list or the detectors.
+    pub drift: DriftFindings,
     /// The key that made each class's tokens and pseudonyms.
     pub keys: ActiveKeys,
 }
@@ -247,14 +276,24 @@ impl fmt::Display for Never {
     }
 }
 
-/// Applies the policy's action to each PII value the rewriter finds.
+/// Applies the policy's action to each PII value the rewriter finds, and runs the drift detectors
+/// over the strings no rule selected.
 struct Protector<'g> {
     guard: &'g Guard,
     /// The key of each class, at the time of the response.
     keys: ActiveKeys,
     actions: &'g ClassActions,
-    rules: &'g [FieldRule],
+    op: &'g Operation,
     counts: FieldCounts,
+    drift: DriftFindings,
+    /// Values a rule selected (the zero-match alarm fires when none was).
+    matched: u32,
+    /// The path template of the first unmatched string under a key that looks like PII.
+    pii_key: Option<String>,
+    /// Whether unmatched strings are scanned.
+    scan: bool,
+    /// Report only, change nothing (a PII-free operation's body, already sent).
+    report_only: bool,
     /// The token or pseudonym being written.
     token: String,
     /// Reusable encryption buffer.
@@ -266,82 +305,109 @@ struct Protector<'g> {
     repeated: HashMap<Vec<u8>, Box<str>>,
 }
 
-impl FieldHandler for Protector<'_> {
-    type Error = Never;
+impl<'g> Protector<'g> {
+    fn new(guard: &'g Guard, op: &'g Operation, actions: &'g ClassActions, keys: ActiveKeys, report_only: bool) -> Protector<'g> {
+        Protector {
+            guard,
+            keys,
+            actions,
+            op,
+            counts: FieldCounts::default(),
+            drift: DriftFindings::default(),
+            matched: 0,
+            pii_key: None,
+            scan: guard.drift.any_detector() || guard.drift.zero_match,
+            report_only,
+            token: String::new(),
+            buffer: Vec::new(),
+            key: Vec::new(),
+            repeated: HashMap::new(),
+        }
+    }
 
-    fn replace(&mut self, rule: u32, value: MatchedValue<'_>, out: &mut Vec<u8>) -> Result<Edit, Never> {
-        let Some(rule) = self.rules.get(rule as usize) else { return Ok(Edit::Keep) };
-        let action = self.actions[rule.class];
+    /// After the walk: the zero-match alarm.
+    fn finish(&mut self) {
+        if self.matched == 0 && self.guard.drift.zero_match && !self.report_only {
+            if let Some(path) = self.pii_key.take() {
+                self.drift.add(DriftKind::ZeroMatch, DriftAction::Reported, || path);
+            }
+        }
+    }
+
+    /// Applies `class`'s action to one value. `model_number`: Amazon's model declares a number
+    /// here (it may be coarsened); `required`: the member may not be removed (its type's empty
+    /// value instead).
+    fn protect(&mut self, class: PiiClass, model_number: bool, required: bool, value: MatchedValue<'_>, out: &mut Vec<u8>) -> Edit {
+        let action = self.actions[class];
         let (plaintext, kind): (&[u8], ValueKind) = match &value {
             // An empty string carries no PII; keeping it keeps "was it empty" answerable.
-            MatchedValue::Text(t) if t.is_empty() && action != Action::Remove => return Ok(Edit::Keep),
+            MatchedValue::Text(t) if t.is_empty() && action != Action::Remove => return Edit::Keep,
             MatchedValue::Text(t) => (t.as_bytes(), ValueKind::Text),
             MatchedValue::Raw(r) => (r.as_bytes(), ValueKind::RawJson),
         };
-        let required = rule.schema.as_ref().is_some_and(|f| f.required);
         // Schema-faithful (src/schema.rs): a number the model declares a number stays a number
-        // unless the policy opts in… A number where the model expects text (a phone or postal
-        // code sent as digits) is no coordinate: it is protected like any other value.
-        let model_number = rule.schema.as_ref().is_some_and(FieldSchema::is_number);
+        // unless the policy opts in… A number where the model expects text, or where no model
+        // says anything (a member Amazon added, a detector's find), is no coordinate: a phone or
+        // postal code sent as digits is protected like any other value.
         if kind == ValueKind::RawJson && model_number && is_number_text(&String::from_utf8_lossy(plaintext)) {
             let numbers = self.guard.policy.numbers;
             match action {
                 Action::Tokenize(_) | Action::Hash | Action::Redact if numbers != NumberAction::Tokenize => {
                     if numbers == NumberAction::Null && !required {
-                        self.counts.add(rule.class, Action::Redact);
+                        self.counts.add(class, Action::Redact);
                         out.extend_from_slice(b"null");
                     } else {
                         // A required number is never null: coarsened to the default instead.
                         let decimals = if let NumberAction::Coarsen(d) = numbers { d } else { DEFAULT_NUMBER_DECIMALS };
-                        self.counts.add_treatment(rule.class, COARSENED);
+                        self.counts.add_treatment(class, COARSENED);
                         coarsen(&String::from_utf8_lossy(plaintext), decimals, out);
                     }
-                    return Ok(Edit::Replaced);
+                    return Edit::Replaced;
                 }
                 _ => {}
             }
         }
         // …and a required member is never removed: the caller gets its type's empty value.
         if action == Action::Remove && required {
-            self.counts.add(rule.class, action);
+            self.counts.add(class, action);
             out.extend_from_slice(match kind {
                 ValueKind::Text => b"\"\"",
                 ValueKind::RawJson => empty_like(plaintext),
             });
-            return Ok(Edit::Replaced);
+            return Edit::Replaced;
         }
-        self.counts.add(rule.class, action);
+        self.counts.add(class, action);
         let deterministic = matches!(action, Action::Tokenize(Mode::Deterministic) | Action::Hash);
         if deterministic {
             self.key.clear();
-            self.key.extend_from_slice(&[action_slot(action) as u8, rule.class.index() as u8, kind as u8]);
+            self.key.extend_from_slice(&[action_slot(action) as u8, class.index() as u8, kind as u8]);
             self.key.extend_from_slice(plaintext);
             if let Some(token) = self.repeated.get(self.key.as_slice()) {
                 out.push(b'"');
                 out.extend_from_slice(token.as_bytes());
                 out.push(b'"');
-                return Ok(Edit::Replaced);
+                return Edit::Replaced;
             }
         }
         self.token.clear();
         match action {
-            Action::Clear => return Ok(Edit::Keep),
-            Action::Remove => return Ok(Edit::Remove),
-            Action::Tokenize(mode) => self.guard.tokens.seal_into(&self.keys, rule.class, mode, kind, plaintext, &mut self.buffer, &mut self.token),
-            Action::Hash => self.guard.tokens.hash_into(&self.keys, rule.class, kind, plaintext, &mut self.token),
+            Action::Clear => return Edit::Keep,
+            Action::Remove => return Edit::Remove,
+            Action::Tokenize(mode) => self.guard.tokens.seal_into(&self.keys, class, mode, kind, plaintext, &mut self.buffer, &mut self.token),
+            Action::Hash => self.guard.tokens.hash_into(&self.keys, class, kind, plaintext, &mut self.token),
             Action::Redact => match kind {
                 ValueKind::Text => {
                     write_json_string(&self.guard.policy.redact_mask, out);
-                    return Ok(Edit::Replaced);
+                    return Edit::Replaced;
                 }
                 // A string that is no text (a lone surrogate) stays a string.
                 ValueKind::RawJson if plaintext.first() == Some(&b'"') => {
                     write_json_string(&self.guard.policy.redact_mask, out);
-                    return Ok(Edit::Replaced);
+                    return Edit::Replaced;
                 }
                 ValueKind::RawJson => {
                     out.extend_from_slice(b"null");
-                    return Ok(Edit::Replaced);
+                    return Edit::Replaced;
                 }
             },
         }
@@ -352,13 +418,74 @@ impl FieldHandler for Protector<'_> {
         if deterministic {
             self.repeated.insert(self.key.clone(), self.token.as_str().into());
         }
-        Ok(Edit::Replaced)
+        Edit::Replaced
+    }
+}
+
+impl FieldHandler for Protector<'_> {
+    type Error = Never;
+
+    fn replace(&mut self, rule: u32, value: MatchedValue<'_>, site: &Site<'_>, out: &mut Vec<u8>) -> Result<Edit, Never> {
+        self.matched = self.matched.saturating_add(1);
+        if self.report_only {
+            return Ok(Edit::Keep);
+        }
+        if let Some(rule) = self.op.response_rules.get(rule as usize) {
+            let required = rule.schema.as_ref().is_some_and(|f| f.required);
+            let model_number = rule.schema.as_ref().is_some_and(FieldSchema::is_number);
+            return Ok(self.protect(rule.class, model_number, required, value, out));
+        }
+        let Some(catch_all) = self.op.catch_all(rule) else { return Ok(Edit::Keep) };
+        // A member of a customer object that no rule names: Amazon added it. Every scalar in it
+        // is protected one by one (a nested object or array keeps its shape).
+        let class = match &value {
+            MatchedValue::Raw(raw) if raw.starts_with(['{', '[']) => return Ok(Edit::Keep),
+            MatchedValue::Text(t) if t.is_empty() => return Ok(Edit::Keep),
+            MatchedValue::Text(t) => member_class(site.key().as_deref(), Some(t), catch_all.class),
+            MatchedValue::Raw(_) => member_class(site.key().as_deref(), None, catch_all.class),
+        };
+        self.drift.add(DriftKind::Member, DriftAction::Protected, || site.template());
+        // Not in Amazon's model: nothing requires it (the caller may lose it) or makes it a number.
+        Ok(self.protect(class, false, false, value, out))
+    }
+
+    fn unmatched(&mut self, value: &str, site: &Site<'_>, out: &mut Vec<u8>) -> Result<Edit, Never> {
+        let policy = &self.guard.drift;
+        if self.matched == 0 && self.pii_key.is_none() && policy.zero_match && site.key().as_deref().is_some_and(looks_like_pii_key) {
+            self.pii_key = Some(site.template());
+        }
+        // Most strings are refused by their bytes alone, before any member name is read.
+        if !worth_a_look(value) {
+            return Ok(Edit::Keep);
+        }
+        let key = site.key();
+        let parent = site.parent_key();
+        let Some(kind) = detect(key.as_deref(), parent.as_deref(), value, &|k| policy.action(k) != DetectorAction::Off) else { return Ok(Edit::Keep) };
+        if policy.action(kind) == DetectorAction::Report || self.report_only {
+            self.drift.add(kind, DriftAction::Reported, || site.template());
+            return Ok(Edit::Keep);
+        }
+        self.drift.add(kind, DriftAction::Protected, || site.template());
+        // Where the model says nothing, a value the caller may not see is emptied, not removed.
+        Ok(self.protect(kind.class(), false, true, MatchedValue::Text(std::borrow::Cow::Borrowed(value)), out))
+    }
+
+    fn scans(&self) -> bool {
+        self.scan
+    }
+
+    fn wants(&self, raw: &str) -> bool {
+        // Until a rule matches, every string's member name counts for the zero-match alarm;
+        // after, only strings a detector could take. (An escape could hide an `@` or a digit:
+        // such strings are always looked at.)
+        (self.matched == 0 && self.guard.drift.zero_match) || raw.contains('\\') || worth_a_look(raw)
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::drift::{DriftAction, DriftKind};
 
     const KEY_HEX: &str = "8f4c1a2b3d5e6f708192a3b4c5d6e7f8091a2b3c4d5e6f708192a3b4c5d6e7f8";
 
@@ -550,5 +677,181 @@ mod tests {
         let op = g.catalog.route("GET", "/orders/v0/orders/1/address").expect("op");
         assert_eq!(g.protect_response(op, b"{\"payload\":").err(), Some(FailReason::InvalidJson));
         assert_eq!(g.protect_response(op, &[b' '; 1025]).err(), Some(FailReason::BodyTooLarge));
+    }
+
+    /// Protects `body` as `op` would, and returns it as JSON with each token replaced by its
+    /// class (`<email>`), plus what drift found.
+    fn protect_classes(g: &Guard, method: &str, path: &str, body: &str) -> (serde_json::Value, DriftFindings) {
+        let op = g.catalog.route(method, path).expect("op");
+        let out = g.protect_response(op, body.as_bytes()).expect("protected");
+        let text = String::from_utf8(out.body.unwrap_or_else(|| body.as_bytes().to_vec())).expect("utf8");
+        let mut v: serde_json::Value = serde_json::from_str(&text).expect("json");
+        fn classes(v: &mut serde_json::Value, g: &Guard) {
+            match v {
+                serde_json::Value::String(s) if s.starts_with("spgt1.") => {
+                    let class = g.tokens.open(s, g.loaded_at_ms).expect("opens").class;
+                    *s = format!("<{class}>");
+                }
+                serde_json::Value::Array(a) => a.iter_mut().for_each(|x| classes(x, g)),
+                serde_json::Value::Object(m) => m.values_mut().for_each(|x| classes(x, g)),
+                _ => {}
+            }
+        }
+        classes(&mut v, g);
+        (v, out.drift)
+    }
+
+    #[test]
+    fn members_of_customer_objects_that_no_path_names_are_protected_by_name_value_or_object_class() {
+        let g = guard("");
+        let body = r#"{"payload":{"AmazonOrderId":"902-3159896-1390916","BuyerInfo":{"BuyerEmail":"a@example.com","BuyerPhone":"4155551234","Contact":"jane.doe@example.com",
+            "Alternate":{"Line":"Flat 2","Floors":3,"Verified":true,"Lat":47.6062},"BuyerTaxInfo":{"TaxingRegion":"WA","TaxClassifications":[{"Name":"VATNumber","Value":"X1"}]},"Nickname":"Janie"},
+            "ShippingAddress":{"Name":"Jane","CountryCode":"US","AddressType":"Residential","DeliveryCode":"4455"}}}"#;
+        let (v, drift) = protect_classes(&g, "GET", "/orders/v0/orders/902-3159896-1390916", body);
+        let b = &v["payload"]["BuyerInfo"];
+        assert_eq!(b["BuyerEmail"], "<email>");
+        assert_eq!(b["BuyerPhone"], "<phone>", "a new member: its name says phone");
+        assert_eq!(b["Contact"], "<email>", "its value says email");
+        assert_eq!(b["Nickname"], "<other>", "nothing says: the object's class");
+        assert_eq!(b["Alternate"]["Line"], "<address>", "nested, by name");
+        // No model says these are numbers (a phone could come as digits): tokens, like any value.
+        assert_eq!(b["Alternate"]["Floors"], "<other>");
+        assert_eq!(b["Alternate"]["Lat"], "<other>");
+        assert_eq!(b["Alternate"]["Verified"], true);
+        assert_eq!(b["BuyerTaxInfo"]["TaxingRegion"], "<address>", "classified by the definition now");
+        assert_eq!(b["BuyerTaxInfo"]["TaxClassifications"][0]["Name"], "VATNumber", "a label, clear");
+        assert_eq!(b["BuyerTaxInfo"]["TaxClassifications"][0]["Value"], "<tax_id>");
+        let a = &v["payload"]["ShippingAddress"];
+        assert_eq!((a["CountryCode"].as_str(), a["AddressType"].as_str()), (Some("US"), Some("Residential")), "clear and valid");
+        assert_eq!(a["DeliveryCode"], "<address>");
+        assert_eq!(v["payload"]["AmazonOrderId"], "902-3159896-1390916", "not a customer object's member");
+        assert_eq!(drift.count(DriftKind::Member, DriftAction::Protected), 7, "the booleans are not counted: they carry nothing");
+        assert!(drift.findings().iter().any(|f| f.path == "$.payload.BuyerInfo.Alternate.Floors"), "{:?}", drift.findings());
+    }
+
+    #[test]
+    fn shapes_drift_keys_in_any_case_objects_as_arrays_bodies_unwrapped() {
+        let g = guard("");
+        let (v, _) = protect_classes(&g, "GET", "/orders/v0/orders/1/address", r#"{"payload":{"shippingAddress":[{"name":"Jane","countryCode":"US"},{"NAME":"Joe","city":"X"}]}}"#);
+        let a = &v["payload"]["shippingAddress"];
+        assert_eq!(
+            (a[0]["name"].as_str(), a[0]["countryCode"].as_str(), a[1]["NAME"].as_str(), a[1]["city"].as_str()),
+            (Some("<name>"), Some("US"), Some("<name>"), Some("<address>"))
+        );
+        let tracking = r#"{"trackingId":"89108749065090","eventHistory":[{"eventCode":"Delivered","location":{"city":"San Bernardino","countryCode":"US","stateOrRegion":"CA","postalCode":"92404"}}]}"#;
+        let (v, _) = protect_classes(&g, "GET", "/shipping/v1/tracking/89108749065090", tracking);
+        let l = &v["eventHistory"][0]["location"];
+        assert_eq!((l["city"].as_str(), l["postalCode"].as_str(), l["countryCode"].as_str()), (Some("<address>"), Some("<address>"), Some("US")));
+        assert_eq!(v["trackingId"], "89108749065090");
+    }
+
+    #[test]
+    fn detectors_tokenize_emails_and_phones_and_report_the_rest_outside_quiet_subtrees() {
+        let g = guard("");
+        let body = r#"{"payload":{"Orders":[{"AmazonOrderId":"902-3159896-1390916","PurchaseDate":"2020-01-01T00:00:00Z","SellerNote":"call +1 206 555 0100",
+            "Relay":"2c6m0kt2@marketplace.amazon.com","Helpdesk":"+44 20 7946 0958","Gate":"1 Cross St","recipientName":"Jane Doe","shop":{"name":"Corner Shop"},"OrderTotal":{"Amount":"1234567.89"},
+            "DefaultShipFromLocationAddress":{"Name":"Seller Inc","Phone":"+1 206 555 0199","Email":"shop@example.com"}}]}}"#;
+        let (v, drift) = protect_classes(&g, "GET", "/orders/v0/orders", body);
+        let o = &v["payload"]["Orders"][0];
+        assert_eq!(o["Relay"], "<email>");
+        assert_eq!(o["Helpdesk"], "<phone>");
+        assert_eq!(o["SellerNote"], "call +1 206 555 0100", "a phone inside text is not a phone-shaped string");
+        assert_eq!((o["Gate"].as_str(), o["recipientName"].as_str()), (Some("1 Cross St"), Some("Jane Doe")), "reported, not changed");
+        assert_eq!((o["AmazonOrderId"].as_str(), o["OrderTotal"]["Amount"].as_str()), (Some("902-3159896-1390916"), Some("1234567.89")));
+        let seller = &o["DefaultShipFromLocationAddress"];
+        assert_eq!((seller["Phone"].as_str(), seller["Email"].as_str()), (Some("+1 206 555 0199"), Some("shop@example.com")), "the seller's: not scanned");
+        let found: Vec<String> = drift.findings().iter().map(|f| format!("{} {} {}", f.kind.as_str(), f.action.as_str(), f.path)).collect();
+        assert_eq!(
+            found,
+            [
+                "email protected $.payload.Orders[*].Relay",
+                "phone protected $.payload.Orders[*].Helpdesk",
+                "address reported $.payload.Orders[*].Gate",
+                "name reported $.payload.Orders[*].recipientName",
+                // No catalog path matched (this page has no buyer or address), yet a key looks
+                // like PII: the shape may have changed.
+                "zero_match reported $.payload.Orders[*].recipientName"
+            ]
+        );
+        // A caller that may not see phones gets an empty string where the model says nothing.
+        let op = g.catalog.route("GET", "/orders/v0/orders").expect("op");
+        let mut actions = *g.policy.actions();
+        actions[PiiClass::Phone] = Action::Remove;
+        let out = g.protect_response_with(op, body.as_bytes(), &actions).expect("ok");
+        let v: serde_json::Value = serde_json::from_slice(&out.body.expect("changed")).expect("json");
+        assert_eq!(v["payload"]["Orders"][0]["Helpdesk"], "");
+        // Policy: every detector tokenizes, or none runs.
+        let all = guard(r#","drift":{"detectors":{"address":"tokenize","name":"tokenize"}}"#);
+        let (v, _) = protect_classes(&all, "GET", "/orders/v0/orders", body);
+        assert_eq!((v["payload"]["Orders"][0]["Gate"].as_str(), v["payload"]["Orders"][0]["recipientName"].as_str()), (Some("<address>"), Some("<name>")));
+        let none = guard(r#","drift":{"detectors":{"email":"off","phone":"off","address":"off","name":"off"},"zeroMatchAlarm":false}"#);
+        let (v, drift) = protect_classes(&none, "GET", "/orders/v0/orders", body);
+        assert_eq!(v["payload"]["Orders"][0]["Relay"], "2c6m0kt2@marketplace.amazon.com");
+        assert!(drift.is_empty());
+    }
+
+    #[test]
+    fn a_pii_response_where_nothing_matched_but_keys_look_like_pii_raises_the_alarm() {
+        let g = guard("");
+        let (_, drift) = protect_classes(&g, "GET", "/orders/v0/orders/1/address", r#"{"data":{"recipient":{"fullName":"jane","zip":"98101"}}}"#);
+        assert_eq!(drift.findings().iter().map(|f| (f.kind, f.path.as_str())).collect::<Vec<_>>(), [(DriftKind::ZeroMatch, "$.data.recipient.fullName")]);
+        for quiet in [r#"{"errors":[{"code":"NotFound","message":"No order"}]}"#, r#"{"payload":{"AmazonOrderId":"1","ShippingAddress":{"Name":"Jane"}}}"#] {
+            let (_, drift) = protect_classes(&g, "GET", "/orders/v0/orders/1/address", quiet);
+            assert!(drift.is_empty(), "{quiet}: {:?}", drift.findings());
+        }
+        let off = guard(r#","drift":{"zeroMatchAlarm":false}"#);
+        let (_, drift) = protect_classes(&off, "GET", "/orders/v0/orders/1/address", r#"{"data":{"recipient":{"fullName":"jane"}}}"#);
+        assert!(drift.is_empty());
+    }
+
+    #[test]
+    fn pii_free_operations_are_scanned_report_only() {
+        let g = guard(r#","drift":{"scanPiiFreeOperations":true}"#);
+        let op = g.catalog.route("POST", "/tokens/2021-03-01/restrictedDataToken").expect("op");
+        assert!(!op.has_response_pii());
+        let found = g.scan_response(op, br#"{"restrictedDataToken":"Atz.sprdt|x","note":"jane@example.com"}"#).expect("json");
+        assert_eq!(found.count(DriftKind::Email, DriftAction::Reported), 1);
+        assert_eq!(found.count(DriftKind::Email, DriftAction::Protected), 0);
+        assert!(g.scan_response(op, b"{not json").is_none());
+    }
+
+    #[test]
+    fn the_policy_extends_customer_objects_and_their_non_pii_members() {
+        let g = guard(
+            r#","catalog":{"customerObjects":{"orders-v0.Address":{"class":"other","nonPiiMembers":["DeliveryCode"]}},
+                "extend":{"orders-v0.getOrder":{"customerObjects":[{"jsonpath":"$.payload.AutomatedShippingSettings","class":"name","nonPiiMembers":["HasAutomatedShippingSettings"]},
+                                                                  {"jsonpath":"$.payload.MarketplaceTaxInfo2","object":"orders-v0.Address"}]}},
+                "exclude":{"orders-v0.getOrder":["$.payload.BuyerInfo.BuyerTaxInfo.TaxingRegion"]}}"#,
+        );
+        let body = r#"{"payload":{"ShippingAddress":{"DeliveryCode":"4455","Other":"x"},"AutomatedShippingSettings":{"HasAutomatedShippingSettings":"true","Note":"y"},
+            "MarketplaceTaxInfo2":{"Name":"Jane"},"BuyerInfo":{"BuyerTaxInfo":{"TaxingRegion":"WA"}}}}"#;
+        let (v, _) = protect_classes(&g, "GET", "/orders/v0/orders/1", body);
+        let p = &v["payload"];
+        assert_eq!((p["ShippingAddress"]["DeliveryCode"].as_str(), p["ShippingAddress"]["Other"].as_str()), (Some("4455"), Some("<other>")));
+        assert_eq!((p["AutomatedShippingSettings"]["HasAutomatedShippingSettings"].as_str(), p["AutomatedShippingSettings"]["Note"].as_str()), (Some("true"), Some("<name>")));
+        assert_eq!(p["MarketplaceTaxInfo2"]["Name"], "<name>", "a built-in object placed elsewhere");
+        assert_eq!(p["BuyerInfo"]["BuyerTaxInfo"]["TaxingRegion"], "WA", "excluded");
+        let bad = [
+            (r#","catalog":{"customerObjects":{"orders-v0.Nope":{}}}"#, "catalog.customerObjects.orders-v0.Nope"),
+            (r#","catalog":{"customerObjects":{"orders-v0.Address":{"class":"shoe"}}}"#, "catalog.customerObjects.orders-v0.Address.class"),
+            (r#","catalog":{"extend":{"orders-v0.getOrder":{"customerObjects":[{"jsonpath":"$.payload.X"}]}}}"#, "catalog.extend.orders-v0.getOrder.customerObjects[0].class"),
+            (
+                r#","catalog":{"extend":{"orders-v0.getOrder":{"customerObjects":[{"jsonpath":"$.payload.X","object":"x.Y"}]}}}"#,
+                "catalog.extend.orders-v0.getOrder.customerObjects[0].object",
+            ),
+            (
+                r#","catalog":{"extend":{"orders-v0.getOrder":{"customerObjects":[{"jsonpath":"$..X","class":"name"}]}}}"#,
+                "catalog.extend.orders-v0.getOrder.customerObjects[0].jsonpath",
+            ),
+            (
+                r#","catalog":{"extend":{"orders-v0.getOrder":{"customerObjects":[{"jsonpath":"$.payload.DefaultShipFromLocationAddress","class":"name"}]}}}"#,
+                "catalog.extend.orders-v0.getOrder.customerObjects[0].jsonpath",
+            ),
+            (r#","catalog":{"exclude":{"orders-v0.getOrder":["$.payload.BuyerInfo.Nope.Deeper"]}}"#, "catalog.exclude.orders-v0.getOrder[0]"),
+        ];
+        for (extra, field) in bad {
+            let e = guard_result(extra).err().expect("refused");
+            assert_eq!(e.field, field, "{e}");
+        }
     }
 }

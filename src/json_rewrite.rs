@@ -9,7 +9,8 @@
 use std::borrow::Cow;
 use std::fmt;
 
-use crate::path_matcher::{PathMatcher, State, DEAD};
+use crate::drift::{template, Seg};
+use crate::path_matcher::{PathMatcher, State, DEAD, QUIET};
 
 /// Deepest nesting accepted (serde_json's default limit too).
 pub const MAX_DEPTH: usize = 128;
@@ -34,12 +35,82 @@ pub enum Edit {
     Remove,
 }
 
+/// Where a value sits: the path from the root (member names as byte ranges of the body, array
+/// elements), for the member name a value is under and for path templates in reports.
+pub struct Site<'a> {
+    text: &'a str,
+    path: &'a [Seg],
+}
+
+impl<'a> Site<'a> {
+    pub fn new(text: &'a str, path: &'a [Seg]) -> Site<'a> {
+        Site { text, path }
+    }
+
+    /// The name of the member the value is (or, for an array element, the array is) under,
+    /// decoded; `None` at the root.
+    pub fn key(&self) -> Option<Cow<'a, str>> {
+        let (start, end) = self.path.iter().rev().find_map(|seg| match *seg {
+            Seg::Member { start, end } => Some((start as usize, end as usize)),
+            Seg::Element => None,
+        })?;
+        let raw = self.text.get(start..end)?;
+        if raw.contains('\\') {
+            Some(Cow::Owned(unescape(raw).unwrap_or_default()))
+        } else {
+            Some(Cow::Borrowed(raw))
+        }
+    }
+
+    /// The name of the member above [`key`](Self::key)'s (`shipTo` for `$.shipTo.name`).
+    pub fn parent_key(&self) -> Option<Cow<'a, str>> {
+        let mut members = self.path.iter().rev().filter_map(|seg| match *seg {
+            Seg::Member { start, end } => Some((start as usize, end as usize)),
+            Seg::Element => None,
+        });
+        let (start, end) = members.nth(1)?;
+        let raw = self.text.get(start..end)?;
+        if raw.contains('\\') {
+            Some(Cow::Owned(unescape(raw).unwrap_or_default()))
+        } else {
+            Some(Cow::Borrowed(raw))
+        }
+    }
+
+    /// The JSON path template of the location (`$.payload.Orders[*].BuyerInfo.BuyerEmail`).
+    pub fn template(&self) -> String {
+        template(self.text, self.path)
+    }
+
+    /// The path's steps.
+    pub fn path(&self) -> &[Seg] {
+        self.path
+    }
+}
+
 /// Decides what replaces each selected value.
 pub trait FieldHandler {
     type Error;
     /// Either writes the JSON text that replaces `value` to `out` and returns `Replaced`, or
     /// writes nothing and returns `Keep` or `Remove`.
-    fn replace(&mut self, rule: u32, value: MatchedValue<'_>, out: &mut Vec<u8>) -> Result<Edit, Self::Error>;
+    fn replace(&mut self, rule: u32, value: MatchedValue<'_>, site: &Site<'_>, out: &mut Vec<u8>) -> Result<Edit, Self::Error>;
+
+    /// A string no rule selected, outside quiet (non-customer) subtrees, decoded — when
+    /// [`scans`](Self::scans) says so (the drift detectors). The same answers as `replace`.
+    fn unmatched(&mut self, _value: &str, _site: &Site<'_>, _out: &mut Vec<u8>) -> Result<Edit, Self::Error> {
+        Ok(Edit::Keep)
+    }
+
+    /// Whether the walker hands unmatched strings to [`unmatched`](Self::unmatched).
+    fn scans(&self) -> bool {
+        false
+    }
+
+    /// A quick look at an unmatched string's raw JSON text (escapes not decoded) before the
+    /// walker decodes it and calls [`unmatched`](Self::unmatched): `false` skips it.
+    fn wants(&self, _raw: &str) -> bool {
+        true
+    }
 }
 
 /// Why a body could not be rewritten.
@@ -63,7 +134,9 @@ impl<E: fmt::Display> fmt::Display for RewriteError<E> {
 /// Rewrites `body`. Returns `Ok(None)` when no value was replaced (the body stands as it is).
 pub fn rewrite<H: FieldHandler>(body: &[u8], matcher: &PathMatcher, handler: &mut H) -> Result<Option<Vec<u8>>, RewriteError<H::Error>> {
     let text = std::str::from_utf8(body).map_err(|e| RewriteError::InvalidJson { offset: e.valid_up_to(), what: "not UTF-8" })?;
-    let mut walker = Walker { text, bytes: body, pos: 0, matcher, handler, out: None, copied: 0, scratch: String::new(), replacement: Vec::new() };
+    let scans = handler.scans();
+    let mut walker =
+        Walker { text, bytes: body, pos: 0, matcher, handler, out: None, copied: 0, scratch: String::new(), replacement: Vec::new(), path: Vec::with_capacity(16), scans };
     walker.skip_ws();
     // A path cannot select the root (`$` alone is refused), so the root is never removed.
     walker.value(matcher.root(), 0)?;
@@ -91,6 +164,10 @@ struct Walker<'a, 'm, H> {
     scratch: String,
     /// Reused buffer for a replacement being written.
     replacement: Vec<u8>,
+    /// Where the walker is: the members and elements from the root.
+    path: Vec<Seg>,
+    /// Whether unmatched strings go to the handler.
+    scans: bool,
 }
 
 impl<'a, H: FieldHandler> Walker<'a, '_, H> {
@@ -127,7 +204,14 @@ impl<'a, H: FieldHandler> Walker<'a, '_, H> {
                         // on as its raw JSON text (quotes included), losslessly.
                         Some(None) => MatchedValue::Raw(&self.text[start..self.pos]),
                     };
-                    remove = self.replace(rule, start, value)?;
+                    remove = self.replace(Some(rule), start, value)?;
+                } else if self.scans && state != QUIET && self.pos - start > 2 && self.handler.wants(&self.text[start + 1..self.pos - 1]) {
+                    let inner = &self.text[start + 1..self.pos - 1];
+                    let decoded = if has_escape { unescape(inner).map(Cow::Owned) } else { Some(Cow::Borrowed(inner)) };
+                    // (A lone surrogate is no text: nothing to detect in it.)
+                    if let Some(text) = decoded {
+                        remove = self.replace(None, start, MatchedValue::Text(text))?;
+                    }
                 }
             }
             Some(open @ (b'{' | b'[')) => {
@@ -146,7 +230,7 @@ impl<'a, H: FieldHandler> Walker<'a, '_, H> {
             Some(b'-' | b'0'..=b'9') => {
                 self.number()?;
                 if let Some(rule) = rule {
-                    remove = self.replace(rule, start, MatchedValue::Raw(&self.text[start..self.pos]))?;
+                    remove = self.replace(Some(rule), start, MatchedValue::Raw(&self.text[start..self.pos]))?;
                 }
             }
             // Literals carry no PII: kept as they are even where a path matches.
@@ -163,13 +247,20 @@ impl<'a, H: FieldHandler> Walker<'a, '_, H> {
         out.get_or_insert_with(|| Vec::with_capacity(body_len + body_len / 2))
     }
 
-    /// Hands the value `start..self.pos` to the handler; returns whether to remove it.
-    fn replace(&mut self, rule: u32, start: usize, value: MatchedValue<'_>) -> Result<bool, RewriteError<H::Error>> {
+    /// Hands the value `start..self.pos` to the handler (as matched by `rule`, or unmatched);
+    /// returns whether to remove it.
+    fn replace(&mut self, rule: Option<u32>, start: usize, value: MatchedValue<'_>) -> Result<bool, RewriteError<H::Error>> {
         // The handler writes into a separate buffer: the body is copied into the output only when
         // something is replaced (a kept value costs nothing, however many there are).
         let mut replacement = std::mem::take(&mut self.replacement);
         replacement.clear();
-        let edit = self.handler.replace(rule, value, &mut replacement).map_err(RewriteError::Handler);
+        let site = Site { text: self.text, path: &self.path };
+        let edit = match (rule, &value) {
+            (Some(rule), _) => self.handler.replace(rule, value, &site, &mut replacement),
+            (None, MatchedValue::Text(text)) => self.handler.unmatched(text, &site, &mut replacement),
+            (None, MatchedValue::Raw(_)) => Ok(Edit::Keep),
+        }
+        .map_err(RewriteError::Handler);
         let result = match edit {
             Ok(Edit::Replaced) => {
                 let (copied, end, bytes) = (self.copied, self.pos, self.bytes);
@@ -191,7 +282,8 @@ impl<'a, H: FieldHandler> Walker<'a, '_, H> {
     fn replace_container(&mut self, rule: u32, start: usize, before: (usize, usize)) -> Result<bool, RewriteError<H::Error>> {
         let mut replacement = Vec::new();
         let value = MatchedValue::Raw(&self.text[start..self.pos]);
-        let edit = self.handler.replace(rule, value, &mut replacement).map_err(RewriteError::Handler)?;
+        let site = Site { text: self.text, path: &self.path };
+        let edit = self.handler.replace(rule, value, &site, &mut replacement).map_err(RewriteError::Handler)?;
         // (Containers are rare at PII paths: a fresh buffer is fine here.)
         if edit == Edit::Keep {
             return Ok(false);
@@ -270,8 +362,9 @@ impl<'a, H: FieldHandler> Walker<'a, '_, H> {
             let member_start = self.pos;
             let name_start = self.pos + 1;
             let has_escape = self.string()?;
-            let child = if state == DEAD {
-                DEAD
+            let name_end = self.pos - 1;
+            let child = if state == DEAD || state == QUIET {
+                state
             } else if has_escape {
                 // The same surrogate rule for names: one that is no text is matched as its raw JSON
                 // text (which no catalog name equals).
@@ -288,8 +381,11 @@ impl<'a, H: FieldHandler> Walker<'a, '_, H> {
             }
             self.pos += 1;
             self.skip_ws();
-            let remove = self.value(child, depth + 1)?;
-            if !self.end_entry(remove, member_start, &mut entries, b'}')? {
+            // (Bodies are at most a few MiB: byte offsets fit in u32; `maxBodyBytes` ≤ 64 MiB.)
+            self.path.push(Seg::Member { start: name_start as u32, end: name_end as u32 });
+            let remove = self.value(child, depth + 1);
+            self.path.pop();
+            if !self.end_entry(remove?, member_start, &mut entries, b'}')? {
                 return Ok(());
             }
         }
@@ -309,8 +405,10 @@ impl<'a, H: FieldHandler> Walker<'a, '_, H> {
         let mut entries = Entries::default();
         loop {
             let element_start = self.pos;
-            let remove = self.value(child, depth + 1)?;
-            if !self.end_entry(remove, element_start, &mut entries, b']')? {
+            self.path.push(Seg::Element);
+            let remove = self.value(child, depth + 1);
+            self.path.pop();
+            if !self.end_entry(remove?, element_start, &mut entries, b']')? {
                 return Ok(());
             }
         }
@@ -490,7 +588,7 @@ mod tests {
     struct Tag;
     impl FieldHandler for Tag {
         type Error = String;
-        fn replace(&mut self, rule: u32, value: MatchedValue<'_>, out: &mut Vec<u8>) -> Result<Edit, String> {
+        fn replace(&mut self, rule: u32, value: MatchedValue<'_>, _: &Site<'_>, out: &mut Vec<u8>) -> Result<Edit, String> {
             let s = match value {
                 MatchedValue::Text(t) if t == "DROP" => return Ok(Edit::Remove),
                 MatchedValue::Text(t) if t == "KEEP" => return Ok(Edit::Keep),
@@ -504,7 +602,7 @@ mod tests {
 
     fn matcher(paths: &[&str]) -> PathMatcher {
         let p: Vec<FieldPath> = paths.iter().map(|t| FieldPath::parse(t).expect("path")).collect();
-        PathMatcher::compile(&p, &[]).expect("compiles")
+        PathMatcher::compile(p.iter().enumerate(), [], &[]).expect("compiles")
     }
 
     fn run(paths: &[&str], body: &str) -> Result<String, RewriteError<String>> {
@@ -550,7 +648,7 @@ mod tests {
     struct Dropper;
     impl FieldHandler for Dropper {
         type Error = String;
-        fn replace(&mut self, _: u32, value: MatchedValue<'_>, _: &mut Vec<u8>) -> Result<Edit, String> {
+        fn replace(&mut self, _: u32, value: MatchedValue<'_>, _: &Site<'_>, _: &mut Vec<u8>) -> Result<Edit, String> {
             Ok(if value == MatchedValue::Text(Cow::Borrowed("DROP")) { Edit::Remove } else { Edit::Keep })
         }
     }
@@ -645,6 +743,50 @@ mod tests {
     fn whole_objects_and_maps() {
         let got = run(&["$.attrs.*"], r#"{"attrs":{"k":{"x":[1,2]},"j":"v","z":null}}"#).expect("rewrites");
         assert_eq!(got, r#"{"attrs":{"k":"0:j:{\"x\":[1,2]}","j":"0:s:v","z":null}}"#);
+    }
+
+    /// Records where every value is and what the walker hands over.
+    #[derive(Default)]
+    struct Recorder {
+        seen: Vec<String>,
+    }
+    impl FieldHandler for Recorder {
+        type Error = String;
+        fn replace(&mut self, rule: u32, value: MatchedValue<'_>, site: &Site<'_>, _: &mut Vec<u8>) -> Result<Edit, String> {
+            let v = match value {
+                MatchedValue::Text(t) => t.into_owned(),
+                MatchedValue::Raw(r) => r.to_string(),
+            };
+            self.seen.push(format!("rule {rule} {} key={:?} {v}", site.template(), site.key()));
+            Ok(Edit::Keep)
+        }
+        fn unmatched(&mut self, value: &str, site: &Site<'_>, out: &mut Vec<u8>) -> Result<Edit, String> {
+            self.seen.push(format!("scan {} key={:?} {value}", site.template(), site.key()));
+            if value == "secret@example.com" {
+                write_json_string("X", out);
+                return Ok(Edit::Replaced);
+            }
+            Ok(Edit::Keep)
+        }
+        fn scans(&self) -> bool {
+            true
+        }
+    }
+
+    #[test]
+    fn unmatched_strings_are_scanned_with_their_site_except_in_quiet_subtrees() {
+        let rules: Vec<FieldPath> = ["$.a[*].n"].iter().map(|t| FieldPath::parse(t).expect("path")).collect();
+        let quiet: Vec<FieldPath> = ["$.seller"].iter().map(|t| FieldPath::parse(t).expect("path")).collect();
+        let m = PathMatcher::compile(rules.iter().enumerate(), [], &quiet).expect("compiles");
+        let body = r#"{"a":[{"n":"Jo","m":"secret@example.com"}],"seller":{"email":"shop@example.com"},"l\u0069st":[["x\u0079z"]],"e":"","k":7}"#;
+        let mut r = Recorder::default();
+        let out = rewrite(body.as_bytes(), &m, &mut r).expect("walks").expect("changed");
+        assert_eq!(
+            r.seen,
+            [r#"rule 0 $.a[*].n key=Some("n") Jo"#, r#"scan $.a[*].m key=Some("m") secret@example.com"#, r#"scan $.*[*][*] key=Some("list") xyz"#,],
+            "the quiet seller, empty strings and numbers are not scanned; an escaped name prints as *"
+        );
+        assert_eq!(String::from_utf8(out).expect("utf8"), body.replace("\"secret@example.com\"", "\"X\""));
     }
 
     #[test]

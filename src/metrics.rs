@@ -42,6 +42,11 @@ pub const METRICS: &[MetricSpec] = &[
     },
     MetricSpec { name: "spapi_guard_lockouts_total", labels: &["trigger"], help: "Lockouts started, by trigger (denials, pii_volume)." },
     MetricSpec { name: "spapi_guard_canary_hits_total", labels: &["canary"], help: "Canary records seen in a request or response, by canary id." },
+    MetricSpec {
+        name: "spapi_guard_schema_drift_total",
+        labels: &["operation", "kind", "action", "path"],
+        help: "PII the catalog's paths do not name, by operation, what found it (member: a customer object's allow list; email, phone, address, name: a detector; zero_match: nothing matched but keys look like PII), what was done (protected, reported) and the JSON path template (`other` past 256 per VM).",
+    },
     MetricSpec { name: "spapi_guard_config_total", labels: &["result"], help: "Configurations loaded or rejected (per Wasm VM)." },
     MetricSpec { name: "spapi_guard_body_bytes_total", labels: &["direction"], help: "Response body bytes processed: upstream (received) and downstream (sent)." },
     MetricSpec {
@@ -100,7 +105,9 @@ fn push_label_value(out: &mut String, value: &str) {
         out.push_str("none");
         return;
     }
-    out.extend(value.chars().take(128).map(|c| if c.is_ascii_alphanumeric() || "-_./:@".contains(c) { c } else { '_' }));
+    // `$[]*` for JSON path templates (`$.payload.Orders[*].BuyerInfo.X`); never the encoding's `;`
+    // or `=`.
+    out.extend(value.chars().take(200).map(|c| if c.is_ascii_alphanumeric() || "-_./:@$[]*".contains(c) { c } else { '_' }));
 }
 
 /// The `stats_tags` entries that decode the labels (rendered into the Envoy config).
@@ -123,6 +130,7 @@ mod tests {
         );
         assert_eq!(label_value("spiffe://a.b/c d;e=f"), "spiffe://a.b/c_d_e_f");
         assert_eq!(label_value(""), "none");
+        assert_eq!(label_value("$.payload.Orders[*].BuyerInfo.*"), "$.payload.Orders[*].BuyerInfo.*");
     }
 
     #[test]

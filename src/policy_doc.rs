@@ -10,6 +10,7 @@ use crate::access::{AccessDoc, CallerDoc, RoleDoc};
 use crate::canary::CanariesDoc;
 use crate::catalog::{parse_class, CatalogOverrides};
 use crate::config_error::ConfigError;
+use crate::drift::{DetectorAction, DriftKind, DriftPolicy};
 use crate::keyring::KeysDoc;
 use crate::pii::PerClass;
 use crate::policy::*;
@@ -44,6 +45,43 @@ pub struct PolicyDoc {
     pub callers: Vec<CallerDoc>,
     #[serde(default)]
     pub canaries: CanariesDoc,
+    /// PII the catalog does not name: detectors, the zero-match alarm, PII-free operations.
+    #[serde(default)]
+    pub drift: DriftDoc,
+}
+
+/// The `drift` section (docs/POLICY.md, "Drift").
+#[derive(Deserialize, Default, Clone)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct DriftDoc {
+    /// Detector → `tokenize`, `report` or `off` (email, phone, address, name).
+    #[serde(default)]
+    pub detectors: BTreeMap<String, String>,
+    /// Scan responses of operations the catalog lists without PII (report only).
+    #[serde(default)]
+    pub scan_pii_free_operations: Option<bool>,
+    /// Report PII responses in which nothing matched but keys look like PII.
+    #[serde(default)]
+    pub zero_match_alarm: Option<bool>,
+}
+
+/// Reads the `drift` section. Errors name the field.
+pub fn drift_policy(doc: &DriftDoc) -> Result<DriftPolicy, ConfigError> {
+    let mut policy = DriftPolicy::default();
+    for (name, action) in &doc.detectors {
+        let at = format!("drift.detectors.{name}");
+        let kind =
+            DriftKind::DETECTORS.into_iter().find(|k| k.as_str() == name).ok_or_else(|| ConfigError::new(at.clone(), "is not a detector; use email, phone, address or name"))?;
+        let action = DetectorAction::parse(action).ok_or_else(|| ConfigError::new(at, format!("'{action}' is not a detector action; use tokenize, report or off")))?;
+        policy.set(kind, action);
+    }
+    if let Some(on) = doc.scan_pii_free_operations {
+        policy.scan_pii_free = on;
+    }
+    if let Some(on) = doc.zero_match_alarm {
+        policy.zero_match = on;
+    }
+    Ok(policy)
 }
 
 /// The `numbers` section: PII values that are JSON numbers stay numbers unless the policy opts in.
@@ -201,11 +239,29 @@ mod tests {
             (format!(r#"{{"version":1,{KEYS},"keys2":{{}}}}"#), "keys2", "unknown field"),
             (r#"{"version":1,"keys":{"active":"k1","env":{"k1":"K1"},"material":"x"}}"#.to_string(), "keys.material", "unknown field `material`"),
             ("{not json".to_string(), "(policy)", "key must be a string"),
+            (format!(r#"{{"version":1,{KEYS},"drift":{{"scanPiiFree":true}}}}"#), "drift.scanPiiFree", "unknown field"),
         ];
         for (json, field, text) in cases {
             let e = policy(&json).expect_err("refused");
             assert_eq!(e.field, field, "{e}");
             assert!(e.message.contains(text), "{e}");
         }
+    }
+
+    #[test]
+    fn drift_section() {
+        let drift = |json: &str| drift_policy(&parse_doc(format!(r#"{{"version":1,{KEYS},"drift":{json}}}"#).as_bytes()).expect("parses").drift);
+        let d = drift("{}").expect("valid");
+        assert_eq!(d, DriftPolicy::default());
+        assert_eq!((d.action(DriftKind::Email), d.action(DriftKind::Phone)), (DetectorAction::Tokenize, DetectorAction::Tokenize));
+        assert_eq!((d.action(DriftKind::Address), d.action(DriftKind::Name)), (DetectorAction::Report, DetectorAction::Report));
+        assert!(d.zero_match && !d.scan_pii_free);
+        let d = drift(r#"{"detectors":{"name":"tokenize","email":"off"},"scanPiiFreeOperations":true,"zeroMatchAlarm":false}"#).expect("valid");
+        assert_eq!((d.action(DriftKind::Name), d.action(DriftKind::Email)), (DetectorAction::Tokenize, DetectorAction::Off));
+        assert!(!d.zero_match && d.scan_pii_free);
+        let e = drift(r#"{"detectors":{"ssn":"report"}}"#).expect_err("refused");
+        assert_eq!(e.field, "drift.detectors.ssn");
+        let e = drift(r#"{"detectors":{"phone":"mask"}}"#).expect_err("refused");
+        assert_eq!(e.field, "drift.detectors.phone");
     }
 }

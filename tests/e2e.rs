@@ -13,6 +13,9 @@ use support::*;
 
 /// Checks that `response` is `upstream` with exactly the reference PII values replaced by tokens
 /// that open to them: every other byte identical, every token at a PII location, of its class.
+/// The reference (tests/support `reference_pii`) knows the catalog's paths, its customer objects,
+/// bodies without the `payload` wrapper and the default detectors; it is a DOM walk, independent
+/// of the filter's automaton.
 fn assert_tokenized(name: &str, op: &Operation, upstream: &[u8], response: &[u8], engine: &TokenEngine) -> usize {
     let up: Value = serde_json::from_slice(upstream).expect("fixture json");
     let resp: Value = serde_json::from_slice(response).unwrap_or_else(|e| panic!("{name}: response not JSON: {e}"));

@@ -521,6 +521,78 @@ fn canaries_in_a_response_block_it() {
     }
 }
 
+/// Drift found in a protected response: planted PII protected, reported as `schema_drift` events
+/// with the operation and path templates (never values), counted in the metric and the audit event.
+#[test]
+fn drift_is_protected_and_reported_by_path_template_never_by_value() {
+    let guard = guard();
+    let mut x = Exchange1::new(Rc::clone(&guard), "GET", "/orders/v0/orders/902-3159896-1390916", Some(ORDER_SYNC));
+    x.request(&[], false);
+    assert!(x.seen.forwarded);
+    let body = br#"{"payload":{"AmazonOrderId":"902-3159896-1390916","buyerInfo":{"buyerEmail":"jane.planted@example.com","BuyerMobile":"4155550123"},
+        "Concierge":"+44 20 7946 0958","recipientName":"Janet Planted"}}"#;
+    x.respond(JSON_HEADERS, &[&body[..40], &body[40..]], false);
+    no_pii(&x.seen.delivered, &["jane.planted@example.com", "4155550123", "7946 0958"]);
+    let events: Vec<Value> = x.host.security_events().into_iter().filter(|e| e["event"] == "schema_drift").collect();
+    let seen: Vec<(String, String, String)> =
+        events.iter().map(|e| (e["reason"].as_str().unwrap_or("").into(), e["detail"].as_str().unwrap_or("").into(), e["path"].as_str().unwrap_or("").into())).collect();
+    let want = [("member", "protected", "$.payload.buyerInfo.BuyerMobile"), ("phone", "protected", "$.payload.Concierge"), ("name", "reported", "$.payload.recipientName")];
+    assert_eq!(seen, want.map(|(a, b, c)| (a.to_string(), b.to_string(), c.to_string())));
+    for e in &events {
+        assert_eq!(e["operation"], "orders-v0.getOrder");
+        assert_eq!(e["caller"], ORDER_SYNC);
+    }
+    let printed = x.host.log_text();
+    no_pii(printed.as_bytes(), &["planted", "4155550123", "7946", "Janet"]);
+    let audit = x.log(Some(200));
+    assert_eq!(audit["drift"], json!({"member": {"protected": 1}, "phone": {"protected": 1}, "name": {"reported": 1}}));
+    assert!(audit["security_events"].as_array().is_some_and(|a| a.contains(&json!("schema_drift"))));
+    let metric = |kind: &str, action: &str, path: &str| {
+        x.host.counter(&stat_name("spapi_guard_schema_drift_total", &[("operation", "orders-v0.getOrder"), ("kind", kind), ("action", action), ("path", path)]))
+    };
+    assert_eq!(metric("member", "protected", "$.payload.buyerInfo.BuyerMobile"), 1);
+    assert_eq!(metric("phone", "protected", "$.payload.Concierge"), 1);
+    assert_eq!(metric("name", "reported", "$.payload.recipientName"), 1);
+    // The planted email sat at a catalogued path, only in another case: protected, not drift.
+    assert_eq!(audit["pii"]["email"]["tokenized"], 1);
+}
+
+/// Operations the catalog lists without PII stream unchanged; with `drift.scanPiiFreeOperations`
+/// their bodies are also scanned as they pass (report only), split however they arrive.
+#[test]
+fn pii_free_responses_stream_and_are_scanned_only_when_the_policy_asks() {
+    let path = "/shipping/v2/accessPoints?accessPointTypes=HELIX&countryCode=US&postalCode=EC4M7RF";
+    let body =
+        br#"{"payload":{"accessPointsMap":{"HELIX":[{"accessPointId":"AP1","name":"Corner Shop","assistanceType":"STAFF_ASSISTED","note":"ask for jane.planted@example.com"}]}}}"#;
+    for scan in [false, true] {
+        let mut policy = default_policy();
+        policy["drift"] = json!({"scanPiiFreeOperations": scan});
+        let guard = guard_with(policy);
+        let mut x = Exchange1::new(Rc::clone(&guard), "GET", path, Some(ORDER_SYNC));
+        x.host.add_request_header("accept-encoding", "gzip");
+        x.request(&[], false);
+        assert!(x.seen.forwarded);
+        assert_eq!(x.host.request_header_text("accept-encoding").is_none(), scan, "identity bodies are asked for only to scan them");
+        let chunks: Vec<&[u8]> = body.chunks(17).collect();
+        x.respond(JSON_HEADERS, &chunks, false);
+        assert_eq!(x.seen.delivered, body.to_vec(), "streamed unchanged");
+        let drift: Vec<Value> = x.host.security_events().into_iter().filter(|e| e["event"] == "schema_drift").collect();
+        let audit = x.log(Some(200));
+        assert_eq!(audit["outcome"], "passed_through");
+        if scan {
+            assert_eq!(drift.len(), 1, "{drift:?}");
+            assert_eq!(
+                (drift[0]["reason"].as_str(), drift[0]["detail"].as_str(), drift[0]["path"].as_str()),
+                (Some("email"), Some("reported"), Some("$.payload.accessPointsMap.HELIX[*].note"))
+            );
+            assert_eq!(audit["drift"], json!({"email": {"reported": 1}}));
+        } else {
+            assert!(drift.is_empty());
+            assert_eq!(audit["drift"], json!({}));
+        }
+    }
+}
+
 // ---------------------------------------------------------------------------------------------
 // Tokens back to data: detokenization toward approved operations, and the reveal endpoint.
 

@@ -624,22 +624,151 @@ pub struct PiiValue {
     pub value: Value,
 }
 
-/// Every value at a catalog PII path of `op` in `body`, by the JSONPath reference (a DOM query,
-/// independent of the filter's one-pass automaton). Nulls, booleans and empty strings carry no PII.
+/// `$.payload.a.b` → `$.a.b` for an operation whose responses may come without the wrapper.
+fn unwrapped_path(op: &Operation, jsonpath: &str) -> Option<String> {
+    let wrapper = op.also_unwrapped.as_deref()?;
+    let rest = jsonpath.strip_prefix(&format!("$.{wrapper}"))?;
+    (rest.is_empty() || rest.starts_with('.') || rest.starts_with('[')).then(|| format!("${rest}"))
+}
+
+/// A path and, for an operation whose bodies may come unwrapped, its unwrapped twin.
+fn with_unwrapped(op: &Operation, jsonpath: &str) -> Vec<String> {
+    std::iter::once(jsonpath.to_string()).chain(unwrapped_path(op, jsonpath)).collect()
+}
+
+/// `$['a'][0]['b']`, as jsonpath-rust writes locations.
+fn child_location(parent: &str, step: &Step) -> String {
+    match step {
+        Step::Key(k) => format!("{parent}['{k}']"),
+        Step::Index(i) => format!("{parent}[{i}]"),
+    }
+}
+
+enum Step<'a> {
+    Key(&'a str),
+    Index(usize),
+}
+
+/// Every value of `body` the filter must protect under the default policy, found by a reference
+/// independent of the filter's one-pass automaton: a DOM, queried with jsonpath-rust, walked in
+/// plain recursion. Nulls, booleans and empty strings carry no PII.
+///
+/// 1. The operation's rules (catalog paths, and members the customer objects' definitions
+///    classify), also without the `payload` wrapper where Amazon's examples leave it out.
+/// 2. Customer objects (docs/POLICY.md): every member of the object at each of their paths that
+///    no rule names and that is not on the object's list of exceptions, and every scalar nested
+///    in it, with the class its name, its value or the object says (`drift::member_class`). An
+///    object that arrives as an array is taken element by element.
+/// 3. The default detectors (emails and phones, tokenized) over every other string, outside the
+///    non-customer subtrees. The shapes are `drift::detect`'s — the function under test for
+///    precision in tests/drift_precision.rs; here what is checked is that the filter applies it
+///    at the right places, byte for byte.
 pub fn reference_pii(op: &Operation, body: &Value) -> Vec<PiiValue> {
-    let mut seen = BTreeSet::new();
-    let mut out = Vec::new();
-    for rule in &op.response_rules {
-        for hit in js_path(&rule.jsonpath, body).expect("reference query") {
-            let value = hit.clone().val().clone();
-            let location = hit.path();
-            if matches!(value, Value::Null | Value::Bool(_)) || value == json!("") || !seen.insert(location.clone()) {
-                continue;
-            }
-            out.push(PiiValue { location, class: rule.class, value });
+    let mut out = catalog_pii(op, body);
+    let enabled = |k: spapi_guard::drift::DriftKind| matches!(k, spapi_guard::drift::DriftKind::Email | spapi_guard::drift::DriftKind::Phone);
+    for s in scanned_strings(op, body) {
+        if let Some(kind) = spapi_guard::drift::detect(s.key, s.parent, s.text, &enabled) {
+            out.push(PiiValue { location: s.location, class: kind.class(), value: Value::String(s.text.to_string()) });
         }
     }
     out
+}
+
+/// Steps 1 and 2 of [`reference_pii`]: what the catalog says is PII (its paths and its customer
+/// objects), without the detectors.
+pub fn catalog_pii(op: &Operation, body: &Value) -> Vec<PiiValue> {
+    let mut seen = BTreeSet::new();
+    let mut out = Vec::new();
+    let add = |seen: &mut BTreeSet<String>, out: &mut Vec<PiiValue>, location: String, class: PiiClass, value: Value| {
+        if matches!(value, Value::Null | Value::Bool(_)) || value == json!("") || !seen.insert(location.clone()) {
+            return;
+        }
+        out.push(PiiValue { location, class, value });
+    };
+    for rule in &op.response_rules {
+        for path in with_unwrapped(op, &rule.jsonpath) {
+            for hit in js_path(&path, body).expect("reference query") {
+                let value = hit.clone().val().clone();
+                add(&mut seen, &mut out, hit.path(), rule.class, value);
+            }
+        }
+    }
+    let ruled = ruled_locations(op, body);
+    for object in &op.objects {
+        let class = op.catch_alls[object.catch_all].class;
+        for path in with_unwrapped(op, &object.jsonpath) {
+            // The object at `$.payload`, unwrapped, is the body: its `errors` are not the object's.
+            let root = path == "$";
+            for hit in js_path(&path, body).expect("reference query") {
+                let location = hit.clone().path();
+                let value = hit.val();
+                let elements: Vec<(String, &Value)> = match value {
+                    Value::Array(items) => items.iter().enumerate().map(|(i, v)| (child_location(&location, &Step::Index(i)), v)).collect(),
+                    v => vec![(location.clone(), v)],
+                };
+                for (at, v) in elements {
+                    let Value::Object(members) = v else { continue };
+                    for (key, member) in members {
+                        if object.except.iter().any(|e| e.eq_ignore_ascii_case(key)) || (root && key.eq_ignore_ascii_case("errors")) {
+                            continue;
+                        }
+                        let member_at = child_location(&at, &Step::Key(key));
+                        if ruled.contains(&member_at) {
+                            continue;
+                        }
+                        for (scalar_at, scalar_key, _, scalar) in scalars(&member_at, key, "", member) {
+                            let scalar_class = spapi_guard::drift::member_class(Some(scalar_key), scalar.as_str(), class);
+                            add(&mut seen, &mut out, scalar_at, scalar_class, scalar.clone());
+                        }
+                    }
+                }
+            }
+        }
+    }
+    out
+}
+
+/// Where the operation's rules select a value (whatever the value).
+fn ruled_locations(op: &Operation, body: &Value) -> BTreeSet<String> {
+    op.response_rules.iter().flat_map(|r| with_unwrapped(op, &r.jsonpath)).flat_map(|p| js_path(&p, body).expect("reference query").into_iter().map(|h| h.path())).collect()
+}
+
+/// A string the drift detectors look at: not PII by the catalog, not inside a value a rule
+/// selects whole, not in a non-customer subtree.
+pub struct Scanned<'a> {
+    pub location: String,
+    pub key: Option<&'a str>,
+    pub parent: Option<&'a str>,
+    pub text: &'a str,
+}
+
+/// Step 3's input: every string of `body` the detectors see (non-empty).
+pub fn scanned_strings<'a>(op: &Operation, body: &'a Value) -> Vec<Scanned<'a>> {
+    let pii: BTreeSet<String> = catalog_pii(op, body).into_iter().map(|p| p.location).collect();
+    let ruled = ruled_locations(op, body);
+    let quiet: BTreeSet<String> =
+        op.quiet_paths.iter().flat_map(|p| with_unwrapped(op, p)).flat_map(|p| js_path(&p, body).expect("reference query").into_iter().map(|h| h.path())).collect();
+    let mut out = Vec::new();
+    for (at, key, parent, value) in scalars("$", "", "", body) {
+        let Value::String(text) = value else { continue };
+        // Inside a value a rule selects whole (a container), or a non-customer subtree: not scanned.
+        if text.is_empty() || pii.contains(&at) || ruled.iter().any(|r| at.starts_with(r.as_str())) || quiet.iter().any(|q| at.starts_with(q.as_str())) {
+            continue;
+        }
+        out.push(Scanned { location: at, key: (!key.is_empty()).then_some(key), parent: (!parent.is_empty()).then_some(parent), text });
+    }
+    out
+}
+
+/// Every scalar (string or number) in `value`, with its location, the name of the member it is
+/// (or its array is) under, and the member name above that.
+fn scalars<'a>(location: &str, key: &'a str, parent: &'a str, value: &'a Value) -> Vec<(String, &'a str, &'a str, &'a Value)> {
+    match value {
+        Value::Object(members) => members.iter().flat_map(|(k, v)| scalars(&child_location(location, &Step::Key(k)), k, key, v)).collect(),
+        Value::Array(items) => items.iter().enumerate().flat_map(|(i, v)| scalars(&child_location(location, &Step::Index(i)), key, parent, v)).collect(),
+        Value::String(_) | Value::Number(_) => vec![(location.to_string(), key, parent, value)],
+        Value::Null | Value::Bool(_) => vec![],
+    }
 }
 
 /// How Envoy talks to the `spapi` cluster (the mock serves all of them on one port).
