@@ -119,3 +119,19 @@ fn a_number_at_a_string_typed_pii_path_is_tokenized_not_kept_in_clear() {
     assert_eq!((phone.plaintext.as_slice(), phone.kind), (&b"4155551234"[..], spapi_guard::tokens::ValueKind::RawJson));
     assert_eq!(out.counts.coarsened(spapi_guard::pii::PiiClass::Address), 0);
 }
+
+/// Found by `fuzz_rewriter` after the drift safety net (KNOWN_BUG_ARRAY_ELEMENTS_COUNTED_TWICE):
+/// an array at a PII leaf path is tokenized as one value (correctly: one token of kind `j`), but
+/// each element is also matched as "the object arriving as an array" and counted (and sealed)
+/// before the whole array replaces it — the audit/metric counts say n+1 values for one. No PII
+/// leaks; the counts are wrong. The fuzz oracle checks counts as "at least" until this is fixed.
+#[test]
+#[ignore]
+fn an_array_at_a_pii_leaf_is_counted_once() {
+    use spapi_guard::guard::Guard;
+    let policy = r#"{"version":1,"keys":{"active":"k1","env":{"k1":"K1"}}}"#;
+    let guard = Guard::load(policy.as_bytes(), &|_| Some("8f4c1a2b3d5e6f708192a3b4c5d6e7f8091a2b3c4d5e6f708192a3b4c5d6e7f8".to_string())).expect("policy");
+    let op = guard.catalog.operations.iter().find(|o| o.id == "shipping-v1.getShipment").expect("op");
+    let out = guard.protect_response(op, br#"{"payload":{"shipTo":{"addressLine1":["D","E"]}}}"#).expect("protected");
+    assert_eq!(out.counts.get(spapi_guard::pii::PiiClass::Address, spapi_guard::policy::Action::Tokenize(spapi_guard::tokens::Mode::Deterministic)), 1);
+}
