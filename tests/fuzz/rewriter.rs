@@ -1463,9 +1463,15 @@ impl RewriterTarget {
         match (&n.kind, &out.kind) {
             (Kind::Obj(ims), Kind::Obj(oms)) => {
                 let mut j = 0;
-                for im in ims {
+                for (i, im) in ims.iter().enumerate() {
+                    let surplus = ims.len() - i > oms.len() - j;
+                    let trial = |om: &refjson::Member| {
+                        let mut t = Extra { values: 0, removed: false, may_remove: extra.may_remove, numbers: extra.numbers };
+                        self.faithful(&im.value, &om.value, input, output, &mut Vec::new(), &mut t).is_ok()
+                    };
                     match oms.get(j) {
-                        Some(om) if om.key == im.key && om.raw_key(output) == im.raw_key(input) => {
+                        // (Duplicate names: a member removed, the next one of the same name kept.)
+                        Some(om) if om.key == im.key && om.raw_key(output) == im.raw_key(input) && !(surplus && extra.may_remove && removable(&im.value) && !trial(om)) => {
                             j += 1;
                             self.faithful(&im.value, &om.value, input, output, replaced, extra)?;
                         }
