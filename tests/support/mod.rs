@@ -397,7 +397,7 @@ impl Stack {
 
     /// Envoy's Prometheus metrics of the filter: `name{labels}` → value.
     pub fn metrics(&self) -> BTreeMap<String, u64> {
-        let text = String::from_utf8_lossy(&curl(self.admin_port, "GET", "/stats/prometheus", &[]).body).into_owned();
+        let text = String::from_utf8_lossy(&admin_get(self.admin_port, "/stats/prometheus").body).into_owned();
         text.lines().filter(|l| l.starts_with("spapi_guard_")).filter_map(|l| l.rsplit_once(' ').map(|(k, v)| (k.to_string(), v.parse().unwrap_or(0)))).collect()
     }
 
@@ -511,6 +511,19 @@ impl Response {
 
     pub fn json(&self) -> Value {
         serde_json::from_slice(&self.body).unwrap_or_else(|e| panic!("response is not JSON ({e}): {}", self.text()))
+    }
+}
+
+/// A GET on Envoy's admin port, retried while nothing listens there (for up to 15 s): during a hot
+/// restart the port passes from the old process to the new one.
+pub fn admin_get(port: u16, path: &str) -> Response {
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        match curl_url(&format!("http://127.0.0.1:{port}{path}"), "GET", &[], &[], None) {
+            Ok(r) => return r,
+            Err(e) if Instant::now() > deadline => panic!("admin {path}: {e}"),
+            Err(_) => std::thread::sleep(Duration::from_millis(200)),
+        }
     }
 }
 
