@@ -121,6 +121,25 @@ pub struct Options {
 }
 
 impl Options {
+    /// The same options for another try (none when a config edit, which cannot be copied, is set).
+    fn copy_for_retry(&self) -> Option<Options> {
+        if self.config_edit.is_some() {
+            return None;
+        }
+        Some(Options {
+            name: self.name,
+            policy: self.policy.clone(),
+            env: self.env.clone(),
+            fixture_dirs: self.fixture_dirs.clone(),
+            concurrency: self.concurrency,
+            envoy_args: self.envoy_args.clone(),
+            auth_filter: self.auth_filter.clone(),
+            upstream_protocol: self.upstream_protocol,
+            hot_restart: self.hot_restart,
+            config_edit: None,
+        })
+    }
+
     pub fn new(name: &'static str, key: &[u8; KEY_LEN]) -> Options {
         Options {
             name,
@@ -262,6 +281,17 @@ impl Stack {
     }
 
     pub fn start(opts: Options) -> Stack {
+        // Ports are picked free, then released for Envoy: a test running in parallel can take one
+        // in between. Only that bind race is retried, with new ports.
+        let mut opts = opts;
+        for _ in 0..3 {
+            let Some(retry) = opts.copy_for_retry() else { break };
+            match Stack::try_start(opts) {
+                Ok(s) => return s,
+                Err(r) if r.log.contains("Address already in use") => opts = retry,
+                Err(r) => panic!("Envoy did not start (exit {:?}):\n{}", r.exit_code, r.log),
+            }
+        }
         match Stack::try_start(opts) {
             Ok(s) => s,
             Err(r) => panic!("Envoy did not start (exit {:?}):\n{}", r.exit_code, r.log),
