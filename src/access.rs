@@ -170,7 +170,12 @@ pub struct RevealDoc {
     pub classes: Vec<String>,
     /// Operation ids with `*` wildcards the plaintext may be sent to, and/or `spapi-guard.reveal`
     /// (the proxy's own reveal endpoint).
+    #[serde(default)]
     pub operations: Vec<String>,
+    /// Names of the policy's third-party upstreams the plaintext may be sent to (every operation
+    /// of each).
+    #[serde(default)]
+    pub upstreams: Vec<String>,
 }
 
 /// The operation id of the proxy's reveal endpoint in reveal grants.
@@ -307,6 +312,10 @@ pub enum DenyReason {
     InvalidRevealRequest,
     /// A request body with tokens that cannot be detokenized: not JSON, or too large.
     UnreadableRequestBody,
+    /// Envoy would send the request to another cluster than the destination it was decided for
+    /// (src/upstreams.rs): an upstream's operation elsewhere than its cluster, an SP-API
+    /// operation to a third party, tokens to be revealed toward no SP-API cluster.
+    DestinationMismatch,
 }
 
 impl DenyReason {
@@ -330,6 +339,7 @@ impl DenyReason {
             DenyReason::TokenExpired => "token_expired",
             DenyReason::InvalidRevealRequest => "invalid_reveal_request",
             DenyReason::UnreadableRequestBody => "unreadable_request_body",
+            DenyReason::DestinationMismatch => "destination_mismatch",
         }
     }
 
@@ -337,7 +347,7 @@ impl DenyReason {
     /// only) never lets these through. A path that is not canonical, or that neither the catalog
     /// nor `passThroughPaths` knows, would reach the SP-API unprotected.
     pub fn is_protection(self) -> bool {
-        matches!(self, DenyReason::InvalidPath | DenyReason::UnknownOperation)
+        matches!(self, DenyReason::InvalidPath | DenyReason::UnknownOperation | DenyReason::DestinationMismatch)
     }
 
     pub fn status(self) -> u32 {
@@ -368,6 +378,7 @@ impl DenyReason {
             DenyReason::TokenExpired => ("InvalidInput", "The request carries a token whose key has expired: its retention period is over and it is no longer opened."),
             DenyReason::UnreadableRequestBody => ("InvalidInput", "The request body carries tokens but is not JSON, or is too large to detokenize."),
             DenyReason::InvalidRevealRequest => ("InvalidInput", "The reveal request could not be read; send a JSON object whose tokens member lists the tokens."),
+            DenyReason::DestinationMismatch => ("Unauthorized", "The request would reach another destination than the one it was checked for."),
             _ => ("Unauthorized", "Access to requested resource is denied."),
         };
         format!(r#"{{"errors":[{{"code":"{code}","message":"{message}","details":"spapi-guard:{}"}}]}}"#, self.code())
@@ -736,7 +747,7 @@ fn compile_role(name: &str, role: &RoleDoc, catalog: &Catalog, policy: &Policy) 
     for (i, pattern) in role.operations.iter().enumerate() {
         let mut matched = false;
         for (k, op) in catalog.operations.iter().enumerate() {
-            if glob(pattern, &op.id) {
+            if covers(pattern, op) {
                 operations[k] = role.allow_restricted || !op.restricted;
                 matched = true;
             }
@@ -788,8 +799,22 @@ fn compile_reveal(at: &str, grants: &[RevealDoc], catalog: &Catalog) -> Result<V
                 classes[class] = true;
             }
         }
-        if grant.operations.is_empty() {
-            return Err(ConfigError::new(format!("{at}.operations"), format!("is empty; list operation ids (shipping-v2.*) and/or {REVEAL_OPERATION}")));
+        if grant.operations.is_empty() && grant.upstreams.is_empty() {
+            return Err(ConfigError::new(format!("{at}.operations"), format!("is empty; list operation ids (shipping-v2.*) and/or {REVEAL_OPERATION}, or upstreams")));
+        }
+        for (i, name) in grant.upstreams.iter().enumerate() {
+            let mut matched = false;
+            for (k, op) in catalog.operations.iter().enumerate() {
+                if op.upstream.is_some() && &op.api == name {
+                    matched = true;
+                    if let Some(slot) = out.get_mut(k) {
+                        merge(slot, &classes);
+                    }
+                }
+            }
+            if !matched {
+                return Err(ConfigError::new(format!("{at}.upstreams[{i}]"), format!("'{name}' is not an upstream of the policy; name one of the upstreams map")));
+            }
         }
         for (i, pattern) in grant.operations.iter().enumerate() {
             let mut matched = false;
@@ -800,7 +825,7 @@ fn compile_reveal(at: &str, grants: &[RevealDoc], catalog: &Catalog) -> Result<V
                 }
             }
             for (k, op) in catalog.operations.iter().enumerate() {
-                if glob(pattern, &op.id) {
+                if covers(pattern, op) {
                     matched = true;
                     if let Some(slot) = out.get_mut(k) {
                         merge(slot, &classes);
@@ -857,8 +882,15 @@ fn is_header_name(s: &str) -> bool {
     !s.is_empty() && s.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
 }
 
+/// Whether an operation pattern of a role or a reveal grant covers `op`. A third-party upstream's
+/// operations are covered only by patterns that name it (`carrier.*`, `carrier.createShipment`):
+/// `*` or `shipping-*` never send data to a third party.
+fn covers(pattern: &str, op: &Operation) -> bool {
+    glob(pattern, &op.id) && (op.upstream.is_none() || pattern.strip_prefix(op.api.as_str()).is_some_and(|rest| rest.starts_with('.')))
+}
+
 /// `*` matches any run of characters.
-fn glob(pattern: &str, text: &str) -> bool {
+pub(crate) fn glob(pattern: &str, text: &str) -> bool {
     match pattern.split_once('*') {
         None => pattern == text,
         Some((head, rest)) => {

@@ -90,6 +90,9 @@ pub struct AuditEvent<'a> {
     pub operation: Option<&'a str>,
     pub api: Option<&'a str>,
     pub api_version: Option<&'a str>,
+    /// The third-party upstream of the operation (absent for the SP-API).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub upstream: Option<&'a str>,
     pub method: &'a str,
     /// The path as the operation's template, PII query values replaced.
     pub path: String,

@@ -270,6 +270,9 @@ pub struct Operation {
     /// Requests of this operation carry customer PII in their body (Amazon's models): where an
     /// application sends data it holds as tokens.
     pub has_request_pii: bool,
+    /// The third-party upstream it belongs to (an index in [`crate::upstreams::Upstreams::list`]);
+    /// `None` for SP-API operations.
+    pub upstream: Option<usize>,
 }
 
 impl Operation {
@@ -334,6 +337,16 @@ struct Draft {
     objects: Vec<DraftObject>,
     also_unwrapped: Option<String>,
     has_request_pii: bool,
+    upstream: Option<usize>,
+}
+
+/// The operations of a third-party upstream (src/upstreams.rs), routed under its prefix.
+pub struct UpstreamOperations<'a> {
+    pub name: &'a str,
+    /// The route prefix without its trailing `/` (`/upstreams/carrier`), and as decoded segments.
+    pub prefix: &'a str,
+    pub segments: &'a [String],
+    pub operations: &'a [OperationDoc],
 }
 
 /// The built-in customer objects, resolved: id → (class, members).
@@ -392,6 +405,12 @@ fn check_members(members: &[String], at: &str) -> Result<(), ConfigError> {
 impl Catalog {
     /// The built-in catalog with `overrides` applied. Errors name the policy field at fault.
     pub fn build(overrides: &CatalogOverrides) -> Result<Catalog, ConfigError> {
+        Catalog::build_with_upstreams(overrides, &[])
+    }
+
+    /// The built-in catalog with `overrides` applied and the operations of the policy's
+    /// third-party upstreams added (ids `<upstream>.<operationId>`, templates under their prefix).
+    pub fn build_with_upstreams(overrides: &CatalogOverrides, upstreams: &[UpstreamOperations]) -> Result<Catalog, ConfigError> {
         let file: CatalogFile = serde_json::from_str(BUILTIN_CATALOG).map_err(|e| ConfigError::new("(built-in catalog)", format!("cannot be read: {e}; rebuild the filter")))?;
         let objects = resolve_objects(&file.customer_objects);
         let mut drafts: Vec<Draft> = file
@@ -437,6 +456,7 @@ impl Catalog {
                     objects: placed,
                     also_unwrapped: op.also_unwrapped,
                     has_request_pii: !op.request_pii.is_empty(),
+                    upstream: None,
                     id: op.id,
                     api: op.api,
                     version: op.version,
@@ -453,33 +473,9 @@ impl Catalog {
             if drafts.iter().any(|d| d.id == doc.id) {
                 return Err(ConfigError::new(format!("{at}.id"), format!("'{}' is already in the catalog; use catalog.extend to add fields to it", doc.id)));
             }
-            if !METHODS.contains(&doc.method.as_str()) {
-                return Err(ConfigError::new(format!("{at}.method"), format!("must be one of {}", METHODS.join(", "))));
-            }
-            if let Some(wrapper) = &doc.also_unwrapped {
-                if wrapper.is_empty() || wrapper.len() > 128 {
-                    return Err(ConfigError::new(format!("{at}.alsoUnwrapped"), "must be the wrapper member's name (payload)"));
-                }
-            }
-            let placed = doc.customer_objects.iter().enumerate().map(|(j, o)| policy_object(o, &format!("{at}.customerObjects[{j}]"), &objects)).collect::<Result<_, _>>()?;
-            drafts.push(Draft {
-                id: doc.id.clone(),
-                api: doc.id.split('.').next().unwrap_or_default().to_string(),
-                version: String::new(),
-                method: doc.method.clone(),
-                path_template: doc.path_template.clone(),
-                restricted: false,
-                response: doc.response_pii.iter().enumerate().map(|(j, f)| (f.clone(), format!("{at}.responsePii[{j}]"), None)).collect(),
-                not_pii: Vec::new(),
-                query: doc.query_pii.iter().enumerate().map(|(j, q)| (q.clone(), format!("{at}.queryPii[{j}]"))).collect(),
-                protected: Vec::new(),
-                objects: placed,
-                also_unwrapped: doc.also_unwrapped.clone(),
-                // A policy's own operation may carry anything: its request bodies are read.
-                has_request_pii: true,
-            });
+            let draft = policy_operation(doc, doc.id.clone(), doc.path_template.clone(), &at, &objects)?;
+            drafts.push(draft);
         }
-
         for (id, ext) in &overrides.extend {
             let at = format!("catalog.extend.{id}");
             let draft = drafts.iter_mut().find(|d| &d.id == id).ok_or_else(|| unknown_operation(&at, id))?;
@@ -531,6 +527,35 @@ impl Catalog {
                         format!("'{path}' is not a response PII path of {id} or a member of one of its customer objects; copy the path from policies/spapi-catalog.json"),
                     ));
                 }
+            }
+        }
+
+        for up in upstreams {
+            let at = format!("upstreams.{}", up.name);
+            let slug = format!("{}.", up.name);
+            if let Some(d) = drafts.iter().find(|d| d.id.starts_with(&slug)) {
+                return Err(ConfigError::new(at, format!("'{}' is the API of catalog operations ({}); give the upstream another name", up.name, d.id)));
+            }
+            for d in &drafts {
+                if PathTemplate::parse(&d.path_template).is_ok_and(|t| t.may_extend(up.segments)) {
+                    return Err(ConfigError::new(
+                        format!("{at}.routePrefix"),
+                        format!("'{}/' is also where {} {} is ({}), which leads to the SP-API; choose a prefix no SP-API path starts with, like /upstreams/{}/", up.prefix, d.method, d.path_template, d.id, up.name),
+                    ));
+                }
+            }
+        }
+        for (u, up) in upstreams.iter().enumerate() {
+            for (i, doc) in up.operations.iter().enumerate() {
+                let at = format!("upstreams.{}.operations[{i}]", up.name);
+                let template = format!("{}{}", up.prefix, doc.path_template);
+                if !doc.path_template.starts_with('/') {
+                    return Err(ConfigError::new(format!("{at}.pathTemplate"), format!("'{}' must start with '/' (the path as the upstream sees it)", doc.path_template)));
+                }
+                let mut draft = policy_operation(doc, format!("{}.{}", up.name, doc.id), template, &at, &objects)?;
+                draft.api = up.name.to_string();
+                draft.upstream = Some(u);
+                drafts.push(draft);
             }
         }
 
@@ -747,6 +772,37 @@ fn compile(draft: Draft) -> Result<Operation, ConfigError> {
         response_matcher: matcher,
         query_pii,
         has_request_pii: draft.has_request_pii,
+        upstream: draft.upstream,
+    })
+}
+
+/// A policy's own operation (`catalog.operations[]`, an upstream's `operations[]`) as a draft.
+fn policy_operation(doc: &OperationDoc, id: String, path_template: String, at: &str, objects: &Objects) -> Result<Draft, ConfigError> {
+    if !METHODS.contains(&doc.method.as_str()) {
+        return Err(ConfigError::new(format!("{at}.method"), format!("must be one of {}", METHODS.join(", "))));
+    }
+    if let Some(wrapper) = &doc.also_unwrapped {
+        if wrapper.is_empty() || wrapper.len() > 128 {
+            return Err(ConfigError::new(format!("{at}.alsoUnwrapped"), "must be the wrapper member's name (payload)"));
+        }
+    }
+    let placed = doc.customer_objects.iter().enumerate().map(|(j, o)| policy_object(o, &format!("{at}.customerObjects[{j}]"), objects)).collect::<Result<_, _>>()?;
+    Ok(Draft {
+        api: id.split('.').next().unwrap_or_default().to_string(),
+        id,
+        version: String::new(),
+        method: doc.method.clone(),
+        path_template,
+        restricted: false,
+        response: doc.response_pii.iter().enumerate().map(|(j, f)| (f.clone(), format!("{at}.responsePii[{j}]"), None)).collect(),
+        not_pii: Vec::new(),
+        query: doc.query_pii.iter().enumerate().map(|(j, q)| (q.clone(), format!("{at}.queryPii[{j}]"))).collect(),
+        protected: Vec::new(),
+        objects: placed,
+        also_unwrapped: doc.also_unwrapped.clone(),
+        // A policy's own operation may carry anything: its request bodies are read.
+        has_request_pii: true,
+        upstream: None,
     })
 }
 

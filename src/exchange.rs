@@ -359,8 +359,8 @@ impl Exchange {
                 host.set_request_header("accept-encoding", None);
                 Outcome::Protected
             }
-            Some(_) => {
-                if guard.drift.scan_pii_free {
+            Some((_, op)) => {
+                if guard.drift.scan_pii_free && !guard.upstreams.passes_unread(op.upstream) {
                     // Scanned as it streams (report only): the filter reads identity bodies only.
                     host.set_request_header("accept-encoding", None);
                     self.drift_copy = Some(Vec::new());
@@ -369,13 +369,6 @@ impl Exchange {
             }
             None => Outcome::Unmatched,
         };
-        if needs_body_check && enforcing {
-            if end_of_stream {
-                return self.deny(host, DenyReason::InvalidRdtRequest);
-            }
-            self.request = RequestState::CheckingRdt;
-            return Flow::Pause;
-        }
         let allowed = self.decision.as_ref().is_some_and(|d| d.verdict == Verdict::Allow);
         let caller = self.decision.as_ref().and_then(|d| d.caller).and_then(|c| guard.access.callers.get(c));
         if reveal_endpoint {
@@ -392,6 +385,18 @@ impl Exchange {
         // without a grant here may send no token where data is expected (the path, the query, the
         // body of an operation that carries PII): it would reach Amazon instead of the data.
         let grant = if allowed { caller.and_then(|c| c.reveal_classes(self.operation)).copied() } else { None };
+        // Envoy picked the cluster by its own route match: the request goes nowhere else than the
+        // destination it was decided for (src/upstreams.rs).
+        if self.wrong_destination(host, grant.is_some()) {
+            return self.deny(host, DenyReason::DestinationMismatch);
+        }
+        if needs_body_check && enforcing {
+            if end_of_stream {
+                return self.deny(host, DenyReason::InvalidRdtRequest);
+            }
+            self.request = RequestState::CheckingRdt;
+            return Flow::Pause;
+        }
         let body_carries_pii = operation.is_some_and(|(_, op)| op.has_request_pii);
         let path_has_token = self.path.contains(crate::tokens::TOKEN_PREFIX);
         self.reveal = match grant {
@@ -401,7 +406,14 @@ impl Exchange {
         };
         let Some(classes) = self.reveal else { return Flow::Continue };
         match detokenize_target(&guard.tokens, &classes, &self.path, host.now_ms(), &mut self.revealed) {
-            Ok(Some(target)) => host.set_request_header(":path", Some(&target)),
+            Ok(Some(target)) => {
+                host.set_request_header(":path", Some(&target));
+                // A changed path is routed again by Envoy: still the same destination?
+                if self.wrong_destination(host, true) {
+                    self.revealed = Revealed::default();
+                    return self.deny(host, DenyReason::DestinationMismatch);
+                }
+            }
             Ok(None) => {}
             Err(e) => return self.refuse_detokenize(host, e),
         }
@@ -595,6 +607,7 @@ impl Exchange {
             operation: operation.map(|o| o.id.as_str()),
             api: operation.map(|o| o.api.as_str()),
             api_version: operation.map(|o| o.version.as_str()),
+            upstream: operation.and_then(|o| o.upstream).and_then(|u| self.guard.upstreams.list.get(u)).map(|u| u.name.as_str()),
             method: &self.method,
             path: redacted_path_with(&self.path, operation, self.guard.access.path_words()),
             decision: self.decision_kind,
@@ -798,6 +811,14 @@ impl Exchange {
             }
             Err(reason) => self.fail_closed(host, reason),
         }
+    }
+
+    /// Whether Envoy would send this request to another cluster than the destination the filter
+    /// decided it for: the operation's upstream, or the SP-API (an SP-API cluster when `revealing`).
+    fn wrong_destination(&self, host: &dyn HttpHost, revealing: bool) -> bool {
+        let upstream = self.operation.and_then(|i| self.guard.catalog.operations.get(i)).and_then(|op| op.upstream);
+        let cluster = text(host.property(&["xds", "cluster_name"]));
+        self.guard.upstreams.check_destination(upstream, cluster.as_deref(), revealing).is_err()
     }
 
     /// Counts the PII the caller received toward its per-window limit.

@@ -4,7 +4,7 @@ use std::fmt;
 
 use crate::access::{Access, RoleDoc};
 use crate::canary::Canaries;
-use crate::catalog::{Catalog, FieldRule, Operation};
+use crate::catalog::{Catalog, FieldRule, Operation, UpstreamOperations};
 use crate::config_error::ConfigError;
 use crate::drift::{detect, looks_like_pii_key, member_class, worth_a_look, DetectorAction, DriftAction, DriftFindings, DriftKind, DriftPolicy};
 use crate::fail_closed::FailReason;
@@ -15,6 +15,7 @@ use crate::policy::{Action, ClassActions, NumberAction, Policy, DEFAULT_NUMBER_D
 use crate::policy_doc::parse_doc;
 use crate::schema::{coarsen, empty_like, is_number_text, FieldSchema};
 use crate::tokens::{Mode, TokenEngine, ValueKind};
+use crate::upstreams::Upstreams;
 use std::collections::BTreeMap;
 
 /// Everything a VM needs to protect traffic, built once per configuration.
@@ -29,6 +30,8 @@ pub struct Guard {
     pub warnings: Vec<String>,
     /// What the drift detectors do (the policy's `drift` section).
     pub drift: DriftPolicy,
+    /// The approved third-party upstreams and the clusters that lead to the SP-API.
+    pub upstreams: Upstreams,
     /// (operation, path template) label pairs of `spapi_guard_schema_drift_total` this VM has
     /// used: bounded by [`MAX_DRIFT_LABELS`], so an upstream cannot grow Envoy's stats at will.
     drift_labels: std::cell::RefCell<std::collections::BTreeSet<(String, String)>>,
@@ -56,7 +59,8 @@ impl Guard {
     fn build(config: &[u8], env: &dyn Fn(&str) -> Option<String>, now_ms: Option<u64>) -> Result<Guard, ConfigError> {
         let doc = parse_doc(config)?;
         let policy = Policy::from_doc(&doc)?;
-        let catalog = Catalog::build(&doc.catalog)?;
+        let upstreams = Upstreams::build(&doc.upstreams, doc.spapi_clusters.as_deref(), &doc.access.pass_through_paths)?;
+        let catalog = Catalog::build_with_upstreams(&doc.catalog, &upstream_operations(&doc, &upstreams))?;
         let access = Access::build(&doc.access, &doc.roles, &doc.callers, &catalog, &policy)?;
         let canaries = Canaries::build(&doc.canaries)?;
         let ring = keyring::load(&doc.keys, env)?;
@@ -67,7 +71,7 @@ impl Guard {
         }
         let tokens = TokenEngine::from_ring(ring.schedule, ring.materials).map_err(|m| ConfigError::new("keys", m))?;
         let drift = crate::policy_doc::drift_policy(&doc.drift)?;
-        Ok(Guard { policy, catalog, access, canaries, tokens, warnings, drift, drift_labels: Default::default(), loaded_at_ms: now_ms.unwrap_or(0) })
+        Ok(Guard { policy, catalog, access, canaries, tokens, warnings, drift, upstreams, drift_labels: Default::default(), loaded_at_ms: now_ms.unwrap_or(0) })
     }
 
     /// The `path` label for a drift finding: the template, or `other` once this VM has used
@@ -129,6 +133,18 @@ impl Guard {
         scanner.finish();
         result.ok().map(|_| scanner.drift)
     }
+}
+
+/// The operations of each upstream of the policy, for the catalog.
+pub fn upstream_operations<'a>(doc: &'a crate::policy_doc::PolicyDoc, upstreams: &'a Upstreams) -> Vec<UpstreamOperations<'a>> {
+    upstreams
+        .list
+        .iter()
+        .filter_map(|u| {
+            let operations = &doc.upstreams.get(&u.name)?.operations;
+            Some(UpstreamOperations { name: &u.name, prefix: &u.prefix, segments: &u.segments, operations })
+        })
+        .collect()
 }
 
 /// Where the policy's choices meet what Amazon's models promise clients (src/schema.rs): numbers

@@ -15,6 +15,8 @@
 //! * [`lifecycle`] — configuration loading and lockout timers of a VM; [`key_status`] — the key
 //!   ring's gauges and events.
 //! * [`fail_closed`] — what the client gets when a body cannot be protected.
+//! * [`upstreams`] — approved third-party upstreams, and the binding of each request to the
+//!   cluster Envoy sends it to.
 // A panic in the VM takes the filter down: input-driven code never unwraps (enforced here, for
 // everything but unit tests; `.ci/run` runs clippy on the native and the wasm32 build).
 #![cfg_attr(not(test), deny(clippy::unwrap_used, clippy::expect_used, clippy::panic, clippy::unreachable, clippy::todo, clippy::unimplemented))]
@@ -47,6 +49,7 @@ pub mod schema;
 #[doc(hidden)]
 pub mod testing;
 pub mod tokens;
+pub mod upstreams;
 pub mod uri;
 
 #[cfg(target_arch = "wasm32")]

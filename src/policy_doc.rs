@@ -15,6 +15,7 @@ use crate::keyring::KeysDoc;
 use crate::pii::PerClass;
 use crate::policy::*;
 use crate::tokens::Mode;
+use crate::upstreams::UpstreamDoc;
 
 /// The policy document as written.
 #[derive(Deserialize)]
@@ -48,6 +49,12 @@ pub struct PolicyDoc {
     /// PII the catalog does not name: detectors, the zero-match alarm, PII-free operations.
     #[serde(default)]
     pub drift: DriftDoc,
+    /// Approved third-party upstreams, by name (src/upstreams.rs).
+    #[serde(default)]
+    pub upstreams: BTreeMap<String, UpstreamDoc>,
+    /// Envoy clusters (with `*` wildcards) that lead to the SP-API (default `spapi`, `spapi-*`).
+    #[serde(default)]
+    pub spapi_clusters: Option<Vec<String>>,
 }
 
 /// The `drift` section (docs/POLICY.md, "Drift").

@@ -58,6 +58,17 @@ impl PathTemplate {
         })
     }
 
+    /// Whether some path under `prefix` (decoded segments, then at least one more) could fit the
+    /// template: each prefix segment meets a parameter or the same literal, and the template is
+    /// longer than the prefix.
+    pub fn may_extend(&self, prefix: &[String]) -> bool {
+        self.segments.len() > prefix.len()
+            && self.segments.iter().zip(prefix).all(|(s, p)| match s {
+                Segment::Literal(l) => l == p,
+                Segment::Param => true,
+            })
+    }
+
     /// Orders templates so that literal segments beat parameters, position by position.
     fn specificity(&self) -> Vec<bool> {
         self.segments.iter().map(|s| matches!(s, Segment::Literal(_))).collect()

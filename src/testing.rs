@@ -46,13 +46,15 @@ pub struct MockHost {
 }
 
 impl MockHost {
-    /// A host for a request from `127.0.0.1` over TLS 1.3 with this SPIFFE id (if any).
+    /// A host for a request from `127.0.0.1` over TLS 1.3 with this SPIFFE id (if any), routed by
+    /// Envoy to the demo's SP-API cluster `spapi` (`xds.cluster_name`).
     pub fn new(method: &str, path: &str, spiffe_id: Option<&str>) -> MockHost {
         let mut host = MockHost { now: Cell::new(1_800_000_000_000), ..MockHost::default() };
         host.request_headers = vec![(":method".into(), method.into()), (":path".into(), path.into())];
         host.set_property("connection.tls_version", b"TLSv1.3");
         host.set_property("source.address", b"127.0.0.1:40000");
         host.set_property("request.id", b"3f1c8a52-1d47-4a4e-9a59-0c1f2a6b7d11");
+        host.set_property("xds.cluster_name", b"spapi");
         if let Some(id) = spiffe_id {
             host.set_property("connection.uri_san_peer_certificate", id.as_bytes());
         }
