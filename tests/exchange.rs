@@ -760,3 +760,210 @@ fn revealed_values_count_toward_the_lockout() {
     x.request(&[body.as_bytes()], false);
     assert_eq!(x.seen.reply.as_ref().and_then(|r| r.header("x-spapi-guard").map(str::to_string)), Some("locked_out".into()));
 }
+
+// Approved third-party upstreams: plaintext only toward a named upstream, through its cluster.
+
+const SHIPMENTS: &str = "/upstreams/carrier/v1/shipments";
+
+/// The reveal policy with two upstreams: a carrier whose responses are protected by its own
+/// operations, and a mailer whose responses pass. label-printer may send addresses and names to
+/// the carrier; order-sync may call the carrier (named explicitly: its `*` does not reach a third
+/// party) but reveal nothing there.
+fn upstream_policy() -> Value {
+    let mut p = reveal_policy();
+    p["upstreams"] = json!({
+        "carrier": {
+            "routePrefix": "/upstreams/carrier/",
+            "address": {"host": "api.carrier.example", "port": 443},
+            "tls": {"caFile": "/etc/spapi-guard/carrier-ca.pem"},
+            "operations": [
+                {"id": "createShipment", "method": "POST", "pathTemplate": "/v1/shipments",
+                 "customerObjects": [{"jsonpath": "$.label.shipTo", "class": "address"}]},
+                {"id": "getTracking", "method": "GET", "pathTemplate": "/v1/tracking/{trackingId}"}
+            ]
+        },
+        "mailer": {
+            "routePrefix": "/upstreams/mailer/",
+            "address": {"host": "api.mailer.example", "port": 443},
+            "tls": {"caFile": "/etc/spapi-guard/mailer-ca.pem"},
+            "responses": "pass",
+            "operations": [{"id": "send", "method": "POST", "pathTemplate": "/v3/mail/send"}]
+        }
+    });
+    p["roles"]["label-printer"]["operations"].as_array_mut().expect("list").push(json!("carrier.*"));
+    p["roles"]["label-printer"]["reveal"].as_array_mut().expect("list").push(json!({"classes": ["address", "name"], "upstreams": ["carrier"]}));
+    p["roles"]["order-sync"]["operations"] = json!(["*", "carrier.*", "mailer.send"]);
+    p
+}
+
+fn to_upstream(guard: &Rc<Guard>, caller: &str, method: &str, path: &str, cluster: Option<&str>) -> Exchange1 {
+    let mut x = Exchange1::new(Rc::clone(guard), method, path, Some(caller));
+    match cluster {
+        Some(c) => x.host.set_property("xds.cluster_name", c.as_bytes()),
+        None => x.host.remove_property("xds.cluster_name"),
+    }
+    x
+}
+
+fn refusal(x: &Exchange1) -> Option<(u32, Option<String>)> {
+    x.seen.reply.as_ref().map(|r| (r.status, r.header("x-spapi-guard").map(str::to_string)))
+}
+
+#[test]
+fn a_named_upstream_gets_plaintext_through_its_own_cluster_only() {
+    use spapi_guard::pii::PiiClass;
+    let guard = guard_with(upstream_policy());
+    let (name, city) = (seal(&guard, PiiClass::Name, "Jane Doe"), seal(&guard, PiiClass::Address, "Canton"));
+    let body = format!(r#"{{"shipTo":{{"name":"{name}","city":"{city}"}},"service":"ground"}}"#);
+    let want = r#"{"shipTo":{"name":"Jane Doe","city":"Canton"},"service":"ground"}"#;
+    for trailers in [false, true] {
+        let mut x = to_upstream(&guard, LABEL_PRINTER, "POST", SHIPMENTS, Some("upstream_carrier"));
+        x.request(&[&body.as_bytes()[..7], &body.as_bytes()[7..]], trailers);
+        assert!(x.seen.forwarded, "{:?}", x.seen.reply);
+        assert_eq!(String::from_utf8_lossy(&x.host.request_body), want);
+        x.respond(JSON_HEADERS, &[br#"{"shipmentId":"S1"}"#], false);
+        let event = x.log(Some(200));
+        assert_eq!((event["operation"].as_str(), event["upstream"].as_str(), event["api"].as_str()), (Some("carrier.createShipment"), Some("carrier"), Some("carrier")));
+        assert_eq!(event["path"], SHIPMENTS);
+        assert_eq!((event["pii"]["name"]["revealed"].as_u64(), event["pii"]["address"]["revealed"].as_u64()), (Some(1), Some(1)));
+        no_pii(x.host.log_text().as_bytes(), &["Jane", "Canton"]);
+        no_pii(x.host.audit.as_deref().unwrap_or_default().as_bytes(), &["Jane", "Canton"]);
+    }
+    // Envoy would send it elsewhere — another virtual host's catch-all (a Host header of another
+    // name), a percent-encoded prefix Envoy's route did not match, no route at all: refused,
+    // nothing forwarded, nothing opened.
+    for (path, cluster) in [(SHIPMENTS, Some("spapi")), (SHIPMENTS, Some("spapi-eu")), (SHIPMENTS, None), ("/upstreams/%63arrier/v1/shipments", Some("spapi")), (SHIPMENTS, Some("upstream_mailer"))] {
+        let mut x = to_upstream(&guard, LABEL_PRINTER, "POST", path, cluster);
+        x.request(&[body.as_bytes()], false);
+        assert_eq!(refusal(&x), Some((403, Some("destination_mismatch".into()))), "{path} {cluster:?}");
+        assert!(!x.seen.forwarded && !x.host.request_body_set);
+        let event = x.log(Some(403));
+        assert!(event["pii"].get("name").is_none(), "{event}");
+    }
+    // The percent-encoded prefix, where Envoy's route did decode it, is the carrier's operation.
+    let mut x = to_upstream(&guard, LABEL_PRINTER, "POST", "/upstreams/%63arrier/v1/shipments", Some("upstream_carrier"));
+    x.request(&[body.as_bytes()], false);
+    assert!(x.seen.forwarded && String::from_utf8_lossy(&x.host.request_body) == want);
+}
+
+#[test]
+fn sp_api_requests_never_reach_an_upstreams_cluster() {
+    use spapi_guard::pii::PiiClass;
+    let guard = guard_with(upstream_policy());
+    let name = seal(&guard, PiiClass::Name, "Jane Doe");
+    let body = format!(r#"{{"shipTo":{{"name":"{name}"}}}}"#);
+    // With a reveal grant toward getRates: only an SP-API cluster.
+    for cluster in [Some("upstream_carrier"), Some("internal-api"), None] {
+        let mut x = to_upstream(&guard, LABEL_PRINTER, "POST", RATES_PATH, cluster);
+        x.request(&[body.as_bytes()], false);
+        assert_eq!(refusal(&x), Some((403, Some("destination_mismatch".into()))), "{cluster:?}");
+    }
+    // Without one: anywhere but an upstream's cluster (no plaintext can be in it).
+    let mut x = to_upstream(&guard, ORDER_SYNC, "GET", ADDRESS_PATH, Some("upstream_carrier"));
+    x.request(&[], false);
+    assert_eq!(refusal(&x), Some((403, Some("destination_mismatch".into()))));
+    let mut x = to_upstream(&guard, ORDER_SYNC, "GET", ADDRESS_PATH, None);
+    x.request(&[], false);
+    assert!(x.seen.forwarded, "no route: Envoy answers itself");
+    // The production clusters are SP-API clusters.
+    let mut x = to_upstream(&guard, LABEL_PRINTER, "POST", RATES_PATH, Some("spapi-sandbox-fe"));
+    x.request(&[body.as_bytes()], false);
+    assert!(x.seen.forwarded, "{:?}", x.seen.reply);
+}
+
+#[test]
+fn upstream_calls_need_a_role_naming_the_upstream_and_a_grant_to_carry_tokens() {
+    use spapi_guard::pii::PiiClass;
+    let guard = guard_with(upstream_policy());
+    let name = seal(&guard, PiiClass::Name, "Jane Doe");
+    let body = format!(r#"{{"shipTo":{{"name":"{name}"}}}}"#);
+    // analytics has orders-v0.* only; its roles name no upstream.
+    let mut x = to_upstream(&guard, "spiffe://spapi-guard.demo/analytics", "POST", SHIPMENTS, Some("upstream_carrier"));
+    x.request(&[body.as_bytes()], false);
+    assert_eq!(refusal(&x), Some((403, Some("operation_not_allowed".into()))));
+    // order-sync may call the carrier but reveal nothing there: its tokens stop the request.
+    let mut x = to_upstream(&guard, ORDER_SYNC, "POST", SHIPMENTS, Some("upstream_carrier"));
+    x.request(&[body.as_bytes()], true);
+    assert_eq!(refusal(&x), Some((403, Some("detokenize_not_allowed".into()))));
+    assert!(!x.seen.forwarded && !x.host.request_body_set);
+    // Plain data passes; a path under the prefix that is no operation of the carrier does not.
+    let mut x = to_upstream(&guard, ORDER_SYNC, "POST", SHIPMENTS, Some("upstream_carrier"));
+    x.request(&[br#"{"shipTo":{"name":"Acme Returns"}}"#], false);
+    assert!(x.seen.forwarded && !x.host.request_body_set);
+    let mut x = to_upstream(&guard, ORDER_SYNC, "GET", "/upstreams/carrier/v1/admin", Some("upstream_carrier"));
+    x.request(&[], false);
+    assert_eq!(refusal(&x), Some((403, Some("unknown_operation".into()))));
+    // A `*` role alone never reaches a third party.
+    let mut p = upstream_policy();
+    p["roles"]["order-sync"]["operations"] = json!(["*"]);
+    let star = guard_with(p);
+    let mut x = to_upstream(&star, ORDER_SYNC, "GET", "/upstreams/carrier/v1/tracking/1Z", Some("upstream_carrier"));
+    x.request(&[], false);
+    assert_eq!(refusal(&x), Some((403, Some("operation_not_allowed".into()))));
+}
+
+#[test]
+fn upstream_responses_are_protected_by_their_catalog_or_passed_as_configured() {
+    let guard = guard_with(upstream_policy());
+    let response = br#"{"shipmentId":"S1","label":{"shipTo":{"name":"Jane Doe","line1":"1 Cross St","phone":"+1 734 555 0100"}}}"#;
+    let mut x = to_upstream(&guard, ORDER_SYNC, "POST", SHIPMENTS, Some("upstream_carrier"));
+    x.request(&[b"{}"], false);
+    x.respond(JSON_HEADERS, &[&response[..20], &response[20..]], false);
+    assert!(x.seen.headers_released);
+    no_pii(&x.seen.delivered, &["Jane", "Cross St", "555"]);
+    let delivered: Value = serde_json::from_slice(&x.seen.delivered).expect("json");
+    assert_eq!(delivered["shipmentId"], "S1");
+    assert!(delivered["label"]["shipTo"]["name"].as_str().is_some_and(|t| t.starts_with("spgt1.")), "{delivered}");
+    let event = x.log(Some(200));
+    assert_eq!(event["outcome"], "protected");
+    // Not JSON: fails closed like an SP-API response.
+    let mut x = to_upstream(&guard, ORDER_SYNC, "POST", SHIPMENTS, Some("upstream_carrier"));
+    x.request(&[b"{}"], false);
+    x.respond(&[(":status", "200"), ("content-type", "text/plain")], &[b"Jane Doe"], false);
+    assert_eq!(refusal(&x).map(|r| r.0), Some(502));
+    // The mailer's responses pass unread, even with the drift scan of PII-free operations on.
+    let mut p = upstream_policy();
+    p["drift"] = json!({"scanPiiFreeOperations": true});
+    let guard = guard_with(p);
+    let mut x = to_upstream(&guard, ORDER_SYNC, "POST", "/upstreams/mailer/v3/mail/send", Some("upstream_mailer"));
+    x.request(&[br#"{"to":"ops@seller.example"}"#], false);
+    assert!(x.seen.forwarded);
+    x.respond(JSON_HEADERS, &[br#"{"echo":"jane@example.com"}"#], false);
+    assert_eq!(x.seen.delivered, br#"{"echo":"jane@example.com"}"#.to_vec());
+    assert_eq!(x.log(Some(200))["outcome"], "passed_through");
+}
+
+#[test]
+fn upstream_policies_are_refused_naming_the_field() {
+    let env = |name: &str| name.starts_with("SPAPI_GUARD_KEY_").then(|| KEY_HEX.to_string());
+    let refused = |p: Value| Guard::load(p.to_string().as_bytes(), &env).err().expect("refused");
+    let mut p = upstream_policy();
+    p["upstreams"]["carrier"]["routePrefix"] = json!("/orders/");
+    let e = refused(p);
+    assert!(e.field == "upstreams.carrier.routePrefix" && e.message.contains("leads to the SP-API"), "{e}");
+    let mut p = upstream_policy();
+    p["upstreams"]["carrier"]["routePrefix"] = json!("/catalog/upstreams/");
+    let e = refused(p);
+    assert!(e.field == "upstreams.carrier.routePrefix" && e.message.contains("passThroughPaths"), "{e}");
+    let mut p = upstream_policy();
+    p["roles"]["label-printer"]["reveal"][1]["upstreams"] = json!(["courier"]);
+    let e = refused(p);
+    assert_eq!(e.field, "roles.label-printer.reveal[1].upstreams[0]", "{e}");
+    let mut p = upstream_policy();
+    p["upstreams"]["orders-v0"] = p["upstreams"]["mailer"].clone();
+    p["upstreams"]["orders-v0"]["routePrefix"] = json!("/upstreams/o/");
+    let e = refused(p);
+    assert!(e.field == "upstreams.orders-v0" && e.message.contains("another name"), "{e}");
+    let mut p = upstream_policy();
+    p["upstreams"]["carrier"]["tls"] = json!({"serverName": "api.carrier.example"});
+    let e = refused(p);
+    assert_eq!(e.field, "upstreams.carrier.tls", "{e}");
+    let mut p = upstream_policy();
+    p["upstreams"]["carrier"]["tls"]["verify"] = json!(false);
+    let e = refused(p);
+    assert_eq!(e.field, "upstreams.carrier.tls.verify", "{e}");
+    let mut p = upstream_policy();
+    p["upstreams"]["carrier"]["operations"][0]["pathTemplate"] = json!("v1/shipments");
+    let e = refused(p);
+    assert_eq!(e.field, "upstreams.carrier.operations[0].pathTemplate", "{e}");
+}
