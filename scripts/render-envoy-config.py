@@ -23,6 +23,7 @@ ADDRESS:PORT points every production cluster at one address (a fake Amazon) and 
 else: SNI, Host and the certificate name checked stay Amazon's.
 """
 import argparse
+import ipaddress
 import json
 import pathlib
 import sys
@@ -108,6 +109,69 @@ def set_upstream_protocol(text, protocol):
     return text.replace(CLUSTER_ANCHOR, CLUSTER_ANCHOR + options)
 
 
+# Clusters of the policy's third-party upstreams are named this prefix + the upstream's name: the
+# filter binds each request to the cluster Envoy selected (src/upstreams.rs CLUSTER_PREFIX).
+UPSTREAM_CLUSTER_PREFIX = "upstream_"
+
+
+def yaml_str(value):
+    """A YAML double-quoted scalar (JSON's string syntax is valid YAML)."""
+    return json.dumps(str(value))
+
+
+def upstream_routes(policy):
+    """One route per upstream of the policy, first in every virtual host: its prefix, rewritten to
+    `/`, to its own cluster, under its server name, whatever host name the app called Envoy by."""
+    out = []
+    for name, up in sorted((policy.get("upstreams") or {}).items()):
+        prefix = up["routePrefix"].rstrip("/") + "/"
+        server = up["tls"].get("serverName") or up["address"]["host"]
+        out.append(
+            f"              # Approved upstream {name} (policy upstreams.{name}): plaintext of revealed tokens goes only here.\n"
+            f"              - match: {{ prefix: {yaml_str(prefix)} }}\n"
+            f"                route: {{ cluster: {UPSTREAM_CLUSTER_PREFIX}{name}, prefix_rewrite: \"/\", host_rewrite_literal: {yaml_str(server)}, timeout: 30s }}\n")
+    return "".join(out)
+
+
+def upstream_clusters(policy):
+    """One cluster per upstream: TLS 1.2+ with SNI, the certificate verified against the
+    upstream's own CA file and required to name its server name (DNS SAN); never plaintext."""
+    out = []
+    for name, up in sorted((policy.get("upstreams") or {}).items()):
+        host, port = up["address"]["host"], int(up["address"]["port"])
+        server = up["tls"].get("serverName") or host
+        try:
+            ipaddress.ip_address(host)
+            discovery = "    type: STATIC\n"
+        except ValueError:
+            discovery = "    type: LOGICAL_DNS\n    dns_lookup_family: V4_PREFERRED\n    respect_dns_ttl: true\n"
+        cluster = UPSTREAM_CLUSTER_PREFIX + name
+        out.append(
+            f"  # Approved upstream {name} (policy upstreams.{name}): verified TLS, its own CA file.\n"
+            f"  - name: {cluster}\n{discovery}"
+            "    connect_timeout: 5s\n"
+            "    load_assignment:\n"
+            f"      cluster_name: {cluster}\n"
+            "      endpoints:\n"
+            "      - lb_endpoints:\n"
+            "        - endpoint:\n"
+            "            address:\n"
+            f"              socket_address: {{ address: {yaml_str(host)}, port_value: {port} }}\n"
+            "    transport_socket:\n"
+            "      name: envoy.transport_sockets.tls\n"
+            "      typed_config:\n"
+            '        "@type": type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.UpstreamTlsContext\n'
+            f"        sni: {yaml_str(server)}\n"
+            "        common_tls_context:\n"
+            "          tls_params: { tls_minimum_protocol_version: TLSv1_2, tls_maximum_protocol_version: TLSv1_3 }\n"
+            "          validation_context:\n"
+            f"            trusted_ca: {{ filename: {yaml_str(up['tls']['caFile'])} }}\n"
+            "            match_typed_subject_alt_names:\n"
+            "            - san_type: DNS\n"
+            f"              matcher: {{ exact: {yaml_str(server)} }}\n")
+    return "".join(out)
+
+
 def key_variables(policy):
     """The environment variables the policy's key ring names: keys.ring[].env, or keys.env's values
     (the short form)."""
@@ -165,6 +229,8 @@ def render(policy_text, bind, listen_port, admin_port, upstream_host, upstream_p
         # YAML single-quoted scalar: a quote is written twice.
         "POLICY_JSON": compact.replace("'", "''"),
     }
+    # Placeholders on lines of their own: nothing at all without upstreams.
+    text = text.replace("{{UPSTREAM_ROUTES}}\n", upstream_routes(policy)).replace("{{UPSTREAM_CLUSTERS}}\n", upstream_clusters(policy))
     for name, value in values.items():
         text = text.replace("{{" + name + "}}", value)
     if variant == "none":
