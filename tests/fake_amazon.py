@@ -12,6 +12,9 @@ over TLS with the given certificate, and appends one JSON line per event to --ev
   {"event": "handshake", "ok": true, "sni": ..., "version": "TLSv1.3"}
   {"event": "handshake", "ok": false, "sni": ..., "error": "..."}
   {"event": "request", "method": ..., "path": ..., "headers": {...}, "sni": ..., "version": ...}
+  {"event": "received", "method": ..., "path": ..., "body": "..."}  (after a request was answered:
+                                                              the body it carried, for tests of
+                                                              detokenization toward an upstream)
   {"event": "plaintext", "first_bytes": "<hex>"}           (--plaintext: what arrived first on
                                                               each connection)
 A request path containing `/drop-connection` is recorded, then the connection is closed without a
@@ -85,7 +88,10 @@ def serve(args):
                 self.close_connection = True
                 self.connection.shutdown(socket.SHUT_RDWR)
                 return None
-            return super()._handle()
+            result = super()._handle()
+            events.add(event="received", method=self.command, path=self.path,
+                       body=getattr(self, "request_body", b"").decode("utf-8", "replace"))
+            return result
 
         do_GET = do_POST = do_PUT = do_PATCH = do_DELETE = do_HEAD = _handle
 

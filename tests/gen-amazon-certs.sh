@@ -5,12 +5,15 @@
 #   wrong-name.crt/key  from that CA, CN sellingpartnerapi-na.amazon.com but DNS SAN
 #                       sellingpartnerapi-eu.amazon.com (the SAN decides, not the CN)
 #   rogue.crt/key       sellingpartnerapi-na.amazon.com from a CA nobody trusts (rogue-ca)
+#   carrier-ca.crt/key  the CA of a third-party upstream (tests/upstreams.rs: a mock carrier)
+#   carrier.crt/key     carrier.test, from carrier-ca
+#   carrier-other-ca.crt/key  carrier.test, from amazon-ca: a CA the carrier's caFile does not hold
 # Usage: tests/gen-amazon-certs.sh OUT_DIR
 set -euo pipefail
 out=$1
 mkdir -p "$out"
 cd "$out"
-[ -s rogue.crt ] && exit 0
+[ -s carrier-other-ca.crt ] && exit 0
 umask 077
 na=sellingpartnerapi-na.amazon.com
 
@@ -33,5 +36,8 @@ leaf na amazon-ca "/CN=$na" "DNS:$na"
 leaf wrong-name amazon-ca "/CN=$na" "DNS:sellingpartnerapi-eu.amazon.com"
 ca rogue-ca "/CN=someone else's CA"
 leaf rogue rogue-ca "/CN=$na" "DNS:$na"
+ca carrier-ca "/CN=fake carrier test CA"
+leaf carrier carrier-ca "/CN=carrier.test" "DNS:carrier.test"
+leaf carrier-other-ca amazon-ca "/CN=carrier.test" "DNS:carrier.test"
 chmod 644 ./*.crt ./*.key
 echo "fake Amazon certificates in $out"
