@@ -540,7 +540,10 @@ impl Catalog {
                 if PathTemplate::parse(&d.path_template).is_ok_and(|t| t.may_extend(up.segments)) {
                     return Err(ConfigError::new(
                         format!("{at}.routePrefix"),
-                        format!("'{}/' is also where {} {} is ({}), which leads to the SP-API; choose a prefix no SP-API path starts with, like /upstreams/{}/", up.prefix, d.method, d.path_template, d.id, up.name),
+                        format!(
+                            "'{}/' is also where {} {} is ({}), which leads to the SP-API; choose a prefix no SP-API path starts with, like /upstreams/{}/",
+                            up.prefix, d.method, d.path_template, d.id, up.name
+                        ),
                     ));
                 }
             }

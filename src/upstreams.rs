@@ -138,7 +138,10 @@ impl Upstreams {
             }
             let reveal: Vec<String> = uri::path_segments(crate::exchange::REVEAL_PATH).map(|s| s.into_iter().map(|c| c.into_owned()).collect()).unwrap_or_default();
             if starts_with(&reveal, &segments) {
-                return Err(ConfigError::new(format!("{at}.routePrefix"), format!("'{}' covers the reveal endpoint {}; choose another prefix", doc.route_prefix, crate::exchange::REVEAL_PATH)));
+                return Err(ConfigError::new(
+                    format!("{at}.routePrefix"),
+                    format!("'{}' covers the reveal endpoint {}; choose another prefix", doc.route_prefix, crate::exchange::REVEAL_PATH),
+                ));
             }
             for (i, p) in pass_through.iter().enumerate() {
                 let theirs: Vec<String> = p.split('/').filter(|s| !s.is_empty()).map(str::to_string).collect();
@@ -181,7 +184,10 @@ impl Upstreams {
             for (i, op) in doc.operations.iter().enumerate() {
                 let at = format!("{at}.operations[{i}]");
                 if op.id.is_empty() || op.id.len() > 64 || !op.id.bytes().all(|b| b.is_ascii_alphanumeric()) {
-                    return Err(ConfigError::new(format!("{at}.id"), format!("'{}' must be an operation name of letters and digits (createShipment); its id is {name}.<id>", op.id)));
+                    return Err(ConfigError::new(
+                        format!("{at}.id"),
+                        format!("'{}' must be an operation name of letters and digits (createShipment); its id is {name}.<id>", op.id),
+                    ));
                 }
                 if responses == Responses::Pass && (!op.response_pii.is_empty() || !op.customer_objects.is_empty()) {
                     return Err(ConfigError::new(
@@ -212,7 +218,10 @@ impl Upstreams {
                 return Err(ConfigError::new(at, "must be the name of an Envoy cluster that leads to the SP-API (spapi-na), with * wildcards (spapi-*), and not * alone"));
             }
             if let Some(u) = list.iter().find(|u| crate::access::glob(pattern, &u.cluster)) {
-                return Err(ConfigError::new(at, format!("'{pattern}' matches {}, the cluster of upstreams.{}; name only the clusters that lead to the SP-API", u.cluster, u.name)));
+                return Err(ConfigError::new(
+                    at,
+                    format!("'{pattern}' matches {}, the cluster of upstreams.{}; name only the clusters that lead to the SP-API", u.cluster, u.name),
+                ));
             }
         }
         Ok(Upstreams { list, spapi_clusters })
@@ -322,8 +331,9 @@ mod tests {
             assert_eq!(e.field, field, "{e}");
             assert!(e.message.contains(text), "{e}");
         }
-        let e = Upstreams::build(&doc(&with("\"operations\":[{\"id\":\"createShipment\",\"method\":\"POST\",\"pathTemplate\":\"/v1/shipments\"}]", "\"operations\":[]")), None, &[])
-            .expect_err("no operations");
+        let e =
+            Upstreams::build(&doc(&with("\"operations\":[{\"id\":\"createShipment\",\"method\":\"POST\",\"pathTemplate\":\"/v1/shipments\"}]", "\"operations\":[]")), None, &[])
+                .expect_err("no operations");
         assert_eq!(e.field, "upstreams.carrier.operations");
         let e = Upstreams::build(&doc(CARRIER), None, &["/upstreams/".to_string()]).expect_err("pass-through overlap");
         assert!(e.field == "upstreams.carrier.routePrefix" && e.message.contains("passThroughPaths[0]"), "{e}");

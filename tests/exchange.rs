@@ -832,7 +832,9 @@ fn a_named_upstream_gets_plaintext_through_its_own_cluster_only() {
     // Envoy would send it elsewhere — another virtual host's catch-all (a Host header of another
     // name), a percent-encoded prefix Envoy's route did not match, no route at all: refused,
     // nothing forwarded, nothing opened.
-    for (path, cluster) in [(SHIPMENTS, Some("spapi")), (SHIPMENTS, Some("spapi-eu")), (SHIPMENTS, None), ("/upstreams/%63arrier/v1/shipments", Some("spapi")), (SHIPMENTS, Some("upstream_mailer"))] {
+    for (path, cluster) in
+        [(SHIPMENTS, Some("spapi")), (SHIPMENTS, Some("spapi-eu")), (SHIPMENTS, None), ("/upstreams/%63arrier/v1/shipments", Some("spapi")), (SHIPMENTS, Some("upstream_mailer"))]
+    {
         let mut x = to_upstream(&guard, LABEL_PRINTER, "POST", path, cluster);
         x.request(&[body.as_bytes()], false);
         assert_eq!(refusal(&x), Some((403, Some("destination_mismatch".into()))), "{path} {cluster:?}");

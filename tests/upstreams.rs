@@ -169,7 +169,8 @@ fn a_named_upstream_receives_the_plaintext_and_a_caller_without_the_grant_sends_
     assert_eq!(carrier.received().len(), before, "the carrier received a request it should not have");
 
     // HTTP/2, the body in several frames and ended by trailers: the same plaintext arrives.
-    let h2 = stack.h2(&H2Request::new(Client::Cert(ORDER_SYNC), "POST", SHIPMENTS).header("content-type", "application/json").body(body.as_bytes()).chunks(4).trailer("x-end", "1"));
+    let h2 =
+        stack.h2(&H2Request::new(Client::Cert(ORDER_SYNC), "POST", SHIPMENTS).header("content-type", "application/json").body(body.as_bytes()).chunks(4).trailer("x-end", "1"));
     assert_eq!(h2.status, Some(200), "{h2:?}");
     let (_, sent) = carrier.received().pop().expect("h2 shipment");
     let sent: Value = serde_json::from_str(&sent).expect("json");
@@ -205,7 +206,9 @@ fn an_unnamed_host_or_path_never_receives_plaintext() {
         assert!(!mock.contains(&name), "{what}: the mock SP-API received the plaintext");
     };
     // Paths outside the prefix, in other spellings and cases: refused, never detokenized.
-    for path in ["/upstreams/carrierx/v1/shipments", "/Upstreams/carrier/v1/shipments", "/carrier/v1/shipments", "/upstreams/carrier", "/upstreams/carrier/v1/shipments/..%2F..%2Fx"] {
+    for path in
+        ["/upstreams/carrierx/v1/shipments", "/Upstreams/carrier/v1/shipments", "/carrier/v1/shipments", "/upstreams/carrier", "/upstreams/carrier/v1/shipments/..%2F..%2Fx"]
+    {
         let r = stack.send(Client::Cert(ORDER_SYNC), "POST", path, &[], None, Some(&body)).expect("curl");
         assert!(matches!(r.status, 400 | 403 | 404), "{path}: {} {}", r.status, r.text());
         plaintext_reached(path);
