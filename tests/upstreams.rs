@@ -148,7 +148,7 @@ fn a_named_upstream_receives_the_plaintext_and_a_caller_without_the_grant_sends_
         assert_eq!(sent["shipTo"][ours], want[theirs], "{ours}: the carrier got {}", sent["shipTo"][ours]);
     }
     assert_eq!(sent["note"], format!("for {}", want["Name"].as_str().unwrap_or_default()));
-    let request = carrier.events().into_iter().filter(|e| e["event"] == "request").last().expect("request");
+    let request = carrier.events().into_iter().rfind(|e| e["event"] == "request").expect("request");
     assert_eq!((request["sni"].as_str(), request["headers"]["host"].as_str()), (Some("carrier.test"), Some("carrier.test")));
     // The carrier's answer is protected by its catalog: order-sync gets tokens, never the names.
     let answer = r.json();
