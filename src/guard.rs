@@ -59,8 +59,7 @@ impl Guard {
     fn build(config: &[u8], env: &dyn Fn(&str) -> Option<String>, now_ms: Option<u64>) -> Result<Guard, ConfigError> {
         let doc = parse_doc(config)?;
         let policy = Policy::from_doc(&doc)?;
-        let upstreams = Upstreams::build(&doc.upstreams, doc.spapi_clusters.as_deref(), &doc.access.pass_through_paths)?;
-        let catalog = Catalog::build_with_upstreams(&doc.catalog, &upstream_operations(&doc, &upstreams))?;
+        let (catalog, upstreams) = policy_catalog(&doc)?;
         let access = Access::build(&doc.access, &doc.roles, &doc.callers, &catalog, &policy)?;
         let canaries = Canaries::build(&doc.canaries)?;
         let ring = keyring::load(&doc.keys, env)?;
@@ -135,16 +134,21 @@ impl Guard {
     }
 }
 
-/// The operations of each upstream of the policy, for the catalog.
-pub fn upstream_operations<'a>(doc: &'a crate::policy_doc::PolicyDoc, upstreams: &'a Upstreams) -> Vec<UpstreamOperations<'a>> {
-    upstreams
+/// The policy's catalog — the built-in one, its overrides, and the operations of its third-party
+/// upstreams (`<name>.<id>`) — with the compiled upstreams. The filter and the command line use
+/// it alike.
+pub fn policy_catalog(doc: &crate::policy_doc::PolicyDoc) -> Result<(Catalog, Upstreams), ConfigError> {
+    let upstreams = Upstreams::build(&doc.upstreams, doc.spapi_clusters.as_deref(), &doc.access.pass_through_paths)?;
+    let operations: Vec<UpstreamOperations> = upstreams
         .list
         .iter()
         .filter_map(|u| {
             let operations = &doc.upstreams.get(&u.name)?.operations;
             Some(UpstreamOperations { name: &u.name, prefix: &u.prefix, segments: &u.segments, operations })
         })
-        .collect()
+        .collect();
+    let catalog = Catalog::build_with_upstreams(&doc.catalog, &operations)?;
+    Ok((catalog, upstreams))
 }
 
 /// Where the policy's choices meet what Amazon's models promise clients (src/schema.rs): numbers

@@ -317,3 +317,24 @@ fn catalog_lists_operations_pii_paths_and_classes() {
     assert!(emails.stdout.contains("orders-v0.getOrders") && emails.stdout.contains("query parameter BuyerEmail"), "{}", emails.stdout);
     assert!(!emails.stdout.contains("  name "), "{}", emails.stdout);
 }
+
+#[test]
+fn catalog_and_lint_read_the_policys_third_party_upstreams() {
+    let dir = workdir("catalog-upstreams");
+    let mut policy: Value = serde_json::from_str(include_str!("../policies/default.json")).expect("policy");
+    policy["upstreams"] = json!({"carrier": {"routePrefix": "/upstreams/carrier/", "address": {"host": "api.carrier.example", "port": 443},
+        "tls": {"caFile": "/etc/spapi-guard/carrier-ca.pem"},
+        "operations": [{"id": "createShipment", "method": "POST", "pathTemplate": "/v1/shipments", "responsePii": [{"jsonpath": "$.label.shipTo.name", "class": "name"}]}]}});
+    let file = dir.join("policy.json");
+    std::fs::write(&file, policy.to_string()).expect("write");
+    let file = file.display().to_string();
+    let out = run(&dir, &["--policy", &file, "catalog", "--operation", "carrier."], "");
+    assert_eq!(out.status, 0, "{}", out.stderr);
+    assert!(out.stdout.starts_with("carrier.createShipment  POST /upstreams/carrier/v1/shipments"), "{}", out.stdout);
+    assert!(out.stdout.contains("$.label.shipTo.name"), "{}", out.stdout);
+    policy["upstreams"]["carrier"]["routePrefix"] = json!("/orders/v0/");
+    std::fs::write(dir.join("policy.json"), policy.to_string()).expect("write");
+    let lint = run(&dir, &["--policy", &file, "lint", "--without-keys"], "");
+    assert_ne!(lint.status, 0);
+    assert!(lint.stdout.contains("upstreams.carrier.routePrefix: '/orders/v0/' is also where"), "{}{}", lint.stdout, lint.stderr);
+}

@@ -97,7 +97,8 @@ pub fn catalog(ctx: &Context, args: &CatalogArgs) -> Result<ExitCode> {
     let use_policy = !args.builtin && ctx.policy_path.exists();
     let catalog = if use_policy {
         let doc = ctx.policy_doc()?;
-        Catalog::build(&doc.catalog).map_err(|e| Failure(format!("{}: configuration refused: {e}", ctx.policy_name())))?
+        // With the operations of the policy's third-party upstreams (`carrier.createShipment`).
+        spapi_guard::guard::policy_catalog(&doc).map_err(|e| Failure(format!("{}: configuration refused: {e}", ctx.policy_name())))?.0
     } else {
         Catalog::build(&CatalogOverrides::default()).map_err(|e| Failure(e.to_string()))?
     };
