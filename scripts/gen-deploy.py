@@ -85,6 +85,15 @@ def endpoints():
     return render_mod.SPAPI_ENDPOINTS
 
 
+def istio_policy(policy):
+    """The policy as the Istio gateway runs it: unless the policy names them, spapiClusters are the
+    gateway's outbound clusters of Amazon's endpoints (Istio names them outbound|80||<host>; the
+    template's spapi-* names do not exist there), so reveal grants toward the SP-API work."""
+    if "spapiClusters" in policy:
+        return policy
+    return {**policy, "spapiClusters": [f"outbound|80||{host}" for _, host in endpoints()]}
+
+
 def region(host):
     return host.removesuffix(".amazon.com").replace(".", "-")
 
@@ -317,7 +326,7 @@ def wasm_filter_config(policy, image, digests):
                                           "key_values": {"ISTIO_META_WASM_IMAGE_PULL_POLICY": "IfNotPresent"}},
             },
             "configuration": {"@type": "type.googleapis.com/google.protobuf.StringValue",
-                              "value": json.dumps(policy, separators=(",", ":"))},
+                              "value": json.dumps(istio_policy(policy), separators=(",", ":"))},
         },
     }
 
@@ -410,7 +419,7 @@ def istio_wasmplugin(policy, image, digests):
         "failStrategy": "FAIL_RELOAD",
         "pluginName": "spapi-guard",
         "type": "HTTP",
-        "pluginConfig": copy.deepcopy(policy),
+        "pluginConfig": copy.deepcopy(istio_policy(policy)),
         "vmConfig": {"env": [{"name": v, "valueFrom": "HOST"} for v in key_vars(policy)]},
     }
     if digests:

@@ -127,11 +127,16 @@ def semantics(policy):
     keys = key_variables(policy)
     limit = policy.get("bufferLimitBytes", 32 * 1024 * 1024)
     hops = policy.get("access", {}).get("xffTrustedHops", 0)
+    # The gateway runs the policy with spapiClusters naming its outbound clusters of the
+    # ServiceEntry's hosts (Istio's outbound|<port>||<host>), unless the policy names its own.
+    entry = next(d for d in load("istio/traffic.yaml") if d["kind"] == "ServiceEntry")["spec"]
+    port = entry["ports"][0]["number"]
+    istio_policy = policy if "spapiClusters" in policy else {**policy, "spapiClusters": [f"outbound|{port}||{h}" for h in entry["hosts"]]}
     # WasmPlugin
     wp = load("istio/wasmplugin/wasmplugin.yaml")[0]["spec"]
     check(wp["failStrategy"] == "FAIL_RELOAD", "WasmPlugin failStrategy FAIL_RELOAD")
     check(wp["phase"] == "AUTHZ", "WasmPlugin phase AUTHZ: after Istio's authentication filters")
-    check(wp["pluginConfig"] == policy, "WasmPlugin pluginConfig is the policy")
+    check(wp["pluginConfig"] == istio_policy, "WasmPlugin pluginConfig is the policy (with the gateway's SP-API clusters)")
     check(wp["pluginName"] == "spapi-guard", "WasmPlugin root id spapi-guard")
     check(wp["vmConfig"]["env"] == [{"name": k, "valueFrom": "HOST"} for k in keys], "WasmPlugin keys from the gateway's environment")
     # EnvoyFilter
@@ -141,7 +146,7 @@ def semantics(policy):
     cfg = ext["typed_config"]["config"]
     check(cfg["failure_policy"] == "FAIL_RELOAD" and cfg["allow_on_headers_stop_iteration"] is True,
           "EnvoyFilter filter: FAIL_RELOAD and allow_on_headers_stop_iteration")
-    check(json.loads(cfg["configuration"]["value"]) == policy, "EnvoyFilter filter configuration is the policy")
+    check(json.loads(cfg["configuration"]["value"]) == istio_policy, "EnvoyFilter filter configuration is the policy (with the gateway's SP-API clusters)")
     check(cfg["vm_config"]["environment_variables"]["host_env_keys"] == keys, "EnvoyFilter filter host_env_keys are the policy's")
     check(cfg["vm_config"]["code"]["remote"]["http_uri"]["uri"].startswith("oci://"), "EnvoyFilter filter module from the OCI image")
     check(patches["HTTP_FILTER"]["patch"]["value"]["name"] == ext["name"], "the HTTP filter refers to the ECDS config by name")
