@@ -189,6 +189,17 @@ fn a_named_upstream_receives_the_plaintext_and_a_caller_without_the_grant_sends_
     assert_nothing_printed_holds(&stack, &pii, "carrier workflow");
     let mock = serde_json::to_string(&stack.mock_calls()).expect("json");
     assert!(!mock.contains(want["Name"].as_str().unwrap_or("?")), "the SP-API mock received the plaintext");
+
+    // A token in the path: the filter rewrites :path, Envoy selects the route again, and the
+    // request still goes to the carrier's cluster only (the filter re-reads xds.cluster_name).
+    let city = addr["City"].as_str().expect("tokenized city");
+    let r = stack.send(Client::Cert(ORDER_SYNC), "GET", &format!("/upstreams/carrier/v1/tracking/{city}"), &[], None, None).expect("curl");
+    // (The carrier, a fixture server, has no tracking fixture: it answers 404 after recording.)
+    assert_eq!(r.status, 404, "{}", r.text());
+    let (path, _) = carrier.received().pop().expect("the tracking request");
+    let plain = want["City"].as_str().expect("city");
+    let encoded: String = plain.bytes().map(|b| if b.is_ascii_alphanumeric() { (b as char).to_string() } else { format!("%{b:02X}") }).collect();
+    assert!(path == format!("/v1/tracking/{plain}") || path == format!("/v1/tracking/{encoded}"), "the carrier got {path}");
 }
 
 #[test]
