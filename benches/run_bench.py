@@ -420,7 +420,8 @@ def main():
 
 def report(args, results, memory, load_before):
     version = subprocess.run([ENVOY, "--version"], capture_output=True, text=True).stdout.split("version:")[-1].strip()
-    others = statistics.mean(cores(s, "machine") - sum(x for k, x in s["cpu"].items() if k != "machine")
+    # The machine's busy time minus ours (proxy, upstream, wrk): the other engineers' load.
+    others = statistics.mean((s["cpu"]["machine"] - sum(x for k, x in s["cpu"].items() if k != "machine")) / s["elapsed"]
                              for samples in results.values() for s in samples)
     load_after = os.getloadavg()
     lines = [f"Envoy {version}, --concurrency 1 (proxy and upstream); wrk -t1 -c{args.connections} -d{args.seconds}s, "
