@@ -45,6 +45,8 @@ import urllib.request
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from urllib.parse import parse_qsl
 
+from gen_payloads import LABEL_ORDER_ID, SHIP_TO
+
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 OUT = ROOT / "target" / "bench"
 FIXTURES = OUT / "fixtures"
@@ -89,14 +91,8 @@ NAMES = {"none": "(a) no filter", "floor": "(b) buffer-only Wasm", "guard": "(c)
 # safety net — customer objects, shapes — cannot be turned off); and a Wasm filter that does
 # nothing (the cost of any Wasm filter per request).
 DIAGNOSTICS = {"guard-clear": "clear", "guard-redact": "redact", "guard-hash": "hash", "guard-nodetect": "nodetect", "noop": None}
-# Where the label's ship-to tokens come from: the application read the order through spapi-guard
-# (benches/gen_payloads.py SHIP_TO: Shipping v2 Address member ← getOrder member).
-LABEL_ORDER = "/orders/v0/orders/902-0000000-0004821"
-SHIP_TO_SOURCE = {"name": ("ShippingAddress", "Name"), "companyName": ("ShippingAddress", "CompanyName"),
-                  "addressLine1": ("ShippingAddress", "AddressLine1"), "addressLine2": ("ShippingAddress", "AddressLine2"),
-                  "addressLine3": ("ShippingAddress", "AddressLine3"), "city": ("ShippingAddress", "City"),
-                  "stateOrRegion": ("ShippingAddress", "StateOrRegion"), "postalCode": ("ShippingAddress", "PostalCode"),
-                  "phoneNumber": ("ShippingAddress", "Phone"), "email": ("BuyerInfo", "BuyerEmail")}
+# Where the label's ship-to tokens come from: the application read the order through spapi-guard.
+LABEL_ORDER = f"/orders/v0/orders/{LABEL_ORDER_ID}"
 RECORD_HEADER = "x-bench-record"
 
 
@@ -288,7 +284,7 @@ def tokenized_request(guard_port, plaintext):
     status, order = call(guard_port, "GET", LABEL_ORDER)
     order = json.loads(order)["payload"]
     body = json.loads(plaintext)
-    for member, (obj, source) in SHIP_TO_SOURCE.items():
+    for member, (obj, source), _ in SHIP_TO:
         token = order[obj][source]
         if not token.startswith("spgt1."):
             raise SystemExit(f"spapi-guard did not tokenize the label order's {obj}.{source}: the request-side row would reveal nothing")
