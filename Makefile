@@ -93,7 +93,8 @@ wrk:
 	  echo "installing wrk (Debian package)"; \
 	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends wrk >/dev/null; }
 
-# Side-by-side through Envoy (no filter / buffer-only Wasm / spapi-guard) and the native core.
+# Side-by-side through Envoy (no filter / buffer-only Wasm / spapi-guard, bodies served by a second
+# Envoy from files) and the native core.
 # Results: target/bench/results.md and target/bench/core.md; BENCHMARKS.md explains them.
 bench: wasm envoy wrk
 	cargo build --release --target $(WASM_TARGET) --manifest-path benches/buffer-filter/Cargo.toml --target-dir target

@@ -1,49 +1,99 @@
 #!/usr/bin/env python3
-"""make bench: the same mock upstream and the same Envoy binary in three variants, side by side,
-on loopback, driven by wrk.
+"""make bench: the same upstream and the same Envoy binary in three variants, side by side, on
+loopback, driven by wrk.
 
   (a) none   — no Wasm filter
   (b) floor  — benches/buffer-filter: buffers each response body and writes it back unchanged
-  (c) guard  — spapi-guard with the default policy (its order-sync role)
+  (c) guard  — spapi-guard with the default policy (its order-sync role, plus a label-buyer role
+               that may reveal ship-to tokens toward the Shipping v2 API)
 
-All three run at --concurrency 1, at the same time on different ports; only one is under load at
-a time. Rounds alternate the variants' order; medians are reported. Writes target/bench/results.md.
+The upstream is a second Envoy answering every request with a `direct_response` whose body is a
+file from benches/gen_payloads.py (one route per payload file, the 50 "new page" pages told apart
+by their `page` query parameter): no Python on the request path, a few microseconds of CPU per
+request, so the proxy under test is what is measured (BENCHMARKS.md shows the upstream alone and
+the CPU each process uses during every run).
+
+All proxies run at --concurrency 1, at the same time on different ports; only one is under load
+at a time. Rounds alternate the variants' order; medians are reported. Writes
+target/bench/results.md.
 
 The default policy identifies callers by mTLS client certificate; wrk cannot present one, so the
 benchmark policy adds a caller identified by a header that a header_mutation filter sets — the
 stand-in for a trusted authentication filter (documented in BENCHMARKS.md).
+
+Payloads are rows of PAYLOADS: method, request target, the upstream's response file, an optional
+request body and wrk script, which variants run them. A row that needs another kind of upstream
+(a streamed document of hundreds of MB) adds its own route to upstream_config() and its own
+check to check_payloads().
 """
 import argparse
+import base64
+import dataclasses
 import json
 import os
 import pathlib
 import re
+import resource
+import secrets
 import socket
 import statistics
 import subprocess
 import sys
+import threading
 import time
 import urllib.request
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from urllib.parse import parse_qsl
+
+from gen_payloads import LABEL_ORDER_ID, SHIP_TO
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 OUT = ROOT / "target" / "bench"
+FIXTURES = OUT / "fixtures"
 ENVOY = os.environ.get("ENVOY_BIN", str(ROOT / ".venv" / "envoy-bin"))
 GUARD_WASM = ROOT / "target" / "wasm32-wasip1" / "release" / "spapi_guard.wasm"
 FLOOR_WASM = ROOT / "target" / "wasm32-wasip1" / "release" / "buffer_filter.wasm"
+CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
+
+
+@dataclasses.dataclass(frozen=True)
+class Payload:
+    name: str
+    target: str  # the request target (a wrk script may vary it per request)
+    response: str  # the upstream's response body (a file of FIXTURES)
+    method: str = "GET"
+    script: str | None = None  # a wrk Lua script under benches/
+    body: str | None = None  # the request body in clear (a file of FIXTURES); spapi-guard's variant sends it tokenized
+    tokenized: bool = True  # spapi-guard's response carries tokens (else it must be the upstream's bytes)
+    variants: tuple = ("none", "floor", "guard")
+    diagnostics: tuple = ()  # DIAGNOSTICS variants that also run it
+
+
+NEW_PAGE = "100-order getOrders, a new page each request"
+REQUEST_SIDE = "directPurchaseShipment request, 10 tokens revealed"
 PAYLOADS = [
-    ("no-PII operation (16 KB catalog page)", "/catalog/2022-04-01/items", "catalog-item.json"),
-    ("1-order getOrder (1.4 KB)", "/orders/v0/orders/902-3159896-1390916", "getOrder-1.json"),
-    ("100-order getOrders (176 KB, 2,500 PII values)", "/orders/v0/orders", "getOrders-100.json"),
+    Payload("no-PII operation (16 KB catalog page)", "/catalog/2022-04-01/items", "catalog-item.json", tokenized=False, diagnostics=("noop",)),
+    Payload("1-order getOrder (1.4 KB)", "/orders/v0/orders/902-3159896-1390916", "getOrder-1.json", diagnostics=("noop",)),
+    Payload("100-order getOrders (176 KB, 2,500 PII values)", "/orders/v0/orders", "getOrders-100.json"),
     # The same, but a different page on each request (benches/pages.lua): no value was seen before.
-    ("100-order getOrders, a new page each request", "/orders/v0/orders?page=0", "pages.lua"),
+    Payload(NEW_PAGE, "/orders/v0/orders?page=0", "getOrders-100-p0.json", script="pages.lua",
+            diagnostics=("guard-clear", "guard-redact", "guard-hash", "guard-nodetect")),
+    # Request side (issue #11): the application buys a label with the ship-to tokens it holds; the
+    # buffer-only filter does nothing to requests, so it has no row here.
+    Payload(REQUEST_SIDE, "/shipping/v2/shipments/directPurchase", "directPurchaseShipment.json", method="POST", script="post.lua",
+            body="directPurchaseShipment.request.json", variants=("none", "guard")),
 ]
 VARIANTS = ["none", "floor", "guard"]
+NAMES = {"none": "(a) no filter", "floor": "(b) buffer-only Wasm", "guard": "(c) spapi-guard"}
 # Diagnostics, to show where spapi-guard's time goes: the same filter with every PII class
 # cleared (walk and validate only), redacted (rewrite, no crypto), hashed (rewrite + HMAC-SHA256),
 # the default policy with the drift detectors and the zero-match alarm off (the rest of the drift
 # safety net — customer objects, shapes — cannot be turned off); and a Wasm filter that does
 # nothing (the cost of any Wasm filter per request).
 DIAGNOSTICS = {"guard-clear": "clear", "guard-redact": "redact", "guard-hash": "hash", "guard-nodetect": "nodetect", "noop": None}
+# Where the label's ship-to tokens come from: the application read the order through spapi-guard.
+LABEL_ORDER = f"/orders/v0/orders/{LABEL_ORDER_ID}"
+RECORD_HEADER = "x-bench-record"
 
 
 def free_port():
@@ -57,6 +107,18 @@ def rss_kb(pid):
         if line.startswith("VmRSS:"):
             return int(line.split()[1])
     return 0
+
+
+def cpu_seconds(pid):
+    """User + system CPU time of a process (all its threads), in seconds."""
+    fields = pathlib.Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / CLOCK_TICKS
+
+
+def machine_busy_seconds():
+    """CPU seconds the whole machine spent busy (all cores; idle and iowait excluded)."""
+    values = [int(x) for x in pathlib.Path("/proc/stat").read_text().splitlines()[0].split()[1:]]
+    return (sum(values[:8]) - values[3] - values[4]) / CLOCK_TICKS
 
 
 def wait_ready(admin_port, proc, name):
@@ -82,42 +144,101 @@ def bench_policy(level=None):
     access = policy["access"]
     access["allowPlaintext"] = True
     access["identity"]["sources"] = ["uri_san", "header"]
-    policy["callers"].append({"id": "bench-client", "source": "header", "roles": ["order-sync"]})
+    # Buying labels (docs/POLICY.md "Revealing tokens"): the ship-to goes to the Shipping API in clear.
+    policy["roles"]["label-buyer"] = {"operations": ["shipping-v2.*"], "pii": {},
+                                      "reveal": [{"classes": ["name", "company", "address", "phone", "email"], "operations": ["shipping-v2.*"]}]}
+    policy["callers"].append({"id": "bench-client", "source": "header", "roles": ["order-sync", "label-buyer"]})
     # The benchmark sends far more PII than the demo limit allows in a minute.
     policy["roles"]["order-sync"].pop("maxPiiFieldsPerWindow", None)
     return policy
 
 
-def start(variant, mock_port, procs):
+def upstream_config(listen, admin, recorder_port):
+    """The upstream Envoy: every INDEX.json entry of the payloads as a direct response from its file
+    (routes with a query first: a path match ignores the query); a request carrying RECORD_HEADER
+    goes to the recorder instead (a one-off check of what the upstream receives). One worker: it
+    answers from memory, a few µs of CPU per request (BENCHMARKS.md measures it alone)."""
+    index = json.loads((FIXTURES / "INDEX.json").read_text())
+    routes = [{"match": {"prefix": "/", "headers": [{"name": RECORD_HEADER, "present_match": True}]}, "route": {"cluster": "recorder"}}]
+    for e in sorted(index, key=lambda e: not e["query"]):
+        match = {"path": e["path"], "headers": [{"name": ":method", "string_match": {"exact": e["method"]}}]}
+        if e["query"]:
+            match["query_parameters"] = [{"name": k, "string_match": {"exact": v}} for k, v in parse_qsl(e["query"])]
+        routes.append({"match": match, "direct_response": {"status": e["status"], "body": {"filename": str(FIXTURES / e["file"])}}})
+    routes.append({"match": {"prefix": "/"}, "direct_response": {"status": 404, "body": {"inline_string": '{"errors":[{"code":"NotFound"}]}'}}})
+    hcm = {
+        "@type": "type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager",
+        "stat_prefix": "upstream",
+        "route_config": {"name": "payloads", "max_direct_response_body_size_bytes": 4 * 1024 * 1024, "virtual_hosts": [{
+            "name": "payloads", "domains": ["*"], "routes": routes,
+            "response_headers_to_add": [{"header": {"key": "content-type", "value": "application/json"}, "append_action": "OVERWRITE_IF_EXISTS_OR_ADD"}]}]},
+        # The whole request body is read before the answer: a direct response sent while a body
+        # is still arriving makes Envoy close the HTTP/1.1 connection, one connection per POST.
+        "http_filters": [{"name": "envoy.filters.http.buffer",
+                          "typed_config": {"@type": "type.googleapis.com/envoy.extensions.filters.http.buffer.v3.Buffer", "max_request_bytes": 1024 * 1024}},
+                         {"name": "envoy.filters.http.router",
+                          "typed_config": {"@type": "type.googleapis.com/envoy.extensions.filters.http.router.v3.Router"}}],
+    }
+    return {
+        "admin": {"address": {"socket_address": {"address": "127.0.0.1", "port_value": admin}}},
+        "static_resources": {
+            "listeners": [{"name": "payloads", "address": {"socket_address": {"address": "127.0.0.1", "port_value": listen}},
+                           "filter_chains": [{"filters": [{"name": "envoy.filters.network.http_connection_manager", "typed_config": hcm}]}]}],
+            "clusters": [{"name": "recorder", "type": "STATIC", "connect_timeout": "5s", "load_assignment": {
+                "cluster_name": "recorder",
+                "endpoints": [{"lb_endpoints": [{"endpoint": {"address": {"socket_address": {"address": "127.0.0.1", "port_value": recorder_port}}}}]}]}}],
+        },
+    }
+
+
+def launch(name, config, procs, env=None):
+    """Starts an Envoy on a rendered config, at --concurrency 1."""
+    log = open(OUT / f"{name}.log", "w")
+    proc = subprocess.Popen([ENVOY, "-c", str(config), "--concurrency", "1", "--log-level", "warn", "--disable-hot-restart"],
+                            stdout=subprocess.DEVNULL, stderr=log, env=env)
+    procs.append(proc)
+    return proc
+
+
+def start(variant, upstream_port, procs):
     listen, admin = free_port(), free_port()
     policy_file = OUT / f"policy-{variant}.json"
     policy_file.write_text(json.dumps(bench_policy(DIAGNOSTICS.get(variant))))
     config = OUT / f"envoy-{variant}.yaml"
     kind = "guard" if variant.startswith("guard") else variant
     cmd = [sys.executable, str(ROOT / "scripts" / "render-envoy-config.py"), "--policy", str(policy_file), "--out", str(config),
-           "--listen-port", str(listen), "--admin-port", str(admin), "--upstream-port", str(mock_port),
+           "--listen-port", str(listen), "--admin-port", str(admin), "--upstream-port", str(upstream_port),
            "--wasm", str(GUARD_WASM if kind == "guard" else FLOOR_WASM), "--tls-dir", str(OUT / "tls"),
            "--variant", kind, "--trusted-identity", "bench-client"]
     subprocess.run(cmd, check=True)
-    env = dict(os.environ, SPAPI_GUARD_KEY_DEMO_1=KEY)
-    log = open(OUT / f"{variant}.log", "w")
-    proc = subprocess.Popen([ENVOY, "-c", str(config), "--concurrency", "1", "--log-level", "warn", "--disable-hot-restart"],
-                            stdout=subprocess.DEVNULL, stderr=log, env=env)
-    procs.append(proc)
+    proc = launch(variant, config, procs, dict(os.environ, SPAPI_GUARD_KEY_DEMO_1=KEY))
     wait_ready(admin, proc, variant)
     return {"port": listen, "admin": admin, "proc": proc}
 
 
-def wrk(port, path, seconds, connections, payload=None):
-    script = ["-s", str(ROOT / "benches" / payload)] if payload and payload.endswith(".lua") else []
-    out = subprocess.run(["wrk", "-t1", f"-c{connections}", f"-d{seconds}s", "--latency", *script, f"http://127.0.0.1:{port}{path}"],
-                         check=True, capture_output=True, text=True).stdout
+def wrk(port, payload, seconds, connections, body=None, watch=None):
+    """One wrk run: req/s, p50 and p99 in ms, and the CPU seconds of each watched process, of wrk
+    and of the whole machine during the run."""
+    cmd = ["wrk", "-t1", f"-c{connections}", f"-d{seconds}s", "--latency"]
+    cmd += ["-s", str(ROOT / "benches" / payload.script)] if payload.script else []
+    cmd.append(f"http://127.0.0.1:{port}{payload.target}")
+    cmd += ["--", str(body)] if body else []
+    watch = watch or {}
+    before = {name: cpu_seconds(pid) for name, pid in watch.items()}
+    children, busy, start_time = resource.getrusage(resource.RUSAGE_CHILDREN), machine_busy_seconds(), time.monotonic()
+    out = subprocess.run(cmd, check=True, capture_output=True, text=True).stdout
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    cpu = {name: cpu_seconds(pid) - before[name] for name, pid in watch.items()}
+    cpu["wrk"] = after.ru_utime + after.ru_stime - children.ru_utime - children.ru_stime
+    cpu["machine"] = machine_busy_seconds() - busy
+    elapsed = time.monotonic() - start_time
     rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))
+    requests = int(re.search(r"(\d+) requests in", out).group(1))
     lat = dict(re.findall(r"^\s+(50|99)%\s+(\S+)", out, re.M))
     errors = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
     if errors:
-        raise SystemExit(f"wrk saw {errors.group(1)} error responses on {path}:\n{out}")
-    return rps, to_ms(lat["50"]), to_ms(lat["99"])
+        raise SystemExit(f"wrk saw {errors.group(1)} error responses on {payload.target}:\n{out}")
+    return {"rps": rps, "p50": to_ms(lat["50"]), "p99": to_ms(lat["99"]), "requests": max(requests, 1), "elapsed": elapsed, "cpu": cpu}
 
 
 def to_ms(text):
@@ -126,11 +247,98 @@ def to_ms(text):
     return value / 1000 if unit == "us" else value * 1000 if unit == "s" else value
 
 
-def check_guard_works(port):
-    req = urllib.request.Request(f"http://127.0.0.1:{port}/orders/v0/orders/902-3159896-1390916")
-    body = urllib.request.urlopen(req, timeout=5).read().decode()
-    if "spgt1." not in body:
-        raise SystemExit("the spapi-guard variant did not tokenize: the benchmark would measure nothing")
+def call(port, method, target, body=None, headers=None):
+    req = urllib.request.Request(f"http://127.0.0.1:{port}{target}", data=body, method=method, headers=headers or {})
+    with urllib.request.urlopen(req, timeout=10) as r:
+        return r.status, r.read()
+
+
+class Recorder:
+    """The one-off recording upstream: keeps the body of each request it is sent and answers with
+    the request-side payload's response."""
+
+    def __init__(self, answer):
+        bodies = self.bodies = []
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_POST(self):
+                bodies.append(self.rfile.read(int(self.headers.get("content-length", "0"))))
+                self.send_response(200)
+                self.send_header("content-type", "application/json")
+                self.send_header("content-length", str(len(answer)))
+                self.end_headers()
+                self.wfile.write(answer)
+
+            def log_message(self, *args):
+                pass
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.port = self.server.server_address[1]
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+
+def tokenized_request(guard_port, plaintext):
+    """The request body the application sends: the plaintext body with each ship-to value replaced
+    by the token spapi-guard gave the application when it read the order (same key as the
+    proxy's; deterministic tokens, so the same on every read)."""
+    status, order = call(guard_port, "GET", LABEL_ORDER)
+    order = json.loads(order)["payload"]
+    body = json.loads(plaintext)
+    for member, (obj, source), _ in SHIP_TO:
+        token = order[obj][source]
+        if not token.startswith("spgt1."):
+            raise SystemExit(f"spapi-guard did not tokenize the label order's {obj}.{source}: the request-side row would reveal nothing")
+        body["shipTo"][member] = token
+    return json.dumps(body, ensure_ascii=False).encode()
+
+
+def revealed_values(admin_port):
+    """spapi-guard's count of values revealed so far (its spapi_guard_pii_fields_total metric)."""
+    with urllib.request.urlopen(f"http://127.0.0.1:{admin_port}/stats/prometheus", timeout=5) as r:
+        stats = r.read().decode()
+    return sum(int(n) for n in re.findall(r'^spapi_guard_pii_fields_total\{[^}]*action="revealed"[^}]*\} (\d+)', stats, re.M))
+
+
+def check_request_side(envoys, recorder, plaintext, tokenized):
+    """Once, before timing: the upstream receives the ship-to in clear from both variants — the
+    plaintext body's exact bytes — and spapi-guard counts 10 revealed values for the request."""
+    payload = next(p for p in PAYLOADS if p.name == REQUEST_SIDE)
+    before = revealed_values(envoys["guard"]["admin"])
+    for variant, body in (("none", plaintext), ("guard", tokenized)):
+        status, _ = call(envoys[variant]["port"], "POST", payload.target, body, {"content-type": "application/json", RECORD_HEADER: "1"})
+        received = recorder.bodies[-1] if recorder.bodies else b""
+        if status != 200 or received != plaintext:
+            raise SystemExit(f"{variant}: the upstream did not receive the ship-to in clear (status {status}); see {OUT}")
+    revealed = revealed_values(envoys["guard"]["admin"]) - before
+    if revealed != 10:
+        raise SystemExit(f"spapi-guard counted {revealed} revealed values for one request with 10 tokens")
+
+
+def check_payloads(envoys, bodies):
+    """Once, before timing: every variant answers every payload; the no-filter and buffer-only
+    variants with the upstream's exact bytes, spapi-guard with tokens (or, for the operation
+    without PII, the upstream's exact bytes too)."""
+    for p in PAYLOADS:
+        expected = (FIXTURES / p.response).read_bytes()
+        for v in p.variants:
+            body = bodies[(p.name, v)].read_bytes() if p.body else None
+            headers = {"content-type": "application/json"} if body else {}
+            status, got = call(envoys[v]["port"], p.method, p.target, body, headers)
+            ok = status == 200 and (("spgt1." in got.decode()) if v == "guard" and p.tokenized else got == expected)
+            if not ok:
+                raise SystemExit(f"{NAMES[v]} answered {p.target} with {status}, {len(got)} bytes: the benchmark would measure something else")
+
+
+def median(samples, f):
+    return statistics.median(f(s) for s in samples)
+
+
+def per_request_us(sample, process):
+    return sample["cpu"][process] / sample["requests"] * 1e6
+
+
+def cores(sample, process):
+    return sample["cpu"][process] / sample["elapsed"]
 
 
 KEY = None
@@ -141,41 +349,59 @@ def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--seconds", type=int, default=5)
-    ap.add_argument("--connections", type=int, default=4)
+    # Enough requests in flight that the proxy's one worker, not the round trip, bounds throughput.
+    ap.add_argument("--connections", type=int, default=16)
     args = ap.parse_args()
     OUT.mkdir(parents=True, exist_ok=True)
-    import base64
-    import secrets
     KEY = base64.b64encode(secrets.token_bytes(32)).decode()
     subprocess.run(["bash", str(ROOT / "scripts" / "gen-certs.sh"), str(OUT / "tls")], check=True, stdout=subprocess.DEVNULL)
-    fixtures = OUT / "fixtures"
-    subprocess.run([sys.executable, str(ROOT / "benches" / "gen_payloads.py"), str(fixtures)], check=True, stdout=subprocess.DEVNULL)
+    subprocess.run([sys.executable, str(ROOT / "benches" / "gen_payloads.py"), str(FIXTURES)], check=True, stdout=subprocess.DEVNULL)
+    load_before = os.getloadavg()
 
     procs = []
     try:
-        mock_port = free_port()
-        mock = subprocess.Popen([sys.executable, str(ROOT / "tests" / "mock_spapi.py"), "--port", str(mock_port), str(fixtures)],
-                                stdout=subprocess.DEVNULL)
-        procs.append(mock)
-        time.sleep(0.5)
-        envoys = {v: start(v, mock_port, procs) for v in VARIANTS + list(DIAGNOSTICS)}
-        check_guard_works(envoys["guard"]["port"])
+        request_side = next(p for p in PAYLOADS if p.name == REQUEST_SIDE)
+        recorder = Recorder((FIXTURES / request_side.response).read_bytes())
+        upstream_port, upstream_admin = free_port(), free_port()
+        (OUT / "envoy-upstream.yaml").write_text(json.dumps(upstream_config(upstream_port, upstream_admin, recorder.port), indent=1))
+        upstream = launch("upstream", OUT / "envoy-upstream.yaml", procs)
+        wait_ready(upstream_admin, upstream, "upstream")
+        envoys = {v: start(v, upstream_port, procs) for v in VARIANTS + list(DIAGNOSTICS)}
+
+        plaintext = (FIXTURES / request_side.body).read_bytes()
+        (OUT / "directPurchaseShipment.tokens.json").write_bytes(tokenized_request(envoys["guard"]["port"], plaintext))
+        bodies = {}
+        for p in PAYLOADS:
+            for v in (*p.variants, *p.diagnostics, "upstream"):
+                bodies[(p.name, v)] = (OUT / "directPurchaseShipment.tokens.json" if v.startswith("guard") else FIXTURES / p.body) if p.body else None
+        check_payloads(envoys, bodies)
+        check_request_side(envoys, recorder, plaintext, (OUT / "directPurchaseShipment.tokens.json").read_bytes())
         time.sleep(1)
+
         memory = {v: {"idle": rss_kb(e["proc"].pid), "rounds": []} for v, e in envoys.items()}
-        results = {(p[0], v): [] for p in PAYLOADS for v in VARIANTS}
-        for payload in PAYLOADS:  # warm-up: JIT, connection pools, first allocations
-            for v in VARIANTS:
-                wrk(envoys[v]["port"], payload[1], 1, args.connections, payload[2])
+        results = {}
+        for p in PAYLOADS:  # warm-up: JIT, connection pools, first allocations
+            for v in p.variants:
+                wrk(envoys[v]["port"], p, 1, args.connections, bodies[(p.name, v)])
+
+        def run(p, v, seconds=args.seconds):
+            port, proxy = (upstream_port, {}) if v == "upstream" else (envoys[v]["port"], {"proxy": envoys[v]["proc"].pid})
+            sample = wrk(port, p, seconds, args.connections, bodies[(p.name, v)], {**proxy, "upstream": upstream.pid})
+            results.setdefault((p.name, v), []).append(sample)
+
+        # The upstream alone, under the same wrk load: what it can serve when nothing else runs.
+        for p in PAYLOADS:
+            run(p, "upstream")
         for r in range(args.rounds):
-            order = VARIANTS[r % 3:] + VARIANTS[:r % 3]
-            for name, path, payload in PAYLOADS:
+            for p in PAYLOADS:
+                order = p.variants[r % len(p.variants):] + p.variants[:r % len(p.variants)]
                 for v in order:
-                    results[(name, v)].append(wrk(envoys[v]["port"], path, args.seconds, args.connections, payload))
+                    run(p, v)
             for v in VARIANTS:
                 memory[v]["rounds"].append(rss_kb(envoys[v]["proc"].pid))
-            for v in DIAGNOSTICS:
-                for name, path, payload in (PAYLOADS[:3] if v == "noop" else PAYLOADS[2:]):
-                    results.setdefault((name, v), []).append(wrk(envoys[v]["port"], path, args.seconds, args.connections, payload))
+            for p in PAYLOADS:
+                for v in p.diagnostics:
+                    run(p, v)
             print(f"round {r + 1}/{args.rounds} done", file=sys.stderr, flush=True)
     finally:
         for p in procs:
@@ -183,48 +409,75 @@ def main():
         for p in procs:
             p.wait()
 
-    lines = [f"Envoy {subprocess.run([ENVOY, '--version'], capture_output=True, text=True).stdout.split('version:')[-1].strip()}, "
-             f"--concurrency 1; wrk -t1 -c{args.connections} -d{args.seconds}s, {args.rounds} rounds, medians; "
-             f"{os.cpu_count()} cores; {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}.", "",
+    table = report(args, results, memory, load_before)
+    (OUT / "results.md").write_text(table + "\n")
+    print(table)
+
+
+def report(args, results, memory, load_before):
+    version = subprocess.run([ENVOY, "--version"], capture_output=True, text=True).stdout.split("version:")[-1].strip()
+    # The machine's busy time minus ours (proxy, upstream, wrk): the other engineers' load.
+    others = statistics.mean((s["cpu"]["machine"] - sum(x for k, x in s["cpu"].items() if k != "machine")) / s["elapsed"]
+                             for samples in results.values() for s in samples)
+    load_after = os.getloadavg()
+    lines = [f"Envoy {version}, --concurrency 1 (proxy and upstream); wrk -t1 -c{args.connections} -d{args.seconds}s, "
+             f"{args.rounds} rounds, medians; {os.cpu_count()} cores; {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}; "
+             f"load average {load_before[0]:.2f} before, {load_after[0]:.2f} after; other processes used "
+             f"{others:.2f} cores on average during the runs.", "",
              "| payload | variant | req/s | p50 ms | p99 ms | (c)/(a) | (c)/(b) |", "|---|---|---:|---:|---:|---:|---:|"]
-    names = {"none": "(a) no filter", "floor": "(b) buffer-only Wasm", "guard": "(c) spapi-guard"}
-    summary = {}
-    for name, _, _ in PAYLOADS:
-        med = {v: tuple(statistics.median(x[i] for x in results[(name, v)]) for i in range(3)) for v in VARIANTS}
-        ca, cb = med["guard"][0] / med["none"][0], med["guard"][0] / med["floor"][0]
-        summary[name] = (ca, cb)
-        for v in VARIANTS:
-            rps, p50, p99 = med[v]
-            ratio = f"{ca:.2f} | {cb:.2f}" if v == "guard" else " | "
-            lines.append(f"| {name} | {names[v]} | {rps:,.0f} | {p50:.2f} | {p99:.2f} | {ratio} |")
+    for p in PAYLOADS:
+        med = {v: {k: median(results[(p.name, v)], lambda s, k=k: s[k]) for k in ("rps", "p50", "p99")} for v in p.variants}
+        for v in p.variants:
+            ratios = " | "
+            if v == "guard":
+                ca = med["guard"]["rps"] / med["none"]["rps"]
+                cb = f"{med['guard']['rps'] / med['floor']['rps']:.2f}" if "floor" in med else "—"
+                ratios = f"{ca:.2f} | {cb}"
+            m = med[v]
+            lines.append(f"| {p.name} | {NAMES[v]} | {m['rps']:,.0f} | {m['p50']:.2f} | {m['p99']:.2f} | {ratios} |")
+
+    lines += ["", "Is the upstream the bound? The upstream Envoy alone under the same wrk load, and the CPU each process used "
+              "during the proxied runs (cores: CPU seconds per second of run; µs: CPU per request; medians):", "",
+              "| payload | variant | req/s | proxy Envoy cores | upstream Envoy cores | wrk cores | proxy µs/req | upstream µs/req | wrk µs/req |",
+              "|---|---|---:|---:|---:|---:|---:|---:|---:|"]
+    for p in PAYLOADS:
+        for v in ("upstream", *p.variants):
+            s = results[(p.name, v)]
+            name = "upstream Envoy alone" if v == "upstream" else NAMES[v]
+            proxy = ("—", "—") if v == "upstream" else (f"{median(s, lambda x: cores(x, 'proxy')):.2f}", f"{median(s, lambda x: per_request_us(x, 'proxy')):,.0f}")
+            lines.append(f"| {p.name} | {name} | {median(s, lambda x: x['rps']):,.0f} | {proxy[0]} | {median(s, lambda x: cores(x, 'upstream')):.2f} | "
+                         f"{median(s, lambda x: cores(x, 'wrk')):.2f} | {proxy[1]} | {median(s, lambda x: per_request_us(x, 'upstream')):,.0f} | "
+                         f"{median(s, lambda x: per_request_us(x, 'wrk')):,.0f} |")
+
     lines += ["", "| variant | RSS idle (MiB) | RSS after each round (MiB) | after load / idle |", "|---|---:|---|---:|"]
     for v in VARIANTS:
         m = memory[v]
         rounds = ", ".join(f"{x / 1024:.1f}" for x in m["rounds"])
-        lines.append(f"| {names[v]} | {m['idle'] / 1024:.1f} | {rounds} | {m['rounds'][-1] / m['idle']:.2f} |")
+        lines.append(f"| {NAMES[v]} | {m['idle'] / 1024:.1f} | {rounds} | {m['rounds'][-1] / m['idle']:.2f} |")
     idle_ratio = memory["guard"]["idle"] / memory["none"]["idle"]
     lines += ["", f"spapi-guard idle RSS / no-filter idle RSS: {idle_ratio:.2f}"]
-    # Where the time goes: per-request cost over the no-filter variant, in microseconds.
-    lines += ["", "Where the time goes (median per-request time, µs; extra = over the previous row):", "",
-              "| payload | variant | µs per request | extra µs |", "|---|---|---:|---:|"]
+
+    # Where the time goes: per request, as throughput (1 / req/s) and as the proxy's own CPU.
+    lines += ["", "Where the time goes (medians per request: wall µs = 1 / req/s; proxy CPU µs = the proxy Envoy's CPU time; "
+              "extra = over the previous row):", "",
+              "| payload | variant | wall µs | extra | proxy CPU µs | extra |", "|---|---|---:|---:|---:|---:|"]
     steps = [("none", "no filter"), ("noop", "no-op Wasm filter"), ("floor", "buffer-only Wasm"),
              ("guard-clear", "spapi-guard, every class clear (parse + validate)"),
              ("guard-redact", "spapi-guard, every class redacted (+ rewrite)"),
              ("guard-hash", "spapi-guard, every class hashed (+ HMAC-SHA256)"),
              ("guard-nodetect", "spapi-guard, default policy, drift detectors off (+ AES-GCM)"),
              ("guard", "spapi-guard, default policy (+ drift detectors, zero-match alarm)")]
-    for name, _, _ in PAYLOADS:
+    for p in PAYLOADS:
         previous = None
         for v, label in steps:
-            if (name, v) not in results:
+            if (p.name, v) not in results:
                 continue
-            us = 1e6 / statistics.median(x[0] for x in results[(name, v)])
-            extra = "" if previous is None else f"{us - previous:+,.0f}"
-            lines.append(f"| {name} | {label} | {us:,.0f} | {extra} |")
-            previous = us
-    table = "\n".join(lines)
-    (OUT / "results.md").write_text(table + "\n")
-    print(table)
+            s = results[(p.name, v)]
+            now = (1e6 / median(s, lambda x: x["rps"]), median(s, lambda x: per_request_us(x, "proxy")))
+            extra = ("", "") if previous is None else tuple(f"{a - b:+,.0f}" for a, b in zip(now, previous))
+            lines.append(f"| {p.name} | {label} | {now[0]:,.0f} | {extra[0]} | {now[1]:,.0f} | {extra[1]} |")
+            previous = now
+    return "\n".join(lines)
 
 
 if __name__ == "__main__":
