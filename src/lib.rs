@@ -14,6 +14,7 @@
 //!   decision of the filter, testable natively ([`testing::MockHost`]).
 //! * [`lifecycle`] — configuration loading and lockout timers of a VM; [`key_status`] — the key
 //!   ring's gauges and events.
+//! * [`processing_record`] — the record of processing (GDPR art. 30): the compiled policy, per caller.
 //! * [`fail_closed`] — what the client gets when a body cannot be protected.
 // A panic in the VM takes the filter down: input-driven code never unwraps (enforced here, for
 // everything but unit tests; `.ci/run` runs clippy on the native and the wasm32 build).
@@ -41,6 +42,7 @@ pub mod path_matcher;
 pub mod pii;
 pub mod policy;
 pub mod policy_doc;
+pub mod processing_record;
 pub mod query_params;
 pub mod router;
 pub mod schema;

@@ -14,9 +14,9 @@ use spapi_guard::policy_doc::{parse_doc, PolicyDoc};
 #[command(
     name = "spapi-guard",
     version,
-    about = "Operate spapi-guard: keys, tokens, policies, the SP-API catalog",
+    about = "Operate spapi-guard: keys, tokens, policies, the SP-API catalog, the record of processing",
     long_about = "Operate spapi-guard: keys (generate, inventory, crypto-shred), tokens (data-subject lookups, \
-                  detokenization for key holders), policies (lint with the filter's own loader) and the SP-API catalog.\n\n\
+                  detokenization for key holders), policies (lint with the filter's own loader, the record of processing) and the SP-API catalog.\n\n\
                   Key variables are read from the environment, as Envoy passes them to the filter, or from --env-file."
 )]
 pub struct Cli {
@@ -50,6 +50,8 @@ pub enum Command {
     Lint(LintArgs),
     /// The SP-API operations the filter knows, their PII paths and classes (with the policy's changes).
     Catalog(CatalogArgs),
+    /// The record of processing (GDPR art. 30, DPP): per caller, operations, PII forms, reveals, limits.
+    RecordOfProcessing(RecordArgs),
 }
 
 #[derive(Args)]
@@ -154,6 +156,29 @@ pub struct CatalogArgs {
     pub json: bool,
 }
 
+#[derive(Clone, Copy, ValueEnum, PartialEq, Eq)]
+pub enum RecordFormat {
+    /// For auditors: a header with the policy's digest and date, tables per caller.
+    Markdown,
+    /// Stable, documented in docs/processing-record.schema.json.
+    Json,
+}
+
+#[derive(Args)]
+pub struct RecordArgs {
+    #[arg(long, value_enum, default_value = "markdown")]
+    pub format: RecordFormat,
+    /// Also list every PII path of the operations callers may call.
+    #[arg(long)]
+    pub catalog: bool,
+    /// The day the record describes: key states, active keys (YYYY-MM-DD, default today, UTC).
+    #[arg(long, value_name = "DATE")]
+    pub at: Option<String>,
+    /// Write the record to this file instead of stdout.
+    #[arg(long, short, value_name = "FILE")]
+    pub output: Option<PathBuf>,
+}
+
 /// A failure to report (`spapi-guard: error: …`, exit status 1).
 #[derive(Debug)]
 pub struct Failure(pub String);
@@ -192,6 +217,7 @@ pub fn main() -> ExitCode {
         Command::Detokenize(args) => crate::tokens::detokenize(&ctx, args),
         Command::Lint(args) => crate::policy::lint(&ctx, args),
         Command::Catalog(args) => crate::policy::catalog(&ctx, args),
+        Command::RecordOfProcessing(args) => crate::record::record(&ctx, args),
     };
     match result {
         Ok(code) => code,
