@@ -767,3 +767,220 @@ fn catalog_entry(op: &Operation) -> CatalogEntry {
     }
     CatalogEntry { id: op.id.clone(), paths }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::keyring::parse_instant;
+    use serde_json::{json, Value};
+
+    /// A policy with a ring of three keys, roles that merge, a wildcard without restricted
+    /// operations, reveal grants, a dry-run role, a canary and hashed/redacted classes.
+    fn policy() -> Value {
+        json!({
+            "version": 1,
+            "keys": { "ring": [
+                { "id": "2026-10", "env": "K_2026_10", "classes": ["name", "email", "phone", "address", "gift_message", "company", "other"],
+                  "created": "2026-09-25", "activeFrom": "2026-10-01", "notAfter": "2026-12-15" },
+                { "id": "2026-11", "env": "K_2026_11", "classes": ["name", "email", "phone", "address", "gift_message", "company", "other"],
+                  "created": "2026-10-25", "activeFrom": "2026-11-01", "notAfter": "2027-01-15" },
+                { "id": "2026-12", "env": "K_2026_12", "classes": ["name", "email", "phone", "address", "gift_message", "company", "other"],
+                  "created": "2026-11-25", "activeFrom": "2026-12-01", "notAfter": "2027-02-15" },
+                { "id": "tax-2026", "env": "K_TAX", "classes": ["tax_id"], "created": "2025-12-15", "activeFrom": "2026-01-01", "notAfter": "2036-12-31" }
+            ]},
+            "classes": { "gift_message": { "mode": "randomized" }, "phone": { "action": "hash" } },
+            "numbers": { "action": "null" },
+            "access": {
+                "identity": { "sources": ["uri_san", "header"], "header": "x-caller" },
+                "allowCidrs": ["10.0.0.0/8"],
+                "lockout": { "maxDenials": 5, "windowSeconds": 30, "cooldownSeconds": 600 }
+            },
+            "roles": {
+                "reader": { "operations": ["orders-v0.*"], "allowRestricted": false, "pii": { "*": "redact" } },
+                "shipper": { "operations": ["orders-v0.getOrderAddress", "shipping-v2.*"], "pii": { "address": "clear", "name": "tokenize" },
+                             "maxPiiFieldsPerWindow": 500,
+                             "reveal": [ { "classes": ["address", "name"], "operations": ["shipping-v2.getRates", "shipping-v2.purchaseShipment"] },
+                                         { "classes": ["address"], "operations": ["spapi-guard.reveal"] } ] },
+                "trial": { "operations": ["orders-v0.getOrder"], "pii": { "email": "hash" }, "dryRun": true }
+            },
+            "callers": [
+                { "id": "spiffe://acme/labels", "roles": ["reader", "shipper"], "allowCidrs": ["10.1.0.0/16"] },
+                { "id": "reports|team", "source": "header", "roles": ["trial"] }
+            ],
+            "canaries": { "block": true, "records": [ { "id": "canary-1", "value": "jane.canary@example.com" } ] }
+        })
+    }
+
+    fn record_of(policy: &Value, date: &str) -> Result<ProcessingRecord, ConfigError> {
+        let now = parse_instant(date, false).expect("date");
+        ProcessingRecord::build(policy.to_string().as_bytes(), "acme.json", now, true)
+    }
+
+    fn json_of(record: &ProcessingRecord) -> Value {
+        serde_json::from_str(&record.to_json().expect("json")).expect("parses")
+    }
+
+    fn operation<'a>(caller: &'a Value, id: &str) -> &'a Value {
+        caller["operations"].as_array().expect("list").iter().find(|o| o["id"] == id).unwrap_or_else(|| panic!("{id} not listed"))
+    }
+
+    fn form_of<'a>(op: &'a Value, class: &str) -> &'a Value {
+        op["receives"].as_array().expect("list").iter().find(|r| r["class"] == class).unwrap_or_else(|| panic!("{class} not received"))
+    }
+
+    #[test]
+    fn operations_are_the_compiled_grants_wildcards_expanded_restricted_excluded() {
+        let record = record_of(&policy(), "2026-11-29").expect("loads");
+        let guard = Guard::load(policy().to_string().as_bytes(), &|n| Some(stand_in_key(n))).expect("loads");
+        let v = json_of(&record);
+        let labels = &v["callers"][0];
+        let ids: Vec<&str> = labels["operations"].as_array().expect("list").iter().map(|o| o["id"].as_str().expect("id")).collect();
+        // Exactly what the filter lets the caller call, in catalog order.
+        let expected: Vec<&str> = guard.catalog.operations.iter().enumerate().filter(|(i, _)| guard.access.callers[0].may_call(*i)).map(|(_, op)| op.id.as_str()).collect();
+        assert_eq!(ids, expected);
+        // reader's orders-v0.* without restricted ones, shipper's restricted getOrderAddress granted by name.
+        assert!(ids.contains(&"orders-v0.updateVerificationStatus") && ids.contains(&"orders-v0.getOrderAddress"));
+        assert!(!ids.contains(&"orders-v0.getOrder") && !ids.contains(&"orders-v0.getOrderBuyerInfo"), "{ids:?}");
+        let shipping = guard.catalog.operations.iter().filter(|op| op.id.starts_with("shipping-v2.")).count();
+        assert_eq!(ids.iter().filter(|id| id.starts_with("shipping-v2.")).count(), shipping);
+        assert_eq!(operation(labels, "orders-v0.getOrderAddress")["restricted"], true);
+        assert_eq!(operation(labels, "orders-v0.updateVerificationStatus")["request_body_pii"], true);
+        assert_eq!(operation(&v["callers"][0], "shipping-v2.getAccessPoints")["query_pii"], json!([{"param": "postalCode", "class": "address"}]));
+    }
+
+    #[test]
+    fn each_class_is_recorded_in_the_form_the_caller_gets_it() {
+        let v = json_of(&record_of(&policy(), "2026-11-29").expect("loads"));
+        let labels = &v["callers"][0];
+        // Roles merged, the most generous level wins: address clear (shipper) over redact (reader),
+        // name tokenize over redact; phone redact, the rest redact from reader's *.
+        let pii: Vec<(String, String)> =
+            labels["pii"].as_array().expect("list").iter().map(|p| (p["class"].as_str().expect("c").into(), p["form"].as_str().expect("f").into())).collect();
+        assert!(pii.contains(&("address".into(), "clear".into())) && pii.contains(&("name".into(), "tokenized".into())), "{pii:?}");
+        assert!(pii.contains(&("email".into(), "redacted".into())) && pii.contains(&("tax_id".into(), "redacted".into())), "{pii:?}");
+        let address_op = operation(labels, "orders-v0.getOrderAddress");
+        assert_eq!(form_of(address_op, "address")["form"], "clear");
+        // A clear class keeps its numbers; a redacted one has them as the policy says (null).
+        assert!(form_of(address_op, "address").get("numbers").is_none());
+        assert_eq!(form_of(address_op, "name")["form"], "tokenized");
+        assert_eq!(form_of(address_op, "name")["mode"], "deterministic");
+        assert!(form_of(address_op, "address")["paths"].as_u64().expect("n") > 0);
+        let trial = &v["callers"][1];
+        assert_eq!(trial["dry_run"], true);
+        assert_eq!(trial["identity_source"], "header");
+        let get_order = operation(trial, "orders-v0.getOrder");
+        assert_eq!(form_of(get_order, "email")["form"], "hashed");
+        assert_eq!(form_of(get_order, "address")["form"], "removed");
+        // The policy's own actions (where no caller decides): phone hashed, gift messages randomized.
+        let classes = v["classes"].as_array().expect("list");
+        assert!(classes.iter().any(|c| c["class"] == "phone" && c["default_form"] == json!({"form": "hashed"})));
+        assert!(classes.iter().any(|c| c["class"] == "gift_message" && c["default_form"] == json!({"form": "tokenized", "mode": "randomized"})));
+        assert_eq!(v["settings"]["numbers"], json!({"form": "null"}));
+    }
+
+    #[test]
+    fn numbers_are_recorded_where_a_protected_class_has_model_numbers() {
+        let mut p = policy();
+        p["numbers"] = json!({ "action": "coarsen", "decimals": 2 });
+        p["roles"]["trial"]["pii"] = json!({ "address": "tokenize" });
+        let v = json_of(&record_of(&p, "2026-11-29").expect("loads"));
+        let get_order = operation(&v["callers"][1], "orders-v0.getOrder");
+        assert_eq!(form_of(get_order, "address")["numbers"], json!({"form": "coarsened", "decimals": 2}));
+        assert!(form_of(get_order, "email").get("numbers").is_none(), "emails are no numbers");
+    }
+
+    #[test]
+    fn reveal_grants_list_destinations_by_kind() {
+        let v = json_of(&record_of(&policy(), "2026-11-29").expect("loads"));
+        assert_eq!(
+            v["callers"][0]["reveal"],
+            json!([
+                { "classes": ["name", "address"], "destinations": [
+                    { "kind": "operation", "name": "shipping-v2.getRates" }, { "kind": "operation", "name": "shipping-v2.purchaseShipment" } ] },
+                { "classes": ["address"], "destinations": [ { "kind": "endpoint", "name": "spapi-guard.reveal", "path": "/spapi-guard/v1/reveal" } ] }
+            ])
+        );
+        assert_eq!(v["callers"][1]["reveal"], json!([]));
+    }
+
+    #[test]
+    fn keys_classes_retention_and_limits_as_of_the_day() {
+        let v = json_of(&record_of(&policy(), "2026-11-29").expect("loads"));
+        let states: Vec<(&str, &str)> = v["keys"].as_array().expect("list").iter().map(|k| (k["id"].as_str().expect("id"), k["state"].as_str().expect("s"))).collect();
+        assert_eq!(states, [("2026-10", "readable"), ("2026-11", "active"), ("2026-12", "pending"), ("tax-2026", "active")]);
+        let classes = v["classes"].as_array().expect("list");
+        let name = classes.iter().find(|c| c["class"] == "name").expect("name");
+        assert_eq!((&name["active_key"], &name["tokens_open_until"]), (&json!("2026-11"), &json!("2027-02-15")));
+        let tax = classes.iter().find(|c| c["class"] == "tax_id").expect("tax");
+        assert_eq!(tax["tokens_open_until"], "2036-12-31");
+        // A month later the next key is active.
+        let later = json_of(&record_of(&policy(), "2026-12-20").expect("loads"));
+        assert_eq!(later["keys"][0]["state"], "expired");
+        assert_eq!(later["as_of"], "2026-12-20");
+        let labels = &v["callers"][0];
+        assert_eq!(labels["lockout"], json!({"max_denials": 5, "window_seconds": 30, "cooldown_seconds": 600, "max_pii_fields_per_window": 500}));
+        assert_eq!(labels["allow_cidrs"], json!(["10.1.0.0/16"]));
+        assert_eq!(v["callers"][1]["allow_cidrs"], Value::Null);
+        assert_eq!(v["audit"]["canaries"], json!({"ids": ["canary-1"], "block": true}));
+        assert_eq!(v["settings"]["identity_sources"], json!(["uri_san", "header"]));
+    }
+
+    #[test]
+    fn no_key_material_nor_canary_value_is_recorded() {
+        let record = record_of(&policy(), "2026-11-29").expect("loads");
+        let (json, md) = (record.to_json().expect("json"), record.to_markdown());
+        for text in [&json, &md] {
+            assert!(!text.contains("jane.canary"), "a canary value was recorded");
+            for var in ["K_2026_10", "K_2026_11", "K_2026_12", "K_TAX"] {
+                assert!(!text.contains(&stand_in_key(var)), "a stand-in key was recorded");
+            }
+        }
+    }
+
+    #[test]
+    fn a_policy_the_filter_refuses_is_refused_naming_the_field() {
+        let mut p = policy();
+        p["roles"]["reader"]["operations"] = json!(["orderz-v0.*"]);
+        let e = record_of(&p, "2026-11-29").expect_err("refused");
+        assert_eq!(e.field, "roles.reader.operations[0]");
+        let mut p = policy();
+        p["callers"][0]["roles"] = json!(["nobody"]);
+        assert_eq!(record_of(&p, "2026-11-29").expect_err("refused").field, "callers[0].roles[0]");
+        // Refused as of a day on which no key is active, as the filter refuses it then.
+        let e = record_of(&policy(), "2027-03-01").expect_err("refused");
+        assert_eq!(e.field, "keys.ring");
+    }
+
+    #[test]
+    fn the_markdown_names_the_policy_and_has_a_section_per_caller() {
+        let record = record_of(&policy(), "2026-11-29").expect("loads");
+        let md = record.to_markdown();
+        assert!(md.starts_with("# Record of processing: spapi-guard\n"));
+        assert!(md.contains(&format!("| Policy SHA-256 | `{}` |", hex_sha256(policy().to_string().as_bytes()))));
+        assert!(md.contains("| As of | 2026-11-29"));
+        assert!(md.contains("## Caller `spiffe://acme/labels`"));
+        // A pipe in an id does not break the tables.
+        assert!(md.contains("## Caller `reports\\|team`") && !md.contains("reports|team"));
+        assert!(md.contains("| name, address | operation `shipping-v2.getRates`, operation `shipping-v2.purchaseShipment` |"), "{md}");
+        assert!(md.contains("endpoint `spapi-guard.reveal` (`/spapi-guard/v1/reveal`)"));
+        assert!(md.contains("| `orders-v0.getOrderAddress` | GET `/orders/v0/orders/{orderId}/address` | yes (RDT) |"));
+        assert!(md.contains("**dry run**"));
+        assert!(md.contains("## Catalog: PII paths of the operations above"));
+        // Every table row has as many cells as its header.
+        let mut columns = 0;
+        for line in md.lines() {
+            if line.starts_with("|---") {
+                continue;
+            }
+            if line.starts_with('|') {
+                let cells = line.replace("\\|", "").matches('|').count();
+                if columns == 0 {
+                    columns = cells;
+                }
+                assert_eq!(cells, columns, "{line}");
+            } else {
+                columns = 0;
+            }
+        }
+    }
+}
