@@ -610,13 +610,11 @@ fn caller_section(md: &mut Markdown, c: &CallerEntry, settings: &Settings) {
     md.line(&format!("| Source addresses | {} |", c.allow_cidrs.as_ref().map_or(format!("those allowed to every caller ({global})"), |l| list_or_none(l))));
     md.line(&format!("| Enforcement | {} |", if c.dry_run { "**dry run** (decisions logged, not enforced)" } else { "enforced" }));
     let l = &c.lockout;
-    md.line(&format!(
-        "| Lockout | {} denied requests in {} s; {} → locked for {} s |",
-        l.denials.max_denials,
-        l.denials.window_seconds,
-        l.max_pii_fields_per_window.map_or("no PII volume limit".to_string(), |n| format!("more than {n} PII values in {} s", l.denials.window_seconds)),
-        l.denials.cooldown_seconds
-    ));
+    let triggers = match l.max_pii_fields_per_window {
+        Some(n) => format!("{} denied requests or more than {n} PII values", l.denials.max_denials),
+        None => format!("{} denied requests (no PII volume limit)", l.denials.max_denials),
+    };
+    md.line(&format!("| Lockout | locked for {} s after {triggers} within {} s |", l.denials.cooldown_seconds, l.denials.window_seconds));
     md.line(&format!("| PII in responses | {} |", grouped(c.pii.iter().map(|p| (p.form.label(), p.class))).unwrap_or_default()));
     md.blank();
     let restricted = c.operations.iter().filter(|o| o.restricted).count();

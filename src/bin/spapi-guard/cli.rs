@@ -8,6 +8,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
+use spapi_guard::keyring::parse_instant;
 use spapi_guard::policy_doc::{parse_doc, PolicyDoc};
 
 #[derive(Parser)]
@@ -208,7 +209,7 @@ pub fn main() -> ExitCode {
         Err(e) => return report(e),
     };
     let result = match &cli.command {
-        Command::Keygen(args) => crate::keys::keygen(args),
+        Command::Keygen(args) => crate::keys::keygen(&ctx, args),
         Command::Keys(args) => match &args.action {
             None => crate::keys::inventory(&ctx, args),
             Some(KeysAction::Shred(shred)) => crate::keys::shred(&ctx, args, shred),
@@ -235,6 +236,21 @@ pub struct Context {
     pub policy_path: PathBuf,
     file_env: BTreeMap<String, String>,
     pub now_ms: u64,
+    /// The clock comes from [`CLOCK_VAR`], not the system.
+    pub clock_set: bool,
+}
+
+/// Runs the command line as of another time: what `keys`, `lint`, `tokenize` would say on a day
+/// (a ring checked ahead of a rotation), and the README's examples, reproducibly.
+pub const CLOCK_VAR: &str = "SPAPI_GUARD_NOW";
+
+/// The clock: the system's, or [`CLOCK_VAR`] (`YYYY-MM-DD` or `YYYY-MM-DDTHH:MM:SSZ`, UTC).
+fn clock_ms() -> Result<u64> {
+    match std::env::var(CLOCK_VAR) {
+        Ok(text) => parse_instant(text.trim(), false)
+            .ok_or_else(|| Failure(format!("{CLOCK_VAR}={text}: not a time; write YYYY-MM-DD or YYYY-MM-DDTHH:MM:SSZ (UTC), or unset it to use the system clock"))),
+        Err(_) => Ok(SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0)),
+    }
 }
 
 impl Context {
@@ -243,8 +259,7 @@ impl Context {
             Some(path) => read_env_file(path)?,
             None => BTreeMap::new(),
         };
-        let now_ms = SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0);
-        Ok(Context { policy_path: global.policy.clone(), file_env, now_ms })
+        Ok(Context { policy_path: global.policy.clone(), file_env, now_ms: clock_ms()?, clock_set: std::env::var_os(CLOCK_VAR).is_some() })
     }
 
     /// The policy's bytes.
