@@ -18,7 +18,8 @@ use spapi_guard::policy_doc::{parse_doc, PolicyDoc};
     about = "Operate spapi-guard: keys, tokens, policies, the SP-API catalog, the record of processing",
     long_about = "Operate spapi-guard: keys (generate, inventory, crypto-shred), tokens (data-subject lookups, \
                   detokenization for key holders), policies (lint with the filter's own loader, the record of processing) and the SP-API catalog.\n\n\
-                  Key variables are read from the environment, as Envoy passes them to the filter, or from --env-file."
+                  Key variables are read from the environment, as Envoy passes them to the filter, or from --env-file. \
+                  SPAPI_GUARD_NOW=YYYY-MM-DD (or YYYY-MM-DDTHH:MM:SSZ) runs a subcommand as of that time instead of the system clock."
 )]
 pub struct Cli {
     #[command(flatten)]
