@@ -255,6 +255,12 @@ pub struct Caller {
 }
 
 impl Caller {
+    /// Whether this caller may call catalog operation `index` (its roles' wildcards expanded,
+    /// restricted operations excluded where a role says so).
+    pub fn may_call(&self, index: usize) -> bool {
+        self.operations.get(index).copied().unwrap_or(false)
+    }
+
     /// The classes this caller may reveal toward catalog operation `index` (`None`: the reveal
     /// endpoint), or `None` when it may reveal nothing there.
     pub fn reveal_classes(&self, operation: Option<usize>) -> Option<&PerClass<bool>> {
@@ -638,7 +644,7 @@ impl Access {
         let Some((index, op)) = operation else {
             return if self.passes_through(&target.segments) { Ok(false) } else { Err(DenyReason::UnknownOperation) };
         };
-        if !caller.operations.get(index).copied().unwrap_or(false) {
+        if !caller.may_call(index) {
             return Err(DenyReason::OperationNotAllowed);
         }
         for gate in requested_included_data(&target.query, op) {
@@ -669,7 +675,7 @@ impl Access {
             let target = uri::parse(path).map_err(|_| DenyReason::InvalidRdtRequest)?;
             let index = catalog.route_segments(method, &target.segments).ok_or(DenyReason::RdtResourceNotAllowed)?;
             let op = catalog.operations.get(index).ok_or(DenyReason::RdtResourceNotAllowed)?;
-            if !caller.operations.get(index).copied().unwrap_or(false) {
+            if !caller.may_call(index) {
                 return Err(DenyReason::RdtResourceNotAllowed);
             }
             let elements: Vec<&str> = match resource.get("dataElements") {

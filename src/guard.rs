@@ -242,6 +242,16 @@ impl FieldCounts {
         }
     }
 
+    /// Takes away what was counted between `from` and `to` (two earlier states of these counts).
+    fn forget(&mut self, from: &FieldCounts, to: &FieldCounts) {
+        for class in PiiClass::ALL {
+            for slot in 0..ACTIONS {
+                let added = to.counts[class][slot].saturating_sub(from.counts[class][slot]);
+                self.counts[class][slot] = self.counts[class][slot].saturating_sub(added);
+            }
+        }
+    }
+
     /// Adds tokens of each class revealed to the caller.
     pub fn add_revealed(&mut self, revealed: &crate::detokenize::Revealed) {
         for (class, &n) in revealed.counts.iter() {
@@ -305,6 +315,9 @@ struct Protector<'g> {
     actions: &'g ClassActions,
     op: &'g Operation,
     counts: FieldCounts,
+    /// The counts when each matched container still being walked was entered (a stack:
+    /// [`FieldHandler::mark`]).
+    marks: Vec<FieldCounts>,
     drift: DriftFindings,
     /// Values a rule selected (the zero-match alarm fires when none was).
     matched: u32,
@@ -333,6 +346,7 @@ impl<'g> Protector<'g> {
             actions,
             op,
             counts: FieldCounts::default(),
+            marks: Vec::new(),
             drift: DriftFindings::default(),
             matched: 0,
             pii_key: None,
@@ -467,6 +481,22 @@ impl FieldHandler for Protector<'_> {
         self.drift.add(DriftKind::Member, DriftAction::Protected, || site.template());
         // Not in Amazon's model: nothing requires it (the caller may lose it) or makes it a number.
         Ok(self.protect(class, false, false, value, out))
+    }
+
+    fn mark(&mut self) -> usize {
+        self.marks.push(self.counts.clone());
+        self.marks.len() - 1
+    }
+
+    /// A container replaced as a whole is one value: its members, counted while they were walked,
+    /// are not in the output (one token, one mask, or nothing stands for all of them).
+    fn settle(&mut self, before: usize, members: usize, whole: bool) {
+        if whole {
+            if let (Some(from), Some(to)) = (self.marks.get(before), self.marks.get(members)) {
+                self.counts.forget(from, to);
+            }
+        }
+        self.marks.truncate(before);
     }
 
     fn unmatched(&mut self, value: &str, site: &Site<'_>, out: &mut Vec<u8>) -> Result<Edit, Never> {

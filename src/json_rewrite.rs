@@ -101,6 +101,18 @@ pub trait FieldHandler {
         Ok(Edit::Keep)
     }
 
+    /// A container a rule selected is about to be walked — its members first, then the container
+    /// itself: returns a mark of what the handler has recorded so far (counts).
+    fn mark(&mut self) -> usize {
+        0
+    }
+
+    /// After such a container was handed over: `whole` if it was replaced or removed as a whole,
+    /// so that what was recorded for its members, between the marks `before` (taken before them)
+    /// and `members` (after them, before the container), describes nothing in the output and is
+    /// forgotten. Marks after `before` are released either way.
+    fn settle(&mut self, _before: usize, _members: usize, _whole: bool) {}
+
     /// Whether the walker hands unmatched strings to [`unmatched`](Self::unmatched).
     fn scans(&self) -> bool {
         false
@@ -218,13 +230,17 @@ impl<'a, H: FieldHandler> Walker<'a, '_, H> {
                 // Paths below a matched container are still followed: if the handler keeps the
                 // container (e.g. `clear`), the fields inside it still get their own treatment.
                 let before = (self.out.as_ref().map_or(0, Vec::len), self.copied);
+                let mark = rule.map(|_| self.handler.mark());
                 if open == b'{' {
                     self.object(state, depth)?;
                 } else {
                     self.array(state, depth)?;
                 }
-                if let Some(rule) = rule {
-                    remove = self.replace_container(rule, start, before)?;
+                if let (Some(rule), Some(mark)) = (rule, mark) {
+                    let members = self.handler.mark();
+                    let edit = self.replace_container(rule, start, before)?;
+                    self.handler.settle(mark, members, edit != Edit::Keep);
+                    remove = edit == Edit::Remove;
                 }
             }
             Some(b'-' | b'0'..=b'9') => {
@@ -279,14 +295,14 @@ impl<'a, H: FieldHandler> Walker<'a, '_, H> {
 
     /// Hands a whole container `start..self.pos` (as its original text) to the handler. If the
     /// handler replaces or removes it, the edits made inside it are rolled back first.
-    fn replace_container(&mut self, rule: u32, start: usize, before: (usize, usize)) -> Result<bool, RewriteError<H::Error>> {
+    fn replace_container(&mut self, rule: u32, start: usize, before: (usize, usize)) -> Result<Edit, RewriteError<H::Error>> {
         let mut replacement = Vec::new();
         let value = MatchedValue::Raw(&self.text[start..self.pos]);
         let site = Site { text: self.text, path: &self.path };
         let edit = self.handler.replace(rule, value, &site, &mut replacement).map_err(RewriteError::Handler)?;
         // (Containers are rare at PII paths: a fresh buffer is fine here.)
         if edit == Edit::Keep {
-            return Ok(false);
+            return Ok(edit);
         }
         let (out_len, copied) = before;
         if let Some(out) = self.out.as_mut() {
@@ -294,14 +310,14 @@ impl<'a, H: FieldHandler> Walker<'a, '_, H> {
         }
         self.copied = copied;
         if edit == Edit::Remove {
-            return Ok(true);
+            return Ok(edit);
         }
         let (bytes, end) = (self.bytes, self.pos);
         let out = Self::output(&mut self.out, bytes.len());
         out.extend_from_slice(&bytes[copied..start]);
         out.extend_from_slice(&replacement);
         self.copied = end;
-        Ok(false)
+        Ok(edit)
     }
 
     /// Drops `from..to` from the output (everything before `from` is copied first). A part of

@@ -14,6 +14,7 @@
 //!   decision of the filter, testable natively ([`testing::MockHost`]).
 //! * [`lifecycle`] — configuration loading and lockout timers of a VM; [`key_status`] — the key
 //!   ring's gauges and events.
+//! * [`processing_record`] — the record of processing (GDPR art. 30): the compiled policy, per caller.
 //! * [`fail_closed`] — what the client gets when a body cannot be protected.
 //! * [`upstreams`] — approved third-party upstreams, and the binding of each request to the
 //!   cluster Envoy sends it to.
@@ -43,6 +44,7 @@ pub mod path_matcher;
 pub mod pii;
 pub mod policy;
 pub mod policy_doc;
+pub mod processing_record;
 pub mod query_params;
 pub mod router;
 pub mod schema;

@@ -1,6 +1,8 @@
 //! The `spapi-guard` command line, run as a program: keygen, the key inventory and the shred
 //! record, tokenize (equal to the filter's tokens), detokenize (expired keys refused), lint (the
-//! filter's messages), catalog. Policies and keys are generated per test under target/cli-tests/.
+//! filter's messages), catalog, record-of-processing (the filter's compiled grants, schema-valid
+//! JSON), and the README's examples (scripts/readme-cli-examples.sh) against what the program
+//! prints. Policies and keys are generated per test under target/cli-tests/.
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
@@ -9,6 +11,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use base64::engine::general_purpose::STANDARD;
 use base64::Engine as _;
 use serde_json::{json, Value};
+use sha2::Digest as _;
 use spapi_guard::guard::Guard;
 use spapi_guard::keyring::display_instant;
 use spapi_guard::pii::PiiClass;
@@ -337,4 +340,162 @@ fn catalog_and_lint_read_the_policys_third_party_upstreams() {
     let lint = run(&dir, &["--policy", &file, "lint", "--without-keys"], "");
     assert_ne!(lint.status, 0);
     assert!(lint.stdout.contains("upstreams.carrier.routePrefix: '/orders/v0/' is also where"), "{}{}", lint.stdout, lint.stderr);
+}
+
+/// Validates one JSON document against a schema of docs/ with the Python validator the audit tests use.
+fn assert_schema_valid(dir: &Path, doc: &Value, schema: &str) {
+    let repo = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let file = dir.join("doc.jsonl");
+    std::fs::write(&file, format!("{doc}\n")).expect("write");
+    let out = Command::new(repo.join(".venv/bin/python")).arg(repo.join("tests/validate_events.py")).arg(&file).arg(repo.join(schema)).output().expect("python");
+    assert!(out.status.success(), "{schema}: {}", String::from_utf8_lossy(&out.stdout));
+}
+
+#[test]
+fn record_of_processing_describes_each_caller_in_markdown_and_json() {
+    let dir = workdir("record");
+    let repo = env!("CARGO_MANIFEST_DIR");
+    for name in ["default", "production.example"] {
+        let policy = format!("{repo}/policies/{name}.json");
+        let bytes = std::fs::read(&policy).expect("policy");
+        // No key variable is set: the record needs none.
+        let json = run(&dir, &["--policy", &policy, "record-of-processing", "--format", "json", "--at", "2026-11-29"], "");
+        assert_eq!(json.status, 0, "{name}: {}", json.stderr);
+        let record: Value = serde_json::from_str(&json.stdout).expect("json");
+        assert_schema_valid(&dir, &record, "docs/processing-record.schema.json");
+        let digest: String = sha2::Sha256::digest(&bytes).iter().map(|b| format!("{b:02x}")).collect();
+        assert_eq!((record["policy"]["sha256"].as_str(), record["as_of"].as_str()), (Some(&*digest), Some("2026-11-29")));
+        // Each caller's operations are exactly those the filter lets it call.
+        let g = Guard::load(&bytes, &|_| Some(STANDARD.encode(random_key()))).expect("loads");
+        let callers = record["callers"].as_array().expect("callers");
+        assert_eq!(callers.len(), g.access.callers.len());
+        for (entry, caller) in callers.iter().zip(&g.access.callers) {
+            assert_eq!(entry["id"], caller.id.as_str());
+            let listed: Vec<&str> = entry["operations"].as_array().expect("ops").iter().map(|o| o["id"].as_str().expect("id")).collect();
+            let allowed: Vec<&str> = g.catalog.operations.iter().enumerate().filter(|(i, _)| caller.may_call(*i)).map(|(_, op)| op.id.as_str()).collect();
+            assert_eq!(listed, allowed, "{name}: {}", caller.id);
+            for (class, action) in caller.actions.iter() {
+                let form = entry["pii"].as_array().expect("pii").iter().find(|p| p["class"] == class.as_str()).expect("every class");
+                assert_eq!(form["form"], action.name(), "{name}: {} {class}", caller.id);
+            }
+        }
+        // The analytics role excludes restricted operations though its wildcards match them.
+        let analytics = callers.iter().find(|c| c["roles"] == json!(["analytics"])).expect("analytics");
+        let ops = analytics["operations"].as_array().expect("ops");
+        assert!(!ops.is_empty() && ops.iter().all(|o| o["restricted"] == false), "{ops:?}");
+
+        let md = run(&dir, &["--policy", &policy, "record-of-processing", "--at", "2026-11-29"], "");
+        assert_eq!(md.status, 0, "{}", md.stderr);
+        assert!(md.stdout.starts_with("# Record of processing: spapi-guard\n"), "{}", md.stdout);
+        assert!(md.stdout.contains(&format!("| Policy SHA-256 | `{digest}` |")));
+        for caller in &g.access.callers {
+            assert!(md.stdout.contains(&format!("## Caller `{}`", caller.id)), "{name}: no section for {}", caller.id);
+        }
+        assert!(
+            md.stdout
+                .contains("| `orders-v0.getOrderAddress` | GET `/orders/v0/orders/{orderId}/address` | yes (RDT) | — | removed: name, phone, company, other; clear: address |"),
+            "{}",
+            md.stdout
+        );
+        let key = g.tokens.schedule().keys()[0].id.clone();
+        assert!(
+            md.stdout.contains(&format!(
+                "| {key} | `SPAPI_GUARD_KEY_{}` | name, email, phone, address, tax_id, gift_message, company, other | 2026-01-01 | 2026-01-01 | 2030-12-31 | active |",
+                key.to_uppercase().replace('-', "_")
+            )),
+            "{}",
+            md.stdout
+        );
+    }
+    // -o writes the file; --catalog adds the paths.
+    let out = dir.join("record.json");
+    let written =
+        run(&dir, &["--policy", &format!("{repo}/policies/default.json"), "record-of-processing", "--format", "json", "--catalog", "-o", out.to_str().expect("path")], "");
+    assert!(written.status == 0 && written.stdout.is_empty() && written.stderr.contains("written to"), "{}", written.stderr);
+    let record: Value = serde_json::from_str(&std::fs::read_to_string(&out).expect("written")).expect("json");
+    assert!(record["catalog"].as_array().is_some_and(|c| c.iter().any(|op| op["paths"].as_array().is_some_and(|p| p.iter().any(|p| p["jsonpath"] == "$.payload.BuyerEmail")))));
+    assert_schema_valid(&dir, &record, "docs/processing-record.schema.json");
+}
+
+#[test]
+fn record_of_processing_refuses_a_bad_policy_naming_the_field() {
+    let dir = workdir("record-refused");
+    let mut policy: Value = serde_json::from_str(include_str!("../policies/default.json")).expect("policy");
+    policy["roles"]["analytics"]["operations"] = json!(["orders-v0.*", "order-v0.getOrder"]);
+    let file = dir.join("bad.json");
+    std::fs::write(&file, policy.to_string()).expect("write");
+    for format in ["markdown", "json"] {
+        let out = run(&dir, &["--policy", "bad.json", "record-of-processing", "--format", format], "");
+        assert_eq!((out.status, out.stdout.as_str()), (1, ""), "{format}");
+        assert!(out.stderr.contains("bad.json: configuration refused: roles.analytics.operations[1]: 'order-v0.getOrder' matches no operation of the catalog"), "{}", out.stderr);
+    }
+    let date = run(&dir, &["record-of-processing", "--at", "29.11.2026"], "");
+    assert!(date.status == 1 && date.stderr.contains("--at 29.11.2026: not a date; write YYYY-MM-DD"), "{}", date.stderr);
+}
+
+/// The code blocks of the README's "The command line" section that show a command.
+fn command_blocks(markdown: &str) -> Vec<Vec<String>> {
+    let mut blocks = Vec::new();
+    let mut current: Option<Vec<String>> = None;
+    for line in markdown.lines() {
+        match (&mut current, line.starts_with("```")) {
+            (None, true) => current = Some(Vec::new()),
+            (Some(_), true) => blocks.extend(current.take().filter(|b| b.first().is_some_and(|l| l.starts_with("$ spapi-guard ")))),
+            (Some(block), false) => block.push(line.to_string()),
+            (None, false) => {}
+        }
+    }
+    blocks
+}
+
+/// A Markdown section: the lines after `heading` up to the next heading of its level outside code blocks.
+fn section(markdown: &str, heading: &str) -> String {
+    let level = heading.split(' ').next().unwrap_or("##").to_string() + " ";
+    let mut lines = markdown.lines().skip_while(|l| *l != heading).skip(1);
+    let mut fenced = false;
+    let mut out = String::new();
+    for line in lines.by_ref() {
+        fenced ^= line.starts_with("```");
+        if !fenced && line.starts_with(&level) {
+            break;
+        }
+        out.push_str(line);
+        out.push('\n');
+    }
+    assert!(!out.is_empty(), "no section {heading}");
+    out
+}
+
+/// Whether `shown` is `actual` with runs of lines left out where `shown` has a line `…`.
+fn matches_with_elisions(shown: &[String], actual: &[String]) -> bool {
+    match shown.split_first() {
+        None => actual.is_empty(),
+        Some((first, rest)) if first == "…" => (0..=actual.len()).any(|skip| matches_with_elisions(rest, &actual[skip..])),
+        Some((first, rest)) => actual.first() == Some(first) && matches_with_elisions(rest, &actual[1..]),
+    }
+}
+
+#[test]
+fn the_readme_shows_what_the_command_line_prints() {
+    let repo = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let dir = workdir("readme");
+    let out = Command::new("bash").arg(repo.join("scripts/readme-cli-examples.sh")).arg(env!("CARGO_BIN_EXE_spapi-guard")).arg(&dir).output().expect("bash");
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let actual = command_blocks(&String::from_utf8_lossy(&out.stdout));
+    let readme = std::fs::read_to_string(repo.join("README.md")).expect("README");
+    let shown = command_blocks(&section(&readme, "## The command line"));
+    let commands = |blocks: &[Vec<String>]| blocks.iter().map(|b| b[0].clone()).collect::<Vec<_>>();
+    assert_eq!(commands(&shown), commands(&actual), "the README shows other commands than scripts/readme-cli-examples.sh runs");
+    for (shown, actual) in shown.iter().zip(&actual) {
+        assert!(
+            matches_with_elisions(shown, actual),
+            "README block `{}` differs from what the command line prints; paste this from `bash scripts/readme-cli-examples.sh`:\n{}",
+            shown[0],
+            actual.join("\n")
+        );
+    }
+    // Every subcommand is shown.
+    for sub in ["keygen", "keys", "keys shred", "tokenize", "detokenize", "lint", "catalog", "record-of-processing"] {
+        assert!(shown.iter().flatten().any(|l| l.starts_with(&format!("$ spapi-guard {sub} "))), "no example of {sub}");
+    }
 }

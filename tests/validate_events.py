@@ -1,5 +1,6 @@
 #!/usr/bin/env python3
-"""Validates audit and security events against docs/audit-event.schema.json.
+"""Validates audit and security events against docs/audit-event.schema.json, or JSON lines of
+another kind against their SCHEMA (tests/cli.rs: records of processing, docs/processing-record.schema.json).
 
     python3 tests/validate_events.py EVENTS.jsonl [SCHEMA]
 

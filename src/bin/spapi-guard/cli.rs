@@ -8,16 +8,18 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
+use spapi_guard::keyring::parse_instant;
 use spapi_guard::policy_doc::{parse_doc, PolicyDoc};
 
 #[derive(Parser)]
 #[command(
     name = "spapi-guard",
     version,
-    about = "Operate spapi-guard: keys, tokens, policies, the SP-API catalog",
+    about = "Operate spapi-guard: keys, tokens, policies, the SP-API catalog, the record of processing",
     long_about = "Operate spapi-guard: keys (generate, inventory, crypto-shred), tokens (data-subject lookups, \
-                  detokenization for key holders), policies (lint with the filter's own loader) and the SP-API catalog.\n\n\
-                  Key variables are read from the environment, as Envoy passes them to the filter, or from --env-file."
+                  detokenization for key holders), policies (lint with the filter's own loader, the record of processing) and the SP-API catalog.\n\n\
+                  Key variables are read from the environment, as Envoy passes them to the filter, or from --env-file. \
+                  SPAPI_GUARD_NOW=YYYY-MM-DD (or YYYY-MM-DDTHH:MM:SSZ) runs a subcommand as of that time instead of the system clock."
 )]
 pub struct Cli {
     #[command(flatten)]
@@ -50,6 +52,8 @@ pub enum Command {
     Lint(LintArgs),
     /// The SP-API operations the filter knows, their PII paths and classes (with the policy's changes).
     Catalog(CatalogArgs),
+    /// The record of processing (GDPR art. 30, DPP): per caller, operations, PII forms, reveals, limits.
+    RecordOfProcessing(RecordArgs),
 }
 
 #[derive(Args)]
@@ -154,6 +158,29 @@ pub struct CatalogArgs {
     pub json: bool,
 }
 
+#[derive(Clone, Copy, ValueEnum, PartialEq, Eq)]
+pub enum RecordFormat {
+    /// For auditors: a header with the policy's digest and date, tables per caller.
+    Markdown,
+    /// Stable, documented in docs/processing-record.schema.json.
+    Json,
+}
+
+#[derive(Args)]
+pub struct RecordArgs {
+    #[arg(long, value_enum, default_value = "markdown")]
+    pub format: RecordFormat,
+    /// Also list every PII path of the operations callers may call.
+    #[arg(long)]
+    pub catalog: bool,
+    /// The day the record describes: key states, active keys (YYYY-MM-DD, default today, UTC).
+    #[arg(long, value_name = "DATE")]
+    pub at: Option<String>,
+    /// Write the record to this file instead of stdout.
+    #[arg(long, short, value_name = "FILE")]
+    pub output: Option<PathBuf>,
+}
+
 /// A failure to report (`spapi-guard: error: …`, exit status 1).
 #[derive(Debug)]
 pub struct Failure(pub String);
@@ -183,7 +210,7 @@ pub fn main() -> ExitCode {
         Err(e) => return report(e),
     };
     let result = match &cli.command {
-        Command::Keygen(args) => crate::keys::keygen(args),
+        Command::Keygen(args) => crate::keys::keygen(&ctx, args),
         Command::Keys(args) => match &args.action {
             None => crate::keys::inventory(&ctx, args),
             Some(KeysAction::Shred(shred)) => crate::keys::shred(&ctx, args, shred),
@@ -192,6 +219,7 @@ pub fn main() -> ExitCode {
         Command::Detokenize(args) => crate::tokens::detokenize(&ctx, args),
         Command::Lint(args) => crate::policy::lint(&ctx, args),
         Command::Catalog(args) => crate::policy::catalog(&ctx, args),
+        Command::RecordOfProcessing(args) => crate::record::record(&ctx, args),
     };
     match result {
         Ok(code) => code,
@@ -209,6 +237,21 @@ pub struct Context {
     pub policy_path: PathBuf,
     file_env: BTreeMap<String, String>,
     pub now_ms: u64,
+    /// The clock comes from [`CLOCK_VAR`], not the system.
+    pub clock_set: bool,
+}
+
+/// Runs the command line as of another time: what `keys`, `lint`, `tokenize` would say on a day
+/// (a ring checked ahead of a rotation), and the README's examples, reproducibly.
+pub const CLOCK_VAR: &str = "SPAPI_GUARD_NOW";
+
+/// The clock: the system's, or [`CLOCK_VAR`] (`YYYY-MM-DD` or `YYYY-MM-DDTHH:MM:SSZ`, UTC).
+fn clock_ms() -> Result<u64> {
+    match std::env::var(CLOCK_VAR) {
+        Ok(text) => parse_instant(text.trim(), false)
+            .ok_or_else(|| Failure(format!("{CLOCK_VAR}={text}: not a time; write YYYY-MM-DD or YYYY-MM-DDTHH:MM:SSZ (UTC), or unset it to use the system clock"))),
+        Err(_) => Ok(SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0)),
+    }
 }
 
 impl Context {
@@ -217,8 +260,7 @@ impl Context {
             Some(path) => read_env_file(path)?,
             None => BTreeMap::new(),
         };
-        let now_ms = SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0);
-        Ok(Context { policy_path: global.policy.clone(), file_env, now_ms })
+        Ok(Context { policy_path: global.policy.clone(), file_env, now_ms: clock_ms()?, clock_set: std::env::var_os(CLOCK_VAR).is_some() })
     }
 
     /// The policy's bytes.

@@ -17,7 +17,7 @@ use crate::cli::{fail, Context, Failure, KeygenArgs, KeysArgs, Result, ShredArgs
 /// What a deletion record is (its `record` member).
 const RECORD_KIND: &str = "spapi-guard key deletion";
 
-pub fn keygen(args: &KeygenArgs) -> Result<ExitCode> {
+pub fn keygen(ctx: &Context, args: &KeygenArgs) -> Result<ExitCode> {
     let mut key = [0u8; KEY_LEN];
     // The loader refuses keys whose bytes are all equal; a random key never is, but check.
     while key.iter().all(|&b| b == key[0]) {
@@ -28,15 +28,11 @@ pub fn keygen(args: &KeygenArgs) -> Result<ExitCode> {
     eprintln!("Store it in your secret store now: it is printed once and saved nowhere. Give Envoy the variable, never the policy.");
     if let Some(id) = &args.id {
         let var: String = format!("SPAPI_GUARD_KEY_{id}").to_ascii_uppercase().chars().map(|c| if c.is_ascii_alphanumeric() { c } else { '_' }).collect();
-        let today = display_instant(now_ms() / 86_400_000 * 86_400_000);
+        let today = display_instant(ctx.now_ms / 86_400_000 * 86_400_000);
         let id = serde_json::to_string(id)?;
         eprintln!(r#"keys.ring entry: {{"id": {id}, "env": "{var}", "classes": [...], "created": "{today}", "activeFrom": "YYYY-MM-DD", "notAfter": "YYYY-MM-DD"}}"#);
     }
     Ok(ExitCode::SUCCESS)
-}
-
-fn now_ms() -> u64 {
-    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0)
 }
 
 /// One row of the inventory.
@@ -277,6 +273,9 @@ pub fn shred(ctx: &Context, keys: &KeysArgs, args: &ShredArgs) -> Result<ExitCod
         ));
     }
     let now = ctx.now_ms;
+    if ctx.clock_set {
+        eprintln!("spapi-guard: {} is set: the deletion record carries that time, not the system's", crate::cli::CLOCK_VAR);
+    }
     let state = schedule.state(index, now);
     match state {
         KeyState::Active => {

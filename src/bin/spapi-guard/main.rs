@@ -15,6 +15,8 @@ mod keys;
 #[cfg(not(target_arch = "wasm32"))]
 mod policy;
 #[cfg(not(target_arch = "wasm32"))]
+mod record;
+#[cfg(not(target_arch = "wasm32"))]
 mod tokens;
 
 #[cfg(not(target_arch = "wasm32"))]
