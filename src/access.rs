@@ -610,7 +610,10 @@ impl Access {
     /// pass-through path.
     fn protect(&self, facts: &RequestFacts, operation: Option<(usize, &Operation)>) -> Result<(), DenyReason> {
         let target = uri::parse(facts.path).map_err(|_| DenyReason::InvalidPath)?;
-        if operation.is_none() && !self.passes_through(&target.segments) {
+        // The reveal endpoint is no catalog operation but a known path: its access decision
+        // (src/exchange.rs reveal_decision) keeps the reason dry-run would have denied it for.
+        let reveal_endpoint = uri::split(facts.path).path == crate::exchange::REVEAL_PATH;
+        if operation.is_none() && !self.passes_through(&target.segments) && !reveal_endpoint {
             return Err(DenyReason::UnknownOperation);
         }
         Ok(())

@@ -372,7 +372,11 @@ impl Exchange {
         let allowed = self.decision.as_ref().is_some_and(|d| d.verdict == Verdict::Allow);
         let caller = self.decision.as_ref().and_then(|d| d.caller).and_then(|c| guard.access.callers.get(c));
         if reveal_endpoint {
-            // Allowed by reveal_decision: answered by the filter once the body is whole.
+            // Allowed by reveal_decision: answered by the filter once the body is whole. The
+            // endpoint answers with plaintext itself, so dry-run never relaxes a denial here.
+            if let Some(Verdict::Deny(reason)) = self.decision.as_ref().map(|d| d.verdict).filter(|_| !allowed) {
+                return self.deny(host, reason);
+            }
             self.outcome = Outcome::Revealed;
             self.reveal = caller.and_then(|c| c.reveal_classes(None)).copied();
             if end_of_stream {
@@ -384,7 +388,9 @@ impl Exchange {
         // Detokenization toward this operation, for a caller allowed to reveal there. A caller
         // without a grant here may send no token where data is expected (the path, the query, the
         // body of an operation that carries PII): it would reach Amazon instead of the data.
-        let grant = if allowed { caller.and_then(|c| c.reveal_classes(self.operation)).copied() } else { None };
+        // A path outside the catalog (passThroughPaths) is no operation: no grant reaches it (the
+        // reveal endpoint's is for the endpoint alone).
+        let grant = if allowed { self.operation.and_then(|op| caller.and_then(|c| c.reveal_classes(Some(op)))).copied() } else { None };
         // Envoy picked the cluster by its own route match: the request goes nowhere else than the
         // destination it was decided for (src/upstreams.rs).
         if self.wrong_destination(host, grant.is_some()) {
@@ -407,8 +413,17 @@ impl Exchange {
         let Some(classes) = self.reveal else { return Flow::Continue };
         match detokenize_target(&guard.tokens, &classes, &self.path, host.now_ms(), &mut self.revealed) {
             Ok(Some(target)) => {
+                // A plaintext stays within its segment: a dot segment, an empty one, or an encoded
+                // slash or backslash (servers that decode before routing resolve them) would reach
+                // another operation than the one decided, granted and audited.
+                if crate::uri::parse(&target).is_err() || guard.catalog.route_index(&self.method, &target) != self.operation {
+                    self.revealed = Revealed::default();
+                    return self.deny(host, DenyReason::InvalidPath);
+                }
                 host.set_request_header(":path", Some(&target));
-                // A changed path is routed again by Envoy: still the same destination?
+                // Envoy routes the changed path again, but xds.cluster_name still names the cluster
+                // of the first route (tests/upstreams.rs a_path_changed_by_detokenization_…): this
+                // re-read catches nothing; see docs/POLICY.md "Routes the filter cannot see".
                 if self.wrong_destination(host, true) {
                     self.revealed = Revealed::default();
                     return self.deny(host, DenyReason::DestinationMismatch);

@@ -969,3 +969,83 @@ fn upstream_policies_are_refused_naming_the_field() {
     let e = refused(p);
     assert_eq!(e.field, "upstreams.carrier.operations[0].pathTemplate", "{e}");
 }
+
+#[test]
+fn a_detokenized_path_stays_one_canonical_path_of_the_same_operation() {
+    // A plaintext revealed into a path segment that is a dot segment, empty, or holds a slash or
+    // a backslash (percent-encoded, which servers that decode before routing resolve as one)
+    // would reach another operation than the one decided, granted and audited: refused, nothing
+    // forwarded. Envoy normalizes the path before the filter, never after its rewrite.
+    use spapi_guard::pii::PiiClass;
+    let guard = guard_with(upstream_policy());
+    for plain in ["..", ".", "", "../../admin", "a/b", "a\\b", ".. "] {
+        let token = seal(&guard, PiiClass::Address, plain);
+        let mut x = to_upstream(&guard, LABEL_PRINTER, "GET", &format!("/upstreams/carrier/v1/tracking/{token}"), Some("upstream_carrier"));
+        x.request(&[], false);
+        assert_eq!(refusal(&x), Some((400, Some("invalid_path".into()))), "{plain:?}");
+        assert!(!x.seen.forwarded, "{plain:?}");
+        let event = x.log(Some(400));
+        assert!(event["pii"].get("address").is_none(), "{event}");
+    }
+    // In the query a plaintext may hold any character: percent-encoded, the path stays the same.
+    let token = seal(&guard, PiiClass::Address, "../../a/b?c#d");
+    let mut x = to_upstream(&guard, LABEL_PRINTER, "GET", &format!("/upstreams/carrier/v1/tracking/1Z?ref={token}"), Some("upstream_carrier"));
+    x.request(&[], false);
+    assert!(x.seen.forwarded, "{:?}", x.seen.reply);
+    assert_eq!(x.host.request_header_text(":path").as_deref(), Some("/upstreams/carrier/v1/tracking/1Z?ref=..%2F..%2Fa%2Fb%3Fc%23d"));
+    // A dot inside a segment is a character like any other.
+    let token = seal(&guard, PiiClass::Address, "1Z.999");
+    let mut x = to_upstream(&guard, LABEL_PRINTER, "GET", &format!("/upstreams/carrier/v1/tracking/{token}"), Some("upstream_carrier"));
+    x.request(&[], false);
+    assert_eq!(x.host.request_header_text(":path").as_deref(), Some("/upstreams/carrier/v1/tracking/1Z.999"));
+}
+
+#[test]
+fn dry_run_never_reveals_to_a_caller_it_would_deny() {
+    // Dry-run relaxes access decisions so they can be tried out; it must not turn a denied
+    // caller's tokens into data. Toward an operation it already does not (tokens are forwarded
+    // as they are); the reveal endpoint answers with plaintext itself, so it refuses.
+    use spapi_guard::pii::PiiClass;
+    let mut policy = upstream_policy();
+    policy["access"]["dryRun"] = json!(true);
+    let guard = guard_with(policy);
+    let name = seal(&guard, PiiClass::Name, "Jane Doe");
+    let body = json!({"tokens": [name]}).to_string();
+    // From an address outside the allow list: would be denied (ip_not_allowed).
+    let mut x = Exchange1::new(Rc::clone(&guard), "POST", "/spapi-guard/v1/reveal", Some(LABEL_PRINTER));
+    x.host.set_property("source.address", b"10.9.9.9:40000");
+    x.request(&[body.as_bytes()], false);
+    let reply = x.seen.reply.clone().expect("answered by the filter");
+    assert_eq!((reply.status, reply.header("x-spapi-guard")), (403, Some("ip_not_allowed")));
+    no_pii(&reply.body, &["Jane"]);
+    // The same caller toward the carrier: forwarded in dry-run, with the token, never the name.
+    let shipment = format!(r#"{{"shipTo":{{"name":"{name}"}}}}"#);
+    let mut x = to_upstream(&guard, LABEL_PRINTER, "POST", SHIPMENTS, Some("upstream_carrier"));
+    x.host.set_property("source.address", b"10.9.9.9:40000");
+    x.request(&[shipment.as_bytes()], false);
+    no_pii(&x.host.request_body, &["Jane"]);
+    // Allowed, it reads the value.
+    let mut x = Exchange1::new(Rc::clone(&guard), "POST", "/spapi-guard/v1/reveal", Some(LABEL_PRINTER));
+    x.request(&[body.as_bytes()], false);
+    assert_eq!(x.seen.reply.as_ref().map(|r| (r.status, r.body.clone())), Some((200, br#"{"values":["Jane Doe"]}"#.to_vec())));
+}
+
+#[test]
+fn a_path_outside_the_catalog_is_never_detokenized() {
+    // passThroughPaths lead to SP-API operations the catalog does not know: no grant names them.
+    // The reveal endpoint's grant (label-printer's `spapi-guard.reveal`) is for the endpoint alone,
+    // never a licence to send plaintext to any pass-through path.
+    use spapi_guard::pii::PiiClass;
+    let guard = guard_with(reveal_policy());
+    let name = seal(&guard, PiiClass::Name, "Jane Doe");
+    let mut x = Exchange1::new(Rc::clone(&guard), "GET", &format!("/catalog/2022-04-01/items?keywords={name}"), Some(LABEL_PRINTER));
+    x.request(&[], false);
+    assert_eq!(refusal(&x), Some((403, Some("detokenize_not_allowed".into()))));
+    assert!(!x.seen.forwarded);
+    no_pii(x.host.request_header_text(":path").unwrap_or_default().as_bytes(), &["Jane"]);
+    // Its tokens in a body stream on as they are: the SP-API gets tokens, never the name.
+    let body = format!(r#"{{"note":"{name}"}}"#);
+    let mut x = Exchange1::new(Rc::clone(&guard), "POST", "/catalog/2022-04-01/items", Some(LABEL_PRINTER));
+    x.request(&[body.as_bytes()], false);
+    no_pii(&x.host.request_body, &["Jane"]);
+}
