@@ -32,6 +32,8 @@ pub struct Guard {
     /// (operation, path template) label pairs of `spapi_guard_schema_drift_total` this VM has
     /// used: bounded by [`MAX_DRIFT_LABELS`], so an upstream cannot grow Envoy's stats at will.
     drift_labels: std::cell::RefCell<std::collections::BTreeSet<(String, String)>>,
+    /// Report documents: the allowed document hosts (src/documents.rs).
+    pub documents: crate::documents::DocumentsPolicy,
     /// The instant the policy was loaded at (milliseconds since the Unix epoch; 0 from [`Guard::load`]).
     pub loaded_at_ms: u64,
 }
@@ -67,7 +69,8 @@ impl Guard {
         }
         let tokens = TokenEngine::from_ring(ring.schedule, ring.materials).map_err(|m| ConfigError::new("keys", m))?;
         let drift = crate::policy_doc::drift_policy(&doc.drift)?;
-        Ok(Guard { policy, catalog, access, canaries, tokens, warnings, drift, drift_labels: Default::default(), loaded_at_ms: now_ms.unwrap_or(0) })
+        let documents = crate::documents::DocumentsPolicy::from_doc(&doc.documents)?;
+        Ok(Guard { policy, catalog, access, canaries, tokens, warnings, drift, documents, drift_labels: Default::default(), loaded_at_ms: now_ms.unwrap_or(0) })
     }
 
     /// The `path` label for a drift finding: the template, or `other` once this VM has used

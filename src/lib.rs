@@ -26,6 +26,7 @@ pub mod catalog;
 pub mod cidr;
 pub mod config_error;
 pub mod detokenize;
+pub mod documents;
 pub mod drift;
 pub mod exchange;
 pub mod fail_closed;

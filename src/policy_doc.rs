@@ -48,6 +48,9 @@ pub struct PolicyDoc {
     /// PII the catalog does not name: detectors, the zero-match alarm, PII-free operations.
     #[serde(default)]
     pub drift: DriftDoc,
+    /// Report documents through the proxy: the document hosts allowed (docs/POLICY.md, "Report documents").
+    #[serde(default)]
+    pub documents: crate::documents::DocumentsDoc,
 }
 
 /// The `drift` section (docs/POLICY.md, "Drift").
