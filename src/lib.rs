@@ -15,6 +15,7 @@
 //! * [`lifecycle`] — configuration loading and lockout timers of a VM; [`key_status`] — the key
 //!   ring's gauges and events.
 //! * [`fail_closed`] — what the client gets when a body cannot be protected.
+//! * [`report`] — report documents: streamed, decompressed and rewritten with flat memory.
 // A panic in the VM takes the filter down: input-driven code never unwraps (enforced here, for
 // everything but unit tests; `.ci/run` runs clippy on the native and the wasm32 build).
 #![cfg_attr(not(test), deny(clippy::unwrap_used, clippy::expect_used, clippy::panic, clippy::unreachable, clippy::todo, clippy::unimplemented))]
@@ -43,6 +44,7 @@ pub mod pii;
 pub mod policy;
 pub mod policy_doc;
 pub mod query_params;
+pub mod report;
 pub mod router;
 pub mod schema;
 #[doc(hidden)]
