@@ -22,8 +22,14 @@ pub const DOCUMENTS_PATH: &str = "/spapi-guard/v1/documents/";
 pub const ROUTE_HEADER: &str = "x-spapi-guard-document-route";
 /// The catalog operation whose `url` becomes a pointer.
 pub const GET_REPORT_DOCUMENT: &str = "reports-2021-06-30.getReportDocument";
-/// Operations whose responses say which report type a document is.
-pub const REPORT_TYPE_SOURCES: [&str; 2] = ["reports-2021-06-30.getReport", "reports-2021-06-30.getReports"];
+/// Whether a request is `getReport` (`GET /reports/2021-06-30/reports/{reportId}`) or `getReports`
+/// (`GET /reports/2021-06-30/reports`), whose responses say which report type a document is. They
+/// carry no PII, so they are no catalog operations: they pass under `access.passThroughPaths`.
+pub fn lists_report_types(method: &str, path: &str) -> bool {
+    let Ok(target) = crate::uri::parse(path) else { return false };
+    let s: Vec<&str> = target.segments.iter().map(|s| s.as_ref()).collect();
+    method == "GET" && s.len() >= 3 && s.len() <= 4 && s[..3] == ["reports", "2021-06-30", "reports"]
+}
 /// Largest `getReport`/`getReports` response read for report types (larger: not learned).
 pub const MAX_REPORT_LISTING: usize = 1024 * 1024;
 /// Amazon: a report document's URL "expires after 5 minutes" (used when the URL does not say).
@@ -138,11 +144,7 @@ impl HostPattern {
 
     pub fn matches(&self, host: &str, port: u16) -> bool {
         port == self.port
-            && if self.wildcard {
-                host.len() > self.name.len() && host.ends_with(&self.name) && !host[..host.len() - self.name.len()].contains('.')
-            } else {
-                host == self.name
-            }
+            && if self.wildcard { host.len() > self.name.len() && host.ends_with(&self.name) && !host[..host.len() - self.name.len()].contains('.') } else { host == self.name }
     }
 
     /// The Envoy virtual host domain that selects this pattern's documents (the filter writes
@@ -173,11 +175,9 @@ impl Default for DocumentsPolicy {
 impl DocumentsPolicy {
     pub fn from_doc(doc: &DocumentsDoc) -> Result<DocumentsPolicy, ConfigError> {
         let hosts = match &doc.hosts {
-            Some(list) => list
-                .iter()
-                .enumerate()
-                .map(|(i, h)| HostPattern::parse(h).map_err(|m| ConfigError::new(format!("documents.hosts[{i}]"), m)))
-                .collect::<Result<Vec<_>, _>>()?,
+            Some(list) => {
+                list.iter().enumerate().map(|(i, h)| HostPattern::parse(h).map_err(|m| ConfigError::new(format!("documents.hosts[{i}]"), m))).collect::<Result<Vec<_>, _>>()?
+            }
             None => DEFAULT_HOSTS.iter().filter_map(|h| HostPattern::parse(h).ok()).collect(),
         };
         let ttl = doc.reference_ttl_seconds.unwrap_or(DEFAULT_TTL_SECONDS);
@@ -335,7 +335,9 @@ fn amz_date(v: &str) -> Option<u64> {
 fn is_dns_name(host: &str) -> bool {
     let labels: Vec<&str> = host.split('.').collect();
     host.len() <= 253
-        && labels.iter().all(|l| !l.is_empty() && l.len() <= 63 && !l.starts_with('-') && !l.ends_with('-') && l.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-'))
+        && labels
+            .iter()
+            .all(|l| !l.is_empty() && l.len() <= 63 && !l.starts_with('-') && !l.ends_with('-') && l.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-'))
         && labels.last().is_some_and(|l| !l.bytes().all(|b| b.is_ascii_digit()) && !(l.starts_with("0x") && l.len() > 2))
 }
 
@@ -401,7 +403,13 @@ impl Reference {
 /// Reads a `getReportDocument` body and builds the reference (`expires_ms` from the URL, capped at
 /// `now + MAX_TTL`, or `now + policy TTL`). `Ok(None)`: the body has no `url` string (an error
 /// body), handled as any response.
-pub fn read_pointer(body: &[u8], policy: &DocumentsPolicy, caller: &str, report_type: Option<String>, now_ms: u64) -> Result<Option<(serde_json::Map<String, serde_json::Value>, Reference)>, DocumentRefusal> {
+pub fn read_pointer(
+    body: &[u8],
+    policy: &DocumentsPolicy,
+    caller: &str,
+    report_type: Option<String>,
+    now_ms: u64,
+) -> Result<Option<(serde_json::Map<String, serde_json::Value>, Reference)>, DocumentRefusal> {
     let Ok(serde_json::Value::Object(map)) = serde_json::from_slice::<serde_json::Value>(body) else { return Ok(None) };
     let Some(url) = map.get("url").and_then(|u| u.as_str()) else { return Ok(None) };
     let parsed = DocumentUrl::parse(url)?;
@@ -495,7 +503,13 @@ mod tests {
     }
 
     fn reference() -> Reference {
-        Reference { url: "https://bucket.s3.amazonaws.com/doc?X-Amz-Signature=abc".into(), expires_ms: NOW + 300_000, caller: "spiffe://a/order-sync".into(), report_type: Some("GET_X".into()), gzip: true }
+        Reference {
+            url: "https://bucket.s3.amazonaws.com/doc?X-Amz-Signature=abc".into(),
+            expires_ms: NOW + 300_000,
+            caller: "spiffe://a/order-sync".into(),
+            report_type: Some("GET_X".into()),
+            gzip: true,
+        }
     }
 
     #[test]
@@ -532,7 +546,8 @@ mod tests {
 
     #[test]
     fn urls_must_be_https_to_a_dns_name_on_the_allow_list() {
-        let policy = DocumentsPolicy::from_doc(&DocumentsDoc { hosts: Some(vec!["*.s3.amazonaws.com".into(), "docs.example.test:8443".into()]), reference_ttl_seconds: None }).expect("policy");
+        let policy = DocumentsPolicy::from_doc(&DocumentsDoc { hosts: Some(vec!["*.s3.amazonaws.com".into(), "docs.example.test:8443".into()]), reference_ttl_seconds: None })
+            .expect("policy");
         let ok = DocumentUrl::parse("https://Bucket.S3.amazonaws.com/a/b?X-Amz-Date=20261129T120000Z&X-Amz-Expires=300&X-Amz-Signature=x").expect("url");
         assert_eq!((ok.host.as_str(), ok.port, ok.path.as_str()), ("bucket.s3.amazonaws.com", 443, "/a/b?X-Amz-Date=20261129T120000Z&X-Amz-Expires=300&X-Amz-Signature=x"));
         assert_eq!(ok.expires_ms, crate::keyring::parse_instant("2026-11-29T12:05:00Z", false));
@@ -557,7 +572,13 @@ mod tests {
         ] {
             assert!(DocumentUrl::parse(refused).is_err(), "{refused}");
         }
-        for outside in ["https://s3.amazonaws.com/x", "https://a.b.s3.amazonaws.com/x", "https://bucket.s3.amazonaws.com.evil.test/x", "https://bucket.s3.amazonaws.com:444/x", "https://docs.example.test/r"] {
+        for outside in [
+            "https://s3.amazonaws.com/x",
+            "https://a.b.s3.amazonaws.com/x",
+            "https://bucket.s3.amazonaws.com.evil.test/x",
+            "https://bucket.s3.amazonaws.com:444/x",
+            "https://docs.example.test/r",
+        ] {
             let url = DocumentUrl::parse(outside).expect("parses");
             assert!(!policy.allows(&url), "{outside}");
         }
@@ -594,7 +615,9 @@ mod tests {
 
     #[test]
     fn report_types_are_learned_into_bounded_slots() {
-        let got = report_types_in(br#"{"reports":[{"reportId":"1","reportType":"GET_A","reportDocumentId":"doc-1"},{"reportType":"GET_B"},{"reportType":"bad type","reportDocumentId":"d"}]}"#);
+        let got = report_types_in(
+            br#"{"reports":[{"reportId":"1","reportType":"GET_A","reportDocumentId":"doc-1"},{"reportType":"GET_B"},{"reportType":"bad type","reportDocumentId":"d"}]}"#,
+        );
         assert_eq!(got, vec![("doc-1".to_string(), "GET_A".to_string())]);
         assert_eq!(report_types_in(br#"{"reportType":"GET_C","reportDocumentId":"doc-2","processingStatus":"DONE"}"#), vec![("doc-2".to_string(), "GET_C".to_string())]);
         let slot = encode_report_type("doc-1", "GET_A", NOW);
@@ -603,6 +626,8 @@ mod tests {
         assert_eq!(decode_report_type(&slot, "doc-1", NOW + REPORT_TYPE_TTL_MS + 1), None, "expired");
         assert!(report_type_key("doc-1").starts_with("spapi-guard.report-type."));
         assert_eq!(document_id_of("/reports/2021-06-30/documents/amzn1.spdoc.1"), Some("amzn1.spdoc.1".to_string()));
+        assert!(lists_report_types("GET", "/reports/2021-06-30/reports/123") && lists_report_types("GET", "/reports/2021-06-30/reports?reportTypes=GET_A"));
+        assert!(!lists_report_types("POST", "/reports/2021-06-30/reports") && !lists_report_types("GET", "/reports/2021-06-30/reports/1/x"));
     }
 
     #[test]

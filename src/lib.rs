@@ -28,6 +28,7 @@ pub mod cidr;
 pub mod config_error;
 pub mod detokenize;
 pub mod documents;
+pub mod download;
 pub mod drift;
 pub mod exchange;
 pub mod fail_closed;
