@@ -283,7 +283,7 @@ fn report_documents_stream_through_the_proxy_tokenized_byte_for_byte() {
             assert!(opened.contains(value.as_str()), "{}: a planted value has no token that opens to it", doc.report_type);
         }
         if doc.report_type != "END_USER_DATA_REPORT" && !text.contains('&') {
-            assert_eq!(restore(&text, &tokens).as_bytes(), doc.plain.as_slice(), "{}: every other byte unchanged", doc.report_type);
+            assert!(restore(&text, &tokens).as_bytes() == doc.plain.as_slice(), "{}: every other byte unchanged", doc.report_type);
         }
         secrets.extend(doc.planted.iter().cloned());
     }
@@ -372,7 +372,7 @@ fn references_are_refused_to_other_callers_after_expiry_when_tampered_or_off_the
         None,
     );
     assert_eq!(forged.expect("curl").status, 404);
-    assert_eq!(s.host_requests().len(), before + 1, "only the unsigned download reached the document host");
+    assert_eq!(s.host_requests().len(), before, "the forged route reached the document host");
     let events = s.stack.wait_for_audit_events(12);
     for reason in ["document_caller_mismatch", "invalid_document_reference", "document_reference_expired", "document_host_not_allowed", "document_host_error"] {
         assert!(events.iter().any(|e| e["reason"] == json!(reason)), "{reason} audited: {events:#?}");
