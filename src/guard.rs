@@ -214,7 +214,8 @@ fn action_slot(action: Action) -> usize {
 }
 
 impl FieldCounts {
-    fn add(&mut self, class: PiiClass, action: Action) {
+    /// Counts one value of `class` that got `action`.
+    pub(crate) fn add(&mut self, class: PiiClass, action: Action) {
         let slot = &mut self.counts[class][action_slot(action)];
         *slot = slot.saturating_add(1);
     }

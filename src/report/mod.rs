@@ -17,8 +17,21 @@
 use std::fmt;
 use std::rc::Rc;
 
+use crate::fail_closed::FailReason;
 use crate::guard::{FieldCounts, Guard};
 use crate::policy::ClassActions;
+
+mod columns;
+mod delimited;
+mod inflate;
+mod protect;
+mod xml;
+
+pub use columns::{normalize, Column, ReportCatalog, ReportInfo};
+use delimited::Delimited;
+use inflate::Gunzip;
+use protect::ValueProtector;
+use xml::Xml;
 
 /// The largest single value, header row or markup construct the rewriter carries between pushes:
 /// past it the document is refused (`field_too_large`), never buffered without bound.
@@ -65,9 +78,27 @@ pub enum Compression {
 /// `<` → `Xml`; `{` or `[` → `Json` (after a UTF-8 byte order mark and white space); else the
 /// header line: a tab → tab-delimited, else a comma → comma-delimited; else `Unknown`.
 pub fn sniff(first_bytes: &[u8]) -> DocumentFormat {
-    let _ = first_bytes;
-    DocumentFormat::Unknown
+    let text = first_bytes.strip_prefix(BOM).unwrap_or(first_bytes);
+    if text.starts_with(b"%PDF") || text.starts_with(b"PK\x03\x04") || text.starts_with(b"PK\x05\x06") {
+        return DocumentFormat::Binary;
+    }
+    let significant = text.iter().position(|b| !matches!(b, b' ' | b'\r' | b'\n')).map_or(&[][..], |i| &text[i..]);
+    match significant.first() {
+        Some(b'<') => return DocumentFormat::Xml,
+        Some(b'{' | b'[') => return DocumentFormat::Json,
+        _ => {}
+    }
+    let line = &text[..memchr::memchr(b'\n', text).unwrap_or(text.len())];
+    if memchr::memchr(b'\t', line).is_some() {
+        DocumentFormat::Delimited { delimiter: b'\t' }
+    } else if memchr::memchr(b',', line).is_some() {
+        DocumentFormat::Delimited { delimiter: b',' }
+    } else {
+        DocumentFormat::Unknown
+    }
 }
+
+const BOM: &[u8] = b"\xEF\xBB\xBF";
 
 /// Why a document could not be rewritten. Carries no byte of the document: no PII in errors.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -91,6 +122,10 @@ pub enum DocumentError {
     DocumentTooLarge,
     /// A class to tokenize or hash has no active key.
     NoActiveKey,
+    /// One push's decompressed output past [`MAX_OUTPUT_PER_PUSH`].
+    OutputTooLarge,
+    /// The built-in column catalog does not load (a build defect: unit tests load it).
+    BuiltinCatalog,
     /// `push` or `finish` after an error, or after `finish`.
     Closed,
 }
@@ -108,6 +143,8 @@ impl DocumentError {
             DocumentError::FieldTooLarge => "field_too_large",
             DocumentError::DocumentTooLarge => "document_too_large",
             DocumentError::NoActiveKey => "no_active_key",
+            DocumentError::OutputTooLarge => "output_too_large",
+            DocumentError::BuiltinCatalog => "report_catalog_invalid",
             DocumentError::Closed => "document_closed",
         }
     }
@@ -134,18 +171,50 @@ pub struct DocumentSummary {
     pub bytes_in: u64,
     /// Bytes written (uncompressed, rewritten).
     pub bytes_out: u64,
+    /// Flat-file columns the catalog does not know, protected because the report is restricted
+    /// (or of an unknown type): a sign Amazon added columns.
+    pub unknown_columns: u32,
+}
+
+/// Bytes of decompressed input one `push` may turn into before the document is refused
+/// (`output_too_large`): a gzip "bomb" cannot grow one push's output without bound.
+pub const MAX_OUTPUT_PER_PUSH: usize = 64 * 1024 * 1024;
+
+/// Bytes held before the format is decided: the header line (or the first bytes of XML or
+/// JSON) must be within them.
+const SNIFF_BYTES: usize = 64 * 1024;
+
+/// The document after decompression, as far as it is known.
+enum Body {
+    /// Not decided yet: the first bytes, held.
+    Sniffing(Vec<u8>),
+    Delimited(Delimited),
+    Xml(Xml),
+    /// Held whole (bounded by the policy's body limit), rewritten at the end.
+    Json(Vec<u8>),
+}
+
+/// The format layer: what decompressed bytes become.
+struct Core {
+    body: Body,
+    protector: ValueProtector,
+    catalog: Rc<ReportCatalog>,
+    report_type: Option<String>,
+    restricted: bool,
+    format: DocumentFormat,
+    now_ms: u64,
+    /// Decompressed bytes of this push, and their bound.
+    inflated: usize,
+    max_inflated: usize,
 }
 
 /// One document being rewritten. Holds no borrowed data: the filter keeps it per stream.
 pub struct DocumentRewriter {
-    guard: Rc<Guard>,
-    actions: ClassActions,
-    report_type: Option<String>,
+    core: Core,
     compression: Compression,
-    now_ms: u64,
-    format: DocumentFormat,
-    rows: u64,
-    counts: FieldCounts,
+    /// The inflater, once the input is known to be gzip (declared, or its magic bytes).
+    gunzip: Option<Box<Gunzip>>,
+    started: bool,
     bytes_in: u64,
     bytes_out: u64,
     closed: bool,
@@ -156,16 +225,33 @@ impl DocumentRewriter {
     /// (the caller's levels, as [`Guard::protect_response_with`] takes) with the keys active at
     /// `now_ms`. Refuses at once a report type known not to be tokenizable (`not_tokenizable`)
     /// and a class to tokenize without an active key (`no_active_key`).
+    ///
+    /// `compression` is what the pointer or the response declared; a document that starts with
+    /// the gzip magic bytes is inflated whatever was declared.
     pub fn new(guard: Rc<Guard>, actions: ClassActions, report_type: Option<&str>, compression: Compression, now_ms: u64) -> Result<DocumentRewriter, DocumentError> {
+        let catalog = ReportCatalog::builtin().map_err(|_| DocumentError::BuiltinCatalog)?;
+        let info = report_type.and_then(|t| catalog.report(t));
+        if info.is_some_and(|i| i.format == "pdf") {
+            return Err(DocumentError::NotTokenizable);
+        }
+        // A report type the catalog does not know (or none) is treated as restricted.
+        let restricted = info.is_none_or(|i| i.restricted);
+        let protector = ValueProtector::new(guard, actions, now_ms)?;
         Ok(DocumentRewriter {
-            guard,
-            actions,
-            report_type: report_type.map(str::to_string),
+            core: Core {
+                body: Body::Sniffing(Vec::new()),
+                protector,
+                catalog,
+                report_type: report_type.map(str::to_string),
+                restricted,
+                format: DocumentFormat::Unknown,
+                now_ms,
+                inflated: 0,
+                max_inflated: MAX_OUTPUT_PER_PUSH,
+            },
             compression,
-            now_ms,
-            format: DocumentFormat::Unknown,
-            rows: 0,
-            counts: FieldCounts::default(),
+            gunzip: None,
+            started: false,
             bytes_in: 0,
             bytes_out: 0,
             closed: false,
@@ -173,16 +259,35 @@ impl DocumentRewriter {
     }
 
     /// Rewrites as much of the document as can be decided, appending to `out`; bytes not yet
-    /// decidable (a value split across chunks, an unfinished header row) are carried, bounded.
+    /// decidable (a value or record split across chunks, an unfinished header row) are carried,
+    /// bounded. On an error, what this call appended must not be sent (the stream is dead).
     pub fn push(&mut self, input: &[u8], out: &mut Vec<u8>) -> Result<(), DocumentError> {
         if self.closed {
             return Err(DocumentError::Closed);
         }
-        let _ = (&self.guard, &self.actions, self.compression, self.now_ms);
+        let before = out.len();
+        let result = self.push_inner(input, out);
+        self.bytes_out += (out.len() - before) as u64;
+        if result.is_err() {
+            self.closed = true;
+        }
+        result
+    }
+
+    fn push_inner(&mut self, input: &[u8], out: &mut Vec<u8>) -> Result<(), DocumentError> {
         self.bytes_in += input.len() as u64;
-        self.bytes_out += input.len() as u64;
-        out.extend_from_slice(input);
-        Ok(())
+        if !self.started && !input.is_empty() {
+            self.started = true;
+            if self.compression == Compression::Gzip || input[0] == 0x1f {
+                self.gunzip = Some(Box::default());
+            }
+        }
+        self.core.inflated = 0;
+        let core = &mut self.core;
+        match &mut self.gunzip {
+            Some(g) => g.push(input, &mut |slice| core.push(slice, out)),
+            None => core.push(input, out),
+        }
     }
 
     /// The end of the document: flushes what was carried, verifies it is complete (the gzip
@@ -191,20 +296,170 @@ impl DocumentRewriter {
         if self.closed {
             return Err(DocumentError::Closed);
         }
-        let _ = out;
         self.closed = true;
+        if self.compression == Compression::Gzip && !self.started {
+            // Declared gzip, and nothing came: not even a header.
+            return Err(DocumentError::CorruptGzip);
+        }
+        if let Some(g) = &self.gunzip {
+            g.finish()?;
+        }
+        let before = out.len();
+        let rows = self.core.finish(out)?;
+        self.bytes_out += (out.len() - before) as u64;
         Ok(DocumentSummary {
-            format: self.format,
-            report_type: self.report_type.clone(),
-            rows: self.rows,
-            counts: self.counts.clone(),
+            format: self.core.format,
+            report_type: self.core.report_type.clone(),
+            rows,
+            counts: self.core.protector.counts.clone(),
             bytes_in: self.bytes_in,
             bytes_out: self.bytes_out,
+            unknown_columns: match &self.core.body {
+                Body::Delimited(d) => d.unknown_columns,
+                _ => 0,
+            },
         })
     }
 
-    /// Bytes carried between pushes right now (the memory test's probe).
+    /// Sets the bound of one push's decompressed output (tests).
+    #[cfg(test)]
+    fn set_max_output_per_push(&mut self, bytes: usize) {
+        self.core.max_inflated = bytes;
+    }
+
+    /// The format, once the first bytes decided it (`Unknown` before).
+    pub fn format(&self) -> DocumentFormat {
+        self.core.format
+    }
+
+    /// Bytes carried between pushes right now (the memory test's probe): held values, the
+    /// record being built, undecided first bytes, a JSON document.
     pub fn carry_len(&self) -> usize {
-        0
+        match &self.core.body {
+            Body::Sniffing(b) | Body::Json(b) => b.len(),
+            Body::Delimited(d) => d.carry_len(),
+            Body::Xml(x) => x.carry_len(),
+        }
+    }
+
+    /// Bytes of heap the rewriter holds beyond its fixed parts (buffers' capacities and the
+    /// token memo): what must stay flat over a document of any size.
+    pub fn held_bytes(&self) -> usize {
+        let body = match &self.core.body {
+            Body::Sniffing(b) | Body::Json(b) => b.capacity(),
+            Body::Delimited(d) => d.carry_capacity(),
+            Body::Xml(x) => x.carry_len(),
+        };
+        body + self.core.protector.memo_bytes()
     }
 }
+
+impl Core {
+    fn push(&mut self, data: &[u8], out: &mut Vec<u8>) -> Result<(), DocumentError> {
+        self.inflated += data.len();
+        if self.inflated > self.max_inflated {
+            return Err(DocumentError::OutputTooLarge);
+        }
+        match &mut self.body {
+            Body::Sniffing(held) => {
+                held.extend_from_slice(data);
+                let decided = memchr::memchr(b'\n', held).is_some() || held.len() >= SNIFF_BYTES;
+                if decided {
+                    let held = std::mem::take(held);
+                    self.decide(&held, out)?;
+                }
+                Ok(())
+            }
+            Body::Delimited(d) => d.push(data, &mut self.protector, out),
+            Body::Xml(x) => x.push(data, &mut self.protector, out),
+            Body::Json(held) => {
+                if held.len() + data.len() > self.protector.guard().policy.max_body_bytes {
+                    return Err(DocumentError::DocumentTooLarge);
+                }
+                held.extend_from_slice(data);
+                Ok(())
+            }
+        }
+    }
+
+    /// Decides the format from the first bytes, and rewrites them.
+    fn decide(&mut self, first: &[u8], out: &mut Vec<u8>) -> Result<(), DocumentError> {
+        self.format = sniff(first);
+        self.body = match self.format {
+            DocumentFormat::Delimited { delimiter } => Body::Delimited(Delimited::new(delimiter, self.catalog.clone(), self.restricted)),
+            DocumentFormat::Xml => Body::Xml(Xml::new(self.catalog.clone())),
+            DocumentFormat::Json => Body::Json(Vec::new()),
+            DocumentFormat::Binary => return Err(DocumentError::NotTokenizable),
+            DocumentFormat::Unknown => return Err(DocumentError::UnknownFormat),
+        };
+        self.push(first, out)
+    }
+
+    /// The end of the decompressed document; returns the rows.
+    fn finish(&mut self, out: &mut Vec<u8>) -> Result<u64, DocumentError> {
+        if let Body::Sniffing(held) = &mut self.body {
+            if held.iter().all(u8::is_ascii_whitespace) {
+                // An empty document (or white space): nothing to protect, passed as it is.
+                out.extend_from_slice(held);
+                return Ok(0);
+            }
+            let held = std::mem::take(held);
+            self.decide(&held, out)?;
+        }
+        match &mut self.body {
+            Body::Sniffing(_) => Ok(0),
+            Body::Delimited(d) => {
+                d.finish(&mut self.protector, out)?;
+                Ok(d.rows)
+            }
+            Body::Xml(x) => {
+                x.finish()?;
+                Ok(x.rows)
+            }
+            Body::Json(held) => {
+                let op = self.catalog.json_operation(self.report_type.as_deref()).ok_or(DocumentError::UnknownFormat)?;
+                let guard = self.protector.guard();
+                let protected = guard.protect_response_at(&op, held, self.protector.actions(), self.now_ms).map_err(|e| match e {
+                    FailReason::BodyTooLarge => DocumentError::DocumentTooLarge,
+                    FailReason::NoActiveKey => DocumentError::NoActiveKey,
+                    _ => DocumentError::InvalidJson,
+                })?;
+                out.extend_from_slice(protected.body.as_deref().unwrap_or(held));
+                self.protector.counts = protected.counts;
+                Ok(0)
+            }
+        }
+    }
+}
+
+/// `data` as one gzip member (deflate at `level`, 0–10): for tests, benches and the fuzzer.
+#[doc(hidden)]
+pub fn gzip(data: &[u8], level: u8) -> Vec<u8> {
+    let mut out = vec![0x1f, 0x8b, 8, 0, 0, 0, 0, 0, 0, 255];
+    out.extend_from_slice(&miniz_oxide::deflate::compress_to_vec(data, level));
+    let mut crc = inflate::Crc32::new();
+    crc.update(data);
+    out.extend_from_slice(&crc.value().to_le_bytes());
+    out.extend_from_slice(&(data.len() as u32).to_le_bytes());
+    out
+}
+
+/// The tokens (`spgt1.…`) in `text`, in order: for tests and the fuzzer.
+#[doc(hidden)]
+pub fn find_tokens(text: &[u8]) -> Vec<&str> {
+    let prefix = crate::tokens::TOKEN_PREFIX.as_bytes();
+    let mut found = Vec::new();
+    let mut at = 0;
+    while let Some(i) = memchr::memmem::find(&text[at..], prefix) {
+        let start = at + i;
+        let len = text[start..].iter().position(|b| !(b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'))).unwrap_or(text.len() - start);
+        if let Ok(t) = std::str::from_utf8(&text[start..start + len]) {
+            found.push(t);
+        }
+        at = start + len.max(1);
+    }
+    found
+}
+
+#[cfg(test)]
+mod tests;
