@@ -71,6 +71,11 @@ pub struct Download {
     bytes_in: u64,
     bytes_out: u64,
     result: &'static str,
+    compression: Compression,
+    /// What the rewriter consumed while the headers were held and nothing came out yet (a role
+    /// that receives PDF/ZIP documents gets it back if the document turns out to be one; bounded
+    /// by the rewriter's own carry limit).
+    held: Vec<u8>,
 }
 
 impl Download {
@@ -108,6 +113,8 @@ impl Download {
             bytes_in: 0,
             bytes_out: 0,
             result: "aborted",
+            compression: Compression::Identity,
+            held: Vec::new(),
         })
     }
 
@@ -129,6 +136,7 @@ impl Download {
         };
         // compressionAlgorithm GZIP and Content-Encoding: gzip describe one compression.
         let compression = if gzip_encoded || self.reference.gzip { Compression::Gzip } else { Compression::Identity };
+        self.compression = compression;
         match DocumentRewriter::new(Rc::clone(&self.guard), self.actions, self.reference.report_type.as_deref(), compression, now_ms) {
             Ok(rewriter) => self.rewriter = Some(rewriter),
             Err(DocumentError::NotTokenizable) if self.deliver_binary => return self.binary(host, compression),
@@ -177,13 +185,16 @@ impl Download {
             });
         }
         if let Err(e) = result {
-            if e == DocumentError::NotTokenizable && self.deliver_binary && self.bytes_in == chunk.len() as u64 {
-                // Sniffed as PDF/ZIP: this role receives such documents as they are (the chunk
-                // was not replaced).
-                self.mode = Mode::Binary;
-                self.bytes_out += chunk.len() as u64;
-                self.format = DocumentFormat::Binary;
-                return self.on_body_binary_end(end_of_stream);
+            if e == DocumentError::NotTokenizable && self.deliver_binary && self.mode == (Mode::Rewriting { released: false }) {
+                // Sniffed as PDF/ZIP before any byte went: this role receives such documents as
+                // they are — what the rewriter held, then this chunk.
+                let mut raw = std::mem::take(&mut self.held);
+                raw.extend_from_slice(&chunk);
+                host.set_response_body(chunk.len(), &raw);
+                self.bytes_out += raw.len() as u64;
+                let compression = self.compression;
+                let step = self.binary(host, compression);
+                return if end_of_stream { self.on_body_binary_end(true) } else { step };
             }
             return self.fail(if e == DocumentError::NotTokenizable { "document_not_tokenizable" } else { e.code() });
         }
@@ -197,8 +208,12 @@ impl Download {
         if self.out.is_empty() && self.mode == (Mode::Rewriting { released: false }) {
             // Nothing decided yet (a header row split across chunks): keep the headers, so a
             // document that fails now still gets a 502 (the drained chunk lives in the rewriter).
+            if self.deliver_binary {
+                self.held.extend_from_slice(&chunk);
+            }
             return Step::Pause;
         }
+        self.held = Vec::new();
         self.mode = Mode::Rewriting { released: true };
         Step::Continue
     }

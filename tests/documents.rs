@@ -287,10 +287,18 @@ fn report_documents_stream_through_the_proxy_tokenized_byte_for_byte() {
         }
         secrets.extend(doc.planted.iter().cloned());
     }
+    // HTTP/2 to the proxy: the same stream (the gzip TSV), every value protected.
+    let (_, path) = s.pointer("order-sync", 1);
+    secrets.insert(path.rsplit('/').next().expect("reference").to_string());
+    let h2 = s.stack.h2(&H2Request::new(Client::Cert("order-sync"), "GET", &path));
+    assert_eq!((h2.status, h2.error.as_deref()), (Some(200), None), "{h2:?}");
+    let text = h2.text();
+    assert!(s.docs[1].planted.iter().all(|v| !text.contains(v.as_str())));
+    assert!(restore(&text, &open_tokens(&s.key, &text)).as_bytes() == s.docs[1].plain.as_slice(), "HTTP/2: every other byte unchanged");
     // The document host got each request as Amazon would: the pre-signed path, SNI/Host its own
     // name, none of the caller's credentials, no route header.
     let requests = s.host_requests();
-    assert_eq!(requests.len(), s.docs.len(), "{requests:?}");
+    assert_eq!(requests.len(), s.docs.len() + 1, "{requests:?}");
     for r in &requests {
         assert!(r["path"].as_str().expect("path").contains("X-Amz-Signature="));
         assert_eq!(r["headers"]["host"], json!(format!("localhost:{}", s.doc_port)));
@@ -298,9 +306,9 @@ fn report_documents_stream_through_the_proxy_tokenized_byte_for_byte() {
             assert!(r["headers"].get(h).is_none(), "{h} reached the document host");
         }
     }
-    let events = s.stack.wait_for_audit_events(3 * s.docs.len());
+    let events = s.stack.wait_for_audit_events(3 * (s.docs.len() + 1));
     let downloads: Vec<&Value> = events.iter().filter(|e| e.get("document").is_some()).collect();
-    assert_eq!(downloads.len(), s.docs.len(), "{events:#?}");
+    assert_eq!(downloads.len(), s.docs.len() + 1, "{events:#?}");
     for (e, doc) in downloads.iter().zip(&s.docs) {
         assert_eq!(e["path"], json!("/spapi-guard/v1/documents/{reference}"));
         assert_eq!((e["outcome"].as_str(), e["decision"].as_str()), (Some("protected"), Some("allow")), "{e}");

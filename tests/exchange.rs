@@ -974,3 +974,33 @@ fn a_document_failing_after_bytes_went_is_reset_and_audited() {
     assert_eq!(event["document"]["result"], json!("reset"));
     assert!(x.host.security_events().iter().any(|e| e["event"] == json!("fail_closed") && e["detail"] == json!("reset")));
 }
+
+#[test]
+fn pdf_and_zip_documents_are_delivered_as_they_are_or_refused_per_role() {
+    let mut policy = documents_policy();
+    policy["roles"]["order-sync"]["documents"] = json!({"reportTypes": ["*"], "binaryDocuments": "deliver"});
+    let guard = guard_with(policy);
+    let pdf = b"%PDF-1.4\n1 0 obj << /Type /Catalog >> endobj\n%%EOF\n".to_vec();
+    let zip = gzip_bytes(b"PK\x03\x04 a zip of labels, gzip-compressed on the way");
+    for (gzip, doc) in [(false, pdf.clone()), (true, zip)] {
+        for size in [1, 3, doc.len()] {
+            let (_, path, _) = document_pointer(&guard, ORDER_SYNC, NOW_2027, gzip);
+            let mut x = download(&guard, ORDER_SYNC, &path, NOW_2027);
+            let chunks: Vec<&[u8]> = doc.chunks(size).collect();
+            x.respond(&[(":status", "200"), ("content-type", "application/pdf")], &chunks, false);
+            assert!(x.seen.reply.is_none() && !x.host.reset, "gzip {gzip} size {size}");
+            assert_eq!(x.seen.delivered, doc, "gzip {gzip} size {size}: as received");
+            assert_eq!(x.host.response_header_text("content-encoding").as_deref(), gzip.then_some("gzip"));
+            let event = x.log(Some(200));
+            assert_eq!((event["document"]["result"].as_str(), event["document"]["format"].as_str()), (Some("binary"), Some("binary")));
+        }
+    }
+    // The default: refused, before any byte.
+    let guard = guard_with(documents_policy());
+    let (_, path, _) = document_pointer(&guard, ORDER_SYNC, NOW_2027, false);
+    let mut x = download(&guard, ORDER_SYNC, &path, NOW_2027);
+    x.respond(&[(":status", "200"), ("content-type", "application/pdf")], &[&pdf[..2], &pdf[2..]], false);
+    let reply = x.seen.reply.clone().expect("refused");
+    assert_eq!((reply.status, reply.header("x-spapi-guard")), (502, Some("document_not_tokenizable")));
+    assert!(x.seen.delivered.is_empty());
+}
