@@ -134,7 +134,7 @@ fuzz:
 	  cargo test --profile fuzz --test fuzz -- --nocapture
 
 test-e2e: wasm envoy
-	cargo test --test e2e --test access --test audit --test trailers --test paths --test reveal --test production --test attack --test rotation --test drift -- --test-threads 2
+	cargo test --test e2e --test access --test audit --test trailers --test paths --test reveal --test production --test attack --test rotation --test drift --test documents -- --test-threads 2
 
 # Four real SP-API clients through Envoy + spapi-guard (tests/clients.rs, docs/CLIENTS.md), pinned
 # and installed into ignored folders: the Python ones (tests/clients/requirements.txt) into

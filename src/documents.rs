@@ -338,7 +338,7 @@ fn is_dns_name(host: &str) -> bool {
         && labels
             .iter()
             .all(|l| !l.is_empty() && l.len() <= 63 && !l.starts_with('-') && !l.ends_with('-') && l.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-'))
-        && labels.last().is_some_and(|l| !l.bytes().all(|b| b.is_ascii_digit()) && !(l.starts_with("0x") && l.len() > 2))
+        && labels.last().is_some_and(|l| !(l.bytes().all(|b| b.is_ascii_digit()) || (l.starts_with("0x") && l.len() > 2)))
 }
 
 /// A port in plain decimal (no sign, no leading zero), 1–65535.
@@ -400,6 +400,9 @@ impl Reference {
     }
 }
 
+/// A `getReportDocument` body's members and the reference its `url` becomes.
+pub type ParsedPointer = (serde_json::Map<String, serde_json::Value>, Reference);
+
 /// Reads a `getReportDocument` body and builds the reference (`expires_ms` from the URL, capped at
 /// `now + MAX_TTL`, or `now + policy TTL`). `Ok(None)`: the body has no `url` string (an error
 /// body), handled as any response.
@@ -409,7 +412,7 @@ pub fn read_pointer(
     caller: &str,
     report_type: Option<String>,
     now_ms: u64,
-) -> Result<Option<(serde_json::Map<String, serde_json::Value>, Reference)>, DocumentRefusal> {
+) -> Result<Option<ParsedPointer>, DocumentRefusal> {
     let Ok(serde_json::Value::Object(map)) = serde_json::from_slice::<serde_json::Value>(body) else { return Ok(None) };
     let Some(url) = map.get("url").and_then(|u| u.as_str()) else { return Ok(None) };
     let parsed = DocumentUrl::parse(url)?;
