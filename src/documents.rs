@@ -406,13 +406,7 @@ pub type ParsedPointer = (serde_json::Map<String, serde_json::Value>, Reference)
 /// Reads a `getReportDocument` body and builds the reference (`expires_ms` from the URL, capped at
 /// `now + MAX_TTL`, or `now + policy TTL`). `Ok(None)`: the body has no `url` string (an error
 /// body), handled as any response.
-pub fn read_pointer(
-    body: &[u8],
-    policy: &DocumentsPolicy,
-    caller: &str,
-    report_type: Option<String>,
-    now_ms: u64,
-) -> Result<Option<ParsedPointer>, DocumentRefusal> {
+pub fn read_pointer(body: &[u8], policy: &DocumentsPolicy, caller: &str, report_type: Option<String>, now_ms: u64) -> Result<Option<ParsedPointer>, DocumentRefusal> {
     let Ok(serde_json::Value::Object(map)) = serde_json::from_slice::<serde_json::Value>(body) else { return Ok(None) };
     let Some(url) = map.get("url").and_then(|u| u.as_str()) else { return Ok(None) };
     let parsed = DocumentUrl::parse(url)?;
