@@ -12,6 +12,7 @@
 //! document host; the document streams back through [`crate::report::DocumentRewriter`].
 use serde::{Deserialize, Serialize};
 
+use crate::access::glob;
 use crate::config_error::ConfigError;
 use crate::tokens::{ReferenceError, TokenEngine};
 
@@ -344,17 +345,6 @@ fn is_dns_name(host: &str) -> bool {
 /// A port in plain decimal (no sign, no leading zero), 1–65535.
 fn port_number(text: &str) -> Option<u16> {
     (!text.is_empty() && !text.starts_with('0') && text.bytes().all(|b| b.is_ascii_digit())).then(|| text.parse().ok()).flatten()
-}
-
-/// `*` matches any run of characters.
-fn glob(pattern: &str, text: &str) -> bool {
-    match pattern.split_once('*') {
-        None => pattern == text,
-        Some((head, rest)) => {
-            let Some(tail) = text.strip_prefix(head) else { return false };
-            (0..=tail.len()).any(|i| tail.is_char_boundary(i) && glob(rest, &tail[i..]))
-        }
-    }
 }
 
 /// What a reference carries, sealed.
