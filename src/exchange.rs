@@ -635,6 +635,8 @@ impl Exchange {
             self.counts = download.counts();
             let (bytes_in, bytes_out) = download.bytes();
             (self.bytes_in, self.bytes_out) = (bytes_in as usize, bytes_out as usize);
+            // A document's values count toward the caller's PII volume like a response's.
+            self.count_delivered_pii(host);
         }
         self.counts.add_revealed(&self.revealed);
         let started_ms = int(host.property(&["request", "time"])).map(|ns| (ns / 1_000_000) as u64);
@@ -1247,7 +1249,12 @@ impl Exchange {
                 return Some(self.reply(host, 502, code, crate::download::failure_body(code), None));
             }
         };
-        let (Some(base), Some(sealed)) = (self.base.clone(), reference.seal(&guard.tokens, now)) else {
+        let Some(base) = self.base.clone() else {
+            // No plain host[:port] to point back at (Envoy requires one: a guard, not a path).
+            self.document_failed(host, "invalid_authority", "refused");
+            return Some(self.reply(host, 502, "invalid_authority", crate::download::failure_body("invalid_authority"), None));
+        };
+        let Some(sealed) = reference.seal(&guard.tokens, now) else {
             return Some(self.fail_closed(host, FailReason::NoActiveKey));
         };
         let pointer = crate::documents::write_pointer(map, &base, &sealed);

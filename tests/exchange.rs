@@ -1004,3 +1004,17 @@ fn pdf_and_zip_documents_are_delivered_as_they_are_or_refused_per_role() {
     assert_eq!((reply.status, reply.header("x-spapi-guard")), (502, Some("document_not_tokenizable")));
     assert!(x.seen.delivered.is_empty());
 }
+
+#[test]
+fn document_values_count_toward_the_pii_volume_lockout() {
+    let mut policy = documents_policy();
+    policy["roles"]["order-sync"]["maxPiiFieldsPerWindow"] = json!(3);
+    let guard = guard_with(policy);
+    let (_, path, _) = document_pointer(&guard, ORDER_SYNC, NOW_2027, false);
+    let doc = b"order-id\tbuyer-email\n1\ta@example.com\n2\tb@example.com\n3\tc@example.com\n4\td@example.com\n".to_vec();
+    let mut x = download(&guard, ORDER_SYNC, &path, NOW_2027);
+    x.respond(&[(":status", "200"), ("content-type", "text/plain")], &[&doc], false);
+    let event = x.log(Some(200));
+    assert_eq!(event["pii"]["email"]["tokenized"], json!(4));
+    assert!(event["security_events"].as_array().is_some_and(|e| e.contains(&json!("lockout_started"))), "{event}");
+}
