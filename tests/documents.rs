@@ -229,6 +229,15 @@ impl DocStack {
     }
 }
 
+/// Validates the audit and security events against docs/audit-event.schema.json.
+fn assert_schema_valid(stack: &Stack, events: &[Value]) {
+    let lines: Vec<String> = events.iter().chain(stack.security_events().iter()).map(Value::to_string).collect();
+    let file = stack.dir.join("events.jsonl");
+    fs::write(&file, lines.join("\n") + "\n").expect("write");
+    let out = Command::new(repo().join(".venv/bin/python")).arg(repo().join("tests/validate_events.py")).arg(&file).output().expect("python");
+    assert!(out.status.success(), "schema: {}", String::from_utf8_lossy(&out.stdout));
+}
+
 fn caller_id(name: &str) -> String {
     format!("spiffe://spapi-guard.demo/{name}")
 }
@@ -321,6 +330,7 @@ fn report_documents_stream_through_the_proxy_tokenized_byte_for_byte() {
         let tokenized: u64 = e["pii"].as_object().expect("pii").values().filter_map(|a| a["tokenized"].as_u64()).sum();
         assert!(tokenized >= doc.planted.len() as u64, "{e}");
     }
+    assert_schema_valid(&s.stack, &events);
     let metrics = s.stack.metrics();
     assert!(metrics.keys().any(|k| k.starts_with("spapi_guard_documents_total") && k.contains("result=\"complete\"")), "{metrics:?}");
     secrets.insert("X-Amz-Signature".into());
@@ -390,6 +400,7 @@ fn references_are_refused_to_other_callers_after_expiry_when_tampered_or_off_the
         assert!(events.iter().any(|e| e["reason"] == json!(reason)), "{reason} audited: {events:#?}");
     }
     assert!(s.stack.security_events().iter().any(|e| e["event"] == json!("document_refused")));
+    assert_schema_valid(&s.stack, &events);
     let secrets: BTreeSet<String> = [path.rsplit('/').next().expect("ref").to_string(), "X-Amz-Signature".into()].into();
     assert_nothing_printed_holds(&s.stack, &secrets, "refused documents");
 }
@@ -424,4 +435,5 @@ fn a_document_corrupt_mid_stream_resets_the_stream_over_http1_and_http2() {
         assert_eq!(e["document"]["result"], json!("reset"));
     }
     assert!(s.stack.security_events().iter().any(|e| e["event"] == json!("fail_closed") && e["detail"] == json!("reset")));
+    assert_schema_valid(&s.stack, &events);
 }
