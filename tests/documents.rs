@@ -184,6 +184,7 @@ impl DocStack {
 
         let mut policy = default_policy();
         policy["documents"] = json!({"hosts": [format!("localhost:{doc_port}")]});
+        policy["access"]["passThroughPaths"].as_array_mut().expect("list").push(json!("/reports/"));
         policy["roles"]["order-sync"]["documents"] = json!({"reportTypes": ["*"]});
         policy["roles"]["label-printer"]["documents"] = json!({"reportTypes": ["GET_FLAT_FILE_*"]});
         let mut opts = Options::new(name, &key);

@@ -770,6 +770,8 @@ const FLAT_TYPE: &str = "GET_FLAT_FILE_ACTIONABLE_ORDER_DATA_SHIPPING";
 
 fn documents_policy() -> Value {
     let mut policy = default_policy();
+    // getReport(s) pass through (they carry no PII); the filter learns report types from them.
+    policy["access"]["passThroughPaths"].as_array_mut().expect("list").push(json!("/reports/"));
     policy["roles"]["order-sync"]["documents"] = json!({"reportTypes": ["*"]});
     policy["roles"]["label-printer"]["documents"] = json!({"reportTypes": ["GET_FLAT_FILE_*"]});
     policy
