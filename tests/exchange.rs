@@ -1020,3 +1020,47 @@ fn document_values_count_toward_the_pii_volume_lockout() {
     assert_eq!(event["pii"]["email"]["tokenized"], json!(4));
     assert!(event["security_events"].as_array().is_some_and(|e| e.contains(&json!("lockout_started"))), "{event}");
 }
+
+#[test]
+fn trailers_end_a_document_and_a_remainder_they_would_cut_resets_it() {
+    let guard = guard_with(documents_policy());
+    let (_, path, _) = document_pointer(&guard, ORDER_SYNC, NOW_2027, false);
+    let whole = b"order-id\tbuyer-email\n1\ta@example.com\n".to_vec();
+    let mut x = download(&guard, ORDER_SYNC, &path, NOW_2027);
+    x.respond(&[(":status", "200"), ("content-type", "text/plain")], &[&whole], true);
+    assert!(!x.host.reset && x.seen.reply.is_none());
+    no_pii(&x.seen.delivered, &["a@example.com"]);
+    assert_eq!(x.log(Some(200))["document"]["result"], json!("complete"));
+    // The last row has no line end: the rewriter still holds it when the trailers come, and
+    // trailers cannot carry body bytes: reset, never a document silently missing its last row.
+    let cut = b"order-id\tbuyer-email\n1\ta@example.com\n2\tb@example.com".to_vec();
+    let mut x = download(&guard, ORDER_SYNC, &path, NOW_2027);
+    x.respond(&[(":status", "200"), ("content-type", "text/plain")], &[&cut], true);
+    assert!(x.host.reset, "reset");
+    no_pii(&x.seen.delivered, &["a@example.com", "b@example.com"]);
+    let event = x.log(Some(200));
+    assert_eq!((event["outcome"].as_str(), event["reason"].as_str()), (Some("reset"), Some("document_trailers")));
+}
+
+#[test]
+fn case_percent_and_segment_variants_of_the_documents_path_are_refused() {
+    let guard = guard_with(documents_policy());
+    let (_, path, _) = document_pointer(&guard, ORDER_SYNC, NOW_2027, false);
+    let reference = path.rsplit('/').next().expect("reference").to_string();
+    for (variant, status) in [
+        (format!("/spapi-guard/v1/Documents/{reference}"), 403),
+        (format!("/SPAPI-GUARD/v1/documents/{reference}"), 403),
+        (format!("/spapi-guard/v1/documents/%73{}", &reference[1..]), 400),
+        (format!("/spapi-guard/v1/documents/{reference}/x"), 400),
+        (format!("/spapi-guard/v1/documents//{reference}"), 400),
+        ("/spapi-guard/v1/documents/".to_string(), 400),
+    ] {
+        let mut x = download(&guard, ORDER_SYNC, &variant, NOW_2027);
+        assert!(!x.seen.forwarded, "{variant}");
+        assert_eq!(x.seen.reply.as_ref().map(|r| r.status), Some(status), "{variant}");
+        assert!(x.host.request_header_text("x-spapi-guard-document-route").is_none());
+    }
+    // The query is no part of the reference.
+    let x = download(&guard, ORDER_SYNC, &format!("{path}?x=1"), NOW_2027);
+    assert!(x.seen.forwarded, "a query after the reference is ignored");
+}
