@@ -1055,7 +1055,7 @@ fn case_percent_and_segment_variants_of_the_documents_path_are_refused() {
         (format!("/spapi-guard/v1/documents//{reference}"), 400),
         ("/spapi-guard/v1/documents/".to_string(), 400),
     ] {
-        let mut x = download(&guard, ORDER_SYNC, &variant, NOW_2027);
+        let x = download(&guard, ORDER_SYNC, &variant, NOW_2027);
         assert!(!x.seen.forwarded, "{variant}");
         assert_eq!(x.seen.reply.as_ref().map(|r| r.status), Some(status), "{variant}");
         assert!(x.host.request_header_text("x-spapi-guard-document-route").is_none());
