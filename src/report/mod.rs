@@ -23,7 +23,7 @@ use crate::policy::ClassActions;
 
 mod columns;
 mod delimited;
-mod inflate;
+pub mod inflate;
 mod protect;
 mod xml;
 
