@@ -110,7 +110,7 @@ lint: $(VENV)/.rust-target
 	cargo clippy --lib --target $(WASM_TARGET) -- -D warnings
 
 test-unit:
-	cargo test --lib --test fast_path --test exchange --test keys --test cli --test drift_precision
+	cargo test --lib --test fast_path --test exchange --test keys --test cli --test drift_precision --test report_documents
 	$(VENV)/bin/python tests/vectors/check_token_vectors.py src/tokens.rs
 
 # The core's unit tests compiled for wasm32-wasip1 and run in Wasmtime (tests/wasm/run.py):

@@ -8,11 +8,15 @@
 //! which would shift customer values into clear columns) is refused before any of it is sent.
 //!
 //! * Comma-separated: RFC 4180 quoting (quoted fields, doubled quotes, delimiters and line
-//!   breaks inside quotes). A quote inside an unquoted field is a literal character; text after
-//!   a closing quote other than a delimiter or line end is refused.
+//!   breaks inside quotes), strictly: a quote inside an unquoted field, or text after a closing
+//!   quote other than a delimiter or line end, is refused — read leniently, a damaged quoted
+//!   value could split into a clear column and keep the record's field count.
 //! * Tab-separated: no quoting (Amazon's flat files and IANA `text/tab-separated-values` have
 //!   none): a quote is a literal character, a field ends at a tab or line end.
 //! * Line ends (LF or CRLF) and a byte order mark are kept as they are; an empty line passes.
+//! * The header row goes out with the first data row, once that row has as many fields: a header
+//!   that swallowed a data row is refused. A document of a header alone, or with one column, is
+//!   accepted only if the catalog lists every name as it is (restricted reports).
 use std::rc::Rc;
 
 use super::columns::{Column, ReportCatalog};
@@ -64,6 +68,11 @@ pub struct Delimited {
     row: Vec<u8>,
     /// Input bytes of the current record (the bound).
     record_len: usize,
+    /// The header row is held until the first data row ends with as many fields: a header that
+    /// swallowed a data row (a lost line end) is refused, not sent.
+    header_pending: bool,
+    /// Header names the catalog does not list as they are (unknown, or known by a prefix only).
+    inexact_names: u32,
     pub rows: u64,
     /// Columns the catalog did not know that were protected (restricted reports).
     pub unknown_columns: u32,
@@ -90,6 +99,8 @@ impl Delimited {
             value: Vec::new(),
             row: Vec::new(),
             record_len: 0,
+            header_pending: false,
+            inexact_names: 0,
             rows: 0,
             unknown_columns: 0,
         }
@@ -166,7 +177,10 @@ impl Delimited {
                         self.state = State::Unquoted;
                     }
                 }
-                State::Unquoted => match memchr::memchr2(self.delimiter, b'\n', data) {
+                State::Unquoted => match memchr::memchr3(self.delimiter, b'\n', if self.quoting { b'"' } else { b'\n' }, data) {
+                    // RFC 4180: no quote inside an unquoted field. (A lenient reading would let a
+                    // damaged quoted value split into clear columns.)
+                    Some(end) if data[end] == b'"' => return Err(DocumentError::MalformedDelimited),
                     Some(end) => {
                         self.content(&data[..end])?;
                         let term = data[end];
@@ -285,6 +299,7 @@ impl Delimited {
                 for (i, raw) in names.iter().enumerate() {
                     let raw = if i == 0 { raw.strip_prefix(b"\xEF\xBB\xBF").unwrap_or(raw) } else { raw };
                     let name = String::from_utf8_lossy(raw);
+                    self.inexact_names += u32::from(!self.catalog.knows(name.trim()));
                     columns.push(match self.catalog.column(name.trim()) {
                         Column::Pii(class) => Some(class),
                         Column::Clear => None,
@@ -295,31 +310,51 @@ impl Delimited {
                         Column::Unknown(_) => None,
                     });
                 }
+                // One column: no field count to tell a header from a header that swallowed a row.
+                if self.restricted && columns.len() == 1 && self.inexact_names > 0 {
+                    return Err(DocumentError::MalformedDelimited);
+                }
                 self.columns = Some(columns);
+                self.header_pending = true;
             }
             Some(_) if empty_line => {}
             Some(cols) if fields != cols.len() => return Err(DocumentError::MalformedDelimited),
-            Some(_) => self.rows += 1,
+            Some(_) => {
+                self.rows += 1;
+                self.header_pending = false;
+            }
         }
-        out.extend_from_slice(&self.row);
-        self.row.clear();
+        if !self.header_pending {
+            out.extend_from_slice(&self.row);
+            self.row.clear();
+        }
         self.col = 0;
         self.record_len = 0;
         Ok(())
     }
 
     /// The end of the document: the last record may lack its line end; an open quote is refused.
+    /// A header with no data row is sent only if the catalog lists every name as it is (in a
+    /// restricted report): a header that swallowed a data row (a lost line end) is not sent.
     pub fn finish(&mut self, protector: &mut ValueProtector, out: &mut Vec<u8>) -> Result<(), DocumentError> {
         match self.state {
-            State::Quoted | State::CrAfterQuote => Err(DocumentError::MalformedDelimited),
+            State::Quoted | State::CrAfterQuote => return Err(DocumentError::MalformedDelimited),
             // Nothing since the last line end.
-            State::FieldStart if self.col == 0 => Ok(()),
+            State::FieldStart if self.col == 0 => {}
             State::FieldStart => {
                 self.start_field();
-                self.end_field(None, protector, out)
+                self.end_field(None, protector, out)?;
             }
-            State::Unquoted | State::QuoteInQuoted => self.end_field(None, protector, out),
+            State::Unquoted | State::QuoteInQuoted => self.end_field(None, protector, out)?,
         }
+        if self.header_pending {
+            if self.restricted && self.inexact_names > 0 {
+                return Err(DocumentError::MalformedDelimited);
+            }
+            out.extend_from_slice(&self.row);
+            self.row.clear();
+        }
+        Ok(())
     }
 }
 

@@ -23,7 +23,7 @@ use crate::policy::ClassActions;
 
 mod columns;
 mod delimited;
-mod inflate;
+pub mod inflate;
 mod protect;
 mod xml;
 
@@ -201,6 +201,9 @@ struct Core {
     catalog: Rc<ReportCatalog>,
     report_type: Option<String>,
     restricted: bool,
+    /// The format the catalog gives the report type (a one-column flat file has no delimiter
+    /// to sniff).
+    expected: DocumentFormat,
     format: DocumentFormat,
     now_ms: u64,
     /// Decompressed bytes of this push, and their bound.
@@ -236,6 +239,11 @@ impl DocumentRewriter {
         }
         // A report type the catalog does not know (or none) is treated as restricted.
         let restricted = info.is_none_or(|i| i.restricted);
+        let expected = info.map_or(DocumentFormat::Unknown, |i| match i.format.as_str() {
+            "tsv" => DocumentFormat::Delimited { delimiter: b'\t' },
+            "csv" => DocumentFormat::Delimited { delimiter: b',' },
+            _ => DocumentFormat::Unknown,
+        });
         let protector = ValueProtector::new(guard, actions, now_ms)?;
         Ok(DocumentRewriter {
             core: Core {
@@ -244,6 +252,7 @@ impl DocumentRewriter {
                 catalog,
                 report_type: report_type.map(str::to_string),
                 restricted,
+                expected,
                 format: DocumentFormat::Unknown,
                 now_ms,
                 inflated: 0,
@@ -384,7 +393,10 @@ impl Core {
 
     /// Decides the format from the first bytes, and rewrites them.
     fn decide(&mut self, first: &[u8], out: &mut Vec<u8>) -> Result<(), DocumentError> {
-        self.format = sniff(first);
+        self.format = match sniff(first) {
+            DocumentFormat::Unknown => self.expected,
+            sniffed => sniffed,
+        };
         self.body = match self.format {
             DocumentFormat::Delimited { delimiter } => Body::Delimited(Delimited::new(delimiter, self.catalog.clone(), self.restricted)),
             DocumentFormat::Xml => Body::Xml(Xml::new(self.catalog.clone())),

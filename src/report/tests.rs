@@ -255,11 +255,19 @@ fn malformed_flat_files_fail_closed_before_the_bad_record_is_sent() {
         assert!(!sent.contains("Jane") && !sent.contains("1\t"), "{sent}");
         assert_eq!(r.push(b"x", &mut out), Err(DocumentError::Closed), "dead after an error");
     }
+    // A header that swallowed the first data row (a lost line end) is not sent.
+    assert_eq!(run(&g, Some(ORDERS), b"order-id\tbuyer-name1\tJane\n2\tJoe\n").err(), Some(DocumentError::MalformedDelimited));
+    assert_eq!(run(&g, Some(ORDERS), b"order-id\tbuyer-name1\tJane\n").err(), Some(DocumentError::MalformedDelimited), "unknown names, no row");
+    assert_eq!(run(&g, Some(ORDERS), b"order-id\tbuyer-name\n").expect("a header alone").0, b"order-id\tbuyer-name\n");
+    assert_eq!(run(&g, Some(ORDERS), b"ship-state%Seattle\nWA\n").err(), Some(DocumentError::MalformedDelimited), "one column, unknown");
     let csv = |doc: &str| run(&g, Some("SC_VAT_TAX_REPORT"), doc.as_bytes()).err();
     assert_eq!(csv("Order ID,Buyer Name\n1,\"Jane"), Some(DocumentError::MalformedDelimited), "an open quote at the end");
     assert_eq!(csv("Order ID,Buyer Name\n1,\"Jane\"x\n"), Some(DocumentError::MalformedDelimited), "text after the closing quote");
     assert_eq!(csv("Order ID,Buyer Name\n1,\"Jane\"\rx\n"), Some(DocumentError::MalformedDelimited));
-    assert_eq!(csv("Order ID,Buyer Name\n1,Ja\"ne\n"), None, "a quote inside an unquoted field is a character");
+    assert_eq!(csv("Order ID,Buyer Name\n1,Ja\"ne\n"), Some(DocumentError::MalformedDelimited), "a quote inside an unquoted field (RFC 4180)");
+    // The damage that rule stops: a quoted value whose opening delimiter was lost would put
+    // its first part in a clear column, with the record's field count intact.
+    assert_eq!(csv("Order ID,Transaction Type,Buyer Name\n1,USD'\"Jane, Jr.\"\n"), Some(DocumentError::MalformedDelimited));
     // A record past the bound.
     let long = format!("order-id\tbuyer-name\n1\t{}\n", "x".repeat(MAX_CARRY_BYTES + 1));
     assert_eq!(run(&g, Some(ORDERS), long.as_bytes()).err(), Some(DocumentError::FieldTooLarge));
@@ -328,6 +336,10 @@ fn malformed_xml_fails_closed() {
         "<r><a b=\"</r>",
         "<r><![CDATA[x</r>",
         "<r><!-- x </r>",
+        "<r><!-- c --\n<BillingData><BuyerName>Jane</BuyerName></BillingData><!-- d --></r>",
+        "<r><BillingData><BuyerName Jane > x</BuyerName></BillingData></r>",
+        "<r><BillingData><BuyerName a=\"1\"b=\"2\">Jane</BuyerName></BillingData></r>",
+        "<r><BillingData><BuyerName a=1>Jane</BuyerName></BillingData></r>",
     ] {
         assert_eq!(run(&g, None, bad.as_bytes()).err(), Some(DocumentError::MalformedXml), "{bad}");
     }
@@ -361,6 +373,9 @@ fn binary_and_unknown_documents_are_not_tokenizable() {
     assert_eq!(run(&g, None, b"%PDF-1.7\n%\xE2\xE3\n").err(), Some(DocumentError::NotTokenizable));
     assert_eq!(run(&g, None, b"PK\x03\x04\x14\x00\x00\x00").err(), Some(DocumentError::NotTokenizable));
     assert_eq!(run(&g, None, b"one column only\nJane\n").err(), Some(DocumentError::UnknownFormat));
+    // A one-column flat file of a known report type has nothing to sniff: the catalog says.
+    let (out, _) = run(&g, Some(ORDERS), b"buyer-name\nJane\n").expect("rewrites");
+    assert_eq!(opened(&g, &out), "buyer-name\n<name:Jane>\n");
     let (out, summary) = run(&g, None, b"").expect("empty");
     assert_eq!((out.len(), summary.format, summary.rows), (0, DocumentFormat::Unknown, 0));
     assert_eq!(run_split(&g, None, Compression::Gzip, b"", &[]).err(), Some(DocumentError::CorruptGzip), "declared gzip, nothing came");

@@ -163,6 +163,9 @@ impl Xml {
             let m = &self.markup;
             let done = match self.kind {
                 Kind::Undecided => false,
+                // `--` inside a comment is not XML: a comment that swallows elements (a lost
+                // `>`) is refused, never passed on with the values in it.
+                Kind::Comment if m.len() > 6 && m[..m.len() - 1].ends_with(b"--") && b != b'>' => return Err(DocumentError::MalformedXml),
                 Kind::Comment => m.len() >= 7 && m.ends_with(b"-->"),
                 Kind::Cdata => m.len() >= 12 && m.ends_with(b"]]>"),
                 Kind::Pi => m.len() >= 4 && m.ends_with(b"?>"),
@@ -239,7 +242,7 @@ impl Xml {
         let body = &m[1..m.len() - if self_closing { 2 } else { 1 }];
         let name_len = body.iter().position(|b| b.is_ascii_whitespace()).unwrap_or(body.len());
         let name = &body[..name_len];
-        if name.is_empty() || matches!(name[0], b'0'..=b'9' | b'-' | b'.') || name.iter().any(|b| matches!(b, b'/' | b'=' | b'"' | b'\'')) {
+        if !is_name(name) || !attributes_are_well_formed(&body[name_len..]) {
             return Err(DocumentError::MalformedXml);
         }
         if self.stack.is_empty() {
@@ -311,6 +314,35 @@ impl Xml {
             return Err(DocumentError::MalformedXml);
         }
         Ok(())
+    }
+}
+
+fn is_name(name: &[u8]) -> bool {
+    !name.is_empty() && !matches!(name[0], b'0'..=b'9' | b'-' | b'.') && !name.iter().any(|b| matches!(b, b'/' | b'=' | b'"' | b'\'' | b'<' | b'>' | b'&'))
+}
+
+/// `(S name S? = S? ("…" | '…'))* S?`: text that lost its element's `>` is no attribute list
+/// (attribute values stay as they are: no customer data is defined in attributes).
+fn attributes_are_well_formed(mut rest: &[u8]) -> bool {
+    loop {
+        let trimmed = rest.trim_ascii_start();
+        if trimmed.is_empty() {
+            return true;
+        }
+        if trimmed.len() == rest.len() {
+            return false; // no white space before the attribute
+        }
+        let Some(eq) = memchr::memchr(b'=', trimmed) else { return false };
+        if !is_name(trimmed[..eq].trim_ascii_end()) {
+            return false;
+        }
+        let value = trimmed[eq + 1..].trim_ascii_start();
+        let Some((&quote, inner)) = value.split_first().filter(|(q, _)| matches!(q, b'"' | b'\'')) else { return false };
+        let Some(end) = memchr::memchr(quote, inner) else { return false };
+        if inner[..end].contains(&b'<') {
+            return false;
+        }
+        rest = &inner[end + 1..];
     }
 }
 
