@@ -1087,7 +1087,13 @@ impl Exchange {
         }
         self.count_drift(host, operation);
         if let Some(document) = self.download.as_ref().map(|d| d.audit()) {
-            let report_type = document.report_type.as_deref().unwrap_or("unknown");
+            // Label values stay bounded: report types of the built-in report catalog, else `other`.
+            let catalog = crate::report::ReportCatalog::builtin().ok();
+            let report_type = match document.report_type.as_deref() {
+                None => "unknown",
+                Some(t) if catalog.as_ref().is_some_and(|c| c.report(t).is_some()) => t,
+                Some(_) => "other",
+            };
             host.count("spapi_guard_documents_total", &[("report_type", report_type), ("format", document.format), ("result", document.result)], 1);
             host.count("spapi_guard_document_rows_total", &[("report_type", report_type)], document.rows);
         }

@@ -52,7 +52,7 @@ pub const METRICS: &[MetricSpec] = &[
     MetricSpec {
         name: "spapi_guard_documents_total",
         labels: &["report_type", "format", "result"],
-        help: "Report documents downloaded through the proxy, by report type (`unknown` when not learned), format (tsv, csv, xml, json, binary, unknown) and result (complete, refused before any byte, reset mid-stream, aborted by a peer, binary delivered as is).",
+        help: "Report documents downloaded through the proxy, by report type (`unknown` when not learned, `other` outside the built-in report catalog), format (tsv, csv, xml, json, binary, unknown) and result (complete, refused before any byte, reset mid-stream, aborted by a peer, binary delivered as is).",
     },
     MetricSpec { name: "spapi_guard_document_rows_total", labels: &["report_type"], help: "Data rows of report documents rewritten, by report type." },
     MetricSpec {
