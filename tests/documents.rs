@@ -90,13 +90,37 @@ struct DocStack {
     docs: Vec<Doc>,
     doc_dir: PathBuf,
     host: Child,
+    /// The same documents behind a certificate from a CA Envoy does not trust.
+    rogue_port: u16,
+    rogue: Child,
 }
 
 impl Drop for DocStack {
     fn drop(&mut self) {
-        let _ = self.host.kill();
-        let _ = self.host.wait();
+        for child in [&mut self.host, &mut self.rogue] {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
     }
+}
+
+fn document_host(port: u16, cert: &str, dir: &Path, events: &Path) -> Child {
+    let certs = doc_certs();
+    Command::new("python3")
+        .arg(repo().join("tests/document_host.py"))
+        .args(["--port", &port.to_string()])
+        .arg("--cert")
+        .arg(certs.join(format!("{cert}.crt")))
+        .arg("--key")
+        .arg(certs.join(format!("{cert}.key")))
+        .arg("--dir")
+        .arg(dir)
+        .arg("--events")
+        .arg(events)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("document host")
 }
 
 impl DocStack {
@@ -143,23 +167,9 @@ impl DocStack {
         index.insert("corrupt".into(), json!({"pause_after": at + 65536}));
         fs::write(doc_dir.join("INDEX.json"), serde_json::to_vec(&index).expect("json")).expect("index");
 
-        let events = doc_dir.join("events.jsonl");
-        let certs = doc_certs();
-        let host = Command::new("python3")
-            .arg(repo().join("tests/document_host.py"))
-            .args(["--port", &doc_port.to_string()])
-            .arg("--cert")
-            .arg(certs.join("localhost.crt"))
-            .arg("--key")
-            .arg(certs.join("localhost.key"))
-            .arg("--dir")
-            .arg(&doc_dir)
-            .arg("--events")
-            .arg(&events)
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("document host");
+        let host = document_host(doc_port, "localhost", &doc_dir, &doc_dir.join("events.jsonl"));
+        let rogue_port = free_port();
+        let rogue = document_host(rogue_port, "rogue", &doc_dir, &doc_dir.join("rogue-events.jsonl"));
 
         // The mock SP-API: getReport and getReportDocument of each document.
         let mut entries = Vec::new();
@@ -183,7 +193,7 @@ impl DocStack {
         let fixtures = fixture_dir(&format!("{name}-mock"), &entries);
 
         let mut policy = default_policy();
-        policy["documents"] = json!({"hosts": [format!("localhost:{doc_port}")]});
+        policy["documents"] = json!({"hosts": [format!("localhost:{doc_port}"), format!("localhost:{rogue_port}")]});
         policy["access"]["passThroughPaths"].as_array_mut().expect("list").push(json!("/reports/"));
         policy["roles"]["order-sync"]["documents"] = json!({"reportTypes": ["*"]});
         policy["roles"]["label-printer"]["documents"] = json!({"reportTypes": ["GET_FLAT_FILE_*"]});
@@ -198,7 +208,7 @@ impl DocStack {
             assert!(Instant::now() < deadline, "the document host did not start");
             std::thread::sleep(Duration::from_millis(50));
         }
-        DocStack { stack, key, doc_port, docs, doc_dir, host }
+        DocStack { stack, key, doc_port, docs, doc_dir, host, rogue_port, rogue }
     }
 
     fn get(&self, caller: &str, path: &str) -> Response {
@@ -382,6 +392,13 @@ fn references_are_refused_to_other_callers_after_expiry_when_tampered_or_off_the
     let r = s.get("order-sync", &unsigned);
     assert_eq!((r.status, code(&r).as_str()), (502, "spapi-guard:document_host_error"), "{}", r.text());
     assert!(!r.text().contains("<Key>"));
+    // A document host whose certificate does not chain to the trust store: Envoy's handshake
+    // fails, no request reaches it, the client gets Envoy's 503 and no document byte.
+    let rogue = s.seal(&presigned(s.rogue_port, &s.docs[0].id), &caller_id("order-sync"), now_ms() + 60_000);
+    let r = s.get("order-sync", &rogue);
+    assert_eq!(r.status, 503, "{}", r.text());
+    assert!(s.docs[0].planted.iter().all(|v| !r.text().contains(v.as_str())));
+    assert!(fs::read_to_string(s.doc_dir.join("rogue-events.jsonl")).unwrap_or_default().is_empty(), "no request over an unverified connection");
     // A client cannot pick the document route itself: a forged route header and the document
     // host's name on a pass-through path reach Envoy's 404, never the document host.
     let before = s.host_requests().len();
@@ -395,8 +412,9 @@ fn references_are_refused_to_other_callers_after_expiry_when_tampered_or_off_the
     );
     assert_eq!(forged.expect("curl").status, 404);
     assert_eq!(s.host_requests().len(), before, "the forged route reached the document host");
-    // getReport + getReportDocument, 2 callers, 2 tampered, 1 expired, 4 outside, 1 pointer, 1 unsigned, 1 forged.
-    let events = s.stack.wait_for_audit_events(15);
+    // getReport + getReportDocument, 2 callers, 2 tampered, 1 expired, 4 outside, 1 pointer, 1 unsigned, 1 rogue, 1 forged.
+    let events = s.stack.wait_for_audit_events(16);
+    assert!(events.iter().any(|e| e["outcome"] == json!("upstream_failed") && e.get("document").is_some()), "the unverified host: {events:#?}");
     for reason in ["document_caller_mismatch", "invalid_document_reference", "document_reference_expired", "document_host_not_allowed", "document_host_error"] {
         assert!(events.iter().any(|e| e["reason"] == json!(reason)), "{reason} audited: {events:#?}");
     }
