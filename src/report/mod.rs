@@ -88,7 +88,7 @@ pub fn sniff(first_bytes: &[u8]) -> DocumentFormat {
         Some(b'{' | b'[') => return DocumentFormat::Json,
         _ => {}
     }
-    let line = &text[..memchr::memchr(b'\n', text).unwrap_or(text.len())];
+    let line = &significant[..memchr::memchr(b'\n', significant).unwrap_or(significant.len())];
     if memchr::memchr(b'\t', line).is_some() {
         DocumentFormat::Delimited { delimiter: b'\t' }
     } else if memchr::memchr(b',', line).is_some() {
@@ -372,7 +372,10 @@ impl Core {
         match &mut self.body {
             Body::Sniffing(held) => {
                 held.extend_from_slice(data);
-                let decided = memchr::memchr(b'\n', held).is_some() || held.len() >= SNIFF_BYTES;
+                // A line after the first significant byte (blank lines and a BOM say nothing).
+                let text = held.strip_prefix(BOM).unwrap_or(held);
+                let significant = text.iter().position(|b| !matches!(b, b' ' | b'\r' | b'\n'));
+                let decided = significant.is_some_and(|i| memchr::memchr(b'\n', &text[i..]).is_some()) || held.len() >= SNIFF_BYTES;
                 if decided {
                     let held = std::mem::take(held);
                     self.decide(&held, out)?;

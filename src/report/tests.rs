@@ -98,6 +98,7 @@ fn sniffs_formats_from_the_first_bytes() {
     assert_eq!(sniff(b"PK\x03\x04\x14\x00"), DocumentFormat::Binary);
     assert_eq!(sniff(b"just one column\nx\n"), DocumentFormat::Unknown);
     assert_eq!(sniff(b""), DocumentFormat::Unknown);
+    assert_eq!(sniff(b"\xEF\xBB\xBF\r\n\na\tb\n"), DocumentFormat::Delimited { delimiter: b'\t' }, "after blank lines");
 }
 
 #[test]
@@ -376,6 +377,10 @@ fn binary_and_unknown_documents_are_not_tokenizable() {
     // A one-column flat file of a known report type has nothing to sniff: the catalog says.
     let (out, _) = run(&g, Some(ORDERS), b"buyer-name\nJane\n").expect("rewrites");
     assert_eq!(opened(&g, &out), "buyer-name\n<name:Jane>\n");
+    // Blank lines before the first significant byte do not decide the format, wherever the
+    // chunks end.
+    let xml = b"\xEF\xBB\xBF\n\n<r></r>\n";
+    assert_eq!(assert_split_invariant(&g, None, Compression::Identity, xml), xml);
     let (out, summary) = run(&g, None, b"").expect("empty");
     assert_eq!((out.len(), summary.format, summary.rows), (0, DocumentFormat::Unknown, 0));
     assert_eq!(run_split(&g, None, Compression::Gzip, b"", &[]).err(), Some(DocumentError::CorruptGzip), "declared gzip, nothing came");

@@ -18,7 +18,7 @@
 //! customer value replaced as its class's action says (tokens compared after opening, the exact
 //! pseudonym, the mask, nothing for `none`), every other byte the input's.
 use spapi_guard::guard::Guard;
-use spapi_guard::pii::{PerClass, PiiClass};
+use spapi_guard::pii::PiiClass;
 use spapi_guard::policy::{Action, ClassActions};
 use spapi_guard::report::{find_tokens, gzip, Column, Compression, DocumentError, DocumentRewriter, ReportCatalog};
 use spapi_guard::tokens::{Mode, ValueKind};
@@ -270,18 +270,7 @@ impl Target for ReportTarget {
                 pieces.push(Piece::Raw(format!("</AmazonEnvelope>{nl}")));
             }
         }
-        let mut actions = PerClass::splat(Action::Tokenize(Mode::Deterministic));
-        for c in PiiClass::ALL {
-            actions[c] = *rng.pick(&[
-                Action::Tokenize(Mode::Deterministic),
-                Action::Tokenize(Mode::Deterministic),
-                Action::Tokenize(Mode::Randomized),
-                Action::Hash,
-                Action::Redact,
-                Action::Clear,
-                Action::Remove,
-            ]);
-        }
+        let mut actions = crate::rewriter::random_actions(rng);
         let gzip = rng.chance(40).then(|| (rng.below(10) as u8, rng.below(4)));
         let splits = (0..rng.small(6)).map(|_| rng.below(1 << 14)).collect::<Vec<_>>();
         let mutation = rng.chance(25).then(|| (rng.below(4) as u8, rng.below(1 << 14), *rng.pick(b"\t,\n\r\"<>&x\0;/]")));
