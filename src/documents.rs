@@ -206,8 +206,6 @@ pub enum DocumentRefusal {
     HostNotAllowed,
     /// The caller's roles grant no document downloads, or not of this report type: 403.
     NotAllowed,
-    /// A PDF/ZIP document for a role that refuses them: 403.
-    BinaryRefused,
 }
 
 impl DocumentRefusal {
@@ -218,7 +216,6 @@ impl DocumentRefusal {
             DocumentRefusal::WrongCaller => "document_caller_mismatch",
             DocumentRefusal::HostNotAllowed => "document_host_not_allowed",
             DocumentRefusal::NotAllowed => "document_not_allowed",
-            DocumentRefusal::BinaryRefused => "document_not_tokenizable",
         }
     }
 
@@ -237,7 +234,6 @@ impl DocumentRefusal {
             DocumentRefusal::WrongCaller => "The document reference was issued to another caller.",
             DocumentRefusal::HostNotAllowed => "The document is on a host outside spapi-guard's allow list (documents.hosts).",
             DocumentRefusal::NotAllowed => "The caller's roles do not grant downloads of this report document.",
-            DocumentRefusal::BinaryRefused => "The document is a PDF or ZIP file, which cannot be tokenized; the caller's roles do not grant such documents.",
         }
     }
 

@@ -140,7 +140,6 @@ impl Download {
         match DocumentRewriter::new(Rc::clone(&self.guard), self.actions, self.reference.report_type.as_deref(), compression, now_ms) {
             Ok(rewriter) => self.rewriter = Some(rewriter),
             Err(DocumentError::NotTokenizable) if self.deliver_binary => return self.binary(host, compression),
-            Err(DocumentError::NotTokenizable) => return self.refuse("document_not_tokenizable"),
             Err(e) => return self.refuse(e.code()),
         }
         for name in STRIPPED_RESPONSE_HEADERS {
@@ -196,7 +195,7 @@ impl Download {
                 let step = self.binary(host, compression);
                 return if end_of_stream { self.on_body_binary_end(true) } else { step };
             }
-            return self.fail(if e == DocumentError::NotTokenizable { "document_not_tokenizable" } else { e.code() });
+            return self.fail(e.code());
         }
         host.set_response_body(chunk.len(), &self.out);
         self.bytes_out += self.out.len() as u64;

@@ -1003,7 +1003,7 @@ fn pdf_and_zip_documents_are_delivered_as_they_are_or_refused_per_role() {
     let mut x = download(&guard, ORDER_SYNC, &path, NOW_2027);
     x.respond(&[(":status", "200"), ("content-type", "application/pdf")], &[&pdf[..2], &pdf[2..]], false);
     let reply = x.seen.reply.clone().expect("refused");
-    assert_eq!((reply.status, reply.header("x-spapi-guard")), (502, Some("document_not_tokenizable")));
+    assert_eq!((reply.status, reply.header("x-spapi-guard")), (502, Some("not_tokenizable")));
     assert!(x.seen.delivered.is_empty());
 }
 
