@@ -50,6 +50,9 @@ pub struct DocumentAudit {
     pub report_type: Option<String>,
     pub format: &'static str,
     pub rows: u64,
+    /// Columns a restricted report had that the report catalog does not list (protected): a sign
+    /// Amazon added columns.
+    pub unknown_columns: u32,
     /// Bytes from the document host (compressed, as received) and to the client.
     pub bytes_in: u64,
     pub bytes_out: u64,
@@ -296,6 +299,7 @@ impl Download {
             report_type: self.reference.report_type.clone(),
             format: format.as_str(),
             rows: self.summary.as_ref().map_or(0, |s| s.rows),
+            unknown_columns: self.summary.as_ref().map_or(0, |s| s.unknown_columns),
             bytes_in: self.bytes_in,
             bytes_out: self.bytes_out,
             result: if self.is_open() && self.result == "aborted" { "aborted" } else { self.result },
