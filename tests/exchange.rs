@@ -1064,3 +1064,24 @@ fn case_percent_and_segment_variants_of_the_documents_path_are_refused() {
     let x = download(&guard, ORDER_SYNC, &format!("{path}?x=1"), NOW_2027);
     assert!(x.seen.forwarded, "a query after the reference is ignored");
 }
+
+#[test]
+fn a_grant_covers_only_its_report_types_and_unlearned_types_only_with_a_star() {
+    let mut policy = documents_policy();
+    policy["roles"]["order-sync"]["documents"] = json!({"reportTypes": ["SC_VAT_TAX_REPORT", "GET_FLAT_FILE_*"]});
+    let guard = guard_with(policy);
+    // Learned as GET_FLAT_FILE_…: covered by the wildcard.
+    let (_, path, _) = document_pointer(&guard, ORDER_SYNC, NOW_2027, false);
+    assert!(download(&guard, ORDER_SYNC, &path, NOW_2027).seen.forwarded);
+    // The same document, its type never learned (no getReport first): only `*` covers it.
+    let mut x = Exchange1::new(Rc::clone(&guard), "GET", &format!("/reports/2021-06-30/documents/{DOC_ID}"), Some(ORDER_SYNC));
+    x.host.now.set(NOW_2027);
+    x.host.add_request_header(":authority", "proxy.internal:10000");
+    x.request(&[], false);
+    x.respond(JSON_HEADERS, &[json!({"reportDocumentId": DOC_ID, "url": DOC_URL}).to_string().as_bytes()], false);
+    let pointer: Value = serde_json::from_slice(&x.seen.delivered).expect("json");
+    let unlearned = pointer["url"].as_str().expect("url").strip_prefix("https://proxy.internal:10000").expect("pointer").to_string();
+    let refused = download(&guard, ORDER_SYNC, &unlearned, NOW_2027);
+    let reply = refused.seen.reply.expect("refused");
+    assert_eq!((reply.status, reply.header("x-spapi-guard")), (403, Some("document_not_allowed")));
+}
