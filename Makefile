@@ -111,7 +111,7 @@ lint: $(VENV)/.rust-target
 	cargo clippy --lib --target $(WASM_TARGET) -- -D warnings
 
 test-unit:
-	cargo test --lib --test fast_path --test exchange --test keys --test cli --test drift_precision
+	cargo test --lib --test fast_path --test exchange --test keys --test cli --test drift_precision --test report_documents
 	$(VENV)/bin/python tests/vectors/check_token_vectors.py src/tokens.rs
 
 # The core's unit tests compiled for wasm32-wasip1 and run in Wasmtime (tests/wasm/run.py):
@@ -135,7 +135,7 @@ fuzz:
 	  cargo test --profile fuzz --test fuzz -- --nocapture
 
 test-e2e: wasm envoy
-	cargo test --test e2e --test access --test audit --test trailers --test paths --test reveal --test upstreams --test production --test attack --test rotation --test drift -- --test-threads 2
+	cargo test --test e2e --test access --test audit --test trailers --test paths --test reveal --test upstreams --test production --test attack --test rotation --test drift --test documents -- --test-threads 2
 
 # Four real SP-API clients through Envoy + spapi-guard (tests/clients.rs, docs/CLIENTS.md), pinned
 # and installed into ignored folders: the Python ones (tests/clients/requirements.txt) into

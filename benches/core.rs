@@ -14,6 +14,7 @@ use spapi_guard::guard::Guard;
 use spapi_guard::json_rewrite::write_json_string;
 use spapi_guard::pii::{PerClass, PiiClass};
 use spapi_guard::policy::Action;
+use spapi_guard::report::{gzip, inflate::Gunzip, Compression, DocumentRewriter};
 use spapi_guard::tokens::{Mode, TokenEngine, ValueKind};
 
 const KEY: &str = "8f4c1a2b3d5e6f708192a3b4c5d6e7f8091a2b3c4d5e6f708192a3b4c5d6e7f8";
@@ -85,6 +86,8 @@ fn main() {
         println!("| {name} | {ns:.0} |");
     }
 
+    report_documents(budget);
+
     // `cargo bench` passes `--bench`; the first other argument, if any, is the page to rewrite.
     let path = std::env::args().skip(1).find(|a| !a.starts_with("--")).unwrap_or_else(|| "target/bench/fixtures/getOrders-100.json".to_string());
     let Ok(body) = std::fs::read(&path) else {
@@ -155,4 +158,72 @@ fn detokenize_request(g: &Guard, budget: Duration, page: &str) {
     println!("\n## Detokenizing a request body (native)\n");
     println!("| what | µs per body |\n|---|---:|");
     println!("| directPurchaseShipment, {} bytes, 10 tokens → plaintext | {:.1} |", body.len(), ns / 1000.0);
+}
+
+/// A GET_FLAT_FILE_ACTIONABLE_ORDER_DATA_SHIPPING document of about `bytes`: one buyer per row
+/// (names, emails, phones, addresses new each row), cities and states from a short list.
+fn order_report(bytes: usize) -> Vec<u8> {
+    let mut doc = b"order-id\torder-item-id\tpurchase-date\tpayments-date\tbuyer-email\tbuyer-name\tbuyer-phone-number\tsku\tproduct-name\tquantity-purchased\tship-service-level\trecipient-name\tship-address-1\tship-address-2\tship-city\tship-state\tship-postal-code\tship-country\n".to_vec();
+    const CITIES: [&str; 6] = ["Seattle", "Portland", "Austin", "Denver", "Boston", "Chicago"];
+    let mut i = 0usize;
+    while doc.len() < bytes {
+        let city = CITIES[i % CITIES.len()];
+        doc.extend_from_slice(
+            format!(
+                "111-{i:07}-{:07}\t{:014}\t2026-11-01T10:00:00+00:00\t2026-11-01T10:05:00+00:00\tbuyer{i}@marketplace.example\tJane Buyer {i}\t+1 206-555-{:04}\tSKU-{:05}\tWidget with a long product title, 12 pack\t1\tStandard\tJane Buyer {i}\t{} Main Street\tApt {}\t{city}\tWA\t{:05}\tUS\n",
+                i * 7 % 10_000_000,
+                i,
+                i % 10_000,
+                i % 5000,
+                i % 9000 + 1,
+                i % 300,
+                98000 + i % 999
+            )
+            .as_bytes(),
+        );
+        i += 1;
+    }
+    doc
+}
+
+/// Report documents: MB/s of uncompressed TSV text, with inflate, parse and crypto apart.
+fn report_documents(budget: Duration) {
+    let doc = order_report(8 << 20);
+    let gz = gzip(&doc, 6);
+    let mb = doc.len() as f64 / 1e6;
+    println!("\n## Report documents: an order report (TSV, {:.1} MB, {:.1} MB gzip, native)\n", mb, gz.len() as f64 / 1e6);
+    println!("MB/s of uncompressed report text; documents pushed in 64 KiB chunks as a stream brings them.\n");
+    println!("| what | ms per document | MB/s |\n|---|---:|---:|");
+    let row = |name: &str, ns: f64| println!("| {name} | {:.1} | {:.0} |", ns / 1e6, mb / (ns / 1e9));
+    let ns = time_per_call(budget * 2, || {
+        let mut g = Gunzip::new();
+        let mut n = 0usize;
+        for chunk in gz.chunks(64 * 1024) {
+            let _ = g.push(chunk, &mut |s| {
+                n += s.len();
+                Ok(())
+            });
+        }
+        black_box(n);
+    });
+    row("inflate only (gzip → text, CRC-32 checked)", ns);
+    let rewrite = |input: &[u8], compression: Compression, actions: PerClass<Action>| {
+        let mut r = DocumentRewriter::new(std::rc::Rc::new(guard(true)), actions, Some("GET_FLAT_FILE_ACTIONABLE_ORDER_DATA_SHIPPING"), compression, 0).expect("rewriter");
+        let mut out = Vec::with_capacity(1 << 20);
+        for chunk in input.chunks(64 * 1024) {
+            r.push(chunk, &mut out).expect("push");
+            out.clear();
+        }
+        black_box(r.finish(&mut out).expect("finish"));
+    };
+    let default = *guard(true).policy.actions();
+    for (name, input, compression, actions) in [
+        ("parse only (every class clear)", &doc, Compression::Identity, PerClass::splat(Action::Clear)),
+        ("parse + replace, no crypto (every class redacted)", &doc, Compression::Identity, PerClass::splat(Action::Redact)),
+        ("parse + tokenize (default policy)", &doc, Compression::Identity, default),
+        ("inflate + parse + tokenize (default policy)", &gz, Compression::Gzip, default),
+    ] {
+        let ns = time_per_call(budget * 2, || rewrite(input, compression, actions));
+        row(name, ns);
+    }
 }

@@ -298,6 +298,16 @@ def cluster_hosts(cluster):
     return hosts
 
 
+def auto_sni_and_san(cluster):
+    """None for a cluster that is no dynamic forward proxy; else whether SNI and the SAN checked
+    come from the request's host name."""
+    if (cluster.get("cluster_type") or {}).get("name") != "envoy.clusters.dynamic_forward_proxy":
+        return None
+    options = ((cluster.get("typed_extension_protocol_options") or {}).get("envoy.extensions.upstreams.http.v3.HttpProtocolOptions") or {})
+    upstream = options.get("upstream_http_protocol_options") or {}
+    return bool(upstream.get("auto_sni") and upstream.get("auto_san_validation"))
+
+
 def lint_cluster(lint, cluster, routed):
     name = cluster.get("name")
     where = f"cluster {name}"
@@ -321,7 +331,14 @@ def lint_cluster(lint, cluster, routed):
     if cluster.get("transport_socket_matches"):
         lint.check(False, "upstream-tls", where, "transport_socket_matches can select another (plaintext) socket per endpoint",
                    "use one transport_socket for SP-API clusters")
-    lint.check(bool(tc.get("sni")), "upstream-tls", where, "no sni", "set `sni:` to the endpoint's host name (Amazon serves by SNI)")
+    # A dynamic forward proxy (report documents) names its host per request: SNI and the SAN
+    # checked must come from that name (auto_sni, auto_san_validation).
+    auto = auto_sni_and_san(cluster)
+    if auto is not None:
+        lint.check(auto, "upstream-tls", where, "a dynamic forward proxy without auto_sni and auto_san_validation: the document host's "
+                   "certificate would not be checked against its name", "set typed_extension_protocol_options HttpProtocolOptions "
+                   "upstream_http_protocol_options: {auto_sni: true, auto_san_validation: true} (see envoy/envoy.production.yaml)")
+    lint.check(bool(tc.get("sni")) or bool(auto), "upstream-tls", where, "no sni", "set `sni:` to the endpoint's host name (Amazon serves by SNI)")
     common = tc.get("common_tls_context") or {}
     params = common.get("tls_params") or {}
     low = params.get("tls_minimum_protocol_version", "TLSv1_2")  # Envoy's client default is TLS 1.2
@@ -339,7 +356,7 @@ def lint_cluster(lint, cluster, routed):
     lint.check(bool(trusted) and vc.get("trust_chain_verification") != "ACCEPT_UNTRUSTED", "upstream-tls", where,
                "the server certificate is not verified (no trusted_ca, or ACCEPT_UNTRUSTED)",
                "set validation_context.trusted_ca to the system CA bundle (/etc/ssl/certs/ca-certificates.crt)")
-    sans = vc.get("match_typed_subject_alt_names") or vc.get("match_subject_alt_names")
+    sans = vc.get("match_typed_subject_alt_names") or vc.get("match_subject_alt_names") or auto
     lint.check(bool(sans), "upstream-tls", where, "no subject alternative name is required: any certificate from any "
                "trusted CA would do", "add match_typed_subject_alt_names: [{san_type: DNS, matcher: {exact: <host>}}]")
 

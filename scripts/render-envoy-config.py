@@ -53,6 +53,8 @@ SPAPI_ENDPOINTS = [
     ("spapi-sandbox-eu", "sandbox.sellingpartnerapi-eu.amazon.com"),
     ("spapi-sandbox-fe", "sandbox.sellingpartnerapi-fe.amazon.com"),
 ]
+# Report document hosts when the policy lists none (src/documents.rs DEFAULT_HOSTS).
+DEFAULT_DOCUMENT_HOSTS = ["*.s3.amazonaws.com", "*.s3-external-1.amazonaws.com", "*.cloudfront.net"]
 # Debian/Ubuntu's CA bundle (also in the envoyproxy/envoy image): the system trust store.
 SYSTEM_TRUST_STORE = "/etc/ssl/certs/ca-certificates.crt"
 
@@ -181,9 +183,16 @@ def key_variables(policy):
     return sorted(set(keys.get("env", {}).values()))
 
 
+def document_domains(policy):
+    """The Envoy domains of the documents virtual host: the policy's documents.hosts (src/documents.rs
+    DEFAULT_HOSTS when absent), as the filter writes :authority (a name alone for port 443)."""
+    hosts = policy.get("documents", {}).get("hosts", DEFAULT_DOCUMENT_HOSTS)
+    return [h.removesuffix(":443") for h in hosts]
+
+
 def render(policy_text, bind, listen_port, admin_port, upstream_host, upstream_port, wasm, tls_dir, template=None,
            variant="guard", trusted_identity=None, upstream_protocol="h1", profile="demo", trust_store=SYSTEM_TRUST_STORE,
-           upstream_override=None):
+           upstream_override=None, document_trust_store=SYSTEM_TRUST_STORE):
     policy = json.loads(policy_text)
     env_keys = key_variables(policy)
     compact = json.dumps(policy, separators=(",", ":"))
@@ -226,6 +235,8 @@ def render(policy_text, bind, listen_port, admin_port, upstream_host, upstream_p
         # Envoy's buffer limit is the policy's, so the filter knows what fits (src/policy.rs).
         "BUFFER_LIMIT": str(int(policy.get("bufferLimitBytes", DEFAULT_BUFFER_LIMIT_BYTES))),
         "TRUST_STORE": str(trust_store),
+        "DOCUMENT_TRUST_STORE": str(document_trust_store),
+        "DOCUMENT_DOMAINS": json.dumps(document_domains(policy)),
         # YAML single-quoted scalar: a quote is written twice.
         "POLICY_JSON": compact.replace("'", "''"),
     }
@@ -236,7 +247,7 @@ def render(policy_text, bind, listen_port, admin_port, upstream_host, upstream_p
     if variant == "none":
         # Benchmarks: the same Envoy without any Wasm filter.
         start = text.index("          - name: envoy.filters.http.wasm")
-        end = text.index("          - name: envoy.filters.http.router")
+        end = text.index("          # Resolves the document host")
         text = text[:start] + text[end:]
     elif variant in ("floor", "noop"):
         # Benchmarks: a filter that only buffers and writes back each response body (floor), or
@@ -265,6 +276,8 @@ def main():
     p.add_argument("--profile", choices=PROFILES, default="demo",
                    help="demo: the mock SP-API over plaintext; production: Amazon's SP-API endpoints over verified TLS")
     p.add_argument("--trust-store", default=SYSTEM_TRUST_STORE, help="production: CA bundle that verifies Amazon's certificates")
+    p.add_argument("--document-trust-store", default=SYSTEM_TRUST_STORE,
+                   help="CA bundle that verifies the document hosts' certificates (tests: their own CA)")
     p.add_argument("--upstream-override", metavar="ADDRESS:PORT",
                    help="tests: connect every production cluster to this address (SNI, Host and SAN stay Amazon's)")
     a = p.parse_args()
@@ -274,7 +287,8 @@ def main():
                                         tls_dir=a.tls_dir)
     pathlib.Path(a.out).write_text(render(policy_text, **opts, variant=a.variant, trusted_identity=a.trusted_identity,
                                              upstream_protocol=a.upstream_protocol, profile=a.profile,
-                                             trust_store=a.trust_store, upstream_override=a.upstream_override))
+                                             trust_store=a.trust_store, upstream_override=a.upstream_override,
+                                             document_trust_store=a.document_trust_store))
     return 0
 
 

@@ -160,6 +160,9 @@ pub struct RoleDoc {
     /// reveal endpoint): need to know, per class and operation.
     #[serde(default)]
     pub reveal: Vec<RevealDoc>,
+    /// Which report documents the role may download through the proxy (src/documents.rs).
+    #[serde(default)]
+    pub documents: Option<crate::documents::DocumentGrantDoc>,
 }
 
 /// One reveal grant of a role.
@@ -252,6 +255,8 @@ pub struct Caller {
     /// Classes whose tokens this caller may reveal, per catalog operation index; the last entry
     /// is the reveal endpoint. Empty when no role grants a reveal.
     reveal: Vec<PerClass<bool>>,
+    /// Report documents it may download (the union of its roles' grants); `None`: none.
+    pub documents: Option<crate::documents::DocumentGrant>,
 }
 
 impl Caller {
@@ -532,6 +537,7 @@ impl Access {
                 max_pii_per_window: None,
                 dry_run: false,
                 reveal: Vec::new(),
+                documents: None,
             };
             for (j, name) in c.roles.iter().enumerate() {
                 let role =
@@ -550,6 +556,9 @@ impl Access {
                     (a, b) => a.or(b),
                 };
                 caller.dry_run |= role.dry_run;
+                if let Some(grant) = &role.documents {
+                    caller.documents.get_or_insert_with(Default::default).merge(grant);
+                }
                 if !role.reveal.is_empty() {
                     caller.reveal.resize(catalog.operations.len() + 1, PerClass::splat(false));
                     for (k, classes) in role.reveal.iter().enumerate() {
@@ -748,6 +757,7 @@ struct CompiledRole {
     actions: ClassActions,
     max_pii: Option<u64>,
     dry_run: bool,
+    documents: Option<crate::documents::DocumentGrant>,
 }
 
 fn compile_role(name: &str, role: &RoleDoc, catalog: &Catalog, policy: &Policy) -> Result<CompiledRole, ConfigError> {
@@ -784,7 +794,8 @@ fn compile_role(name: &str, role: &RoleDoc, catalog: &Catalog, policy: &Policy) 
         actions[class] = level_action(level, class, policy).ok_or_else(|| bad_level(&at, key, level))?;
     }
     let reveal = compile_reveal(&at, &role.reveal, catalog)?;
-    Ok(CompiledRole { operations, actions, max_pii: role.max_pii_fields_per_window, dry_run: role.dry_run, reveal })
+    let documents = role.documents.as_ref().map(|d| crate::documents::DocumentGrant::from_doc(d, &format!("{at}.documents"))).transpose()?;
+    Ok(CompiledRole { operations, actions, max_pii: role.max_pii_fields_per_window, dry_run: role.dry_run, reveal, documents })
 }
 
 /// Compiles a role's reveal grants: per operation (and the reveal endpoint, last), the classes.

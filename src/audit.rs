@@ -42,6 +42,9 @@ pub enum Outcome {
     /// The SP-API gave no usable response (timeout, connection failure, protocol error): Envoy
     /// answered itself, and no upstream byte reached the client.
     UpstreamFailed,
+    /// A report document failed after bytes of it had gone: the stream was reset, so the client
+    /// sees an aborted transfer, never a clean end of a truncated file.
+    Reset,
 }
 
 /// The decision on a request.
@@ -119,6 +122,9 @@ pub struct AuditEvent<'a> {
     /// PII the catalog's paths did not name, by what found it and what was done:
     /// `{"member":{"protected":3},"name":{"reported":1}}` (src/drift.rs).
     pub drift: BTreeMap<&'static str, BTreeMap<&'static str, u32>>,
+    /// A report-document download: report type, format, rows, bytes, result (src/download.rs).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub document: Option<crate::download::DocumentAudit>,
 }
 
 impl AuditEvent<'_> {

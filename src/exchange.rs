@@ -22,6 +22,7 @@ use crate::access::{Caller, Decision, DenyReason, IdentitySource, RequestFacts, 
 use crate::audit::{redacted_path_with, AuditEvent, DecisionIds, DecisionKind, Outcome, SecurityEvent};
 use crate::canary::ChunkScanner;
 use crate::detokenize::{detokenize_json, detokenize_target, DetokenizeError, Revealed};
+use crate::download::{Download, Step};
 use crate::drift::{DriftAction, DriftFindings, DriftKind};
 use crate::fail_closed::{check_response_headers, FailReason};
 use crate::guard::{FieldCounts, Guard};
@@ -31,6 +32,8 @@ use crate::pii::PerClass;
 use crate::policy::ClassActions;
 use crate::tokens::ValueKind;
 
+/// The audit path of every download (the reference in the real path is never printed).
+const DOCUMENT_AUDIT_PATH: &str = "/spapi-guard/v1/documents/{reference}";
 /// Reason of a request answered by a filter in front of spapi-guard.
 const REFUSED_BEFORE: &str = "refused_before_spapi_guard";
 /// Reason of an exchange that ended (reset, disconnect) before the body the filter held was whole.
@@ -81,6 +84,13 @@ pub trait Host {
     fn lock_state(&self, caller_id: &str) -> LockState;
     /// Updates a caller's lockout state atomically; `update` may run more than once.
     fn update_lock(&self, caller_id: &str, update: &dyn Fn(&mut LockState, u64) -> Trigger) -> Trigger;
+    /// A value every worker shares (the report types learned, src/documents.rs); hosts without
+    /// shared state have none.
+    fn shared_get(&self, _key: &str) -> Option<Vec<u8>> {
+        None
+    }
+    /// Sets a shared value (last writer wins).
+    fn shared_set(&self, _key: &str, _value: &[u8]) {}
 }
 
 /// The per-request side of the host: headers, bodies, properties, local replies, the audit record.
@@ -106,6 +116,9 @@ pub trait HttpHost: Host {
     fn send_reply(&mut self, status: u32, headers: &[(&str, &str)], body: &[u8]);
     /// Stores the request's audit event for the access log.
     fn set_audit(&mut self, json: &str);
+    /// Resets the stream after response bytes went out: the client sees an aborted transfer
+    /// (HTTP/1.1: no final chunk; HTTP/2: RST_STREAM), never a clean end.
+    fn reset_stream(&mut self);
 }
 
 /// Writes a security event to the host's log as `spapi-guard event {json}`.
@@ -153,6 +166,8 @@ enum ResponseState {
     Streaming,
     /// Held until whole, then rewritten.
     Protecting,
+    /// A report document, rewritten chunk by chunk as it streams (src/download.rs).
+    Document,
     /// Rewritten (or found to need nothing) and released.
     Released,
 }
@@ -211,6 +226,12 @@ pub struct Exchange {
     drift_copy: Option<Vec<u8>>,
     request_scanner: ChunkScanner,
     response_scanner: ChunkScanner,
+    /// A report-document download (the proxy's documents endpoint).
+    download: Option<Box<Download>>,
+    /// `<scheme>://<authority>` the app called (the base of document pointers).
+    base: Option<String>,
+    /// A `getReport`/`getReports` response as it streams, for the report types it names.
+    report_listing: Option<Vec<u8>>,
 }
 
 impl Exchange {
@@ -248,6 +269,9 @@ impl Exchange {
             drift_copy: None,
             request_scanner: ChunkScanner::default(),
             response_scanner: ChunkScanner::default(),
+            download: None,
+            base: None,
+            report_listing: None,
         }
     }
 
@@ -257,6 +281,8 @@ impl Exchange {
     pub fn on_request_headers(&mut self, host: &mut dyn HttpHost, end_of_stream: bool) -> Flow {
         let guard = Rc::clone(&self.guard);
         self.request = RequestState::Streaming;
+        // Only the filter may pick the document route, after its checks: a client's copy goes.
+        host.set_request_header(crate::documents::ROUTE_HEADER, None);
         self.request_id = text(host.property(&["request", "id"])).unwrap_or_default();
         let method = text(host.request_header(":method")).unwrap_or_default();
         let path = text(host.request_header(":path")).unwrap_or_default();
@@ -319,6 +345,10 @@ impl Exchange {
         if reveal_endpoint {
             reveal_decision(&guard, &mut decision, &self.method);
         }
+        let document_reference = crate::uri::split(&path).path.strip_prefix(crate::documents::DOCUMENTS_PATH).map(str::to_string);
+        if document_reference.is_some() {
+            document_decision(&guard, &mut decision, &self.method);
+        }
         let caller_actions = decision.caller.and_then(|c| guard.access.callers.get(c)).map(|c| c.actions);
         let denial = decision.enforced_denial();
         let needs_body_check = decision.needs_body_check;
@@ -371,6 +401,16 @@ impl Exchange {
         };
         let allowed = self.decision.as_ref().is_some_and(|d| d.verdict == Verdict::Allow);
         let caller = self.decision.as_ref().and_then(|d| d.caller).and_then(|c| guard.access.callers.get(c));
+        if let Some(sealed) = document_reference {
+            return self.start_download(host, &sealed);
+        }
+        if operation.is_some_and(|(_, op)| op.id == crate::documents::GET_REPORT_DOCUMENT) {
+            self.base = crate::documents::proxy_base(text(host.request_header(":scheme")).as_deref(), text(host.request_header(":authority")).as_deref());
+        } else if allowed && crate::documents::lists_report_types(&self.method, &self.path) {
+            // Read as it streams for the report types it names: identity bodies only.
+            host.set_request_header("accept-encoding", None);
+            self.report_listing = Some(Vec::new());
+        }
         if reveal_endpoint {
             // Allowed by reveal_decision: answered by the filter once the body is whole. The
             // endpoint answers with plaintext itself, so dry-run never relaxes a denial here.
@@ -499,6 +539,12 @@ impl Exchange {
             return Flow::Continue;
         }
         self.upstream_status = text(host.response_header(":status")).and_then(|s| s.trim().parse().ok());
+        if self.download.is_some() {
+            self.response = ResponseState::Document;
+            let (status, now) = (self.upstream_status, host.now_ms());
+            let step = self.download.as_mut().map_or(Step::Continue, |d| d.on_headers(host, status, end_of_stream, now));
+            return self.document_step(host, step);
+        }
         if self.outcome != Outcome::Protected {
             self.response = ResponseState::Streaming;
             if self.drift_copy.is_some() {
@@ -554,10 +600,15 @@ impl Exchange {
                 self.bytes_in += body_size;
                 self.bytes_out += body_size;
                 self.scan_streaming_chunk(host, body_size, true);
+                self.read_report_listing(host, body_size, end_of_stream);
                 if end_of_stream {
                     self.finish_drift_scan(host);
                 }
                 Flow::Continue
+            }
+            (Reply::None, ResponseState::Document) => {
+                let step = self.download.as_mut().map_or(Step::Continue, |d| d.on_body(host, body_size, end_of_stream));
+                self.document_step(host, step)
             }
             // A body after a response that needed none (HEAD), or before any headers: nothing
             // the filter may release unseen.
@@ -573,8 +624,13 @@ impl Exchange {
             (Reply::InResponse, _) => Flow::Pause,
             (Reply::None, ResponseState::Protecting) => self.finish_response(host),
             (Reply::None, ResponseState::Streaming) => {
+                self.read_report_listing(host, 0, true);
                 self.finish_drift_scan(host);
                 Flow::Continue
+            }
+            (Reply::None, ResponseState::Document) => {
+                let step = self.download.as_mut().map_or(Step::Continue, |d| d.on_trailers());
+                self.document_step(host, step)
             }
             (Reply::None, _) => Flow::Continue,
         }
@@ -597,6 +653,17 @@ impl Exchange {
             // Reset before the response was whole: nothing of it was released.
             self.outcome = Outcome::Aborted;
             self.reason = Some(RESPONSE_INCOMPLETE);
+        } else if self.reply == Reply::None && self.download.as_ref().is_some_and(|d| d.is_open()) && self.outcome == Outcome::Protected {
+            // The client or the document host went away mid-document.
+            self.outcome = Outcome::Aborted;
+            self.reason = Some(RESPONSE_INCOMPLETE);
+        }
+        if let Some(download) = self.download.as_ref() {
+            self.counts = download.counts();
+            let (bytes_in, bytes_out) = download.bytes();
+            (self.bytes_in, self.bytes_out) = (bytes_in as usize, bytes_out as usize);
+            // A document's values count toward the caller's PII volume like a response's.
+            self.count_delivered_pii(host);
         }
         self.counts.add_revealed(&self.revealed);
         let started_ms = int(host.property(&["request", "time"])).map(|ns| (ns / 1_000_000) as u64);
@@ -624,7 +691,8 @@ impl Exchange {
             api_version: operation.map(|o| o.version.as_str()),
             upstream: operation.and_then(|o| o.upstream).and_then(|u| self.guard.upstreams.list.get(u)).map(|u| u.name.as_str()),
             method: &self.method,
-            path: redacted_path_with(&self.path, operation, self.guard.access.path_words()),
+            // A download's path is its reference: never printed.
+            path: if self.download.is_some() { DOCUMENT_AUDIT_PATH.to_string() } else { redacted_path_with(&self.path, operation, self.guard.access.path_words()) },
             decision: self.decision_kind,
             outcome: self.outcome,
             reason: self.reason,
@@ -638,6 +706,7 @@ impl Exchange {
             security_events: self.security_events.clone(),
             canaries: self.canaries.clone(),
             drift: AuditEvent::drift_from(&self.drift),
+            document: self.download.as_ref().map(|d| d.audit()),
         };
         // Written to stdout by the access log (%FILTER_STATE(wasm.spapi_guard.audit:PLAIN)%).
         host.set_audit(&event.to_json());
@@ -798,6 +867,9 @@ impl Exchange {
         let Some(op) = self.operation.and_then(|i| guard.catalog.operations.get(i)) else {
             return self.fail_closed(host, FailReason::InvalidJson);
         };
+        if let Some(flow) = self.report_document_pointer(host, &body) {
+            return flow;
+        }
         if body.is_empty() {
             // Headers promised a body and none came (or the upstream sent an empty one): there
             // is nothing to protect.
@@ -1050,6 +1122,17 @@ impl Exchange {
             host.count("spapi_guard_canary_hits_total", &[("canary", canary)], 1);
         }
         self.count_drift(host, operation);
+        if let Some(document) = self.download.as_ref().map(|d| d.audit()) {
+            // Label values stay bounded: report types of the built-in report catalog, else `other`.
+            let catalog = crate::report::ReportCatalog::builtin().ok();
+            let report_type = match document.report_type.as_deref() {
+                None => "unknown",
+                Some(t) if catalog.as_ref().is_some_and(|c| c.report(t).is_some()) => t,
+                Some(_) => "other",
+            };
+            host.count("spapi_guard_documents_total", &[("report_type", report_type), ("format", document.format), ("result", document.result)], 1);
+            host.count("spapi_guard_document_rows_total", &[("report_type", report_type)], document.rows);
+        }
         host.count("spapi_guard_body_bytes_total", &[("direction", "upstream")], self.bytes_in as u64);
         host.count("spapi_guard_body_bytes_total", &[("direction", "downstream")], self.bytes_out as u64);
     }
@@ -1086,6 +1169,19 @@ impl Exchange {
     }
 }
 
+/// The access decision on the documents endpoint, which is no catalog operation: a known caller
+/// (every check before the operation's passed) whose roles grant documents, GET only.
+fn document_decision(guard: &Guard, decision: &mut Decision, method: &str) {
+    if decision.verdict != Verdict::Deny(DenyReason::UnknownOperation) {
+        return;
+    }
+    let Some(caller) = decision.caller.and_then(|c| guard.access.callers.get(c)) else { return };
+    decision.verdict = match (&caller.documents, method) {
+        (Some(_), "GET") => Verdict::Allow,
+        _ => Verdict::Deny(DenyReason::OperationNotAllowed),
+    };
+}
+
 /// The access decision on the reveal endpoint, which is no catalog operation: allowed for a known
 /// caller with a reveal grant on it (every check before the operation's passed), POST only.
 fn reveal_decision(guard: &Guard, decision: &mut Decision, method: &str) {
@@ -1108,4 +1204,128 @@ fn text(value: Option<Vec<u8>>) -> Option<String> {
 /// An integer property (Envoy encodes them as 8 little-endian bytes).
 fn int(value: Option<Vec<u8>>) -> Option<i64> {
     value.and_then(|b| b.get(..8).and_then(|s| s.try_into().ok()).map(i64::from_le_bytes))
+}
+
+/// Report documents (src/documents.rs, src/download.rs): the pointer in `getReportDocument`
+/// responses, the report types learned from `getReport(s)`, and the download's phases.
+impl Exchange {
+    /// A GET of the documents endpoint, allowed by `document_decision`: the reference is opened
+    /// and checked, and the request re-routed to the document host; or refused, audited.
+    fn start_download(&mut self, host: &mut dyn HttpHost, sealed: &str) -> Flow {
+        let guard = Rc::clone(&self.guard);
+        let Some(caller) = self.decision.as_ref().and_then(|d| d.caller).and_then(|c| guard.access.callers.get(c)) else {
+            return self.deny(host, DenyReason::UnknownCaller);
+        };
+        let now = host.now_ms();
+        match Download::start(&guard, host, caller, self.actions, sealed, now) {
+            Ok(download) => {
+                self.outcome = Outcome::Protected;
+                self.keys = Some(guard.tokens.active_keys(now));
+                self.download = Some(Box::new(download));
+                Flow::Continue
+            }
+            Err(refusal) => {
+                self.outcome = Outcome::Denied;
+                self.decision_kind = DecisionKind::Deny;
+                self.reason = Some(refusal.code());
+                let mut event = SecurityEvent::new("document_refused", "warning", now);
+                event.request_id = Some(&self.request_id);
+                event.caller = Some(&caller.id);
+                event.reason = Some(refusal.code());
+                security(host, &event);
+                self.raise("document_refused");
+                let rules = guard.access.lockout;
+                let trigger = host.update_lock(&caller.id, &|state, now| state.record_denial(now, &rules));
+                self.lockout_started(host, &caller.id, trigger);
+                self.reply(host, refusal.status(), refusal.code(), refusal.error_body(), None)
+            }
+        }
+    }
+
+    /// Carries out what the download decided: a 502 before any byte, a reset after.
+    fn document_step(&mut self, host: &mut dyn HttpHost, step: Step) -> Flow {
+        match step {
+            Step::Continue => Flow::Continue,
+            Step::Pause => Flow::Pause,
+            Step::Fail(code) => {
+                self.document_failed(host, code, "refused");
+                self.reply(host, 502, code, crate::download::failure_body(code), None)
+            }
+            Step::Reset(code) => {
+                self.document_failed(host, code, "reset");
+                self.outcome = Outcome::Reset;
+                host.reset_stream();
+                Flow::Pause
+            }
+        }
+    }
+
+    fn document_failed(&mut self, host: &mut dyn HttpHost, code: &'static str, how: &'static str) {
+        self.outcome = Outcome::FailClosed;
+        self.decision_kind = DecisionKind::FailClosed;
+        self.reason = Some(code);
+        self.raise("fail_closed");
+        let mut event = SecurityEvent::new("fail_closed", "warning", host.now_ms());
+        event.request_id = Some(&self.request_id);
+        event.reason = Some(code);
+        event.detail = Some(how);
+        security(host, &event);
+    }
+
+    /// `getReportDocument` for a caller whose roles grant documents: `url` becomes the proxy's
+    /// pointer. `None`: not such a response (an error body, another operation): protected as any.
+    fn report_document_pointer(&mut self, host: &mut dyn HttpHost, body: &[u8]) -> Option<Flow> {
+        let guard = Rc::clone(&self.guard);
+        let op = self.operation.and_then(|i| guard.catalog.operations.get(i))?;
+        let caller = self.caller().filter(|c| c.documents.is_some() && op.id == crate::documents::GET_REPORT_DOCUMENT)?;
+        let caller_id = caller.id.clone();
+        let now = host.now_ms();
+        let report_type = crate::documents::document_id_of(&self.path)
+            .and_then(|id| host.shared_get(&crate::documents::report_type_key(&id)).and_then(|slot| crate::documents::decode_report_type(&slot, &id, now)));
+        let (map, reference) = match crate::documents::read_pointer(body, &guard.documents, &caller_id, report_type, now) {
+            Ok(Some(found)) => found,
+            Ok(None) => return None,
+            Err(refusal) => {
+                let code = refusal.code();
+                self.document_failed(host, code, "refused");
+                return Some(self.reply(host, 502, code, crate::download::failure_body(code), None));
+            }
+        };
+        let Some(base) = self.base.clone() else {
+            // No plain host[:port] to point back at (Envoy requires one: a guard, not a path).
+            self.document_failed(host, "invalid_authority", "refused");
+            return Some(self.reply(host, 502, "invalid_authority", crate::download::failure_body("invalid_authority"), None));
+        };
+        let Some(sealed) = reference.seal(&guard.tokens, now) else {
+            return Some(self.fail_closed(host, FailReason::NoActiveKey));
+        };
+        let pointer = crate::documents::write_pointer(map, &base, &sealed);
+        host.set_response_body(body.len(), &pointer);
+        host.set_response_header("content-length", Some(&pointer.len().to_string()));
+        self.response = ResponseState::Released;
+        self.bytes_out = pointer.len();
+        Some(Flow::Continue)
+    }
+
+    /// Keeps a `getReport(s)` response as it streams (up to [`crate::documents::MAX_REPORT_LISTING`])
+    /// and, at its end, remembers each document's report type in shared data.
+    fn read_report_listing(&mut self, host: &mut dyn HttpHost, body_size: usize, end_of_stream: bool) {
+        let Some(listing) = self.report_listing.as_mut() else { return };
+        if body_size > 0 {
+            let chunk = host.response_body(body_size);
+            if listing.len() + chunk.len() > crate::documents::MAX_REPORT_LISTING {
+                self.report_listing = None;
+                return;
+            }
+            listing.extend_from_slice(&chunk);
+        }
+        if !end_of_stream || self.upstream_status != Some(200) {
+            return;
+        }
+        let now = host.now_ms();
+        for (id, report_type) in crate::documents::report_types_in(listing) {
+            host.shared_set(&crate::documents::report_type_key(&id), &crate::documents::encode_report_type(&id, &report_type, now));
+        }
+        self.report_listing = None;
+    }
 }

@@ -35,6 +35,8 @@ pub struct Guard {
     /// (operation, path template) label pairs of `spapi_guard_schema_drift_total` this VM has
     /// used: bounded by [`MAX_DRIFT_LABELS`], so an upstream cannot grow Envoy's stats at will.
     drift_labels: std::cell::RefCell<std::collections::BTreeSet<(String, String)>>,
+    /// Report documents: the allowed document hosts (src/documents.rs).
+    pub documents: crate::documents::DocumentsPolicy,
     /// The instant the policy was loaded at (milliseconds since the Unix epoch; 0 from [`Guard::load`]).
     pub loaded_at_ms: u64,
 }
@@ -70,7 +72,8 @@ impl Guard {
         }
         let tokens = TokenEngine::from_ring(ring.schedule, ring.materials).map_err(|m| ConfigError::new("keys", m))?;
         let drift = crate::policy_doc::drift_policy(&doc.drift)?;
-        Ok(Guard { policy, catalog, access, canaries, tokens, warnings, drift, upstreams, drift_labels: Default::default(), loaded_at_ms: now_ms.unwrap_or(0) })
+        let documents = crate::documents::DocumentsPolicy::from_doc(&doc.documents)?;
+        Ok(Guard { policy, catalog, access, canaries, tokens, warnings, drift, upstreams, documents, drift_labels: Default::default(), loaded_at_ms: now_ms.unwrap_or(0) })
     }
 
     /// The `path` label for a drift finding: the template, or `other` once this VM has used
@@ -231,7 +234,8 @@ fn action_slot(action: Action) -> usize {
 }
 
 impl FieldCounts {
-    fn add(&mut self, class: PiiClass, action: Action) {
+    /// Counts one value of `class` that got `action`.
+    pub(crate) fn add(&mut self, class: PiiClass, action: Action) {
         let slot = &mut self.counts[class][action_slot(action)];
         *slot = slot.saturating_add(1);
     }

@@ -18,6 +18,7 @@
 //! * [`fail_closed`] — what the client gets when a body cannot be protected.
 //! * [`upstreams`] — approved third-party upstreams, and the binding of each request to the
 //!   cluster Envoy sends it to.
+//! * [`report`] — report documents: streamed, decompressed and rewritten with flat memory.
 // A panic in the VM takes the filter down: input-driven code never unwraps (enforced here, for
 // everything but unit tests; `.ci/run` runs clippy on the native and the wasm32 build).
 #![cfg_attr(not(test), deny(clippy::unwrap_used, clippy::expect_used, clippy::panic, clippy::unreachable, clippy::todo, clippy::unimplemented))]
@@ -29,6 +30,8 @@ pub mod catalog;
 pub mod cidr;
 pub mod config_error;
 pub mod detokenize;
+pub mod documents;
+pub mod download;
 pub mod drift;
 pub mod exchange;
 pub mod fail_closed;
@@ -46,6 +49,7 @@ pub mod policy;
 pub mod policy_doc;
 pub mod processing_record;
 pub mod query_params;
+pub mod report;
 pub mod router;
 pub mod schema;
 #[doc(hidden)]

@@ -50,6 +50,12 @@ pub const METRICS: &[MetricSpec] = &[
     MetricSpec { name: "spapi_guard_config_total", labels: &["result"], help: "Configurations loaded or rejected (per Wasm VM)." },
     MetricSpec { name: "spapi_guard_body_bytes_total", labels: &["direction"], help: "Response body bytes processed: upstream (received) and downstream (sent)." },
     MetricSpec {
+        name: "spapi_guard_documents_total",
+        labels: &["report_type", "format", "result"],
+        help: "Report documents downloaded through the proxy, by report type (`unknown` when not learned, `other` outside the built-in report catalog), format (tsv, csv, xml, json, binary, unknown) and result (complete, refused before any byte, reset mid-stream, aborted by a peer, binary delivered as is).",
+    },
+    MetricSpec { name: "spapi_guard_document_rows_total", labels: &["report_type"], help: "Data rows of report documents rewritten, by report type." },
+    MetricSpec {
         name: "spapi_guard_key_tokens_total",
         labels: &["key_id", "mode"],
         help: "Tokens made per key and mode (deterministic, randomized): randomized nonces are bounded per key (docs/TOKENS.md).",

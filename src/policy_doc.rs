@@ -55,6 +55,9 @@ pub struct PolicyDoc {
     /// Envoy clusters (with `*` wildcards) that lead to the SP-API (default `spapi`, `spapi-*`).
     #[serde(default)]
     pub spapi_clusters: Option<Vec<String>>,
+    /// Report documents through the proxy: the document hosts allowed (docs/POLICY.md, "Report documents").
+    #[serde(default)]
+    pub documents: crate::documents::DocumentsDoc,
 }
 
 /// The `drift` section (docs/POLICY.md, "Drift").

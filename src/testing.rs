@@ -43,6 +43,10 @@ pub struct MockHost {
     pub gauges: RefCell<HashMap<String, u64>>,
     pub locks: RefCell<HashMap<String, LockState>>,
     pub now: Cell<u64>,
+    /// Proxy-wasm shared data (every worker's), e.g. the report types learned.
+    pub shared: RefCell<HashMap<String, Vec<u8>>>,
+    /// Whether the filter reset the stream.
+    pub reset: bool,
 }
 
 impl MockHost {
@@ -148,6 +152,14 @@ impl Host for MockHost {
         let state = locks.entry(caller_id.to_string()).or_default();
         update(state, self.now.get())
     }
+
+    fn shared_get(&self, key: &str) -> Option<Vec<u8>> {
+        self.shared.borrow().get(key).cloned()
+    }
+
+    fn shared_set(&self, key: &str, value: &[u8]) {
+        self.shared.borrow_mut().insert(key.to_string(), value.to_vec());
+    }
 }
 
 impl HttpHost for MockHost {
@@ -200,5 +212,9 @@ impl HttpHost for MockHost {
 
     fn set_audit(&mut self, json: &str) {
         self.audit = Some(json.to_string());
+    }
+
+    fn reset_stream(&mut self) {
+        self.reset = true;
     }
 }

@@ -159,6 +159,9 @@ struct KeySchedule {
     aead: Aes256Gcm,
     siv: HmacSha256,
     hash: HmacSha256,
+    /// Seals the proxy's own document references (src/documents.rs): a sub-key of its own
+    /// purpose, so a reference never opens as a token nor a token as a reference.
+    reference: Aes256Gcm,
 }
 
 impl KeySchedule {
@@ -167,17 +170,21 @@ impl KeySchedule {
         let mut enc = [0u8; KEY_LEN];
         let mut siv = [0u8; KEY_LEN];
         let mut hash = [0u8; KEY_LEN];
+        let mut reference = [0u8; KEY_LEN];
         // HKDF-Expand cannot fail for 32-byte outputs (limit is 255 × 32 bytes).
         let _ = hk.expand(b"aes-256-gcm", &mut enc);
         let _ = hk.expand(b"siv-nonce", &mut siv);
         let _ = hk.expand(b"keyed-hash", &mut hash);
+        let _ = hk.expand(b"document-reference", &mut reference);
         // HMAC takes keys of any length: `new_from_slice` cannot fail here.
         #[allow(clippy::unreachable)]
         let schedule = KeySchedule {
             aead: Aes256Gcm::new((&enc).into()),
             siv: <HmacSha256 as Mac>::new_from_slice(&siv).unwrap_or_else(|_| unreachable!()),
             hash: <HmacSha256 as Mac>::new_from_slice(&hash).unwrap_or_else(|_| unreachable!()),
+            reference: Aes256Gcm::new((&reference).into()),
         };
+        reference.fill(0);
         enc.fill(0);
         siv.fill(0);
         hash.fill(0);
@@ -406,6 +413,56 @@ impl TokenEngine {
         out.push_str(class.as_str());
         out.push('.');
         URL_SAFE_NO_PAD.encode_string(&digest[..HASH_LEN], out);
+    }
+}
+
+/// Magic prefix of a sealed document reference (src/documents.rs); also its format version.
+pub const REFERENCE_PREFIX: &str = "spgr1.";
+
+/// Why a document reference could not be opened. Carries nothing of the reference.
+#[derive(Debug, PartialEq, Eq)]
+pub enum ReferenceError {
+    /// Not of the `spgr1.` form, or its key is not in the ring.
+    Malformed,
+    /// Authentication failed: altered, or sealed by another proxy.
+    Forged,
+}
+
+impl TokenEngine {
+    /// Seals `plaintext` as a document reference with the `document-reference` sub-key of the key
+    /// active for class `other` at `now_ms`:
+    /// `spgr1.<key id>.<base64url(nonce ‖ ciphertext ‖ tag)>`, the part before the last dot bound
+    /// as associated data; randomized nonces. `None` if no key is active for `other`.
+    pub fn seal_reference(&self, now_ms: u64, plaintext: &[u8]) -> Option<String> {
+        let keys = self.active_keys(now_ms);
+        let (key, schedule) = self.key_for(&keys, PiiClass::Other)?;
+        let mut out = String::with_capacity(REFERENCE_PREFIX.len() + key.id.len() + 1 + (plaintext.len() + NONCE_LEN + TAG_LEN) * 4 / 3 + 4);
+        out.push_str(REFERENCE_PREFIX);
+        out.push_str(&key.id);
+        let nonce = self.nonces.take();
+        let mut sealed = Vec::with_capacity(NONCE_LEN + plaintext.len() + TAG_LEN);
+        sealed.extend_from_slice(&nonce);
+        sealed.extend_from_slice(plaintext);
+        let tag = schedule.reference.encrypt_in_place_detached(Nonce::from_slice(&nonce), out.as_bytes(), &mut sealed[NONCE_LEN..]).ok()?;
+        sealed.extend_from_slice(&tag);
+        out.push('.');
+        URL_SAFE_NO_PAD.encode_string(&sealed, &mut out);
+        Some(out)
+    }
+
+    /// Opens a reference sealed by [`seal_reference`](Self::seal_reference) under any key of the
+    /// ring (a reference lives minutes; its own expiry is checked by the caller).
+    pub fn open_reference(&self, reference: &str) -> Result<Vec<u8>, ReferenceError> {
+        let body = reference.strip_prefix(REFERENCE_PREFIX).ok_or(ReferenceError::Malformed)?;
+        let (key_id, data) = body.rsplit_once('.').ok_or(ReferenceError::Malformed)?;
+        let index = self.schedule.find(key_id).ok_or(ReferenceError::Malformed)?;
+        let schedule = self.keys.get(index).ok_or(ReferenceError::Malformed)?;
+        let raw = URL_SAFE_NO_PAD.decode(data).map_err(|_| ReferenceError::Malformed)?;
+        if raw.len() < NONCE_LEN + TAG_LEN {
+            return Err(ReferenceError::Malformed);
+        }
+        let aad = &reference.as_bytes()[..reference.len() - data.len() - 1];
+        schedule.reference.decrypt(Nonce::from_slice(&raw[..NONCE_LEN]), Payload { msg: &raw[NONCE_LEN..], aad }).map_err(|_| ReferenceError::Forged)
     }
 }
 

@@ -33,7 +33,7 @@ def check(ok, what):
 listener = envoy["static_resources"]["listeners"][0]
 hcm = listener["filter_chains"][0]["filters"][0]["typed_config"]
 wasm = next(f for f in hcm["http_filters"] if f["name"] == "envoy.filters.http.wasm")["typed_config"]["config"]
-cluster = envoy["static_resources"]["clusters"][0]
+cluster = next(c for c in envoy["static_resources"]["clusters"] if c["name"] == "spapi")
 upstream = cluster["load_assignment"]["endpoints"][0]["lb_endpoints"][0]["endpoint"]["address"]["socket_address"]
 
 svc = compose["services"]["envoy"]
@@ -84,7 +84,7 @@ check(not set(p.split(":")[-2] if p.count(":") == 2 else p.split(":")[0] for p i
       & set(p.split(":")[-2] if p.count(":") == 2 else p.split(":")[0] for p in svc["ports"]),
       "the demo and production services publish different host ports")
 check("network_mode" not in psvc and "depends_on" not in psvc, "envoy-production needs no mock")
-clusters = prod["static_resources"]["clusters"]
+clusters = [c for c in prod["static_resources"]["clusters"] if c["name"] != "documents"]
 check(len(clusters) == 6, "six SP-API clusters (NA, EU, FE and their sandboxes)")
 for c in clusters:
     ts = c["transport_socket"]["typed_config"]
@@ -96,6 +96,29 @@ for c in clusters:
     check(vc["trusted_ca"]["filename"] == "/etc/ssl/certs/ca-certificates.crt", f"{c['name']}: the image's system trust store")
     check(ts["common_tls_context"]["tls_params"]["tls_minimum_protocol_version"] == "TLSv1_2", f"{c['name']}: TLS 1.2 or later")
 check(plistener["per_connection_buffer_limit_bytes"] == listener["per_connection_buffer_limit_bytes"], "same buffer limit in both profiles")
+
+# Report documents, both profiles: a dynamic forward proxy to the policy's document hosts only,
+# verified TLS, and a route header only the filter can set.
+for name, config, h in (("envoy.yaml", envoy, hcm), ("envoy.production.yaml", prod, phcm)):
+    docs = next((c for c in config["static_resources"]["clusters"] if c["name"] == "documents"), None)
+    check(docs is not None and docs["cluster_type"]["name"] == "envoy.clusters.dynamic_forward_proxy", f"{name}: a documents DFP cluster")
+    if docs is None:
+        continue
+    options = docs["typed_extension_protocol_options"]["envoy.extensions.upstreams.http.v3.HttpProtocolOptions"]["upstream_http_protocol_options"]
+    check(options == {"auto_sni": True, "auto_san_validation": True}, f"{name}: documents: SNI and SAN from the document host's name")
+    dctx = docs["transport_socket"]["typed_config"]["common_tls_context"]
+    check(dctx["validation_context"]["trusted_ca"]["filename"] == "/etc/ssl/certs/ca-certificates.crt", f"{name}: documents: the system trust store")
+    check(dctx["tls_params"]["tls_minimum_protocol_version"] == "TLSv1_2", f"{name}: documents: TLS 1.2 or later")
+    vhost = next(v for v in h["route_config"]["virtual_hosts"] if v["name"] == "documents")
+    check(vhost["domains"] == render.document_domains(policy), f"{name}: the documents domains are the policy's documents.hosts")
+    check(vhost["routes"][0]["match"]["headers"][0]["name"] == "x-spapi-guard-document-route" and "direct_response" in vhost["routes"][-1],
+          f"{name}: documents are routed only with the filter's route header")
+    names = [f["name"] for f in h["http_filters"]]
+    first = h["http_filters"][0]["typed_config"]["mutations"]["request_mutations"]
+    check(names[0] == "envoy.filters.http.header_mutation" and {"remove": "x-spapi-guard-document-route"} in first,
+          f"{name}: a client's route header is removed before the filter")
+    check(names.index("envoy.filters.http.wasm") < names.index("envoy.filters.http.dynamic_forward_proxy") < names.index("envoy.filters.http.router"),
+          f"{name}: the forward proxy resolves after the filter chose the route")
 
 for f in failures:
     print("docker-compose check failed:", f)

@@ -180,6 +180,16 @@ def run(tmp):
                 hcm(doc, chain)["access_log"][0]["typed_config"]["log_format"] = {"text_format_source": {"inline_string": fmt}}
         return change
 
+    def pop_filter(doc, chain, pred):
+        filters = hcm(doc, chain)["http_filters"]
+        filters.pop(next(i for i, f in enumerate(filters) if pred(f)))
+
+    def is_wasm(f):
+        return f["name"] == "envoy.filters.http.wasm"
+
+    def strips_identity(f):
+        return "x-spapi-guard-caller" in json.dumps(f)
+
     jwt = {"name": "envoy.filters.http.jwt_authn", "typed_config": {
         "@type": "type.googleapis.com/envoy.extensions.filters.http.jwt_authn.v3.JwtAuthentication", "providers": {}}}
     cases = [
@@ -209,14 +219,14 @@ def run(tmp):
             "@type": "type.googleapis.com/envoy.extensions.access_loggers.grpc.v3.HttpGrpcAccessLogConfig"}}), "access-log"),
         ("jwt_authn after spapi-guard", demo, lambda d: hcm(d)["http_filters"].insert(-1, jwt), "filter-order"),
         ("header identities without removing the client's copy", header,
-         lambda d: hcm(d)["http_filters"].pop(0), "filter-order"),
-        ("a plaintext chain without the filter", demo, lambda d: hcm(d, 1)["http_filters"].pop(0), "filter-order"),
+         lambda d: pop_filter(d, 0, strips_identity), "filter-order"),
+        ("a plaintext chain without the filter", demo, lambda d: pop_filter(d, 1, is_wasm), "filter-order"),
         ("filter disabled on a route", demo, lambda d: hcm(d)["route_config"]["virtual_hosts"][0]["routes"][0].update(
             typed_per_filter_config={"envoy.filters.http.wasm": {
                 "@type": "type.googleapis.com/envoy.config.route.v3.FilterConfig", "disabled": True}}), "filter-order"),
-        ("no spapi-guard filter at all", demo, lambda d: [hcm(d, c)["http_filters"].pop(0) for c in range(2)], "wasm-present"),
+        ("no spapi-guard filter at all", demo, lambda d: [pop_filter(d, c, is_wasm) for c in range(2)], "wasm-present"),
         ("demo cluster sent to a remote address in plaintext", demo,
-         lambda d: d["static_resources"]["clusters"][0]["load_assignment"]["endpoints"][0]["lb_endpoints"][0]["endpoint"][
+         lambda d: next(c for c in d["static_resources"]["clusters"] if c["name"] == "spapi")["load_assignment"]["endpoints"][0]["lb_endpoints"][0]["endpoint"][
              "address"]["socket_address"].update(address="10.0.0.8"), "upstream-tls"),
         ("SP-API cluster without TLS", prod,
          lambda d: next(c for c in d["static_resources"]["clusters"] if c["name"] == "spapi-na").pop("transport_socket"), "upstream-tls"),
@@ -230,6 +240,10 @@ def run(tmp):
          lambda d: na_tls(d)["common_tls_context"]["validation_context"].update(trust_chain_verification="ACCEPT_UNTRUSTED"),
          "upstream-tls"),
         ("SP-API cluster without SNI", prod, lambda d: na_tls(d).pop("sni"), "upstream-tls"),
+        ("documents forward proxy without SAN validation", prod,
+         lambda d: next(c for c in d["static_resources"]["clusters"] if c["name"] == "documents")["typed_extension_protocol_options"][
+             "envoy.extensions.upstreams.http.v3.HttpProtocolOptions"]["upstream_http_protocol_options"].pop("auto_san_validation"),
+         "upstream-tls"),
     ]
     for i, (what, base, change, check_id) in enumerate(cases):
         path = tmp / f"broken-{i}.yaml"

@@ -1049,3 +1049,328 @@ fn a_path_outside_the_catalog_is_never_detokenized() {
     x.request(&[body.as_bytes()], false);
     no_pii(&x.host.request_body, &["Jane"]);
 }
+
+// ---------------------------------------------------------------------------------------------
+// Report documents (src/documents.rs, src/download.rs)
+
+const DOC_ID: &str = "amzn1.spdoc.1.4.na.doc-1";
+const DOC_URL: &str = "https://bucket.s3.amazonaws.com/doc-1?X-Amz-Date=20270115T080000Z&X-Amz-Expires=300&X-Amz-Signature=abc";
+const FLAT_TYPE: &str = "GET_FLAT_FILE_ACTIONABLE_ORDER_DATA_SHIPPING";
+
+fn documents_policy() -> Value {
+    let mut policy = default_policy();
+    // getReport(s) pass through (they carry no PII); the filter learns report types from them.
+    policy["access"]["passThroughPaths"].as_array_mut().expect("list").push(json!("/reports/"));
+    policy["roles"]["order-sync"]["documents"] = json!({"reportTypes": ["*"]});
+    policy["roles"]["label-printer"]["documents"] = json!({"reportTypes": ["GET_FLAT_FILE_*"]});
+    policy
+}
+
+/// getReport (the report type is learned into shared data), then getReportDocument: the pointer's
+/// path on the proxy, and the shared data for the next exchange.
+fn document_pointer(guard: &Rc<Guard>, caller: &str, now: u64, gzip: bool) -> (Value, String, std::cell::RefCell<std::collections::HashMap<String, Vec<u8>>>) {
+    let mut report = Exchange1::new(Rc::clone(guard), "GET", "/reports/2021-06-30/reports/r1", Some(caller));
+    report.host.now.set(now);
+    report.request(&[], false);
+    let listing = json!({"reportId": "r1", "reportType": FLAT_TYPE, "processingStatus": "DONE", "reportDocumentId": DOC_ID}).to_string();
+    let (a, b) = listing.as_bytes().split_at(10);
+    report.respond(JSON_HEADERS, &[a, b], false);
+    assert_eq!(report.seen.delivered, listing.as_bytes(), "getReport streams unchanged");
+    let mut x = Exchange1::new(Rc::clone(guard), "GET", &format!("/reports/2021-06-30/documents/{DOC_ID}"), Some(caller));
+    x.host.now.set(now);
+    x.host.shared = report.host.shared;
+    x.host.add_request_header(":authority", "proxy.internal:10000");
+    x.host.add_request_header(":scheme", "https");
+    x.request(&[], false);
+    let mut body = json!({"reportDocumentId": DOC_ID, "url": DOC_URL});
+    if gzip {
+        body["compressionAlgorithm"] = json!("GZIP");
+    }
+    let body = body.to_string();
+    x.respond(JSON_HEADERS, &[body.as_bytes()], false);
+    let pointer: Value = serde_json::from_slice(&x.seen.delivered).expect("json");
+    let url = pointer["url"].as_str().expect("url").to_string();
+    let path = url.strip_prefix("https://proxy.internal:10000").expect("the app's scheme and authority").to_string();
+    x.log(Some(200));
+    (pointer, path, x.host.shared)
+}
+
+fn download(guard: &Rc<Guard>, caller: &str, path: &str, now: u64) -> Exchange1 {
+    let mut x = Exchange1::new(Rc::clone(guard), "GET", path, Some(caller));
+    x.host.now.set(now);
+    x.host.add_request_header("authorization", "Bearer app-token");
+    x.host.add_request_header("x-amz-access-token", "Atza|lwa");
+    x.host.add_request_header("range", "bytes=0-10");
+    x.request(&[], false);
+    x
+}
+
+const NOW_2027: u64 = 1_800_000_000_000; // 2027-01-15T08:00:00Z
+
+#[test]
+fn get_report_document_gets_a_sealed_pointer_that_reroutes_its_download() {
+    let guard = guard_with(documents_policy());
+    let (pointer, path, _) = document_pointer(&guard, ORDER_SYNC, NOW_2027, true);
+    assert!(pointer.get("compressionAlgorithm").is_none(), "{pointer}");
+    assert_eq!(pointer["reportDocumentId"], json!(DOC_ID));
+    assert!(path.starts_with("/spapi-guard/v1/documents/spgr1.demo-1.") && !path.contains("s3.amazonaws") && !path.contains("Signature"), "{path}");
+    let mut x = download(&guard, ORDER_SYNC, &path, NOW_2027);
+    assert!(x.seen.forwarded && x.seen.reply.is_none());
+    assert_eq!(x.host.request_header_text(":authority").as_deref(), Some("bucket.s3.amazonaws.com"));
+    assert_eq!(x.host.request_header_text(":path").as_deref(), Some("/doc-1?X-Amz-Date=20270115T080000Z&X-Amz-Expires=300&X-Amz-Signature=abc"));
+    assert_eq!(x.host.request_header_text("x-spapi-guard-document-route").as_deref(), Some("1"));
+    for h in ["authorization", "x-amz-access-token", "range"] {
+        assert!(x.host.request_header_text(h).is_none(), "{h} is never sent to the document host");
+    }
+    let event = x.log(Some(200));
+    assert_eq!(event["path"], json!("/spapi-guard/v1/documents/{reference}"));
+    assert_eq!(event["document"]["report_type"], json!(FLAT_TYPE), "learned from getReport");
+    assert!(!x.host.log_text().contains("spgr1.") && !event.to_string().contains("spgr1."));
+}
+
+#[test]
+fn a_client_cannot_choose_the_document_route() {
+    let guard = guard_with(documents_policy());
+    let mut x = Exchange1::new(Rc::clone(&guard), "GET", "/catalog/2022-04-01/items/B0", Some(ORDER_SYNC));
+    x.host.add_request_header("x-spapi-guard-document-route", "1");
+    x.request(&[], false);
+    assert!(x.seen.forwarded);
+    assert!(x.host.request_header_text("x-spapi-guard-document-route").is_none(), "removed before anything else");
+}
+
+#[test]
+fn document_references_are_refused_to_others_when_expired_or_tampered() {
+    let guard = guard_with(documents_policy());
+    let (_, path, _) = document_pointer(&guard, ORDER_SYNC, NOW_2027, false);
+    let refused = |caller: &str, path: &str, now: u64| -> (u32, String) {
+        let mut x = download(&guard, caller, path, now);
+        assert!(!x.seen.forwarded);
+        let reply = x.seen.reply.clone().expect("refused locally");
+        let event = x.log(Some(i64::from(reply.status)));
+        assert_eq!(event["decision"], json!("deny"));
+        (reply.status, reply.header("x-spapi-guard").unwrap_or_default().to_string())
+    };
+    assert_eq!(refused(LABEL_PRINTER, &path, NOW_2027), (403, "document_caller_mismatch".to_string()));
+    // The URL says X-Amz-Date 2027-01-15T08:00:00Z + 300 s.
+    assert_eq!(refused(ORDER_SYNC, &path, NOW_2027 + 301_000), (410, "document_reference_expired".to_string()));
+    let mut tampered = path.clone().into_bytes();
+    let at = tampered.len() - 3;
+    tampered[at] ^= 1;
+    assert_eq!(refused(ORDER_SYNC, std::str::from_utf8(&tampered).expect("ascii"), NOW_2027), (400, "invalid_document_reference".to_string()));
+    let analytics = "spiffe://spapi-guard.demo/analytics";
+    assert_eq!(refused(analytics, &path, NOW_2027).0, 403, "no documents grant");
+    let mut post = Exchange1::new(Rc::clone(&guard), "POST", &path, Some(ORDER_SYNC));
+    post.request(&[b"{}"], false);
+    assert!(!post.seen.forwarded && post.seen.reply.as_ref().is_some_and(|r| r.status == 403));
+}
+
+/// The identity skeleton of the rewriter and the real one agree on this: a document in any chunking
+/// comes out as one stream, headers released with the first bytes, no content-length.
+#[test]
+fn documents_stream_in_chunks_of_every_size() {
+    let guard = guard_with(documents_policy());
+    let plain = b"order-id\tbuyer-email\tsku\n123-1\tjane@example.com\tSKU-1\n123-2\tjoe@example.com\tSKU-2\n".to_vec();
+    for (gzip, doc) in [(false, plain.clone()), (true, gzip_bytes(&plain))] {
+        stream_in_every_chunking(&guard, gzip, &doc, &plain);
+    }
+}
+
+fn stream_in_every_chunking(guard: &Rc<Guard>, gzip: bool, doc: &[u8], plain: &[u8]) {
+    let guard = Rc::clone(guard);
+    let (_, path, _) = document_pointer(&guard, ORDER_SYNC, NOW_2027, gzip);
+    let headers: &[(&str, &str)] = &[(":status", "200"), ("content-type", "text/plain"), ("content-length", "51"), ("etag", "\"x\"")];
+    let mut reference: Option<Vec<u8>> = None;
+    for size in 1..=doc.len() {
+        let mut x = download(&guard, ORDER_SYNC, &path, NOW_2027);
+        let chunks: Vec<&[u8]> = doc.chunks(size).collect();
+        x.respond(headers, &chunks, false);
+        assert!(x.seen.reply.is_none() && x.seen.headers_released && !x.host.reset, "size {size}");
+        assert!(x.host.response_header_text("content-length").is_none() && x.host.response_header_text("etag").is_none());
+        assert_eq!(x.host.response_header_text("cache-control").as_deref(), Some("no-store"));
+        match &reference {
+            None => reference = Some(x.seen.delivered.clone()),
+            Some(r) => assert_eq!(&x.seen.delivered, r, "size {size}: the same stream in any chunking"),
+        }
+        no_pii(&x.seen.delivered, &["jane@example.com", "joe@example.com"]);
+        let event = x.log(Some(200));
+        assert_eq!(event["document"]["result"], json!("complete"), "size {size}");
+        assert_eq!(event["outcome"], json!("protected"));
+        assert_eq!(event["document"]["rows"], json!(2));
+        assert_eq!(event["pii"]["email"]["tokenized"], json!(2), "{event}");
+    }
+    // Every other byte unchanged: the tokens open to the originals in place.
+    let out = String::from_utf8(reference.unwrap_or_default()).expect("utf-8");
+    let restored: Vec<String> =
+        out.split('\n').map(|line| line.split('\t').map(|f| if f.starts_with("spgt1.") { open(&guard, f) } else { f.to_string() }).collect::<Vec<_>>().join("\t")).collect();
+    assert_eq!(restored.join("\n").as_bytes(), plain);
+}
+
+fn open(guard: &Guard, token: &str) -> String {
+    String::from_utf8(guard.tokens.open(token, NOW_2027).expect("opens").plaintext).expect("utf-8")
+}
+
+/// A gzip member of `data` (miniz_oxide's deflate, the CRC-32 by hand).
+fn gzip_bytes(data: &[u8]) -> Vec<u8> {
+    let mut crc = !0u32;
+    for &b in data {
+        crc ^= u32::from(b);
+        for _ in 0..8 {
+            crc = if crc & 1 == 1 { (crc >> 1) ^ 0xEDB8_8320 } else { crc >> 1 };
+        }
+    }
+    let mut out = vec![0x1f, 0x8b, 8, 0, 0, 0, 0, 0, 0, 255];
+    out.extend_from_slice(&miniz_oxide::deflate::compress_to_vec(data, 6));
+    out.extend_from_slice(&(!crc).to_le_bytes());
+    out.extend_from_slice(&(data.len() as u32).to_le_bytes());
+    out
+}
+
+#[test]
+fn a_document_host_error_is_a_502_with_a_code_never_its_body() {
+    let guard = guard_with(documents_policy());
+    let (_, path, _) = document_pointer(&guard, ORDER_SYNC, NOW_2027, false);
+    let mut x = download(&guard, ORDER_SYNC, &path, NOW_2027);
+    x.respond(&[(":status", "403"), ("content-type", "application/xml")], &[b"<Error><Key>doc-1</Key></Error>"], false);
+    let reply = x.seen.reply.clone().expect("502");
+    assert_eq!((reply.status, reply.header("x-spapi-guard")), (502, Some("document_host_error")));
+    assert!(x.seen.delivered.is_empty() && !String::from_utf8_lossy(&reply.body).contains("<Key>"));
+    let event = x.log(Some(502));
+    assert_eq!((event["outcome"].as_str(), event["document"]["result"].as_str()), (Some("fail_closed"), Some("refused")));
+}
+
+#[test]
+fn a_document_failing_after_bytes_went_is_reset_and_audited() {
+    let guard = guard_with(documents_policy());
+    let (_, path, _) = document_pointer(&guard, ORDER_SYNC, NOW_2027, true);
+    // compressionAlgorithm GZIP: a gzip stream whose first bytes are fine and the rest is not.
+    let mut gz = Vec::new();
+    {
+        // A stored (uncompressed) deflate block: header row and rows in clear inside gzip framing.
+        let rows = "order-id\tsku\n".to_string() + &"123-1\tSKU-1\n".repeat(400);
+        gz.extend_from_slice(&[0x1f, 0x8b, 8, 0, 0, 0, 0, 0, 0, 255]);
+        let data = rows.as_bytes();
+        gz.push(0); // BFINAL=0, BTYPE=00 (stored)
+        gz.extend_from_slice(&(data.len() as u16).to_le_bytes());
+        gz.extend_from_slice(&(!(data.len() as u16)).to_le_bytes());
+        gz.extend_from_slice(data);
+        gz.extend_from_slice(&[0xff; 64]); // then garbage: an invalid block type
+    }
+    let mut x = download(&guard, ORDER_SYNC, &path, NOW_2027);
+    let (a, b) = gz.split_at(gz.len() - 64);
+    x.respond(&[(":status", "200"), ("content-type", "text/plain")], &[a, b], false);
+    assert!(x.host.reset, "reset, not a clean end");
+    assert!(!x.seen.delivered.is_empty(), "bytes went before the failure");
+    let event = x.log(Some(200));
+    assert_eq!(event["outcome"], json!("reset"));
+    assert_eq!(event["document"]["result"], json!("reset"));
+    assert!(x.host.security_events().iter().any(|e| e["event"] == json!("fail_closed") && e["detail"] == json!("reset")));
+}
+
+#[test]
+fn pdf_and_zip_documents_are_delivered_as_they_are_or_refused_per_role() {
+    let mut policy = documents_policy();
+    policy["roles"]["order-sync"]["documents"] = json!({"reportTypes": ["*"], "binaryDocuments": "deliver"});
+    let guard = guard_with(policy);
+    let pdf = b"%PDF-1.4\n1 0 obj << /Type /Catalog >> endobj\n%%EOF\n".to_vec();
+    let zip = gzip_bytes(b"PK\x03\x04 a zip of labels, gzip-compressed on the way");
+    for (gzip, doc) in [(false, pdf.clone()), (true, zip)] {
+        for size in [1, 3, doc.len()] {
+            let (_, path, _) = document_pointer(&guard, ORDER_SYNC, NOW_2027, gzip);
+            let mut x = download(&guard, ORDER_SYNC, &path, NOW_2027);
+            let chunks: Vec<&[u8]> = doc.chunks(size).collect();
+            x.respond(&[(":status", "200"), ("content-type", "application/pdf")], &chunks, false);
+            assert!(x.seen.reply.is_none() && !x.host.reset, "gzip {gzip} size {size}");
+            assert_eq!(x.seen.delivered, doc, "gzip {gzip} size {size}: as received");
+            assert_eq!(x.host.response_header_text("content-encoding").as_deref(), gzip.then_some("gzip"));
+            let event = x.log(Some(200));
+            assert_eq!((event["document"]["result"].as_str(), event["document"]["format"].as_str()), (Some("binary"), Some("binary")));
+        }
+    }
+    // The default: refused, before any byte.
+    let guard = guard_with(documents_policy());
+    let (_, path, _) = document_pointer(&guard, ORDER_SYNC, NOW_2027, false);
+    let mut x = download(&guard, ORDER_SYNC, &path, NOW_2027);
+    x.respond(&[(":status", "200"), ("content-type", "application/pdf")], &[&pdf[..2], &pdf[2..]], false);
+    let reply = x.seen.reply.clone().expect("refused");
+    assert_eq!((reply.status, reply.header("x-spapi-guard")), (502, Some("not_tokenizable")));
+    assert!(x.seen.delivered.is_empty());
+}
+
+#[test]
+fn document_values_count_toward_the_pii_volume_lockout() {
+    let mut policy = documents_policy();
+    policy["roles"]["order-sync"]["maxPiiFieldsPerWindow"] = json!(3);
+    let guard = guard_with(policy);
+    let (_, path, _) = document_pointer(&guard, ORDER_SYNC, NOW_2027, false);
+    let doc = b"order-id\tbuyer-email\n1\ta@example.com\n2\tb@example.com\n3\tc@example.com\n4\td@example.com\n".to_vec();
+    let mut x = download(&guard, ORDER_SYNC, &path, NOW_2027);
+    x.respond(&[(":status", "200"), ("content-type", "text/plain")], &[&doc], false);
+    let event = x.log(Some(200));
+    assert_eq!(event["pii"]["email"]["tokenized"], json!(4));
+    assert!(event["security_events"].as_array().is_some_and(|e| e.contains(&json!("lockout_started"))), "{event}");
+}
+
+#[test]
+fn trailers_end_a_document_and_a_remainder_they_would_cut_resets_it() {
+    let guard = guard_with(documents_policy());
+    let (_, path, _) = document_pointer(&guard, ORDER_SYNC, NOW_2027, false);
+    let whole = b"order-id\tbuyer-email\n1\ta@example.com\n".to_vec();
+    let mut x = download(&guard, ORDER_SYNC, &path, NOW_2027);
+    x.respond(&[(":status", "200"), ("content-type", "text/plain")], &[&whole], true);
+    assert!(!x.host.reset && x.seen.reply.is_none());
+    no_pii(&x.seen.delivered, &["a@example.com"]);
+    assert_eq!(x.log(Some(200))["document"]["result"], json!("complete"));
+    // The last row has no line end: the rewriter still holds it when the trailers come, and
+    // trailers cannot carry body bytes: reset, never a document silently missing its last row.
+    let cut = b"order-id\tbuyer-email\n1\ta@example.com\n2\tb@example.com".to_vec();
+    let mut x = download(&guard, ORDER_SYNC, &path, NOW_2027);
+    x.respond(&[(":status", "200"), ("content-type", "text/plain")], &[&cut], true);
+    assert!(x.host.reset, "reset");
+    no_pii(&x.seen.delivered, &["a@example.com", "b@example.com"]);
+    let event = x.log(Some(200));
+    assert_eq!((event["outcome"].as_str(), event["reason"].as_str()), (Some("reset"), Some("document_trailers")));
+}
+
+#[test]
+fn case_percent_and_segment_variants_of_the_documents_path_are_refused() {
+    let guard = guard_with(documents_policy());
+    let (_, path, _) = document_pointer(&guard, ORDER_SYNC, NOW_2027, false);
+    let reference = path.rsplit('/').next().expect("reference").to_string();
+    for (variant, status) in [
+        (format!("/spapi-guard/v1/Documents/{reference}"), 403),
+        (format!("/SPAPI-GUARD/v1/documents/{reference}"), 403),
+        (format!("/spapi-guard/v1/documents/%73{}", &reference[1..]), 400),
+        (format!("/spapi-guard/v1/documents/{reference}/x"), 400),
+        (format!("/spapi-guard/v1/documents//{reference}"), 400),
+        ("/spapi-guard/v1/documents/".to_string(), 400),
+    ] {
+        let x = download(&guard, ORDER_SYNC, &variant, NOW_2027);
+        assert!(!x.seen.forwarded, "{variant}");
+        assert_eq!(x.seen.reply.as_ref().map(|r| r.status), Some(status), "{variant}");
+        assert!(x.host.request_header_text("x-spapi-guard-document-route").is_none());
+    }
+    // The query is no part of the reference.
+    let x = download(&guard, ORDER_SYNC, &format!("{path}?x=1"), NOW_2027);
+    assert!(x.seen.forwarded, "a query after the reference is ignored");
+}
+
+#[test]
+fn a_grant_covers_only_its_report_types_and_unlearned_types_only_with_a_star() {
+    let mut policy = documents_policy();
+    policy["roles"]["order-sync"]["documents"] = json!({"reportTypes": ["SC_VAT_TAX_REPORT", "GET_FLAT_FILE_*"]});
+    let guard = guard_with(policy);
+    // Learned as GET_FLAT_FILE_…: covered by the wildcard.
+    let (_, path, _) = document_pointer(&guard, ORDER_SYNC, NOW_2027, false);
+    assert!(download(&guard, ORDER_SYNC, &path, NOW_2027).seen.forwarded);
+    // The same document, its type never learned (no getReport first): only `*` covers it.
+    let mut x = Exchange1::new(Rc::clone(&guard), "GET", &format!("/reports/2021-06-30/documents/{DOC_ID}"), Some(ORDER_SYNC));
+    x.host.now.set(NOW_2027);
+    x.host.add_request_header(":authority", "proxy.internal:10000");
+    x.request(&[], false);
+    x.respond(JSON_HEADERS, &[json!({"reportDocumentId": DOC_ID, "url": DOC_URL}).to_string().as_bytes()], false);
+    let pointer: Value = serde_json::from_slice(&x.seen.delivered).expect("json");
+    let unlearned = pointer["url"].as_str().expect("url").strip_prefix("https://proxy.internal:10000").expect("pointer").to_string();
+    let refused = download(&guard, ORDER_SYNC, &unlearned, NOW_2027);
+    let reply = refused.seen.reply.expect("refused");
+    assert_eq!((reply.status, reply.header("x-spapi-guard")), (403, Some("document_not_allowed")));
+}

@@ -5,7 +5,9 @@
 //!   (tests/fuzz/rewriter.rs);
 //! * `fuzz_router` — `Catalog::route_index` and `audit::redacted_path_with` (tests/fuzz/router.rs);
 //! * `fuzz_exchange` — the exchange state machine of src/exchange.rs against `MockHost`, with the
-//!   phase orders Envoy produces, resets and local replies (tests/fuzz/exchange.rs).
+//!   phase orders Envoy produces, resets and local replies (tests/fuzz/exchange.rs);
+//! * `fuzz_report` — the report document rewriter of src/report against a reference writer, at
+//!   random chunk boundaries, gzip and mutations (tests/fuzz/report.rs).
 //!
 //! Knobs (environment):
 //! * `FUZZ_SECONDS` — seconds per target (default 3: `make test`; `make fuzz` runs 300);
@@ -22,6 +24,8 @@ mod engine;
 mod exchange;
 #[path = "fuzz/refjson.rs"]
 mod refjson;
+#[path = "fuzz/report.rs"]
+mod report;
 #[path = "fuzz/rewriter.rs"]
 mod rewriter;
 #[path = "fuzz/router.rs"]
@@ -43,6 +47,13 @@ use engine::{Knobs, Target};
 #[test]
 fn fuzz_rewriter() {
     let mut target = rewriter::RewriterTarget::new();
+    let report = engine::run(&mut target, &Knobs::from_env());
+    assert!(report.execs > 0);
+}
+
+#[test]
+fn fuzz_report() {
+    let mut target = report::ReportTarget::new();
     let report = engine::run(&mut target, &Knobs::from_env());
     assert!(report.execs > 0);
 }

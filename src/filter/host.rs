@@ -111,6 +111,16 @@ impl Host for Envoy {
         log(Level::Error, &format!("spapi-guard: could not update the lockout state of caller {caller_id}"));
         Trigger::None
     }
+
+    fn shared_get(&self, key: &str) -> Option<Vec<u8>> {
+        hostcalls::get_shared_data(key).ok().and_then(|(bytes, _)| bytes)
+    }
+
+    fn shared_set(&self, key: &str, value: &[u8]) {
+        if hostcalls::set_shared_data(key, Some(value), None).is_err() {
+            log(Level::Warn, "spapi-guard: could not store a shared value");
+        }
+    }
 }
 
 impl HttpHost for Envoy {
@@ -166,5 +176,13 @@ impl HttpHost for Envoy {
 
     fn set_audit(&mut self, json: &str) {
         let _ = hostcalls::set_property(vec!["spapi_guard.audit"], Some(json.as_bytes()));
+    }
+
+    fn reset_stream(&mut self) {
+        // proxy_close_stream(HttpResponse): Envoy resets the stream (HTTP/1.1: the connection
+        // closes without the final chunk; HTTP/2: RST_STREAM).
+        if hostcalls::reset_http_response().is_err() {
+            log(Level::Error, "spapi-guard: could not reset the response stream");
+        }
     }
 }

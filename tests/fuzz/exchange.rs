@@ -964,6 +964,12 @@ impl Host for FuzzHost {
     fn gauge(&self, metric: &str, labels: &[(&str, &str)], value: u64) {
         self.mock.gauge(metric, labels, value)
     }
+    fn shared_get(&self, key: &str) -> Option<Vec<u8>> {
+        self.mock.shared_get(key)
+    }
+    fn shared_set(&self, key: &str, value: &[u8]) {
+        self.mock.shared_set(key, value)
+    }
 }
 
 impl HttpHost for FuzzHost {
@@ -1000,6 +1006,9 @@ impl HttpHost for FuzzHost {
     fn set_audit(&mut self, json: &str) {
         self.audits.push(json.to_string());
         self.mock.set_audit(json)
+    }
+    fn reset_stream(&mut self) {
+        self.mock.reset_stream()
     }
 }
 

@@ -713,7 +713,8 @@ pub fn mutate(body: &mut Vec<u8>, rng: &mut Rng) {
     }
 }
 
-fn random_actions(rng: &mut Rng) -> ClassActions {
+/// Per-class actions for a case: mostly the default tokenization, else random (also the report target's).
+pub fn random_actions(rng: &mut Rng) -> ClassActions {
     const ALL: [Action; 8] = [
         Action::Tokenize(Mode::Deterministic),
         Action::Tokenize(Mode::Deterministic),

@@ -118,6 +118,8 @@ pub struct Options {
     pub hot_restart: bool,
     /// Edits the rendered Envoy config before Envoy starts (a route timeout, another upstream).
     pub config_edit: Option<Box<dyn Fn(String) -> String>>,
+    /// More arguments for scripts/render-envoy-config.py (e.g. --document-trust-store).
+    pub render_args: Vec<String>,
 }
 
 impl Options {
@@ -137,6 +139,7 @@ impl Options {
             upstream_protocol: self.upstream_protocol,
             hot_restart: self.hot_restart,
             config_edit: None,
+            render_args: self.render_args.clone(),
         })
     }
 
@@ -152,6 +155,7 @@ impl Options {
             upstream_protocol: UpstreamProtocol::H1,
             hot_restart: false,
             config_edit: None,
+            render_args: vec![],
         }
     }
 }
@@ -214,7 +218,7 @@ pub fn stack_dir(name: &str) -> PathBuf {
     dir
 }
 
-fn render(dir: &Path, policy: &Value, port: u16, admin_port: u16, mock_port: u16, upstream: UpstreamProtocol) -> PathBuf {
+fn render(dir: &Path, policy: &Value, port: u16, admin_port: u16, mock_port: u16, upstream: UpstreamProtocol, extra: &[String]) -> PathBuf {
     let policy_file = dir.join("policy.json");
     fs::write(&policy_file, serde_json::to_vec_pretty(policy).expect("json")).expect("write policy");
     let config = dir.join("envoy.yaml");
@@ -230,6 +234,7 @@ fn render(dir: &Path, policy: &Value, port: u16, admin_port: u16, mock_port: u16
         .arg("--tls-dir")
         .arg(certs())
         .args(["--upstream-protocol", upstream.arg()])
+        .args(extra)
         .status()
         .expect("python3");
     assert!(status.success(), "render failed");
@@ -301,7 +306,7 @@ impl Stack {
     pub fn try_start(opts: Options) -> Result<Stack, Refused> {
         let dir = stack_dir(opts.name);
         let (port, admin_port, mock_port) = (free_port(), free_port(), free_port());
-        let config = render(&dir, &opts.policy, port, admin_port, mock_port, opts.upstream_protocol);
+        let config = render(&dir, &opts.policy, port, admin_port, mock_port, opts.upstream_protocol, &opts.render_args);
         if let Some(filters) = &opts.auth_filter {
             let text = fs::read_to_string(&config).expect("config");
             let marker = "          # Place the authentication filter that sets the identity header here.\n";
@@ -464,7 +469,7 @@ impl Stack {
         let epoch = self.epoch + 1;
         let dir = self.dir.join(format!("epoch-{epoch}"));
         fs::create_dir_all(&dir).expect("mkdir");
-        let config = render(&dir, policy, self.port, self.admin_port, self.mock_port, self.upstream_protocol);
+        let config = render(&dir, policy, self.port, self.admin_port, self.mock_port, self.upstream_protocol, &[]);
         let mut child = spawn_envoy_epoch(&self.dir, &config, env, self.concurrency, &[], Some(epoch));
         let deadline = Instant::now() + Duration::from_secs(60);
         let stat = format!("server.hot_restart_epoch: {epoch}");

@@ -1,0 +1,486 @@
+//! Unit tests of the document rewriter (native, and in Wasmtime with `make test-wasm`).
+use super::*;
+use crate::pii::PiiClass;
+use crate::policy::Action;
+use crate::tokens::Mode;
+
+const KEY_HEX: &str = "8f4c1a2b3d5e6f708192a3b4c5d6e7f8091a2b3c4d5e6f708192a3b4c5d6e7f8";
+const ORDERS: &str = "GET_FLAT_FILE_ACTIONABLE_ORDER_DATA_SHIPPING";
+
+fn guard_with(extra: &str) -> Rc<Guard> {
+    let config = format!(r#"{{"version":1,"keys":{{"active":"k1","env":{{"k1":"SPAPI_GUARD_KEY_K1"}}}}{extra}}}"#);
+    Rc::new(Guard::load(config.as_bytes(), &|name| (name == "SPAPI_GUARD_KEY_K1").then(|| KEY_HEX.to_string())).expect("loads"))
+}
+
+fn guard() -> Rc<Guard> {
+    guard_with("")
+}
+
+fn rewriter(g: &Rc<Guard>, report_type: Option<&str>, compression: Compression) -> DocumentRewriter {
+    DocumentRewriter::new(g.clone(), *g.policy.actions(), report_type, compression, 0).expect("rewriter")
+}
+
+/// Pushes `doc` in the pieces `splits` cut it into; the output and the summary, or the error.
+fn run_split(g: &Rc<Guard>, report_type: Option<&str>, compression: Compression, doc: &[u8], splits: &[usize]) -> Result<(Vec<u8>, DocumentSummary), DocumentError> {
+    let mut r = DocumentRewriter::new(g.clone(), *g.policy.actions(), report_type, compression, 0)?;
+    let mut out = Vec::new();
+    let mut at = 0;
+    for &s in splits.iter().chain(std::iter::once(&doc.len())) {
+        r.push(&doc[at..s], &mut out)?;
+        at = s;
+    }
+    let summary = r.finish(&mut out)?;
+    Ok((out, summary))
+}
+
+fn run(g: &Rc<Guard>, report_type: Option<&str>, doc: &[u8]) -> Result<(Vec<u8>, DocumentSummary), DocumentError> {
+    run_split(g, report_type, Compression::Identity, doc, &[])
+}
+
+/// Replaces every token of `text` by `<class:plaintext>` (each must open).
+fn opened(g: &Guard, text: &[u8]) -> String {
+    let mut s = String::from_utf8_lossy(text).into_owned();
+    for t in find_tokens(text) {
+        let o = g.tokens.open(t, 0).unwrap_or_else(|e| panic!("{t} does not open: {e}"));
+        s = s.replacen(t, &format!("<{}:{}>", o.class, String::from_utf8_lossy(&o.plaintext)), 1);
+    }
+    s
+}
+
+/// A small xorshift generator (no crate): random splits.
+struct Rng(u64);
+impl Rng {
+    fn next(&mut self) -> u64 {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        self.0
+    }
+    fn splits(&mut self, len: usize, n: usize) -> Vec<usize> {
+        let mut v: Vec<usize> = (0..n).map(|_| (self.next() as usize) % (len + 1)).collect();
+        v.sort_unstable();
+        v
+    }
+}
+
+/// The output of `doc` is the same for every single split point, and for random multi-splits.
+fn assert_split_invariant(g: &Rc<Guard>, report_type: Option<&str>, compression: Compression, doc: &[u8]) -> Vec<u8> {
+    let (whole, summary) = run_split(g, report_type, compression, doc, &[]).expect("rewrites");
+    for s in 0..=doc.len() {
+        let (out, sum) = run_split(g, report_type, compression, doc, &[s]).unwrap_or_else(|e| panic!("split at {s}: {e}"));
+        assert_eq!(String::from_utf8_lossy(&out), String::from_utf8_lossy(&whole), "split at {s}");
+        assert_eq!(sum, summary, "split at {s}");
+    }
+    let mut rng = Rng(0x9e37_79b9_7f4a_7c15);
+    for _ in 0..200 {
+        let n = (rng.next() % 12) as usize + 1;
+        let splits = rng.splits(doc.len(), n);
+        let (out, _) = run_split(g, report_type, compression, doc, &splits).expect("rewrites");
+        assert_eq!(out, whole, "splits {splits:?}");
+    }
+    whole
+}
+
+const TSV: &str = "\u{feff}order-id\tbuyer-email\tbuyer-name\tproduct-name\tship-city\tship-country\r\n\
+                   111-1\tjane@example.com\tJane Doe\tWidget 12\" ruler\tZürich\tCH\r\n\
+                   \r\n\
+                   111-2\t\tJoe Bloggs\tBolt, M4\t東京\tJP\r\n";
+
+#[test]
+fn sniffs_formats_from_the_first_bytes() {
+    assert_eq!(sniff(b"order-id\tbuyer-email\n"), DocumentFormat::Delimited { delimiter: b'\t' });
+    assert_eq!(sniff(b"\xEF\xBB\xBFOrder ID,Buyer Name\r\n"), DocumentFormat::Delimited { delimiter: b',' });
+    assert_eq!(sniff(b"a\tb,c"), DocumentFormat::Delimited { delimiter: b'\t' }, "the tab wins");
+    assert_eq!(sniff(b"  \n<?xml version=\"1.0\"?>"), DocumentFormat::Xml);
+    assert_eq!(sniff(b"{\"endUserData\":[]}"), DocumentFormat::Json);
+    assert_eq!(sniff(b"[1]"), DocumentFormat::Json);
+    assert_eq!(sniff(b"%PDF-1.7\n"), DocumentFormat::Binary);
+    assert_eq!(sniff(b"PK\x03\x04\x14\x00"), DocumentFormat::Binary);
+    assert_eq!(sniff(b"just one column\nx\n"), DocumentFormat::Unknown);
+    assert_eq!(sniff(b""), DocumentFormat::Unknown);
+    assert_eq!(sniff(b"\xEF\xBB\xBF\r\n\na\tb\n"), DocumentFormat::Delimited { delimiter: b'\t' }, "after blank lines");
+}
+
+#[test]
+fn tsv_customer_columns_are_tokenized_every_other_byte_unchanged() {
+    let g = guard();
+    let (out, summary) = run(&g, Some(ORDERS), TSV.as_bytes()).expect("rewrites");
+    let text = String::from_utf8(out.clone()).expect("utf8");
+    for clear in ["jane@example.com", "Jane Doe", "Zürich", "Joe Bloggs", "東京"] {
+        assert!(!text.contains(clear), "{clear} in {text}");
+    }
+    assert_eq!(
+        opened(&g, &out),
+        "\u{feff}order-id\tbuyer-email\tbuyer-name\tproduct-name\tship-city\tship-country\r\n\
+         111-1\t<email:jane@example.com>\t<name:Jane Doe>\tWidget 12\" ruler\t<address:Zürich>\tCH\r\n\
+         \r\n\
+         111-2\t\t<name:Joe Bloggs>\tBolt, M4\t<address:東京>\tJP\r\n"
+    );
+    assert_eq!(summary.format, DocumentFormat::Delimited { delimiter: b'\t' });
+    assert_eq!(summary.rows, 2, "the empty line is no row");
+    assert_eq!(summary.counts.get(PiiClass::Name, Action::Tokenize(Mode::Deterministic)), 2);
+    assert_eq!(summary.counts.get(PiiClass::Email, Action::Tokenize(Mode::Deterministic)), 1, "an empty value is kept, not counted");
+    assert_eq!(summary.counts.total(), 5);
+    assert_eq!((summary.bytes_in, summary.bytes_out), (TSV.len() as u64, out.len() as u64));
+    assert_eq!(summary.report_type.as_deref(), Some(ORDERS));
+    assert_eq!(summary.unknown_columns, 0);
+}
+
+#[test]
+fn tsv_output_is_the_same_at_every_split_and_gzipped() {
+    let g = guard();
+    let plain = assert_split_invariant(&g, Some(ORDERS), Compression::Identity, TSV.as_bytes());
+    for level in [0, 1, 9] {
+        let gz = gzip(TSV.as_bytes(), level);
+        assert_eq!(assert_split_invariant(&g, Some(ORDERS), Compression::Gzip, &gz), plain, "level {level}");
+        // Gzip is recognized by its magic bytes too.
+        assert_eq!(run_split(&g, Some(ORDERS), Compression::Identity, &gz, &[1]).expect("inflates").0, plain);
+    }
+    // Without a final line end.
+    let trimmed = TSV.trim_end_matches("\r\n");
+    let out = assert_split_invariant(&g, Some(ORDERS), Compression::Identity, trimmed.as_bytes());
+    assert_eq!(out, &plain[..plain.len() - 2]);
+}
+
+#[test]
+fn randomized_tokens_open_to_the_same_document_at_every_split() {
+    let g = guard_with(r#","classes":{"name":{"mode":"randomized"},"address":{"mode":"randomized"},"email":{"mode":"randomized"}}"#);
+    let (whole, _) = run(&g, Some(ORDERS), TSV.as_bytes()).expect("rewrites");
+    let expected = opened(&g, &whole);
+    for s in 0..=TSV.len() {
+        let (out, _) = run_split(&g, Some(ORDERS), Compression::Identity, TSV.as_bytes(), &[s]).expect("rewrites");
+        assert_eq!(opened(&g, &out), expected, "split at {s}");
+    }
+}
+
+const CSV: &str = "Order ID,Buyer Name,Ship To City,Gift Message,Quantity\n\
+                   1,\"Doe, Jane \"\"JD\"\"\",\"Line\nbreak\",\"Happy, \"\"day\"\"\",\"3\"\n\
+                   2,Plain Name,,,\"1,5\"\n";
+
+#[test]
+fn csv_quoting_is_read_and_kept_well_formed() {
+    let g = guard();
+    let out = assert_split_invariant(&g, Some("SC_VAT_TAX_REPORT"), Compression::Identity, CSV.as_bytes());
+    assert_eq!(
+        opened(&g, &out),
+        "Order ID,Buyer Name,Ship To City,Gift Message,Quantity\n\
+         1,\"<name:Doe, Jane \"JD\">\",\"<address:Line\nbreak>\",\"<gift_message:Happy, \"day\">\",\"3\"\n\
+         2,<name:Plain Name>,,,\"1,5\"\n"
+    );
+    // Without tokens, the quoted fields are written back byte for byte.
+    let clear = {
+        let mut actions = *g.policy.actions();
+        for c in PiiClass::ALL {
+            actions[c] = Action::Clear;
+        }
+        let mut r = DocumentRewriter::new(g.clone(), actions, Some("SC_VAT_TAX_REPORT"), Compression::Identity, 0).expect("rewriter");
+        let mut out = Vec::new();
+        r.push(CSV.as_bytes(), &mut out).expect("push");
+        let summary = r.finish(&mut out).expect("finish");
+        assert_eq!(summary.counts.get(PiiClass::Name, Action::Clear), 2);
+        out
+    };
+    assert_eq!(clear, CSV.as_bytes());
+}
+
+#[test]
+fn each_action_keeps_the_row_shape() {
+    let g = guard_with(r#","redactMask":"X, \"Y\"""#);
+    let mut actions = *g.policy.actions();
+    actions[PiiClass::Name] = Action::Redact;
+    actions[PiiClass::Address] = Action::Remove;
+    actions[PiiClass::GiftMessage] = Action::Hash;
+    let mut r = DocumentRewriter::new(g.clone(), actions, Some("SC_VAT_TAX_REPORT"), Compression::Identity, 0).expect("rewriter");
+    let mut out = Vec::new();
+    r.push(CSV.as_bytes(), &mut out).expect("push");
+    let summary = r.finish(&mut out).expect("finish");
+    let text = String::from_utf8(out).expect("utf8");
+    let lines: Vec<&str> = text.split('\n').collect();
+    let (head, rest) = lines[1].split_once("\"spgh2.k1.gift_message.").expect("hashed gift message");
+    assert_eq!(head, "1,\"X, \"\"Y\"\"\",\"\",", "the mask quoted, the removed address an empty quoted field");
+    assert!(rest.ends_with("\",\"3\""), "{rest}");
+    assert_eq!(lines[2], "2,\"X, \"\"Y\"\"\",,,\"1,5\"", "a mask with a comma is quoted");
+    assert_eq!(summary.counts.get(PiiClass::Address, Action::Remove), 1);
+    assert_eq!(summary.counts.get(PiiClass::Name, Action::Redact), 2);
+    // In a tab-separated file, the mask as it is (a policy's mask has no control characters).
+    let mut r = DocumentRewriter::new(g.clone(), actions, Some(ORDERS), Compression::Identity, 0).expect("rewriter");
+    let mut out = Vec::new();
+    r.push(b"order-id\tbuyer-name\n1\tJane\n", &mut out).expect("push");
+    r.finish(&mut out).expect("finish");
+    assert_eq!(out, b"order-id\tbuyer-name\n1\tX, \"Y\"\n");
+}
+
+#[test]
+fn unknown_columns_of_restricted_reports_are_protected() {
+    let g = guard();
+    let doc = "order-id\tloyalty-tier\talt-phone\tship-country\n1\tgold\t555-0100\tUS\n";
+    let (out, summary) = run(&g, Some(ORDERS), doc.as_bytes()).expect("rewrites");
+    assert_eq!(opened(&g, &out), "order-id\tloyalty-tier\talt-phone\tship-country\n1\t<other:gold>\t<phone:555-0100>\tUS\n");
+    assert_eq!(summary.unknown_columns, 2);
+    // Unknown report types are restricted too.
+    let (out, _) = run(&g, Some("GET_SOMETHING_NEW"), doc.as_bytes()).expect("rewrites");
+    assert!(!String::from_utf8_lossy(&out).contains("gold"));
+    let (out, _) = run(&g, None, doc.as_bytes()).expect("rewrites");
+    assert!(!String::from_utf8_lossy(&out).contains("gold"));
+    // A report Amazon does not restrict: its known customer columns only.
+    let doc = "amazon-order-id\tloyalty-tier\tship-city\n1\tgold\tSeattle\n";
+    let (out, summary) = run(&g, Some("GET_FLAT_FILE_ALL_ORDERS_DATA_BY_ORDER_DATE_GENERAL"), doc.as_bytes()).expect("rewrites");
+    assert_eq!(opened(&g, &out), "amazon-order-id\tloyalty-tier\tship-city\n1\tgold\t<address:Seattle>\n");
+    assert_eq!(summary.unknown_columns, 0);
+}
+
+#[test]
+fn malformed_flat_files_fail_closed_before_the_bad_record_is_sent() {
+    let g = guard();
+    let header = "order-id\tsku\tbuyer-name\n";
+    // A missing tab would shift the name into a clear column: the record is refused whole.
+    for bad in ["1\tJane Doe\n", "1\tS\tJane Doe\textra\n", "1\tS\tJane Doe\tJane Doe\n"] {
+        let doc = format!("{header}0\tS\tok\n{bad}");
+        let mut r = rewriter(&g, Some(ORDERS), Compression::Identity);
+        let mut out = Vec::new();
+        let mut sent = Vec::new();
+        let mut failed = false;
+        for b in doc.as_bytes() {
+            match r.push(std::slice::from_ref(b), &mut out) {
+                Ok(()) => sent.extend_from_slice(&out),
+                Err(e) => {
+                    assert_eq!(e, DocumentError::MalformedDelimited);
+                    failed = true;
+                    break;
+                }
+            }
+            out.clear();
+        }
+        assert!(failed, "{bad:?} accepted");
+        let sent = String::from_utf8_lossy(&sent);
+        assert!(!sent.contains("Jane") && !sent.contains("1\t"), "{sent}");
+        assert_eq!(r.push(b"x", &mut out), Err(DocumentError::Closed), "dead after an error");
+    }
+    // A header that swallowed the first data row (a lost line end) is not sent.
+    assert_eq!(run(&g, Some(ORDERS), b"order-id\tbuyer-name1\tJane\n2\tJoe\n").err(), Some(DocumentError::MalformedDelimited));
+    assert_eq!(run(&g, Some(ORDERS), b"order-id\tbuyer-name1\tJane\n").err(), Some(DocumentError::MalformedDelimited), "unknown names, no row");
+    assert_eq!(run(&g, Some(ORDERS), b"order-id\tbuyer-name\n").expect("a header alone").0, b"order-id\tbuyer-name\n");
+    assert_eq!(run(&g, Some(ORDERS), b"ship-state%Seattle\nWA\n").err(), Some(DocumentError::MalformedDelimited), "one column, unknown");
+    let csv = |doc: &str| run(&g, Some("SC_VAT_TAX_REPORT"), doc.as_bytes()).err();
+    assert_eq!(csv("Order ID,Buyer Name\n1,\"Jane"), Some(DocumentError::MalformedDelimited), "an open quote at the end");
+    assert_eq!(csv("Order ID,Buyer Name\n1,\"Jane\"x\n"), Some(DocumentError::MalformedDelimited), "text after the closing quote");
+    assert_eq!(csv("Order ID,Buyer Name\n1,\"Jane\"\rx\n"), Some(DocumentError::MalformedDelimited));
+    assert_eq!(csv("Order ID,Buyer Name\n1,Ja\"ne\n"), Some(DocumentError::MalformedDelimited), "a quote inside an unquoted field (RFC 4180)");
+    // The damage that rule stops: a quoted value whose opening delimiter was lost would put
+    // its first part in a clear column, with the record's field count intact.
+    assert_eq!(csv("Order ID,Transaction Type,Buyer Name\n1,USD'\"Jane, Jr.\"\n"), Some(DocumentError::MalformedDelimited));
+    // A record past the bound.
+    let long = format!("order-id\tbuyer-name\n1\t{}\n", "x".repeat(MAX_CARRY_BYTES + 1));
+    assert_eq!(run(&g, Some(ORDERS), long.as_bytes()).err(), Some(DocumentError::FieldTooLarge));
+    let long = format!("order-id\tsku\n1\t{}\n", "x".repeat(MAX_CARRY_BYTES + 1));
+    assert_eq!(run(&g, Some(ORDERS), long.as_bytes()).err(), Some(DocumentError::FieldTooLarge), "clear fields too: the record is held");
+}
+
+const XML: &str = "\u{feff}<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n\
+<!DOCTYPE AmazonEnvelope>\n\
+<AmazonEnvelope xmlns:xsi=\"http://www.w3.org/2001/XMLSchema-instance\">\n\
+<Message><OrderReport><AmazonOrderID>111-1</AmazonOrderID>\n\
+<BillingData><BuyerEmailAddress>jane@example.com</BuyerEmailAddress><BuyerName>Jane &amp; Joe &#x4E2D;</BuyerName>\
+<BuyerPhoneNumber><![CDATA[+1 <555>]]> 0100</BuyerPhoneNumber><BuyerNote>call me</BuyerNote></BillingData>\n\
+<FulfillmentData><Address type='ship' a=\"x>y\"><Name>Zoë</Name><City>Zürich</City><CountryCode>CH</CountryCode><!-- c --><?pi x?></Address></FulfillmentData>\n\
+<Item><SKU>S-1</SKU><Title>Bolt &amp; nut</Title><GiftMessageText>Happy day</GiftMessageText><Empty/></Item>\n\
+</OrderReport></Message>\n\
+<Message><OrderReport><BillingData><BuyerName>   </BuyerName></BillingData></OrderReport></Message>\n\
+</AmazonEnvelope>\n";
+
+#[test]
+fn xml_customer_elements_are_tokenized_byte_faithfully() {
+    let g = guard();
+    let out = assert_split_invariant(&g, Some("GET_ORDER_REPORT_DATA_SHIPPING"), Compression::Identity, XML.as_bytes());
+    let expected = XML
+        .replace("jane@example.com", "<email:jane@example.com>")
+        .replace("Jane &amp; Joe &#x4E2D;", "<name:Jane & Joe 中>")
+        .replace("<![CDATA[+1 <555>]]> 0100", "<phone:+1 <555> 0100>")
+        .replace("call me", "<other:call me>")
+        .replace(">Zoë<", "><name:Zoë><")
+        .replace("Zürich", "<address:Zürich>")
+        .replace("Happy day", "<gift_message:Happy day>");
+    assert_eq!(opened(&g, &out), expected);
+    let (_, summary) = run(&g, Some("GET_ORDER_REPORT_DATA_SHIPPING"), XML.as_bytes()).expect("rewrites");
+    assert_eq!(summary.format, DocumentFormat::Xml);
+    assert_eq!(summary.rows, 2);
+    assert_eq!(summary.counts.total(), 7, "white space carries nothing");
+    let gz = gzip(XML.as_bytes(), 6);
+    assert_eq!(run_split(&g, None, Compression::Gzip, &gz, &[7]).expect("inflates").0, out);
+}
+
+#[test]
+fn xml_masks_are_escaped_and_none_empties_the_element() {
+    let g = guard_with(r#","redactMask":"<R&D>""#);
+    let mut actions = *g.policy.actions();
+    actions[PiiClass::Name] = Action::Redact;
+    actions[PiiClass::Email] = Action::Remove;
+    let doc = "<r><BillingData><BuyerName>Jane</BuyerName><BuyerEmailAddress>a@b.c</BuyerEmailAddress></BillingData></r>";
+    let mut r = DocumentRewriter::new(g.clone(), actions, None, Compression::Identity, 0).expect("rewriter");
+    let mut out = Vec::new();
+    r.push(doc.as_bytes(), &mut out).expect("push");
+    r.finish(&mut out).expect("finish");
+    assert_eq!(String::from_utf8(out).expect("utf8"), "<r><BillingData><BuyerName>&lt;R&amp;D&gt;</BuyerName><BuyerEmailAddress></BuyerEmailAddress></BillingData></r>");
+}
+
+#[test]
+fn malformed_xml_fails_closed() {
+    let g = guard();
+    for bad in [
+        "<r><BillingData><BuyerName>Jane</BuyerNam></BillingData></r>",
+        "<r><BillingData><BuyerName>Jane &bogus; x</BuyerName></BillingData></r>",
+        "<r><BillingData><BuyerName>Jane &#0; x</BuyerName></BillingData></r>",
+        "<r><BillingData><BuyerName>Jane</BuyerName></BillingData>",
+        "<r></r><r2></r2>",
+        "<r></r>text",
+        "<!DOCTYPE r [<!ENTITY e \"Jane\">]><r>&e;</r>",
+        "<r><a b=\"</r>",
+        "<r><![CDATA[x</r>",
+        "<r><!-- x </r>",
+        "<r><!-- c --\n<BillingData><BuyerName>Jane</BuyerName></BillingData><!-- d --></r>",
+        "<r><BillingData><BuyerName Jane > x</BuyerName></BillingData></r>",
+        "<r><BillingData><BuyerName a=\"1\"b=\"2\">Jane</BuyerName></BillingData></r>",
+        "<r><BillingData><BuyerName a=1>Jane</BuyerName></BillingData></r>",
+    ] {
+        assert_eq!(run(&g, None, bad.as_bytes()).err(), Some(DocumentError::MalformedXml), "{bad}");
+    }
+    assert_eq!(run(&g, None, b"text<r></r>").err(), Some(DocumentError::UnknownFormat), "not XML at all");
+}
+
+#[test]
+fn json_reports_go_through_the_response_rewriter_within_the_body_limit() {
+    let g = guard();
+    let doc = r#"{"reportSpecification":{"reportType":"END_USER_DATA_REPORT"},"endUserData":[{"fullName":"Jane Doe","primaryEmail":"j@x.de","newMember":"x1",
+        "mailingAddress":{"addressLine1":"ABC Blvd","city":"Berlin","countryCode":"DE","floor":"3"},"asinMetrics":[{"asin":"B00EZ1IGCO","pageViews":12}]}]}"#;
+    let out = assert_split_invariant(&g, Some("END_USER_DATA_REPORT"), Compression::Identity, doc.as_bytes());
+    let v: serde_json::Value = serde_json::from_slice(&out).expect("json");
+    let u = &v["endUserData"][0];
+    let class = |t: &serde_json::Value| g.tokens.open(t.as_str().expect("token"), 0).expect("opens").class;
+    assert_eq!((class(&u["fullName"]), class(&u["primaryEmail"]), class(&u["newMember"])), (PiiClass::Name, PiiClass::Email, PiiClass::Other));
+    assert_eq!((class(&u["mailingAddress"]["city"]), class(&u["mailingAddress"]["floor"])), (PiiClass::Address, PiiClass::Address));
+    assert_eq!((u["mailingAddress"]["countryCode"].as_str(), u["asinMetrics"][0]["asin"].as_str()), (Some("DE"), Some("B00EZ1IGCO")));
+    let (_, summary) = run(&g, Some("END_USER_DATA_REPORT"), doc.as_bytes()).expect("rewrites");
+    assert_eq!((summary.format, summary.counts.total()), (DocumentFormat::Json, 6));
+    let small = guard_with(r#","maxBodyBytes":1024"#);
+    let large = doc.replace("ABC Blvd", &"ABC Blvd ".repeat(120));
+    assert_eq!(run(&small, Some("END_USER_DATA_REPORT"), large.as_bytes()).err(), Some(DocumentError::DocumentTooLarge));
+    assert_eq!(run(&g, Some("END_USER_DATA_REPORT"), b"{\"endUserData\":[").err(), Some(DocumentError::InvalidJson));
+}
+
+#[test]
+fn binary_and_unknown_documents_are_not_tokenizable() {
+    let g = guard();
+    assert_eq!(DocumentRewriter::new(g.clone(), *g.policy.actions(), Some("GET_EASYSHIP_DOCUMENTS"), Compression::Identity, 0).err(), Some(DocumentError::NotTokenizable));
+    assert_eq!(run(&g, None, b"%PDF-1.7\n%\xE2\xE3\n").err(), Some(DocumentError::NotTokenizable));
+    assert_eq!(run(&g, None, b"PK\x03\x04\x14\x00\x00\x00").err(), Some(DocumentError::NotTokenizable));
+    assert_eq!(run(&g, None, b"one column only\nJane\n").err(), Some(DocumentError::UnknownFormat));
+    // A one-column flat file of a known report type has nothing to sniff: the catalog says.
+    let (out, _) = run(&g, Some(ORDERS), b"buyer-name\nJane\n").expect("rewrites");
+    assert_eq!(opened(&g, &out), "buyer-name\n<name:Jane>\n");
+    // Blank lines before the first significant byte do not decide the format, wherever the
+    // chunks end.
+    let xml = b"\xEF\xBB\xBF\n\n<r></r>\n";
+    assert_eq!(assert_split_invariant(&g, None, Compression::Identity, xml), xml);
+    let (out, summary) = run(&g, None, b"").expect("empty");
+    assert_eq!((out.len(), summary.format, summary.rows), (0, DocumentFormat::Unknown, 0));
+    assert_eq!(run_split(&g, None, Compression::Gzip, b"", &[]).err(), Some(DocumentError::CorruptGzip), "declared gzip, nothing came");
+}
+
+#[test]
+fn gzip_members_corruption_and_truncation() {
+    let g = guard();
+    let mut two = gzip(b"order-id\tbuyer-name\n1\tJane\n", 6);
+    two.extend_from_slice(&gzip(b"2\tJoe\n", 1));
+    let (out, summary) = run_split(&g, Some(ORDERS), Compression::Gzip, &two, &[3, 30]).expect("inflates");
+    assert_eq!(opened(&g, &out), "order-id\tbuyer-name\n1\t<name:Jane>\n2\t<name:Joe>\n");
+    assert_eq!(summary.rows, 2);
+    let n = two.len();
+    for cut in [5, 12, n / 2, n - 4, n - 1] {
+        assert!(run_split(&g, Some(ORDERS), Compression::Gzip, &two[..cut], &[]).is_err(), "cut at {cut}");
+    }
+    let mut bad = two.clone();
+    bad[n - 6] ^= 1;
+    assert_eq!(run(&g, Some(ORDERS), &bad).err(), Some(DocumentError::CorruptGzip), "length");
+}
+
+#[test]
+fn a_decompression_bomb_cannot_grow_one_push_without_bound() {
+    let g = guard();
+    let mut doc = b"order-id\tsku\n".to_vec();
+    doc.extend(std::iter::repeat_n(b"1\tS\n".as_slice(), (4 << 20) / 4).flatten());
+    let gz = gzip(&doc, 9);
+    assert!(gz.len() < 64 * 1024, "{}", gz.len());
+    let limited = |splits: &[usize]| {
+        let mut r = rewriter(&g, Some(ORDERS), Compression::Gzip);
+        r.set_max_output_per_push(1 << 20);
+        let mut out = Vec::new();
+        let mut at = 0;
+        for &s in splits.iter().chain(std::iter::once(&gz.len())) {
+            r.push(&gz[at..s], &mut out)?;
+            assert!(out.len() <= (1 << 20) + crate::report::inflate::SLICE);
+            out.clear();
+            at = s;
+        }
+        r.finish(&mut out)
+    };
+    assert_eq!(limited(&[]).err(), Some(DocumentError::OutputTooLarge));
+    // The same document in small chunks streams.
+    let splits: Vec<usize> = (1..gz.len() / 512 + 1).map(|i| i * 512).collect();
+    assert_eq!(limited(&splits).expect("streams").rows as usize, (4 << 20) / 4);
+}
+
+#[test]
+fn a_class_without_an_active_key_is_refused_at_the_start() {
+    let config = r#"{"version":1,"keys":{"ring":[{"id":"k1","env":"K","classes":["name","email","phone","address","tax_id","gift_message","company","other"],"created":"2026-10-01","activeFrom":"2026-10-01","notAfter":"2027-03-31"}]}}"#;
+    let g = Rc::new(Guard::load(config.as_bytes(), &|_| Some(KEY_HEX.to_string())).expect("loads"));
+    let early = crate::keyring::parse_instant("2026-09-01", false).expect("date");
+    assert_eq!(DocumentRewriter::new(g.clone(), *g.policy.actions(), Some(ORDERS), Compression::Identity, early).err(), Some(DocumentError::NoActiveKey));
+    let mut clear = *g.policy.actions();
+    for c in PiiClass::ALL {
+        clear[c] = Action::Redact;
+    }
+    assert!(DocumentRewriter::new(g.clone(), clear, Some(ORDERS), Compression::Identity, early).is_ok(), "no key needed to redact");
+}
+
+/// Memory stays flat: a generated document of tens of MB (a few MB in Wasmtime), pushed in
+/// chunks, compressed and not, never makes the rewriter hold more than a bounded amount.
+#[test]
+fn memory_stays_flat_over_a_large_document() {
+    // (Unoptimized test builds inflate and parse slowly: 24 MB there, 64 MB optimized.)
+    let target = if cfg!(target_arch = "wasm32") {
+        4 << 20
+    } else if cfg!(debug_assertions) {
+        24 << 20
+    } else {
+        64 << 20
+    };
+    let g = guard();
+    let header = b"order-id\tbuyer-email\tbuyer-name\tsku\tship-city\tship-postal-code\n";
+    let mut doc = header.to_vec();
+    let mut i = 0u64;
+    while doc.len() < target {
+        // A few distinct values repeat (the memo), and every 64th row is new (it is emptied).
+        let k = if i.is_multiple_of(64) { i } else { i % 50 };
+        doc.extend_from_slice(format!("{i}\tb{k}@example.com\tName {k}\tSKU-{i}\tCity {k}\t{:05}\n", k % 99999).as_bytes());
+        i += 1;
+    }
+    for compressed in [false, true] {
+        let input = if compressed { gzip(&doc, 1) } else { doc.clone() };
+        let mut r = rewriter(&g, Some(ORDERS), if compressed { Compression::Gzip } else { Compression::Identity });
+        let mut out = Vec::new();
+        let mut peak = 0;
+        let mut total_out = 0u64;
+        for chunk in input.chunks(16 * 1024 + 7) {
+            r.push(chunk, &mut out).expect("push");
+            peak = peak.max(r.held_bytes());
+            assert!(r.carry_len() < 64 * 1024, "{}", r.carry_len());
+            total_out += out.len() as u64;
+            assert!(out.len() < 4 << 20, "one push's output: {}", out.len());
+            out.clear();
+        }
+        let summary = r.finish(&mut out).expect("finish");
+        assert_eq!(summary.rows, i);
+        assert!(total_out > doc.len() as u64, "tokens are longer than the values");
+        assert!(peak < 3 << 20, "held {peak} bytes");
+    }
+}

@@ -1,0 +1,413 @@
+//! XML reports (`GET_ORDER_REPORT_DATA_*`): a small streaming reader of its own, byte-faithful —
+//! only the text of customer elements changes.
+//!
+//! Why not quick-xml: it would add a crate for what is a few states here, and writing the
+//! document back byte for byte (attribute quoting, white space in tags, entity spelling) is
+//! simpler when nothing is re-serialized: every byte outside a protected text run is copied.
+//!
+//! * Element paths from the catalog (`BillingData/BuyerEmailAddress`, any case, matched at the
+//!   end of the element's path) name customer elements; inside a container
+//!   (`FulfillmentData/Address`) every element is customer data but the listed clear ones, with
+//!   the class its name says, else the container's; elements nested in a customer element are
+//!   its class.
+//! * A protected text run — text and CDATA sections up to the next tag, comment or processing
+//!   instruction — is decoded (the five predefined entities, character references) and replaced
+//!   as one value; a token needs no escaping, a mask is escaped.
+//! * Refused (`malformed_xml`): a tag that does not close, an end tag that does not match, text
+//!   outside the root element, a second root, an unknown entity in a protected run, a DOCTYPE
+//!   with an internal subset (entity declarations could hide values), and the end of input
+//!   inside the root element.
+use std::rc::Rc;
+
+use super::columns::ReportCatalog;
+use super::protect::{Outcome, ValueProtector};
+use super::{DocumentError, MAX_CARRY_BYTES};
+use crate::drift::class_from_key;
+use crate::pii::PiiClass;
+
+/// Elements nested deeper than this are refused (a bounded stack).
+const MAX_DEPTH: usize = 256;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Kind {
+    Undecided,
+    Tag,
+    EndTag,
+    Comment,
+    Cdata,
+    Pi,
+    Decl,
+}
+
+struct Elem {
+    /// The name as written (end tags must match it exactly).
+    name: Box<[u8]>,
+    /// The lowercase name (catalog paths match in any case).
+    lower: Box<str>,
+    class: Option<PiiClass>,
+    /// The customer container this element is in (an index into the catalog's containers).
+    container: Option<usize>,
+}
+
+pub struct Xml {
+    catalog: Rc<ReportCatalog>,
+    stack: Vec<Elem>,
+    in_markup: bool,
+    kind: Kind,
+    /// The markup construct being read, from its `<`.
+    markup: Vec<u8>,
+    /// The quote an attribute value is in (0: none).
+    quote: u8,
+    /// A protected run: its original bytes, its text not yet decoded, its decoded value.
+    run_raw: Vec<u8>,
+    text_raw: Vec<u8>,
+    value: Vec<u8>,
+    root_seen: bool,
+    /// Bytes seen (for the byte order mark at the start).
+    seen: u64,
+    pub rows: u64,
+}
+
+impl Xml {
+    pub fn new(catalog: Rc<ReportCatalog>) -> Xml {
+        Xml {
+            catalog,
+            stack: Vec::new(),
+            in_markup: false,
+            kind: Kind::Undecided,
+            markup: Vec::new(),
+            quote: 0,
+            run_raw: Vec::new(),
+            text_raw: Vec::new(),
+            value: Vec::new(),
+            root_seen: false,
+            seen: 0,
+            rows: 0,
+        }
+    }
+
+    pub fn carry_len(&self) -> usize {
+        self.markup.len() + self.run_raw.len() + self.text_raw.len() + self.value.len()
+    }
+
+    fn protecting(&self) -> Option<PiiClass> {
+        self.stack.last().and_then(|e| e.class)
+    }
+
+    pub fn push(&mut self, mut data: &[u8], protector: &mut ValueProtector, out: &mut Vec<u8>) -> Result<(), DocumentError> {
+        if self.seen == 0 && data.starts_with(b"\xEF\xBB\xBF") {
+            out.extend_from_slice(&data[..3]);
+            data = &data[3..];
+        }
+        self.seen += data.len() as u64;
+        while !data.is_empty() {
+            if self.in_markup {
+                let (used, complete) = self.scan_markup(data)?;
+                data = &data[used..];
+                if complete {
+                    self.in_markup = false;
+                    self.on_markup(protector, out)?;
+                }
+                continue;
+            }
+            let end = memchr::memchr(b'<', data);
+            let text = &data[..end.unwrap_or(data.len())];
+            if self.protecting().is_some() {
+                self.text_raw.extend_from_slice(text);
+                if self.text_raw.len() + self.run_raw.len() > MAX_CARRY_BYTES {
+                    return Err(DocumentError::FieldTooLarge);
+                }
+            } else {
+                if self.stack.is_empty() && !text.iter().all(u8::is_ascii_whitespace) {
+                    return Err(DocumentError::MalformedXml);
+                }
+                out.extend_from_slice(text);
+            }
+            match end {
+                Some(e) => {
+                    self.end_text()?;
+                    self.in_markup = true;
+                    self.kind = Kind::Undecided;
+                    self.quote = 0;
+                    self.markup.clear();
+                    self.markup.push(b'<');
+                    data = &data[e + 1..];
+                }
+                None => data = &[],
+            }
+        }
+        Ok(())
+    }
+
+    /// A text run ended (at a `<`): a protected one is decoded into the value.
+    fn end_text(&mut self) -> Result<(), DocumentError> {
+        if self.text_raw.is_empty() {
+            return Ok(());
+        }
+        decode_entities(&self.text_raw, &mut self.value)?;
+        self.run_raw.extend_from_slice(&self.text_raw);
+        self.text_raw.clear();
+        Ok(())
+    }
+
+    /// Reads markup bytes; returns the bytes used and whether the construct is complete.
+    fn scan_markup(&mut self, data: &[u8]) -> Result<(usize, bool), DocumentError> {
+        for (i, &b) in data.iter().enumerate() {
+            self.markup.push(b);
+            if self.markup.len() > MAX_CARRY_BYTES {
+                return Err(DocumentError::FieldTooLarge);
+            }
+            if self.kind == Kind::Undecided {
+                self.kind = classify(&self.markup);
+            }
+            let m = &self.markup;
+            let done = match self.kind {
+                Kind::Undecided => false,
+                // `--` inside a comment is not XML: a comment that swallows elements (a lost
+                // `>`) is refused, never passed on with the values in it.
+                Kind::Comment if m.len() > 6 && m[..m.len() - 1].ends_with(b"--") && b != b'>' => return Err(DocumentError::MalformedXml),
+                Kind::Comment => m.len() >= 7 && m.ends_with(b"-->"),
+                Kind::Cdata => m.len() >= 12 && m.ends_with(b"]]>"),
+                Kind::Pi => m.len() >= 4 && m.ends_with(b"?>"),
+                Kind::Decl if b == b'[' => return Err(DocumentError::MalformedXml),
+                Kind::Decl => b == b'>',
+                Kind::Tag | Kind::EndTag => match (self.quote, b) {
+                    (0, b'"' | b'\'') => {
+                        self.quote = b;
+                        false
+                    }
+                    (0, b'>') => true,
+                    (0, b'<') => return Err(DocumentError::MalformedXml),
+                    (q, _) if q == b => {
+                        self.quote = 0;
+                        false
+                    }
+                    _ => false,
+                },
+            };
+            if done {
+                return Ok((i + 1, true));
+            }
+        }
+        Ok((data.len(), false))
+    }
+
+    fn on_markup(&mut self, protector: &mut ValueProtector, out: &mut Vec<u8>) -> Result<(), DocumentError> {
+        match self.kind {
+            Kind::Cdata if self.stack.is_empty() => return Err(DocumentError::MalformedXml),
+            Kind::Cdata if self.protecting().is_some() => {
+                let m = &self.markup;
+                self.value.extend_from_slice(&m[9..m.len() - 3]);
+                self.run_raw.extend_from_slice(m);
+                if self.run_raw.len() > MAX_CARRY_BYTES {
+                    return Err(DocumentError::FieldTooLarge);
+                }
+                return Ok(());
+            }
+            Kind::Tag => {
+                self.flush_run(protector, out);
+                self.start_tag()?;
+            }
+            Kind::EndTag => {
+                self.flush_run(protector, out);
+                self.end_tag()?;
+            }
+            Kind::Decl if self.root_seen => return Err(DocumentError::MalformedXml),
+            _ => self.flush_run(protector, out),
+        }
+        out.extend_from_slice(&self.markup);
+        Ok(())
+    }
+
+    /// Replaces the protected run with what the caller's action gives.
+    fn flush_run(&mut self, protector: &mut ValueProtector, out: &mut Vec<u8>) {
+        if self.run_raw.is_empty() {
+            return;
+        }
+        if let Some(class) = self.protecting() {
+            match protector.apply(class, &self.value) {
+                Outcome::Keep => out.extend_from_slice(&self.run_raw),
+                Outcome::Empty => {}
+                Outcome::Token(t) => out.extend_from_slice(t.as_bytes()),
+                Outcome::Mask(mask) => escape_into(mask, out),
+            }
+        }
+        self.run_raw.clear();
+        self.value.clear();
+    }
+
+    fn start_tag(&mut self) -> Result<(), DocumentError> {
+        let m = &self.markup;
+        let self_closing = m.ends_with(b"/>");
+        let body = &m[1..m.len() - if self_closing { 2 } else { 1 }];
+        let name_len = body.iter().position(|b| b.is_ascii_whitespace()).unwrap_or(body.len());
+        let name = &body[..name_len];
+        if !is_name(name) || !attributes_are_well_formed(&body[name_len..]) {
+            return Err(DocumentError::MalformedXml);
+        }
+        if self.stack.is_empty() {
+            if self.root_seen {
+                return Err(DocumentError::MalformedXml);
+            }
+            self.root_seen = true;
+        }
+        if self.stack.len() >= MAX_DEPTH {
+            return Err(DocumentError::MalformedXml);
+        }
+        let lower: Box<str> = String::from_utf8_lossy(name).to_ascii_lowercase().into();
+        let (class, container) = self.classify_element(&lower);
+        if self_closing {
+            if self.stack.len() == 1 && lower.as_ref() == "message" {
+                self.rows += 1;
+            }
+            return Ok(());
+        }
+        self.stack.push(Elem { name: name.into(), lower, class, container });
+        Ok(())
+    }
+
+    /// The class of a new element `lower` under the current stack, and its container.
+    fn classify_element(&self, lower: &str) -> (Option<PiiClass>, Option<usize>) {
+        let ends_with = |path: &[String]| -> bool {
+            let Some((last, parents)) = path.split_last() else { return false };
+            if last != lower || parents.len() > self.stack.len() {
+                return false;
+            }
+            self.stack[self.stack.len() - parents.len()..].iter().zip(parents).all(|(e, p)| e.lower.as_ref() == p)
+        };
+        let cat = &self.catalog;
+        let parent = self.stack.last();
+        let rule = cat.xml_rules.iter().filter(|r| ends_with(&r.path)).max_by_key(|r| r.path.len()).map(|r| r.class);
+        if let Some(i) = cat.xml_containers.iter().position(|c| ends_with(&c.path)) {
+            return (Some(rule.unwrap_or(cat.xml_containers[i].class)), Some(i));
+        }
+        let container = parent.and_then(|p| p.container);
+        if rule.is_some() {
+            return (rule, container);
+        }
+        if let Some(c) = container.and_then(|i| cat.xml_containers.get(i)) {
+            if c.clear.iter().any(|n| n == lower) {
+                return (None, container);
+            }
+            return (Some(class_from_key(lower).unwrap_or(c.class)), container);
+        }
+        (parent.and_then(|p| p.class), None)
+    }
+
+    fn end_tag(&mut self) -> Result<(), DocumentError> {
+        let m = &self.markup;
+        let name = m[2..m.len() - 1].trim_ascii_end();
+        match self.stack.pop() {
+            Some(e) if *e.name == *name => {
+                if self.stack.len() == 1 && e.lower.as_ref() == "message" {
+                    self.rows += 1;
+                }
+                Ok(())
+            }
+            _ => Err(DocumentError::MalformedXml),
+        }
+    }
+
+    /// The end of the document: the root element closed, no construct open.
+    pub fn finish(&mut self) -> Result<(), DocumentError> {
+        if self.in_markup || !self.stack.is_empty() || !self.root_seen {
+            return Err(DocumentError::MalformedXml);
+        }
+        Ok(())
+    }
+}
+
+fn is_name(name: &[u8]) -> bool {
+    !name.is_empty() && !matches!(name[0], b'0'..=b'9' | b'-' | b'.') && !name.iter().any(|b| matches!(b, b'/' | b'=' | b'"' | b'\'' | b'<' | b'>' | b'&'))
+}
+
+/// `(S name S? = S? ("…" | '…'))* S?`: text that lost its element's `>` is no attribute list
+/// (attribute values stay as they are: no customer data is defined in attributes).
+fn attributes_are_well_formed(mut rest: &[u8]) -> bool {
+    loop {
+        let trimmed = rest.trim_ascii_start();
+        if trimmed.is_empty() {
+            return true;
+        }
+        if trimmed.len() == rest.len() {
+            return false; // no white space before the attribute
+        }
+        let Some(eq) = memchr::memchr(b'=', trimmed) else { return false };
+        if !is_name(trimmed[..eq].trim_ascii_end()) {
+            return false;
+        }
+        let value = trimmed[eq + 1..].trim_ascii_start();
+        let Some((&quote, inner)) = value.split_first().filter(|(q, _)| matches!(q, b'"' | b'\'')) else { return false };
+        let Some(end) = memchr::memchr(quote, inner) else { return false };
+        if inner[..end].contains(&b'<') {
+            return false;
+        }
+        rest = &inner[end + 1..];
+    }
+}
+
+/// What kind of construct the markup read so far is, once its first bytes say.
+fn classify(m: &[u8]) -> Kind {
+    const COMMENT: &[u8] = b"<!--";
+    const CDATA: &[u8] = b"<![CDATA[";
+    match m.get(1) {
+        None => Kind::Undecided,
+        Some(b'?') => Kind::Pi,
+        Some(b'/') => Kind::EndTag,
+        Some(b'!') => {
+            if m.len() >= COMMENT.len() && m.starts_with(COMMENT) {
+                Kind::Comment
+            } else if m.len() >= CDATA.len() && m.starts_with(CDATA) {
+                Kind::Cdata
+            } else if COMMENT.starts_with(m) || CDATA.starts_with(m) {
+                Kind::Undecided
+            } else {
+                Kind::Decl
+            }
+        }
+        Some(_) => Kind::Tag,
+    }
+}
+
+/// Decodes XML text: the five predefined entities and character references.
+fn decode_entities(raw: &[u8], out: &mut Vec<u8>) -> Result<(), DocumentError> {
+    let mut rest = raw;
+    while let Some(amp) = memchr::memchr(b'&', rest) {
+        out.extend_from_slice(&rest[..amp]);
+        let after = &rest[amp + 1..];
+        let semi = memchr::memchr(b';', after).filter(|&s| s <= 10).ok_or(DocumentError::MalformedXml)?;
+        let entity = &after[..semi];
+        let ch = match entity {
+            b"lt" => '<',
+            b"gt" => '>',
+            b"amp" => '&',
+            b"quot" => '"',
+            b"apos" => '\'',
+            _ => {
+                let number = std::str::from_utf8(entity).ok().and_then(|e| e.strip_prefix('#'));
+                let code = number.and_then(|n| match n.strip_prefix(['x', 'X']) {
+                    Some(hex) => u32::from_str_radix(hex, 16).ok(),
+                    None => n.parse::<u32>().ok(),
+                });
+                code.filter(|&c| c != 0).and_then(char::from_u32).ok_or(DocumentError::MalformedXml)?
+            }
+        };
+        let mut buf = [0u8; 4];
+        out.extend_from_slice(ch.encode_utf8(&mut buf).as_bytes());
+        rest = &after[semi + 1..];
+    }
+    out.extend_from_slice(rest);
+    Ok(())
+}
+
+/// A mask as XML text.
+fn escape_into(text: &str, out: &mut Vec<u8>) {
+    for b in text.bytes() {
+        match b {
+            b'<' => out.extend_from_slice(b"&lt;"),
+            b'>' => out.extend_from_slice(b"&gt;"),
+            b'&' => out.extend_from_slice(b"&amp;"),
+            _ => out.push(b),
+        }
+    }
+}
