@@ -195,9 +195,15 @@ fn a_named_upstream_receives_the_plaintext_and_a_caller_without_the_grant_sends_
     // filter's re-read of xds.cluster_name cannot see a changed route: see
     // a_path_changed_by_detokenization_is_routed_again_before_it_leaves).
     let city = addr["City"].as_str().expect("tokenized city");
+    let before = carrier.received().len();
     let r = stack.send(Client::Cert(ORDER_SYNC), "GET", &format!("/upstreams/carrier/v1/tracking/{city}"), &[], None, None).expect("curl");
     // (The carrier, a fixture server, has no tracking fixture: it answers 404 after recording.)
     assert_eq!(r.status, 404, "{}", r.text());
+    // The carrier records a request after answering it: wait for the record.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while carrier.received().len() == before && std::time::Instant::now() < deadline {
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
     let (path, _) = carrier.received().pop().expect("the tracking request");
     let plain = want["City"].as_str().expect("city");
     let encoded: String = plain.bytes().map(|b| if b.is_ascii_alphanumeric() { (b as char).to_string() } else { format!("%{b:02X}") }).collect();
