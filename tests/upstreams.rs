@@ -199,7 +199,7 @@ fn a_named_upstream_receives_the_plaintext_and_a_caller_without_the_grant_sends_
     let r = stack.send(Client::Cert(ORDER_SYNC), "GET", &format!("/upstreams/carrier/v1/tracking/{city}"), &[], None, None).expect("curl");
     // (The carrier, a fixture server, has no tracking fixture: it answers 404 after recording.)
     assert_eq!(r.status, 404, "{}", r.text());
-    // The carrier records a request after answering it: wait for the record.
+    // The carrier records a request before answering it; wait anyway, the file is written by another process.
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
     while carrier.received().len() == before && std::time::Instant::now() < deadline {
         std::thread::sleep(std::time::Duration::from_millis(20));
