@@ -22,6 +22,11 @@ For each listener that runs the spapi-guard Wasm filter (root_id or name `spapi-
   filter-order             spapi-guard after every authentication filter; with header identities, the
                            client's copy of the identity header removed before them; no filter chain of
                            the listener without spapi-guard; not disabled on any route
+  route-match              the filter's routes match by path prefix only (prefix, path_separated_prefix; header
+                           matchers on other headers): no exact path, regex, URI template or query matcher. The
+                           filter decides a request's destination before it writes revealed values into :path;
+                           Envoy routes the rewritten path again, and a matcher that reads inside a segment or the
+                           query could send plaintext to another cluster than the one the filter checked
   upstream-tls             every cluster the filter's routes reach, and every cluster naming an Amazon
                            host, speaks TLS ≥ 1.2 with SNI, a trust store and a SAN match; plaintext only
                            to a loopback address (the demo's mock, a local sidecar)
@@ -187,6 +192,25 @@ def routed_clusters(hcm):
             for wc in (action.get("weighted_clusters") or {}).get("clusters") or []:
                 out.add(wc.get("name"))
     return out
+
+
+# Route match fields that read more of the path than a prefix of whole literal segments, or the query.
+PATH_READING_MATCHES = ("path", "safe_regex", "regex", "path_match_policy", "query_parameters", "connect_matcher")
+
+
+def lint_routes(lint, where, hcm):
+    """route-match: the filter rewrites :path (revealed values) after deciding the destination;
+    only prefix matches keep Envoy's second route selection where the filter's decision was."""
+    for vh in (hcm.get("route_config") or {}).get("virtual_hosts") or []:
+        for i, r in enumerate(vh.get("routes") or []):
+            match = r.get("match") or {}
+            reads = [k for k in PATH_READING_MATCHES if k in match]
+            reads += [f"headers[{h.get('name')}]" for h in match.get("headers") or [] if str(h.get("name", "")).lower() == ":path"]
+            lint.check(not reads, "route-match", f"{where} virtual host {vh.get('name', '?')} route #{i}",
+                       f"matches on {', '.join(reads)}",
+                       "match the filter's routes by path prefix only (prefix or path_separated_prefix): the filter "
+                       "writes revealed values into :path after it checked the destination, and Envoy routes the new "
+                       "path again; an exact, regex, template or query matcher could send the plaintext elsewhere")
 
 
 def lint_wasm(lint, where, cfg, policy):
@@ -402,6 +426,7 @@ def lint_doc(lint, doc):
                        "check comes from a client-supplied X-Forwarded-For")
             lint_access_logs(lint, where, hcm.get("access_log"))
             lint_filters(lint, where, hcm, ecds, policy)
+            lint_routes(lint, where, hcm)
             routed |= routed_clusters(hcm)
         limit = int(listener.get("per_connection_buffer_limit_bytes", DEFAULT_BUFFER_LIMIT))
         for policy in {json.dumps(p, sort_keys=True) for p in policies if p is not None}:

@@ -224,6 +224,13 @@ def run(tmp):
         ("filter disabled on a route", demo, lambda d: hcm(d)["route_config"]["virtual_hosts"][0]["routes"][0].update(
             typed_per_filter_config={"envoy.filters.http.wasm": {
                 "@type": "type.googleapis.com/envoy.config.route.v3.FilterConfig", "disabled": True}}), "filter-order"),
+        ("a route matching an exact path", demo, lambda d: hcm(d)["route_config"]["virtual_hosts"][0]["routes"].insert(0, {
+            "match": {"path": "/upstreams/carrier/v1/tracking/Zanzibar"}, "route": {"cluster": "spapi"}}), "route-match"),
+        ("a route matching a regex", demo, lambda d: hcm(d)["route_config"]["virtual_hosts"][0]["routes"].insert(0, {
+            "match": {"safe_regex": {"regex": "/orders/.*/address"}}, "route": {"cluster": "spapi"}}), "route-match"),
+        ("a route matching a query parameter", demo, lambda d: hcm(d)["route_config"]["virtual_hosts"][0]["routes"].insert(0, {
+            "match": {"prefix": "/", "query_parameters": [{"name": "BuyerEmail", "present_match": True}]}, "route": {"cluster": "spapi"}}),
+         "route-match"),
         ("no spapi-guard filter at all", demo, lambda d: [pop_filter(d, c, is_wasm) for c in range(2)], "wasm-present"),
         ("demo cluster sent to a remote address in plaintext", demo,
          lambda d: next(c for c in d["static_resources"]["clusters"] if c["name"] == "spapi")["load_assignment"]["endpoints"][0]["lb_endpoints"][0]["endpoint"][
