@@ -136,10 +136,12 @@ fn tsv_output_is_the_same_at_every_split_and_gzipped() {
         // Gzip is recognized by its magic bytes too.
         assert_eq!(run_split(&g, Some(ORDERS), Compression::Identity, &gz, &[1]).expect("inflates").0, plain);
     }
-    // Without a final line end.
+    // Without a final line end, or with a CR alone at the end (not part of the value).
     let trimmed = TSV.trim_end_matches("\r\n");
     let out = assert_split_invariant(&g, Some(ORDERS), Compression::Identity, trimmed.as_bytes());
     assert_eq!(out, &plain[..plain.len() - 2]);
+    let out = assert_split_invariant(&g, Some(ORDERS), Compression::Identity, TSV.trim_end_matches('\n').as_bytes());
+    assert_eq!(out, &plain[..plain.len() - 1]);
 }
 
 #[test]
