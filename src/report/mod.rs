@@ -111,6 +111,13 @@ pub fn sniff(first_bytes: &[u8]) -> DocumentFormat {
 
 const BOM: &[u8] = b"\xEF\xBB\xBF";
 
+/// What the built-in catalog knows of a report type: whether Amazon lists it restricted, its
+/// format (`tsv`, `csv`, `xml`, `json`, `pdf`), its documented columns. `None` for a type it
+/// does not know (the rewriter treats those as restricted).
+pub fn report_info(report_type: &str) -> Option<ReportInfo> {
+    ReportCatalog::builtin().ok()?.report(report_type).cloned()
+}
+
 /// Why a document could not be rewritten. Carries no byte of the document: no PII in errors.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum DocumentError {

@@ -372,6 +372,8 @@ fn json_reports_go_through_the_response_rewriter_within_the_body_limit() {
 #[test]
 fn binary_and_unknown_documents_are_not_tokenizable() {
     let g = guard();
+    assert_eq!(report_info("GET_EASYSHIP_DOCUMENTS").map(|i| (i.restricted, i.format)), Some((true, "pdf".to_string())));
+    assert_eq!(report_info("GET_NOT_A_REPORT"), None);
     assert_eq!(DocumentRewriter::new(g.clone(), *g.policy.actions(), Some("GET_EASYSHIP_DOCUMENTS"), Compression::Identity, 0).err(), Some(DocumentError::NotTokenizable));
     assert_eq!(run(&g, None, b"%PDF-1.7\n%\xE2\xE3\n").err(), Some(DocumentError::NotTokenizable));
     assert_eq!(run(&g, None, b"PK\x03\x04\x14\x00\x00\x00").err(), Some(DocumentError::NotTokenizable));
