@@ -301,12 +301,13 @@ fn xml_customer_elements_are_tokenized_byte_faithfully() {
         .replace("call me", "<other:call me>")
         .replace(">Zoë<", "><name:Zoë><")
         .replace("Zürich", "<address:Zürich>")
-        .replace("Happy day", "<gift_message:Happy day>");
+        .replace("Happy day", "<gift_message:Happy day>")
+        .replace("type='ship' a=\"x>y\"", "type='<address:ship>' a=\"<address:x>y>\"");
     assert_eq!(opened(&g, &out), expected);
     let (_, summary) = run(&g, Some("GET_ORDER_REPORT_DATA_SHIPPING"), XML.as_bytes()).expect("rewrites");
     assert_eq!(summary.format, DocumentFormat::Xml);
     assert_eq!(summary.rows, 2);
-    assert_eq!(summary.counts.total(), 7, "white space carries nothing");
+    assert_eq!(summary.counts.total(), 9, "white space carries nothing; the Address's attributes count");
     let gz = gzip(XML.as_bytes(), 6);
     assert_eq!(run_split(&g, None, Compression::Gzip, &gz, &[7]).expect("inflates").0, out);
 }
@@ -317,12 +318,15 @@ fn xml_masks_are_escaped_and_none_empties_the_element() {
     let mut actions = *g.policy.actions();
     actions[PiiClass::Name] = Action::Redact;
     actions[PiiClass::Email] = Action::Remove;
-    let doc = "<r><BillingData><BuyerName>Jane</BuyerName><BuyerEmailAddress>a@b.c</BuyerEmailAddress></BillingData></r>";
+    let doc = "<r><BillingData><BuyerName nick=\"J&amp;J\" xmlns:x=\"urn:x\">Jane</BuyerName><BuyerEmailAddress>a@b.c</BuyerEmailAddress></BillingData></r>";
     let mut r = DocumentRewriter::new(g.clone(), actions, None, Compression::Identity, 0).expect("rewriter");
     let mut out = Vec::new();
     r.push(doc.as_bytes(), &mut out).expect("push");
     r.finish(&mut out).expect("finish");
-    assert_eq!(String::from_utf8(out).expect("utf8"), "<r><BillingData><BuyerName>&lt;R&amp;D&gt;</BuyerName><BuyerEmailAddress></BuyerEmailAddress></BillingData></r>");
+    assert_eq!(
+        String::from_utf8(out).expect("utf8"),
+        "<r><BillingData><BuyerName nick=\"&lt;R&amp;D&gt;\" xmlns:x=\"urn:x\">&lt;R&amp;D&gt;</BuyerName><BuyerEmailAddress></BuyerEmailAddress></BillingData></r>"
+    );
 }
 
 #[test]
