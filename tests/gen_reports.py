@@ -253,7 +253,7 @@ def gen_xml(args, cat, entry, w, planter, rng, manifest):
             f"<Message>{nl}<MessageID>{row + 1}</MessageID>{nl}<OrderReport>{nl}"
             f"<AmazonOrderID>{clear_value('order-id', row, rng)}</AmazonOrderID>{nl}"
             f"<!-- order {row} --><BillingData>{billing}</BillingData>{nl}"
-            f'<FulfillmentData><FulfillmentMethod>Ship</FulfillmentMethod><Address type="ship">{addr}<CountryCode>US</CountryCode></Address></FulfillmentData>{nl}'
+            f'<FulfillmentData type="ship"><FulfillmentMethod>Ship</FulfillmentMethod><Address>{addr}<CountryCode>US</CountryCode></Address></FulfillmentData>{nl}'
             f"<Item><AmazonOrderItemCode>{row:014d}</AmazonOrderItemCode><SKU>SKU-{row:06d}</SKU><Title>Widget &amp; Co 12&quot;</Title><Quantity>1</Quantity>{gift}</Item>{nl}"
             f"</OrderReport>{nl}</Message>{nl}"
         )

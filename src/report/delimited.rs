@@ -234,10 +234,10 @@ impl Delimited {
 
     /// The end of a field: `term` is the delimiter or LF that ended it (`None`: end of input).
     fn end_field(&mut self, term: Option<u8>, protector: &mut ValueProtector, out: &mut Vec<u8>) -> Result<(), DocumentError> {
-        // An unquoted field's CR before the LF is the line end's, not the value's.
+        // An unquoted field's CR before the LF (or the end) is the line end's, not the value's.
         // (A field emitted as it came has its CR in the row already.)
         let mut cr = self.pending_cr;
-        if term == Some(b'\n') && !self.quoted && self.field_len > 0 && self.last == b'\r' {
+        if matches!(term, Some(b'\n') | None) && !self.quoted && self.field_len > 0 && self.last == b'\r' {
             if self.capture {
                 self.value.pop();
             }

@@ -5,8 +5,19 @@
 //!
 //! The rewriter is pure (no proxy-wasm call): the filter keeps one per download stream, pushes
 //! each body chunk in and sends what comes out; its memory stays flat whatever the document's
-//! size (compressed input is inflated in slices, and only the value being protected, a header
-//! row or a markup construct is carried, each bounded by [`MAX_CARRY_BYTES`]).
+//! size (compressed input is inflated in slices, and only the value being protected, the flat-file
+//! record being built or an XML markup construct is carried, each bounded by [`MAX_CARRY_BYTES`]).
+//!
+//! ```ignore
+//! // At the response headers of a download (the filter's side, src/exchange.rs):
+//! let mut doc = DocumentRewriter::new(guard.clone(), actions, report_type, Compression::Gzip, now_ms)?;
+//! // Each body chunk: what comes out replaces the chunk (it may be empty: bytes carried).
+//! let mut out = Vec::new();
+//! doc.push(chunk, &mut out)?;
+//! // End of stream: the rest, and what was done (audit: rows, counts, bytes).
+//! let summary = doc.finish(&mut out)?;
+//! // Any Err(e): reset the stream, audit e.code(); never send `out` of the failed call.
+//! ```
 //!
 //! Output is always uncompressed: the proxy serves documents decompressed. Once [`push`] or
 //! [`finish`] returned an error the stream is dead (the filter resets it: a client never gets a
@@ -100,6 +111,13 @@ pub fn sniff(first_bytes: &[u8]) -> DocumentFormat {
 
 const BOM: &[u8] = b"\xEF\xBB\xBF";
 
+/// What the built-in catalog knows of a report type: whether Amazon lists it restricted, its
+/// format (`tsv`, `csv`, `xml`, `json`, `pdf`), its documented columns. `None` for a type it
+/// does not know (the rewriter treats those as restricted).
+pub fn report_info(report_type: &str) -> Option<ReportInfo> {
+    ReportCatalog::builtin().ok()?.report(report_type).cloned()
+}
+
 /// Why a document could not be rewritten. Carries no byte of the document: no PII in errors.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum DocumentError {
@@ -162,8 +180,8 @@ pub struct DocumentSummary {
     pub format: DocumentFormat,
     /// The report type the rewriter was told (or `None`).
     pub report_type: Option<String>,
-    /// Data rows (flat files: records after the header; XML: elements under the root's children;
-    /// JSON: 1).
+    /// Data rows: flat files, the records after the header (blank lines not counted); XML, the
+    /// `Message` elements of the envelope; JSON, 0 (not counted).
     pub rows: u64,
     /// PII values by class and action.
     pub counts: FieldCounts,

@@ -13,7 +13,9 @@ use crate::tokens::{Mode, ValueKind};
 use super::DocumentError;
 
 /// Deterministic outputs remembered per document (values repeat: cities, states, a buyer on
-/// several rows); the memo is emptied when full, so it stays bounded.
+/// several rows), in two generations of this many: when the young one is full it becomes the
+/// old one (the previous old one is dropped), and a value found in the old one moves back, so
+/// values that keep coming back stay while the memo stays bounded.
 const MEMO_ENTRIES: usize = 4096;
 /// Values longer than this are not remembered.
 const MEMO_VALUE_BYTES: usize = 256;
@@ -41,6 +43,7 @@ pub struct ValueProtector {
     scratch: Vec<u8>,
     memo_key: Vec<u8>,
     memo: HashMap<Vec<u8>, Box<str>>,
+    old_memo: HashMap<Vec<u8>, Box<str>>,
 }
 
 impl ValueProtector {
@@ -50,7 +53,17 @@ impl ValueProtector {
         if actions.iter().any(|(class, action)| matches!(action, Action::Tokenize(_) | Action::Hash) && keys.get(class).is_none()) {
             return Err(DocumentError::NoActiveKey);
         }
-        Ok(ValueProtector { guard, actions, keys, counts: FieldCounts::default(), token: String::new(), scratch: Vec::new(), memo_key: Vec::new(), memo: HashMap::new() })
+        Ok(ValueProtector {
+            guard,
+            actions,
+            keys,
+            counts: FieldCounts::default(),
+            token: String::new(),
+            scratch: Vec::new(),
+            memo_key: Vec::new(),
+            memo: HashMap::new(),
+            old_memo: HashMap::new(),
+        })
     }
 
     /// The guard (JSON documents go through its response rewriter).
@@ -65,7 +78,7 @@ impl ValueProtector {
 
     /// Bytes held by the memo (the memory test's probe).
     pub fn memo_bytes(&self) -> usize {
-        self.memo.iter().map(|(k, v)| k.len() + v.len()).sum()
+        self.memo.iter().chain(self.old_memo.iter()).map(|(k, v)| k.len() + v.len()).sum()
     }
 
     /// What replaces `value`, a value of `class` (the document's bytes, tokenized as they are:
@@ -94,6 +107,12 @@ impl ValueProtector {
                 self.token.push_str(token);
                 return Outcome::Token(&self.token);
             }
+            if let Some(token) = self.old_memo.remove(&self.memo_key) {
+                self.token.clear();
+                self.token.push_str(&token);
+                self.remember(token);
+                return Outcome::Token(&self.token);
+            }
         }
         self.token.clear();
         match mode {
@@ -101,11 +120,16 @@ impl ValueProtector {
             None => self.guard.tokens.hash_into(&self.keys, class, ValueKind::Text, value, &mut self.token),
         }
         if memo {
-            if self.memo.len() >= MEMO_ENTRIES {
-                self.memo.clear();
-            }
-            self.memo.insert(self.memo_key.clone(), self.token.as_str().into());
+            self.remember(self.token.as_str().into());
         }
         Outcome::Token(&self.token)
+    }
+
+    /// Remembers `token` for the value in `memo_key`.
+    fn remember(&mut self, token: Box<str>) {
+        if self.memo.len() >= MEMO_ENTRIES {
+            self.old_memo = std::mem::take(&mut self.memo);
+        }
+        self.memo.insert(self.memo_key.clone(), token);
     }
 }

@@ -136,10 +136,12 @@ fn tsv_output_is_the_same_at_every_split_and_gzipped() {
         // Gzip is recognized by its magic bytes too.
         assert_eq!(run_split(&g, Some(ORDERS), Compression::Identity, &gz, &[1]).expect("inflates").0, plain);
     }
-    // Without a final line end.
+    // Without a final line end, or with a CR alone at the end (not part of the value).
     let trimmed = TSV.trim_end_matches("\r\n");
     let out = assert_split_invariant(&g, Some(ORDERS), Compression::Identity, trimmed.as_bytes());
     assert_eq!(out, &plain[..plain.len() - 2]);
+    let out = assert_split_invariant(&g, Some(ORDERS), Compression::Identity, TSV.trim_end_matches('\n').as_bytes());
+    assert_eq!(out, &plain[..plain.len() - 1]);
 }
 
 #[test]
@@ -299,12 +301,13 @@ fn xml_customer_elements_are_tokenized_byte_faithfully() {
         .replace("call me", "<other:call me>")
         .replace(">Zoë<", "><name:Zoë><")
         .replace("Zürich", "<address:Zürich>")
-        .replace("Happy day", "<gift_message:Happy day>");
+        .replace("Happy day", "<gift_message:Happy day>")
+        .replace("type='ship' a=\"x>y\"", "type='<address:ship>' a=\"<address:x>y>\"");
     assert_eq!(opened(&g, &out), expected);
     let (_, summary) = run(&g, Some("GET_ORDER_REPORT_DATA_SHIPPING"), XML.as_bytes()).expect("rewrites");
     assert_eq!(summary.format, DocumentFormat::Xml);
     assert_eq!(summary.rows, 2);
-    assert_eq!(summary.counts.total(), 7, "white space carries nothing");
+    assert_eq!(summary.counts.total(), 9, "white space carries nothing; the Address's attributes count");
     let gz = gzip(XML.as_bytes(), 6);
     assert_eq!(run_split(&g, None, Compression::Gzip, &gz, &[7]).expect("inflates").0, out);
 }
@@ -315,12 +318,15 @@ fn xml_masks_are_escaped_and_none_empties_the_element() {
     let mut actions = *g.policy.actions();
     actions[PiiClass::Name] = Action::Redact;
     actions[PiiClass::Email] = Action::Remove;
-    let doc = "<r><BillingData><BuyerName>Jane</BuyerName><BuyerEmailAddress>a@b.c</BuyerEmailAddress></BillingData></r>";
+    let doc = "<r><BillingData><BuyerName nick=\"J&amp;J\" xmlns:x=\"urn:x\">Jane</BuyerName><BuyerEmailAddress>a@b.c</BuyerEmailAddress></BillingData></r>";
     let mut r = DocumentRewriter::new(g.clone(), actions, None, Compression::Identity, 0).expect("rewriter");
     let mut out = Vec::new();
     r.push(doc.as_bytes(), &mut out).expect("push");
     r.finish(&mut out).expect("finish");
-    assert_eq!(String::from_utf8(out).expect("utf8"), "<r><BillingData><BuyerName>&lt;R&amp;D&gt;</BuyerName><BuyerEmailAddress></BuyerEmailAddress></BillingData></r>");
+    assert_eq!(
+        String::from_utf8(out).expect("utf8"),
+        "<r><BillingData><BuyerName nick=\"&lt;R&amp;D&gt;\" xmlns:x=\"urn:x\">&lt;R&amp;D&gt;</BuyerName><BuyerEmailAddress></BuyerEmailAddress></BillingData></r>"
+    );
 }
 
 #[test]
@@ -370,6 +376,8 @@ fn json_reports_go_through_the_response_rewriter_within_the_body_limit() {
 #[test]
 fn binary_and_unknown_documents_are_not_tokenizable() {
     let g = guard();
+    assert_eq!(report_info("GET_EASYSHIP_DOCUMENTS").map(|i| (i.restricted, i.format)), Some((true, "pdf".to_string())));
+    assert_eq!(report_info("GET_NOT_A_REPORT"), None);
     assert_eq!(DocumentRewriter::new(g.clone(), *g.policy.actions(), Some("GET_EASYSHIP_DOCUMENTS"), Compression::Identity, 0).err(), Some(DocumentError::NotTokenizable));
     assert_eq!(run(&g, None, b"%PDF-1.7\n%\xE2\xE3\n").err(), Some(DocumentError::NotTokenizable));
     assert_eq!(run(&g, None, b"PK\x03\x04\x14\x00\x00\x00").err(), Some(DocumentError::NotTokenizable));

@@ -12,7 +12,9 @@
 //!   its class.
 //! * A protected text run — text and CDATA sections up to the next tag, comment or processing
 //!   instruction — is decoded (the five predefined entities, character references) and replaced
-//!   as one value; a token needs no escaping, a mask is escaped.
+//!   as one value; a token needs no escaping, a mask is escaped. Attribute values of customer
+//!   elements are protected the same way (class from the attribute's name, else the element's;
+//!   namespace declarations excepted).
 //! * Refused (`malformed_xml`): a tag that does not close, an end tag that does not match, text
 //!   outside the root element, a second root, an unknown entity in a protected run, a DOCTYPE
 //!   with an internal subset (entity declarations could hide values), and the end of input
@@ -206,7 +208,9 @@ impl Xml {
             }
             Kind::Tag => {
                 self.flush_run(protector, out);
-                self.start_tag()?;
+                if let Some(class) = self.start_tag()? {
+                    return self.write_start_tag(class, protector, out);
+                }
             }
             Kind::EndTag => {
                 self.flush_run(protector, out);
@@ -236,7 +240,8 @@ impl Xml {
         self.value.clear();
     }
 
-    fn start_tag(&mut self) -> Result<(), DocumentError> {
+    /// Reads a start tag; returns the element's class (its attribute values are protected too).
+    fn start_tag(&mut self) -> Result<Option<PiiClass>, DocumentError> {
         let m = &self.markup;
         let self_closing = m.ends_with(b"/>");
         let body = &m[1..m.len() - if self_closing { 2 } else { 1 }];
@@ -260,9 +265,38 @@ impl Xml {
             if self.stack.len() == 1 && lower.as_ref() == "message" {
                 self.rows += 1;
             }
-            return Ok(());
+            return Ok(class);
         }
         self.stack.push(Elem { name: name.into(), lower, class, container });
+        Ok(class)
+    }
+
+    /// Writes a customer element's start tag with each attribute value protected (namespace
+    /// declarations excepted), every other byte as it came.
+    fn write_start_tag(&self, class: PiiClass, protector: &mut ValueProtector, out: &mut Vec<u8>) -> Result<(), DocumentError> {
+        let m = &self.markup;
+        let name_end = m.iter().position(|b| b.is_ascii_whitespace() || *b == b'/' || *b == b'>').unwrap_or(m.len());
+        let Some(attrs) = attributes(&m[name_end..m.len() - if m.ends_with(b"/>") { 2 } else { 1 }]) else { return Err(DocumentError::MalformedXml) };
+        let mut copied = 0;
+        let mut value = Vec::new();
+        for a in attrs {
+            if a.name == b"xmlns" || a.name.starts_with(b"xmlns:") {
+                continue;
+            }
+            let range = name_end + a.value.start..name_end + a.value.end;
+            out.extend_from_slice(&m[copied..range.start]);
+            value.clear();
+            decode_entities(&m[range.clone()], &mut value)?;
+            let class = class_from_key(&String::from_utf8_lossy(a.name)).unwrap_or(class);
+            match protector.apply(class, &value) {
+                Outcome::Keep => out.extend_from_slice(&m[range.clone()]),
+                Outcome::Empty => {}
+                Outcome::Token(t) => out.extend_from_slice(t.as_bytes()),
+                Outcome::Mask(mask) => escape_into(mask, out),
+            }
+            copied = range.end;
+        }
+        out.extend_from_slice(&m[copied..]);
         Ok(())
     }
 
@@ -323,26 +357,45 @@ fn is_name(name: &[u8]) -> bool {
 
 /// `(S name S? = S? ("…" | '…'))* S?`: text that lost its element's `>` is no attribute list
 /// (attribute values stay as they are: no customer data is defined in attributes).
-fn attributes_are_well_formed(mut rest: &[u8]) -> bool {
+fn attributes_are_well_formed(rest: &[u8]) -> bool {
+    attributes(rest).is_some()
+}
+
+/// One attribute of a start tag: its name, and its value's position (between the quotes).
+struct Attribute<'a> {
+    name: &'a [u8],
+    value: std::ops::Range<usize>,
+}
+
+/// The attributes of `rest` (a start tag after its name), `None` if they are not well-formed.
+fn attributes(rest: &[u8]) -> Option<Vec<Attribute<'_>>> {
+    let mut found = Vec::new();
+    let mut at = 0;
     loop {
-        let trimmed = rest.trim_ascii_start();
+        let tail = &rest[at..];
+        let trimmed = tail.trim_ascii_start();
         if trimmed.is_empty() {
-            return true;
+            return Some(found);
         }
-        if trimmed.len() == rest.len() {
-            return false; // no white space before the attribute
+        if trimmed.len() == tail.len() {
+            return None; // no white space before the attribute
         }
-        let Some(eq) = memchr::memchr(b'=', trimmed) else { return false };
-        if !is_name(trimmed[..eq].trim_ascii_end()) {
-            return false;
+        let start = rest.len() - trimmed.len();
+        let eq = memchr::memchr(b'=', trimmed)?;
+        let name = trimmed[..eq].trim_ascii_end();
+        if !is_name(name) {
+            return None;
         }
-        let value = trimmed[eq + 1..].trim_ascii_start();
-        let Some((&quote, inner)) = value.split_first().filter(|(q, _)| matches!(q, b'"' | b'\'')) else { return false };
-        let Some(end) = memchr::memchr(quote, inner) else { return false };
+        let after_eq = &trimmed[eq + 1..];
+        let value = after_eq.trim_ascii_start();
+        let (&quote, inner) = value.split_first().filter(|(q, _)| matches!(q, b'"' | b'\''))?;
+        let end = memchr::memchr(quote, inner)?;
         if inner[..end].contains(&b'<') {
-            return false;
+            return None;
         }
-        rest = &inner[end + 1..];
+        let value_start = start + eq + 1 + (after_eq.len() - value.len()) + 1;
+        found.push(Attribute { name, value: value_start..value_start + end });
+        at = value_start + end + 1;
     }
 }
 
@@ -400,13 +453,15 @@ fn decode_entities(raw: &[u8], out: &mut Vec<u8>) -> Result<(), DocumentError> {
     Ok(())
 }
 
-/// A mask as XML text.
+/// A mask as XML text (or an attribute value).
 fn escape_into(text: &str, out: &mut Vec<u8>) {
     for b in text.bytes() {
         match b {
             b'<' => out.extend_from_slice(b"&lt;"),
             b'>' => out.extend_from_slice(b"&gt;"),
             b'&' => out.extend_from_slice(b"&amp;"),
+            b'"' => out.extend_from_slice(b"&quot;"),
+            b'\'' => out.extend_from_slice(b"&apos;"),
             _ => out.push(b),
         }
     }

@@ -45,11 +45,13 @@ pub struct Planted {
     wrapped: bool,
 }
 
-/// A piece of the document: bytes as they are, or a customer value.
+/// A piece of the document: bytes as they are, or a customer value (XML: text, or an attribute
+/// value of a customer element).
 #[derive(Clone, Debug)]
 pub enum Piece {
     Raw(String),
     Value(Planted),
+    Attr(Planted),
 }
 
 #[derive(Clone, Debug)]
@@ -136,7 +138,7 @@ fn render(case: &Case, value: &dyn Fn(&Planted) -> String) -> String {
         .iter()
         .map(|p| match p {
             Piece::Raw(s) => s.clone(),
-            Piece::Value(v) => value(v),
+            Piece::Value(v) | Piece::Attr(v) => value(v),
         })
         .collect()
 }
@@ -168,7 +170,8 @@ fn encode(format: Format, v: &Planted) -> String {
         Format::Csv if v.wrapped => csv_quote(&v.value),
         Format::Csv => v.value.clone(),
         Format::Xml if v.wrapped => format!("<![CDATA[{}]]>", v.value),
-        Format::Xml => xml_escape(&v.value),
+        // (Attribute values are planted unwrapped, and their quotes escaped: text may keep them.)
+        Format::Xml => xml_escape(&v.value).replace('"', "&quot;"),
     }
 }
 
@@ -247,15 +250,23 @@ impl Target for ReportTarget {
                 ];
                 for _ in 0..rng.small(5) {
                     pieces.push(Piece::Raw(format!("<Message><OrderReport><AmazonOrderID>1</AmazonOrderID>{nl}<BillingData>")));
-                    for (parent, name, class) in elements.iter().filter(|e| e.0 == "BillingData") {
-                        let _ = parent;
+                    for (_, name, class) in elements.iter().filter(|e| e.0 == "BillingData") {
                         if rng.chance(80) {
-                            pieces.push(Piece::Raw(format!("<{name}>")));
+                            if rng.chance(20) {
+                                // An attribute of a customer element: protected like its text.
+                                pieces.push(Piece::Raw(format!("<{name} note=\"")));
+                                if let Piece::Value(v) = plant(rng, *class, 0) {
+                                    pieces.push(Piece::Attr(v));
+                                }
+                                pieces.push(Piece::Raw("\">".into()));
+                            } else {
+                                pieces.push(Piece::Raw(format!("<{name}>")));
+                            }
                             pieces.push(plant(rng, *class, 20));
                             pieces.push(Piece::Raw(format!("</{name}>")));
                         }
                     }
-                    pieces.push(Piece::Raw(format!("</BillingData><!-- c -->{nl}<FulfillmentData><Address kind=\"ship\">")));
+                    pieces.push(Piece::Raw(format!("</BillingData><!-- c -->{nl}<FulfillmentData kind=\"ship\"><Address>")));
                     for (_, name, class) in elements.iter().filter(|e| e.0 == "Address") {
                         if rng.chance(80) {
                             pieces.push(Piece::Raw(format!("<{name}>")));
@@ -342,7 +353,14 @@ impl Target for ReportTarget {
             Err(e) => return Err(Failure::new("refused_valid", format!("{e}"))),
         };
         // No marker of a protected class in clear, and every token opens to a planted value.
-        let planted: Vec<&Planted> = case.pieces.iter().filter_map(|p| if let Piece::Value(v) = p { Some(v) } else { None }).collect();
+        let planted: Vec<&Planted> = case
+            .pieces
+            .iter()
+            .filter_map(|p| match p {
+                Piece::Value(v) | Piece::Attr(v) => Some(v),
+                Piece::Raw(_) => None,
+            })
+            .collect();
         let out_text = without_tokens(&out);
         for v in &planted {
             if case.actions[v.class] == Action::Clear {
