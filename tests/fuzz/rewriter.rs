@@ -27,7 +27,7 @@
 //!   output, raw or decoded.
 use std::collections::BTreeMap;
 
-use spapi_guard::catalog::BUILTIN_CATALOG;
+use spapi_guard::catalog::{RuleKind, BUILTIN_CATALOG};
 use spapi_guard::fail_closed::FailReason;
 use spapi_guard::field_path::{FieldPath, Step};
 use spapi_guard::guard::Guard;
@@ -87,6 +87,81 @@ pub struct OpInfo {
     /// Non-customer paths (seller, vendor, carrier addresses).
     pub protected: Vec<Vec<PStep>>,
     pub fixtures: Vec<Vec<u8>>,
+    /// What the model matches with, in the compiled catalog's order (lower index wins): the
+    /// file's rules (`rules`), then the members of customer objects that the objects'
+    /// definitions classify and no path names.
+    pub model_rules: Vec<Rule>,
+    /// Every path the matcher follows, with the wrapper-less variants (`alsoUnwrapped`).
+    pub paths: Vec<MPath>,
+}
+
+/// A path the model follows: the rule (in `OpInfo::model_rules`) it selects for, its steps, and
+/// per position whether an object is expected there (the matcher takes the elements of an array
+/// found there as that object: `"ShippingAddress":[{"Name":…}]`, a body that is an array of
+/// bodies).
+pub struct MPath {
+    pub rule: usize,
+    pub steps: Vec<PStep>,
+    pub expects_object: Vec<bool>,
+}
+
+/// A path with its member names in lowercase: the matcher matches names in any ASCII case.
+fn folded(steps: &[PStep]) -> Vec<Option<String>> {
+    steps
+        .iter()
+        .map(|s| match s {
+            PStep::Member(n) => Some(n.to_ascii_lowercase()),
+            PStep::Wild => None,
+        })
+        .collect()
+}
+
+/// The path without its first step if that is the wrapper (`$.payload.a` → `$.a`), when
+/// something is left.
+fn without_wrapper(steps: &[PStep], wrapper: Option<&str>) -> Option<Vec<PStep>> {
+    match (steps.split_first(), wrapper) {
+        (Some((PStep::Member(first), rest)), Some(w)) if first == w && !rest.is_empty() => Some(rest.to_vec()),
+        _ => None,
+    }
+}
+
+/// The paths of the matcher and where objects are expected, from the file's reading of one
+/// operation: `rules` (model order), its customer objects' paths, its non-customer paths' parent
+/// objects (the quiet subtrees), each also without the wrapper. An object is expected where any
+/// of these paths continues with a member name, and at a customer object.
+fn model_paths(rules: &[Rule], objects: &[Vec<PStep>], protected: &[Vec<PStep>], wrapper: Option<&str>) -> Vec<MPath> {
+    let with_unwrapped = |steps: &Vec<PStep>| std::iter::once(steps.clone()).chain(without_wrapper(steps, wrapper));
+    let mut expecting: std::collections::BTreeSet<Vec<Option<String>>> = Default::default();
+    let quiet = protected.iter().map(|p| if p.len() > 1 { p[..p.len() - 1].to_vec() } else { p.clone() });
+    let mut all: Vec<Vec<PStep>> = rules.iter().flat_map(|r| with_unwrapped(&r.steps)).collect();
+    all.extend(quiet.flat_map(|q| with_unwrapped(&q).collect::<Vec<_>>()));
+    for o in objects {
+        for steps in with_unwrapped(o) {
+            expecting.insert(folded(&steps));
+            // (Without the wrapper, the object at `$.payload` is the body: the root.)
+        }
+        if let (Some(PStep::Member(first)), Some(w)) = (o.first(), wrapper) {
+            if o.len() == 1 && first == w {
+                expecting.insert(Vec::new());
+            }
+        }
+        all.push(o.clone());
+    }
+    for steps in &all {
+        for (k, step) in steps.iter().enumerate() {
+            if matches!(step, PStep::Member(_)) {
+                expecting.insert(folded(&steps[..k]));
+            }
+        }
+    }
+    let mut paths = Vec::new();
+    for (rule, r) in rules.iter().enumerate() {
+        for steps in with_unwrapped(&r.steps) {
+            let expects_object = (0..=steps.len()).map(|k| expecting.contains(&folded(&steps[..k]))).collect();
+            paths.push(MPath { rule, steps, expects_object });
+        }
+    }
+    paths
 }
 
 /// Member names docs/POLICY.md ("Schema-faithful protection") says are never PII on their own.
@@ -98,11 +173,17 @@ const NOT_PII_MEMBERS: [&str; 4] = ["CountryCode", "countryCode", "AddressType",
 /// oracle would then describe another catalog).
 pub fn catalog_model(guard: &Guard) -> (Vec<OpInfo>, Vec<String>) {
     let file: serde_json::Value = serde_json::from_str(BUILTIN_CATALOG).expect("catalog");
-    // Per operation id: PII rules, paths left clear, non-customer paths.
-    type Read = (Vec<Rule>, Vec<Vec<PStep>>, Vec<Vec<PStep>>);
+    // Per operation id: PII rules, paths left clear, non-customer paths, customer objects (path,
+    // object id), the wrapper responses may come without.
+    type Read = (Vec<Rule>, Vec<Vec<PStep>>, Vec<Vec<PStep>>, Vec<(String, String)>, Option<String>);
     let mut read: BTreeMap<String, Read> = BTreeMap::new();
     for op in file["operations"].as_array().expect("operations") {
         let protected = op["nonCustomerPaths"].as_array().map(|a| a.iter().filter_map(|p| p["jsonpath"].as_str()).map(steps_of).collect()).unwrap_or_default();
+        let objects = op["customerObjects"]
+            .as_array()
+            .map(|a| a.iter().filter_map(|o| Some((o["jsonpath"].as_str()?.to_string(), o["object"].as_str()?.to_string()))).collect())
+            .unwrap_or_default();
+        let wrapper = op["alsoUnwrapped"].as_str().map(str::to_string);
         let (mut rules, mut clear) = (Vec::new(), Vec::new());
         for field in op["responsePii"].as_array().expect("responsePii") {
             let jsonpath = field["jsonpath"].as_str().expect("jsonpath").to_string();
@@ -120,11 +201,11 @@ pub fn catalog_model(guard: &Guard) -> (Vec<OpInfo>, Vec<String>) {
             let data_element = field["dataElement"].as_str().map(str::to_string);
             rules.push(Rule { jsonpath, steps, class, required, number, data_element });
         }
-        read.insert(op["id"].as_str().expect("id").to_string(), (rules, clear, protected));
+        read.insert(op["id"].as_str().expect("id").to_string(), (rules, clear, protected, objects, wrapper));
     }
     let mut ops = Vec::new();
     for (index, op) in guard.catalog.operations.iter().enumerate() {
-        let (rules, clear, protected) = read.remove(&op.id).unwrap_or_default();
+        let (rules, clear, protected, objects, wrapper) = read.remove(&op.id).unwrap_or_default();
         // Protecting more is safe, protecting less is a leak: the compiled catalog may hold more
         // rules than the file names (schema-drift additions), but every rule the model reads from
         // the file must be compiled, with the same class, gate and schema facts.
@@ -138,8 +219,33 @@ pub fn catalog_model(guard: &Guard) -> (Vec<OpInfo>, Vec<String>) {
             let facts = rule.schema.as_ref().map(|f| (f.required, f.is_number()));
             assert_eq!(facts, Some((r.required, r.number)), "{} {}: the compiled schema facts differ from the catalog file's", op.id, r.jsonpath);
         }
+        // The model's rules in the compiled order: each compiled catalog rule is the file's, and
+        // each member rule is a member of one of the operation's customer objects, with the class
+        // and schema facts the object's definition gives it.
+        let mut model_rules = Vec::new();
+        for c in &op.response_rules {
+            let rule = match c.kind {
+                RuleKind::Catalog => rules.iter().find(|r| r.jsonpath == c.jsonpath && r.class == c.class).cloned(),
+                RuleKind::Member => objects.iter().find_map(|(at, object)| {
+                    let member = c.jsonpath.strip_prefix(&format!("{at}."))?;
+                    let member = member.strip_suffix("[*]").unwrap_or(member);
+                    let def = &file["customerObjects"][object.as_str()]["members"][member];
+                    let class = PiiClass::parse(def["class"].as_str()?)?;
+                    let schema = &def["schema"];
+                    let number = matches!(schema["type"].as_str(), Some("number" | "integer"));
+                    let required = schema["required"].as_bool().unwrap_or(false);
+                    (class == c.class).then(|| Rule { jsonpath: c.jsonpath.clone(), steps: steps_of(&c.jsonpath), class, required, number, data_element: c.data_element.clone() })
+                }),
+            };
+            let Some(rule) = rule else { panic!("{}: the compiled rule {} ({:?}) is not the catalog file's", op.id, c.jsonpath, c.class) };
+            let facts = c.schema.as_ref().map(|f| (f.required, f.is_number()));
+            assert_eq!(facts, Some((rule.required, rule.number)), "{} {}: the compiled schema facts differ from the catalog file's", op.id, c.jsonpath);
+            model_rules.push(rule);
+        }
+        let object_paths: Vec<Vec<PStep>> = objects.iter().map(|(at, _)| steps_of(at)).collect();
+        let paths = model_paths(&model_rules, &object_paths, &protected, wrapper.as_deref());
         if !rules.is_empty() {
-            ops.push(OpInfo { index, id: op.id.clone(), rules, clear, protected, fixtures: Vec::new() });
+            ops.push(OpInfo { index, id: op.id.clone(), rules, clear, protected, fixtures: Vec::new(), model_rules, paths });
         }
     }
 
@@ -858,11 +964,11 @@ impl Target for RewriterTarget {
             }
         };
 
-        let model = Model { rules: &info.rules, actions: &case.actions, numbers, doc: &case.body };
-        let root_alive: Vec<usize> = (0..info.rules.len()).collect();
+        let model = Model { rules: &info.model_rules, paths: &info.paths, actions: &case.actions, numbers, doc: &case.body };
+        let root_alive: Alive = (0..info.paths.len()).map(|p| (p, 0)).collect();
         let mut counts = PerClass::splat([0u32; SLOTS]);
         let mut removed = false;
-        let expected = model.eval(&tree, &root_alive, 0, &mut counts, &mut removed).ok_or_else(|| Failure::new("model", "the root cannot be removed"))?;
+        let expected = model.eval(&tree, &root_alive, &mut counts, &mut removed).ok_or_else(|| Failure::new("model", "the root cannot be removed"))?;
 
         let unchanged = matches!(expected, Exp::Keep(_));
         let output: &[u8] = match &protected.body {
@@ -1106,6 +1212,7 @@ enum Exp<'a> {
 
 struct Model<'a> {
     rules: &'a [Rule],
+    paths: &'a [MPath],
     actions: &'a ClassActions,
     numbers: NumberAction,
     doc: &'a [u8],
@@ -1116,25 +1223,32 @@ enum Loc<'a> {
     Index,
 }
 
+/// Where the walk is on each path still alive: (path, steps taken).
+type Alive = Vec<(usize, usize)>;
+
 impl Model<'_> {
-    /// The rules still alive one step below `alive` (at `depth`).
-    fn step(&self, alive: &[usize], depth: usize, loc: &Loc) -> Vec<usize> {
-        alive
-            .iter()
-            .copied()
-            .filter(|&p| {
-                self.rules[p].steps.get(depth).is_some_and(|s| match (s, loc) {
-                    (PStep::Wild, _) => true,
-                    (PStep::Member(n), Loc::Key(k)) => n == k,
-                    (PStep::Member(_), Loc::Index) => false,
-                })
-            })
-            .collect()
+    /// The paths still alive one step below `alive`: a member name matches in any ASCII case, a
+    /// wildcard any member or element, and an element where an object is expected is that
+    /// object (the path does not advance).
+    fn step(&self, alive: &[(usize, usize)], loc: &Loc) -> Alive {
+        let mut next = Vec::with_capacity(alive.len());
+        for &(p, at) in alive {
+            let path = &self.paths[p];
+            match (path.steps.get(at), loc) {
+                (Some(PStep::Wild), _) => next.push((p, at + 1)),
+                (Some(PStep::Member(n)), Loc::Key(k)) if n.eq_ignore_ascii_case(k) => next.push((p, at + 1)),
+                _ => {}
+            }
+            if matches!(loc, Loc::Index) && path.expects_object[at] {
+                next.push((p, at));
+            }
+        }
+        next
     }
 
-    /// The rule of the location `alive` reached at `depth` steps: the first rule ending there.
-    fn rule(&self, alive: &[usize], depth: usize) -> Option<&Rule> {
-        alive.iter().copied().filter(|&p| self.rules[p].steps.len() == depth).min().map(|p| &self.rules[p])
+    /// The rule of the location `alive` reached: the first rule with a path ending there.
+    fn rule(&self, alive: &[(usize, usize)]) -> Option<&Rule> {
+        alive.iter().filter(|&&(p, at)| self.paths[p].steps.len() == at).map(|&(p, _)| self.paths[p].rule).min().map(|r| &self.rules[r])
     }
 
     /// The name a member is matched by: its decoded text, or — when it holds a lone surrogate,
@@ -1148,8 +1262,8 @@ impl Model<'_> {
     }
 
     /// The expected output of `node` (None: removed), counting what the handler sees.
-    fn eval<'n>(&self, node: &'n Node, alive: &[usize], depth: usize, counts: &mut PerClass<[u32; SLOTS]>, removed: &mut bool) -> Option<Exp<'n>> {
-        let rule = if depth == 0 { None } else { self.rule(alive, depth) };
+    fn eval<'n>(&self, node: &'n Node, alive: &[(usize, usize)], counts: &mut PerClass<[u32; SLOTS]>, removed: &mut bool) -> Option<Exp<'n>> {
+        let rule = self.rule(alive);
         let before = *counts;
         let inner = match &node.kind {
             Kind::Obj(ms) => {
@@ -1157,8 +1271,8 @@ impl Model<'_> {
                 let mut edited = false;
                 for m in ms {
                     let name = self.name_of(m);
-                    let child = self.step(alive, depth, &Loc::Key(&name));
-                    match self.eval(&m.value, &child, depth + 1, counts, removed) {
+                    let child = self.step(alive, &Loc::Key(&name));
+                    match self.eval(&m.value, &child, counts, removed) {
                         Some(e) => {
                             edited |= !matches!(e, Exp::Keep(_));
                             children.push((&m.key, e));
@@ -1173,11 +1287,11 @@ impl Model<'_> {
                 }
             }
             Kind::Arr(items) => {
-                let child = self.step(alive, depth, &Loc::Index);
+                let child = self.step(alive, &Loc::Index);
                 let mut children = Vec::with_capacity(items.len());
                 let mut edited = false;
                 for n in items {
-                    match self.eval(n, &child, depth + 1, counts, removed) {
+                    match self.eval(n, &child, counts, removed) {
                         Some(e) => {
                             edited |= !matches!(e, Exp::Keep(_));
                             children.push(e);
