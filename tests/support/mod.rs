@@ -477,8 +477,10 @@ impl Stack {
             if let Ok(Some(status)) = child.try_wait() {
                 return Err(Refused { log: self.envoy_output(), exit_code: status.code() });
             }
-            let serving = TcpStream::connect(("127.0.0.1", self.admin_port)).is_ok()
-                && String::from_utf8_lossy(&curl(self.admin_port, "GET", "/stats?filter=hot_restart_epoch", &[]).body).contains(&stat)
+            // The admin port passes from the old Envoy to the new one meanwhile: a refused
+            // connection is "not yet", never a failure.
+            let serving = curl_url(&format!("http://127.0.0.1:{}/stats?filter=hot_restart_epoch", self.admin_port), "GET", &[], &[], None)
+                .is_ok_and(|r| String::from_utf8_lossy(&r.body).contains(&stat))
                 && http_get_status(self.admin_port, "/ready") == Some(200);
             if serving {
                 self.retired.push(std::mem::replace(&mut self.envoy, child));
