@@ -45,6 +45,7 @@ import pathlib
 import re
 import resource
 import secrets
+import shutil
 import socket
 import statistics
 import subprocess
@@ -113,6 +114,13 @@ DOCUMENT_PATH = f"/reports/2021-06-30/documents/{DOCUMENT_ID}"
 # removes from client requests): the same route and cluster, chosen by the benchmark's client.
 BENCH_DOCUMENT_ROUTE = "x-bench-document-route"
 DOCS = OUT / "docs"
+DOWNLOADS = {
+    "host": "document host alone (curl straight to it, TLS, gzip as served)",
+    "none": "(a) Envoy, no filter (gzip as served)",
+    "none-identity": "(a′) Envoy, no filter, the same report served uncompressed (diagnostic)",
+    "guard-clear": "spapi-guard, every class clear (inflate + parse, no crypto; diagnostic)",
+    "guard": "(c) spapi-guard (decompressed, tokenized)",
+}
 
 
 def free_port():
@@ -391,6 +399,12 @@ def prepare_report(report_mb):
             subprocess.run([sys.executable, str(ROOT / "tests" / "gen_reports.py"), "--type", REPORT_TYPE, "--size-mb", f"{report_mb:g}",
                             "--gzip", "--manifest-rows", "1000", "--out", str(report)], check=True, stdout=out)
         partial.rename(manifest)
+    # The same document uncompressed, for the no-filter diagnostic that moves the text itself.
+    plain = DOCS / report.stem
+    if not plain.exists():
+        with gzip.open(report) as src, open(DOCS / f"{plain.name}.partial", "wb") as dst:
+            shutil.copyfileobj(src, dst, 1 << 20)
+        (DOCS / f"{plain.name}.partial").rename(plain)
     return report, json.loads(manifest.read_text())
 
 
@@ -474,12 +488,17 @@ def download_targets(envoys, doc):
     """Per variant: the URL and headers of one download (spapi-guard's asks for a fresh pointer)."""
     host = f"localhost:{doc['port']}"
     path = doc["url"].split(host, 1)[1]
-    return {
+    # The same documents route and TLS cluster as spapi-guard's download, chosen by a header.
+    none = f"http://127.0.0.1:{envoys['none']['port']}", (f"host: {host}", f"{BENCH_DOCUMENT_ROUTE}: 1"), None
+    targets = {
         "host": lambda: (f"https://{host}{path}", (), OUT / "doc-certs" / "doc-ca.crt"),
-        # The same documents route and TLS cluster as spapi-guard's download, chosen by a header.
-        "none": lambda: (f"http://127.0.0.1:{envoys['none']['port']}{path}", (f"host: {host}", f"{BENCH_DOCUMENT_ROUTE}: 1"), None),
-        "guard": lambda: (f"http://127.0.0.1:{envoys['guard']['port']}{document_pointer(envoys['guard']['port'])}", (), None),
+        "none": lambda: (none[0] + path, *none[1:]),
+        "none-identity": lambda: (none[0] + path.replace(doc["report"].name, doc["report"].stem), *none[1:]),
     }
+    for v in ("guard", "guard-clear"):
+        if v in envoys:
+            targets[v] = lambda port=envoys[v]["port"]: (f"http://127.0.0.1:{port}{document_pointer(port)}", (), None)
+    return targets
 
 
 def check_download(envoys, doc, manifest):
@@ -491,15 +510,17 @@ def check_download(envoys, doc, manifest):
     if plain.count(b"\n") != manifest["rows"] + 1:
         raise SystemExit(f"the generated report is not {manifest['rows']} rows and a header: regenerate it (rm -r {DOCS})")
     targets = download_targets(envoys, doc)
-    for v in ("host", "none", "guard"):
+    for v in sorted(targets, key=lambda v: v == "guard"):
         url, headers, cacert = targets[v]()
         out = DOCS / f"check-{v}.out"
         download(url, headers, out, cacert=cacert)
         got = out.read_bytes()
         out.unlink()
         if v != "guard":
-            if got != served:
-                raise SystemExit(f"{v}: the document came back with {len(got)} bytes, not the {len(served)} served")
+            # Every class clear: the filter inflates and parses, and must change no byte.
+            expected = plain if v in ("none-identity", "guard-clear") else served
+            if got != expected:
+                raise SystemExit(f"{v}: the document came back with {len(got)} bytes, not the {len(expected)} expected")
             continue
         planted = [p["value"].encode() for p in manifest["planted"]]
         head_end = 0
@@ -518,51 +539,57 @@ def check_download(envoys, doc, manifest):
 def run_downloads(envoys, doc, rounds):
     """The host alone, then (a) and (c) in alternating order, one download at a time."""
     targets, samples = download_targets(envoys, doc), {}
+    proxied = [v for v in DOWNLOADS if v in targets and v != "host"]
     for r in range(rounds):
-        for v in ("host", *(("none", "guard") if r % 2 == 0 else ("guard", "none"))):
+        for v in ("host", *proxied[r % len(proxied):], *proxied[:r % len(proxied)]):
             url, headers, cacert = targets[v]()
-            watch = {"host": doc["proc"].pid} if v == "host" else {"proxy": envoys[v]["proc"].pid, "host": doc["proc"].pid}
+            watch = {"host": doc["proc"].pid} if v == "host" else {"proxy": envoys[v.removesuffix("-identity")]["proc"].pid, "host": doc["proc"].pid}
             time.sleep(0.5)
             samples.setdefault(v, []).append(download(url, headers, cacert=cacert, watch=watch))
         print(f"download round {r + 1}/{rounds} done", file=sys.stderr, flush=True)
     return samples
 
 
-def download_report(samples, check, manifest, doc, rounds):
-    text = check["text_bytes"]
-    mb = 1e6
+def download_report(samples, check, manifest, doc, rounds, load_before):
+    text, mb = check["text_bytes"], 1e6
+    others = statistics.mean((x["cpu"]["machine"] - sum(c for k, c in x["cpu"].items() if k != "machine")) / x["seconds"]
+                             for s in samples.values() for x in s)
     lines = [f"Report-document download: {REPORT_TYPE}, {text / mb:,.1f} MB of TSV ({doc['report'].stat().st_size / mb:,.1f} MB gzip), "
-             f"{manifest['rows']:,} rows, {manifest['planted_total']:,} PII values (every row a new buyer); one curl download at a time, "
-             f"{rounds} rounds, medians. MB = 10^6 bytes; report text = the uncompressed document. spapi-guard's output: "
-             f"{check['out_bytes'] / mb:,.1f} MB, {check['tokens']:,} tokens.", "",
-             "| variant | report text MB/s | seconds | bytes out (MB) | proxy Envoy cores | text MB per proxy CPU-second | document host cores | curl cores | "
-             "Envoy RSS before (MiB) | RSS peak during (MiB) | growth (MiB) |",
-             "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
-    names = {"host": "document host alone (curl, TLS, gzip as served)", "none": "(a) Envoy, no filter (gzip as served)",
-             "guard": "(c) spapi-guard (decompressed, tokenized)"}
+             f"{manifest['rows']:,} rows, {manifest['planted_total']:,} PII values (every row a new buyer); spapi-guard's output "
+             f"{check['out_bytes'] / mb:,.1f} MB with {check['tokens']:,} tokens. One curl download at a time, {rounds} rounds, medians; "
+             f"MB = 10^6 bytes; MB/s of report text = the uncompressed document's size / the download's time, whatever crossed "
+             f"the wire. Load average {load_before[0]:.2f} before, {os.getloadavg()[0]:.2f} after; other processes used {others:.2f} "
+             "cores on average during the downloads.", "",
+             "| variant | report text MB/s | seconds | bytes out (MB) | proxy Envoy cores | text MB per proxy CPU-second | "
+             "document host cores | curl cores | Envoy RSS before (MiB) | RSS peak during (MiB) | growth per round (MiB) |",
+             "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|"]
     med = {}
-    for v in ("host", "none", "guard"):
-        s = samples[v]
-        m = med[v] = {"rate": median(s, lambda x: text / x["seconds"] / mb), "seconds": median(s, lambda x: x["seconds"]),
-                      "out": median(s, lambda x: x["bytes"] / mb), "host": median(s, lambda x: x["cpu"]["host"] / x["seconds"]),
-                      "curl": median(s, lambda x: x["cpu"]["curl"] / x["seconds"])}
-        if v == "host":
-            lines.append(f"| {names[v]} | {m['rate']:,.1f} | {m['seconds']:.2f} | {m['out']:,.1f} | — | — | {m['host']:.2f} | {m['curl']:.2f} | — | — | — |")
+    for v, name in DOWNLOADS.items():
+        if v not in samples:
             continue
-        m["proxy"] = median(s, lambda x: x["cpu"]["proxy"] / x["seconds"])
-        # CPU time is counted in clock ticks (10 ms): a download of a few ms has no figure.
-        m["per_cpu"] = median(s, lambda x: text / mb / x["cpu"]["proxy"] if x["cpu"]["proxy"] >= 0.1 else float("nan"))
-        m["growth"] = max((x["rss_peak"] - x["rss_idle"]) / 1024 for x in s)
-        lines.append(f"| {names[v]} | {m['rate']:,.1f} | {m['seconds']:.2f} | {m['out']:,.1f} | {m['proxy']:.2f} | {m['per_cpu']:,.1f} | {m['host']:.2f} | "
-                     f"{m['curl']:.2f} | {median(s, lambda x: x['rss_idle'] / 1024):.1f} | {max(x['rss_peak'] for x in s) / 1024:.1f} | {m['growth']:.1f} |")
-    ratio = med["guard"]["rate"] / med["none"]["rate"]
-    lines += ["", f"(c)/(a) by throughput: {ratio:.2f} (target ≥ 0.25); by proxy CPU per byte of text: "
-              f"{med['guard']['per_cpu'] / med['none']['per_cpu']:.2f}. spapi-guard per Envoy worker (--concurrency 1): {med['guard']['rate']:,.1f} MB/s "
-              f"of report text, {med['guard']['per_cpu']:,.1f} MB per CPU-second of its Envoy (target ≥ 20). Envoy RSS growth during "
-              f"the download, worst round: {med['guard']['growth']:.1f} MiB with spapi-guard, {med['none']['growth']:.1f} MiB without (target ≤ 32). "
-              f"The document host alone serves {med['host']['rate'] / med['none']['rate']:.2f}× what (a) achieves through Envoy."]
+        s = samples[v]
+        m = med[v] = {"rate": median(s, lambda x: text / x["seconds"] / mb), "host": median(s, lambda x: x["cpu"]["host"] / x["seconds"])}
+        cells = [f"{m['rate']:,.1f}", f"{median(s, lambda x: x['seconds']):.2f}", f"{median(s, lambda x: x['bytes'] / mb):,.1f}"]
+        if v == "host":
+            cells += ["—", "—", f"{m['host']:.2f}", f"{median(s, lambda x: x['cpu']['curl'] / x['seconds']):.2f}", "—", "—", "—"]
+        else:
+            # CPU time is counted in clock ticks (10 ms): a download of a few ms has no figure.
+            proxy_cpu = median(s, lambda x: x["cpu"]["proxy"])
+            m["per_cpu"] = text / mb / proxy_cpu if proxy_cpu >= 0.1 else None
+            m["growth"] = max(x["rss_peak"] - x["rss_idle"] for x in s) / 1024
+            cells += [f"{median(s, lambda x: x['cpu']['proxy'] / x['seconds']):.2f}", f"{m['per_cpu']:,.1f}" if m["per_cpu"] else "—",
+                      f"{m['host']:.2f}", f"{median(s, lambda x: x['cpu']['curl'] / x['seconds']):.2f}",
+                      f"{s[0]['rss_idle'] / 1024:.1f}", f"{max(x['rss_peak'] for x in s) / 1024:.1f}",
+                      ", ".join(f"{(x['rss_peak'] - x['rss_idle']) / 1024:+.1f}" for x in s)]
+        lines.append(f"| {name} | {' | '.join(cells)} |")
+    guard, none = med["guard"], med["none"]
+    lines += ["", f"(c)/(a) by throughput of report text: **{guard['rate'] / none['rate']:.3f}** (target ≥ 0.25); against the same "
+              f"report served uncompressed (a′): {guard['rate'] / med['none-identity']['rate']:.3f}. spapi-guard per Envoy worker "
+              f"(--concurrency 1): **{guard['rate']:,.1f} MB/s** of report text, {guard['per_cpu'] or 0:,.1f} MB per CPU-second of its Envoy "
+              f"(target ≥ 20). Envoy RSS growth during a download, worst round: **{guard['growth']:.1f} MiB** with spapi-guard, "
+              f"{none['growth']:.1f} MiB without (target ≤ 32). The document host alone serves {med['host']['rate'] / none['rate']:.2f}× "
+              "what (a) achieves through Envoy."]
     return "\n".join(lines)
-
 
 KEY = None
 
@@ -596,7 +623,7 @@ def main():
         (OUT / "envoy-upstream.yaml").write_text(json.dumps(upstream_config(upstream_port, upstream_admin, recorder.port, document_entries), indent=1))
         upstream = launch("upstream", OUT / "envoy-upstream.yaml", procs)
         wait_ready(upstream_admin, upstream, "upstream")
-        variants = ["none", "guard"] if args.download_only else VARIANTS + list(DIAGNOSTICS)
+        variants = ["none", "guard", "guard-clear"] if args.download_only else VARIANTS + list(DIAGNOSTICS)
         envoys = {v: start(v, upstream_port, procs, doc_port) for v in variants}
         check = check_download(envoys, doc, manifest)
         results = memory = None
@@ -610,7 +637,7 @@ def main():
             p.wait()
 
     tables = [] if args.download_only else [report(args, results, memory, load_before)]
-    tables.append(download_report(downloads, check, manifest, doc, args.download_rounds))
+    tables.append(download_report(downloads, check, manifest, doc, args.download_rounds, load_before))
     text = "\n\n".join(tables)
     (OUT / ("results-download.md" if args.download_only else "results.md")).write_text(text + "\n")
     print(text)
