@@ -94,13 +94,15 @@ wrk:
 	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends wrk >/dev/null; }
 
 # Side-by-side through Envoy (no filter / buffer-only Wasm / spapi-guard, bodies served by a second
-# Envoy from files) and the native core.
+# Envoy from files), a report-document download (REPORT_MB of order report TSV, gzip on the wire,
+# from a local TLS document host; generated once into target/bench/docs) and the native core.
 # Results: target/bench/results.md and target/bench/core.md; BENCHMARKS.md explains them.
+REPORT_MB ?= 256
 bench: wasm envoy wrk
 	cargo build --release --target $(WASM_TARGET) --manifest-path benches/buffer-filter/Cargo.toml --target-dir target
 	$(PYTHON) benches/gen_payloads.py target/bench/fixtures
 	set -o pipefail; cargo bench --bench core | tee target/bench/core.md
-	$(PYTHON) benches/run_bench.py --rounds 3 --seconds 5
+	$(PYTHON) benches/run_bench.py --rounds 3 --seconds 5 --report-mb $(REPORT_MB)
 
 # The code's own rules, enforced: rustfmt.toml's style, and clippy with every warning an error on
 # the native build (library, tests, benches) and on wasm32-wasip1 (the only build of src/filter).
