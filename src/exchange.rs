@@ -443,6 +443,12 @@ impl Exchange {
             self.request = RequestState::CheckingRdt;
             return Flow::Pause;
         }
+        // Tokens are plain ASCII (base64url and dots) and never need percent-encoding: one sent
+        // encoded (`%73pgt1.…`) would pass by the token checks below and reach the upstream as a
+        // token where it expects data. Refused like a token that does not open.
+        if allowed && has_encoded_token(&self.path) {
+            return self.refuse_token(host, &crate::tokens::TokenError::Forged);
+        }
         let body_carries_pii = operation.is_some_and(|(_, op)| op.has_request_pii);
         let path_has_token = self.path.contains(crate::tokens::TOKEN_PREFIX);
         self.reveal = match grant {
@@ -1328,4 +1334,14 @@ impl Exchange {
         }
         self.report_listing = None;
     }
+}
+
+/// Whether the request target holds a token only once percent-decoded (more token prefixes in
+/// its decoded form than in its raw form). A target that does not decode was refused before.
+fn has_encoded_token(target: &str) -> bool {
+    let prefix = crate::tokens::TOKEN_PREFIX;
+    if !target.contains('%') {
+        return false;
+    }
+    crate::uri::decode(target, false).is_ok_and(|decoded| decoded.matches(prefix).count() > target.matches(prefix).count())
 }

@@ -694,6 +694,16 @@ fn a_token_in_the_query_becomes_data_and_the_audit_log_still_hides_it() {
     let event = x.log(Some(200));
     assert_eq!(event["path"], "/orders/v0/orders?MarketplaceIds=ATVPDKIKX0DER&BuyerEmail={redacted}");
     assert_eq!(event["pii"]["email"]["revealed"], 1);
+    // The same token percent-encoded (tokens never need it): refused, never forwarded as a token
+    // where Amazon expects the email; also for a caller without a grant.
+    let encoded = path.replace("BuyerEmail=spgt1.", "BuyerEmail=%73pgt1.");
+    let catalog = format!("/catalog/2022-04-01/items?keywords=s%70gt1.{}", email.trim_start_matches("spgt1."));
+    for (caller, target) in [(ORDER_SYNC, &encoded), (LABEL_PRINTER, &catalog)] {
+        let mut x = Exchange1::new(Rc::clone(&guard), "GET", target, Some(caller));
+        x.request(&[], false);
+        assert!(!x.seen.forwarded, "{caller}");
+        assert_eq!(x.seen.reply.as_ref().map(|r| (r.status, r.header("x-spapi-guard").map(str::to_string))), Some((400, Some("invalid_token".into()))), "{caller}");
+    }
     // label-printer may not reveal emails toward getOrders (no grant there): forwarded as it is.
     let mut x = Exchange1::new(Rc::clone(&guard), "GET", &path, Some("spiffe://spapi-guard.demo/analytics"));
     x.request(&[], false);
