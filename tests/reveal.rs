@@ -102,6 +102,12 @@ fn a_search_by_email_token_reaches_amazon_as_the_email_and_the_log_as_redacted()
     let events = stack.wait_for_audit_events(1);
     assert_eq!(events[0]["path"], "/orders/v0/orders?MarketplaceIds=ATVPDKIKX0DER&BuyerEmail={redacted}");
     assert_eq!(events[0]["pii"]["email"]["revealed"], 1);
+    // The token percent-encoded (in the query Envoy does not decode it): refused, nothing forwarded.
+    let encoded = path.replace("BuyerEmail=spgt1.", "BuyerEmail=%73pgt1.");
+    let before = stack.mock_calls().len();
+    let r = stack.send(Client::Cert(SYNC), "GET", &encoded, &[("x-mock-fixture", &orders.file)], None, None).expect("curl");
+    assert_eq!((r.status, r.header("x-spapi-guard")), (400, Some("invalid_token")), "{}", r.text());
+    assert_eq!(stack.mock_calls().len(), before, "an encoded token was forwarded");
     let printed = stack.envoy_output();
     assert!(!printed.contains("jane+1") && !printed.contains("jane%2B1"), "the email reached Envoy's output");
 }
