@@ -6,6 +6,7 @@
 #   rogue-ca.crt, rogue.crt/key   a client certificate from a CA Envoy does not trust
 # Usage: scripts/gen-certs.sh OUT_DIR [caller…]   (default callers: the demo's, plus "intruder")
 set -euo pipefail
+here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 out=$1; shift
 callers=("$@")
 [ ${#callers[@]} -gt 0 ] || callers=(order-sync label-printer analytics intruder)
@@ -15,19 +16,8 @@ cd "$out"
 [ -s ca.crt ] && [ -s "${callers[-1]}.crt" ] && exit 0
 umask 077
 
-newkey() { openssl genpkey -algorithm EC -pkeyopt ec_paramgen_curve:P-256 -out "$1" 2>/dev/null; }
-ca() { # name subject
-  newkey "$1.key"
-  openssl req -x509 -new -key "$1.key" -out "$1.crt" -days 30 -subj "$2" \
-    -addext "basicConstraints=critical,CA:TRUE" -addext "keyUsage=critical,keyCertSign,cRLSign" 2>/dev/null
-}
-leaf() { # name ca subject extensions
-  newkey "$1.key"
-  openssl req -new -key "$1.key" -out "$1.csr" -subj "$3" 2>/dev/null
-  printf '%s\n' "$4" > "$1.ext"
-  openssl x509 -req -in "$1.csr" -CA "$2.crt" -CAkey "$2.key" -CAcreateserial -out "$1.crt" -days 30 -extfile "$1.ext" 2>/dev/null
-  rm -f "$1.csr" "$1.ext"
-}
+# shellcheck source=scripts/pki.sh
+source "$here/pki.sh"
 
 ca ca "/CN=spapi-guard demo CA"
 leaf server ca "/CN=localhost" "subjectAltName=DNS:localhost,IP:127.0.0.1

@@ -5,29 +5,19 @@
 #   rogue.crt/key      localhost from a CA nobody trusts (certificate validation must refuse it)
 # Usage: tests/gen-document-certs.sh OUT_DIR
 set -euo pipefail
+here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 out=$1
 mkdir -p "$out"
 cd "$out"
 [ -s rogue.crt ] && exit 0
 umask 077
 
-newkey() { openssl genpkey -algorithm EC -pkeyopt ec_paramgen_curve:P-256 -out "$1" 2>/dev/null; }
-ca() { # name subject
-  newkey "$1.key"
-  openssl req -x509 -new -key "$1.key" -out "$1.crt" -days 30 -subj "$2" \
-    -addext "basicConstraints=critical,CA:TRUE" -addext "keyUsage=critical,keyCertSign,cRLSign" 2>/dev/null
-}
-leaf() { # name ca subject san
-  newkey "$1.key"
-  openssl req -new -key "$1.key" -out "$1.csr" -subj "$3" 2>/dev/null
-  printf 'subjectAltName=%s\nextendedKeyUsage=serverAuth\n' "$4" > "$1.ext"
-  openssl x509 -req -in "$1.csr" -CA "$2.crt" -CAkey "$2.key" -CAcreateserial -out "$1.crt" -days 30 -extfile "$1.ext" 2>/dev/null
-  rm -f "$1.csr" "$1.ext"
-}
+# shellcheck source=scripts/pki.sh
+source "$here/../scripts/pki.sh"
 
 ca doc-ca "/CN=test document host CA"
-leaf localhost doc-ca "/CN=localhost" "DNS:localhost"
+server_leaf localhost doc-ca "/CN=localhost" "DNS:localhost"
 ca rogue-ca "/CN=someone else's CA"
-leaf rogue rogue-ca "/CN=localhost" "DNS:localhost"
+server_leaf rogue rogue-ca "/CN=localhost" "DNS:localhost"
 chmod 644 ./*.crt ./*.key
 echo "document host certificates in $out"
