@@ -284,9 +284,15 @@ impl Download {
         }
     }
 
-    /// PII values protected in the document (known once it completed).
+    /// PII values protected in the document: all of them once it completed; for one that ended
+    /// early (reset, disconnect), those protected until then — counted, not forgotten, by the
+    /// audit event and the PII-volume lockout (the failing chunk's included: never fewer than went).
     pub fn counts(&self) -> FieldCounts {
-        self.summary.as_ref().map(|s| s.counts.clone()).unwrap_or_default()
+        match (&self.summary, &self.rewriter) {
+            (Some(summary), _) => summary.counts.clone(),
+            (None, Some(rewriter)) => rewriter.counts_so_far().clone(),
+            (None, None) => FieldCounts::default(),
+        }
     }
 
     pub fn bytes(&self) -> (u64, u64) {

@@ -1339,6 +1339,9 @@ fn trailers_end_a_document_and_a_remainder_they_would_cut_resets_it() {
     no_pii(&x.seen.delivered, &["a@example.com", "b@example.com"]);
     let event = x.log(Some(200));
     assert_eq!((event["outcome"].as_str(), event["reason"].as_str()), (Some("reset"), Some("document_trailers")));
+    // The values protected before the reset are counted (audit, PII-volume lockout), not
+    // forgotten: the one that went, and the one the trailers cut (protected, never sent).
+    assert_eq!(event["pii"]["email"]["tokenized"], json!(2), "{event}");
 }
 
 #[test]

@@ -317,6 +317,12 @@ impl DocumentRewriter {
         }
     }
 
+    /// The PII values protected so far (the summary's counts before `finish`): what an audit event
+    /// and the PII-volume lockout count for a document that ends early (a reset, a disconnect).
+    pub fn counts_so_far(&self) -> &FieldCounts {
+        &self.core.protector.counts
+    }
+
     /// The end of the document: flushes what was carried, verifies it is complete (the gzip
     /// CRC-32 and length, no open quote or element) and returns the summary.
     pub fn finish(&mut self, out: &mut Vec<u8>) -> Result<DocumentSummary, DocumentError> {
