@@ -27,13 +27,7 @@ const FLAT: &str = "GET_FLAT_FILE_ACTIONABLE_ORDER_DATA_SHIPPING";
 /// The document host's PKI (tests/gen-document-certs.sh), made once per test run.
 fn doc_certs() -> &'static Path {
     static DIR: OnceLock<PathBuf> = OnceLock::new();
-    DIR.get_or_init(|| {
-        let dir = repo().join("target/e2e/doc-certs");
-        let _ = fs::remove_dir_all(&dir);
-        let ok = Command::new("bash").arg(repo().join("tests/gen-document-certs.sh")).arg(&dir).stdout(Stdio::null()).status().expect("bash");
-        assert!(ok.success(), "gen-document-certs.sh failed");
-        dir
-    })
+    DIR.get_or_init(|| make_pki("tests/gen-document-certs.sh", "doc-certs"))
 }
 
 /// One generated report document and what was planted in it.

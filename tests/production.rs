@@ -26,13 +26,7 @@ const ADDRESS_FIXTURE: &str = "orders-v0_getOrderAddress_1.json";
 /// The fake Amazon's PKI, made once per test run.
 fn amazon_certs() -> &'static Path {
     static DIR: OnceLock<PathBuf> = OnceLock::new();
-    DIR.get_or_init(|| {
-        let dir = repo().join("target/e2e/amazon-certs");
-        let _ = fs::remove_dir_all(&dir);
-        let ok = Command::new("bash").arg(repo().join("tests/gen-amazon-certs.sh")).arg(&dir).stdout(Stdio::null()).status().expect("bash");
-        assert!(ok.success(), "gen-amazon-certs.sh failed");
-        dir
-    })
+    DIR.get_or_init(|| make_pki("tests/gen-amazon-certs.sh", "amazon-certs"))
 }
 
 /// Which fake Amazon listens on the upstream port.

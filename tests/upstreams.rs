@@ -22,13 +22,7 @@ const CARRIER_REPLY: &[u8] = br#"{"shipmentId":"S-1","trackingId":"1Z999","label
 /// The test PKI (shared with tests/production.rs's script), made once per test run.
 fn pki() -> &'static Path {
     static DIR: OnceLock<PathBuf> = OnceLock::new();
-    DIR.get_or_init(|| {
-        let dir = repo().join("target/e2e/upstream-certs");
-        let _ = fs::remove_dir_all(&dir);
-        let ok = Command::new("bash").arg(repo().join("tests/gen-amazon-certs.sh")).arg(&dir).stdout(Stdio::null()).status().expect("bash");
-        assert!(ok.success(), "gen-amazon-certs.sh failed");
-        dir
-    })
+    DIR.get_or_init(|| make_pki("tests/gen-amazon-certs.sh", "upstream-certs"))
 }
 
 /// The mock carrier: HTTPS on a loopback port, recording each request and the body it carried.

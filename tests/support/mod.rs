@@ -27,16 +27,20 @@ pub const KEY_ID: &str = "demo-1";
 /// The demo caller with every operation and tokenized PII.
 pub const ORDER_SYNC: &str = "order-sync";
 
+/// Runs a PKI script of the repo (`script`, e.g. `scripts/gen-certs.sh`) into a fresh
+/// `target/e2e/<dir>`: each test file keeps the result in a `OnceLock`, made once per test run.
+pub fn make_pki(script: &str, dir: &str) -> PathBuf {
+    let dir = repo().join("target/e2e").join(dir);
+    let _ = fs::remove_dir_all(&dir);
+    let ok = Command::new("bash").arg(repo().join(script)).arg(&dir).stdout(Stdio::null()).status().expect("bash");
+    assert!(ok.success(), "{script} failed");
+    dir
+}
+
 /// The dev PKI (scripts/gen-certs.sh), made once per test run.
 pub fn certs() -> &'static Path {
     static DIR: OnceLock<PathBuf> = OnceLock::new();
-    DIR.get_or_init(|| {
-        let dir = repo().join("target/e2e/certs");
-        let _ = fs::remove_dir_all(&dir);
-        let ok = Command::new("bash").arg(repo().join("scripts/gen-certs.sh")).arg(&dir).stdout(Stdio::null()).status().expect("bash");
-        assert!(ok.success(), "gen-certs.sh failed");
-        dir
-    })
+    DIR.get_or_init(|| make_pki("scripts/gen-certs.sh", "certs"))
 }
 
 /// How a test client connects.
