@@ -30,6 +30,9 @@ For each listener that runs the spapi-guard Wasm filter (root_id or name `spapi-
   upstream-tls             every cluster the filter's routes reach, and every cluster naming an Amazon
                            host, speaks TLS ≥ 1.2 with SNI, a trust store and a SAN match; plaintext only
                            to a loopback address (the demo's mock, a local sidecar)
+  document-buffer          the documents cluster (dynamic forward proxy) reads at most 256 KiB per read
+                           (per_connection_buffer_limit_bytes): each read is inflated and tokenized into
+                           ~16x as much output at once, which Envoy holds until the client takes it
 
 Each failure is printed with the fix. Exit status 1 if any check failed, 2 if the file is unusable.
 """
@@ -322,6 +325,10 @@ def cluster_hosts(cluster):
     return hosts
 
 
+# The documents cluster's read size bound (bytes of gzip per read; see lint_cluster).
+DOCUMENT_BUFFER_MAX = 256 * 1024
+
+
 def auto_sni_and_san(cluster):
     """None for a cluster that is no dynamic forward proxy; else whether SNI and the SAN checked
     come from the request's host name."""
@@ -362,6 +369,16 @@ def lint_cluster(lint, cluster, routed):
         lint.check(auto, "upstream-tls", where, "a dynamic forward proxy without auto_sni and auto_san_validation: the document host's "
                    "certificate would not be checked against its name", "set typed_extension_protocol_options HttpProtocolOptions "
                    "upstream_http_protocol_options: {auto_sni: true, auto_san_validation: true} (see envoy/envoy.production.yaml)")
+    if auto is not None:
+        # The filter inflates and tokenizes each chunk Envoy reads from the document host: one
+        # read of up to this cluster's buffer limit of gzip becomes ~16× as much output at once,
+        # held by Envoy until the client reads it. A small limit keeps a download's memory flat.
+        limit = cluster.get("per_connection_buffer_limit_bytes", 1 << 20)
+        lint.check(int(limit) <= DOCUMENT_BUFFER_MAX, "document-buffer", where,
+                   f"per_connection_buffer_limit_bytes {limit}: one read of the document host's gzip inflates and tokenizes into "
+                   "~16x as much output at once (Envoy's memory grows by tens of MiB per download)",
+                   f"set per_connection_buffer_limit_bytes: 65536 on the documents cluster (at most {DOCUMENT_BUFFER_MAX}; "
+                   "see envoy/envoy.production.yaml)")
     lint.check(bool(tc.get("sni")) or bool(auto), "upstream-tls", where, "no sni", "set `sni:` to the endpoint's host name (Amazon serves by SNI)")
     common = tc.get("common_tls_context") or {}
     params = common.get("tls_params") or {}

@@ -251,6 +251,9 @@ def run(tmp):
          lambda d: next(c for c in d["static_resources"]["clusters"] if c["name"] == "documents")["typed_extension_protocol_options"][
              "envoy.extensions.upstreams.http.v3.HttpProtocolOptions"]["upstream_http_protocol_options"].pop("auto_san_validation"),
          "upstream-tls"),
+        ("documents forward proxy reading 1 MiB of gzip at a time", prod,
+         lambda d: next(c for c in d["static_resources"]["clusters"] if c["name"] == "documents").pop("per_connection_buffer_limit_bytes"),
+         "document-buffer"),
     ]
     for i, (what, base, change, check_id) in enumerate(cases):
         path = tmp / f"broken-{i}.yaml"
