@@ -298,6 +298,20 @@ impl TokenEngine {
     // The hot path: every part of the token is an argument, so nothing is allocated or bundled.
     #[allow(clippy::too_many_arguments)]
     pub fn seal_into(&self, keys: &ActiveKeys, class: PiiClass, mode: Mode, kind: ValueKind, plaintext: &[u8], scratch: &mut Vec<u8>, out: &mut String) {
+        self.seal_with(keys, class, mode, kind, plaintext, scratch, out, true);
+    }
+
+    /// [`Self::seal_into`] for a value that will not come back through this VM's responses (a
+    /// report document's, which has a memo of its own): the recent tokens are neither read nor
+    /// filled, so a document's millions of one-off values neither pay for them nor push out the
+    /// tokens of the orders sellers poll again and again.
+    #[allow(clippy::too_many_arguments)]
+    pub fn seal_once_into(&self, keys: &ActiveKeys, class: PiiClass, mode: Mode, kind: ValueKind, plaintext: &[u8], scratch: &mut Vec<u8>, out: &mut String) {
+        self.seal_with(keys, class, mode, kind, plaintext, scratch, out, false);
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn seal_with(&self, keys: &ActiveKeys, class: PiiClass, mode: Mode, kind: ValueKind, plaintext: &[u8], scratch: &mut Vec<u8>, out: &mut String, remember: bool) {
         let Some((key, schedule)) = self.key_for(keys, class) else { return };
         let header_start = out.len();
         write_header(out, mode, kind, &key.id, class);
@@ -310,7 +324,7 @@ impl TokenEngine {
                 mac.update(&[0]);
                 mac.update(plaintext);
                 let tag: [u8; 32] = mac.finalize().into_bytes().into();
-                if let Some(token) = self.recent.map.borrow().get(&tag) {
+                if let Some(token) = self.recent.map.borrow().get(&tag).filter(|_| remember) {
                     out.truncate(header_start);
                     out.push_str(token);
                     return;
@@ -332,7 +346,7 @@ impl TokenEngine {
         }
         out.push('.');
         URL_SAFE_NO_PAD.encode_string(&scratch[..], out);
-        if let Some(tag) = siv.filter(|_| self.recent.capacity > 0) {
+        if let Some(tag) = siv.filter(|_| remember && self.recent.capacity > 0) {
             let mut recent = self.recent.map.borrow_mut();
             if recent.len() >= self.recent.capacity {
                 recent.clear();
@@ -536,6 +550,20 @@ mod tests {
         // A remembered token is class- and kind-specific.
         let name = seal(&remembering, PiiClass::Name, Mode::Deterministic, ValueKind::Text, b"buyer-9@example.com");
         assert_eq!(remembering.open(&name, NOW).expect("opens").class, PiiClass::Name);
+    }
+
+    #[test]
+    fn one_off_values_are_sealed_alike_and_not_remembered() {
+        let e = engine().with_recent_tokens(16);
+        let keys = e.active_keys(NOW);
+        let (mut scratch, mut once) = (Vec::new(), String::new());
+        e.seal_once_into(&keys, PiiClass::Name, Mode::Deterministic, ValueKind::Text, b"Jane Doe", &mut scratch, &mut once);
+        assert!(e.recent.map.borrow().is_empty(), "a document's value stays out of the recent tokens");
+        assert_eq!(Some(once.clone()), e.seal(NOW, PiiClass::Name, Mode::Deterministic, ValueKind::Text, b"Jane Doe"));
+        assert_eq!(e.recent.map.borrow().len(), 1);
+        let mut again = String::new();
+        e.seal_once_into(&keys, PiiClass::Name, Mode::Deterministic, ValueKind::Text, b"Jane Doe", &mut scratch, &mut again);
+        assert_eq!(again, once);
     }
 
     #[test]

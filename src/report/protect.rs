@@ -116,7 +116,7 @@ impl ValueProtector {
         }
         self.token.clear();
         match mode {
-            Some(mode) => self.guard.tokens.seal_into(&self.keys, class, mode, ValueKind::Text, value, &mut self.scratch, &mut self.token),
+            Some(mode) => self.guard.tokens.seal_once_into(&self.keys, class, mode, ValueKind::Text, value, &mut self.scratch, &mut self.token),
             None => self.guard.tokens.hash_into(&self.keys, class, ValueKind::Text, value, &mut self.token),
         }
         if memo {
