@@ -8,6 +8,7 @@ use std::rc::Rc;
 
 use crate::access::Caller;
 use crate::documents::{DocumentRefusal, DocumentUrl, Reference, ROUTE_HEADER};
+use crate::drift::DriftFindings;
 use crate::exchange::HttpHost;
 use crate::guard::{FieldCounts, Guard};
 use crate::policy::ClassActions;
@@ -292,6 +293,15 @@ impl Download {
             (Some(summary), _) => summary.counts.clone(),
             (None, Some(rewriter)) => rewriter.counts_so_far().clone(),
             (None, None) => FieldCounts::default(),
+        }
+    }
+
+    /// What the drift detectors found in the document (so far, for one that ended early).
+    pub fn drift(&self) -> DriftFindings {
+        match (&self.summary, &self.rewriter) {
+            (Some(summary), _) => summary.drift.clone(),
+            (None, Some(rewriter)) => rewriter.drift_so_far().clone(),
+            (None, None) => DriftFindings::default(),
         }
     }
 

@@ -34,6 +34,8 @@ use crate::tokens::ValueKind;
 
 /// The audit path of every download (the reference in the real path is never printed).
 const DOCUMENT_AUDIT_PATH: &str = "/spapi-guard/v1/documents/{reference}";
+/// The `operation` of a download's drift findings (events and metric labels): no catalog operation.
+const DOCUMENTS_OPERATION: &str = "documents";
 /// Reason of a request answered by a filter in front of spapi-guard.
 const REFUSED_BEFORE: &str = "refused_before_spapi_guard";
 /// Reason of an exchange that ended (reset, disconnect) before the body the filter held was whole.
@@ -666,8 +668,11 @@ impl Exchange {
         }
         if let Some(download) = self.download.as_ref() {
             self.counts = download.counts();
+            // Columns and elements no catalog entry names, read by the drift detectors.
+            self.drift = download.drift();
             let (bytes_in, bytes_out) = download.bytes();
             (self.bytes_in, self.bytes_out) = (bytes_in as usize, bytes_out as usize);
+            self.report_drift(host);
             // A document's values count toward the caller's PII volume like a response's.
             self.count_delivered_pii(host);
         }
@@ -1018,7 +1023,8 @@ impl Exchange {
         if self.drift.is_empty() {
             return;
         }
-        let operation = self.operation.and_then(|i| self.guard.catalog.operations.get(i)).map(|o| o.id.clone());
+        let operation =
+            self.operation.and_then(|i| self.guard.catalog.operations.get(i)).map(|o| o.id.clone()).or_else(|| self.download.as_ref().map(|_| DOCUMENTS_OPERATION.to_string()));
         let caller = self.caller().map(|c| c.id.clone());
         for finding in self.drift.findings() {
             let severity = if finding.kind == DriftKind::ZeroMatch || finding.action == DriftAction::Reported { "high" } else { "warning" };
@@ -1127,7 +1133,7 @@ impl Exchange {
         for canary in &self.canaries {
             host.count("spapi_guard_canary_hits_total", &[("canary", canary)], 1);
         }
-        self.count_drift(host, operation);
+        self.count_drift(host, if self.download.is_some() { DOCUMENTS_OPERATION } else { operation });
         if let Some(document) = self.download.as_ref().map(|d| d.audit()) {
             // Label values stay bounded: report types of the built-in report catalog, else `other`.
             let catalog = crate::report::ReportCatalog::builtin().ok();

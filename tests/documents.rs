@@ -23,6 +23,9 @@ use support::*;
 const REPORTS: &str = "/reports/2021-06-30/reports";
 const DOCUMENTS: &str = "/reports/2021-06-30/documents";
 const FLAT: &str = "GET_FLAT_FILE_ACTIONABLE_ORDER_DATA_SHIPPING";
+/// A report type Amazon does not list restricted (its unknown columns go to the drift detectors).
+const UNRESTRICTED: &str = "GET_FLAT_FILE_ALL_ORDERS_DATA_BY_ORDER_DATE_GENERAL";
+const DRIFTED_ID: &str = "amzn1.spdoc.1.4.na.drifted-tsv";
 
 /// The document host's PKI (tests/gen-document-certs.sh), made once per test run.
 fn doc_certs() -> &'static Path {
@@ -149,6 +152,20 @@ impl DocStack {
             });
             fs::rename(doc_dir.join(file), doc_dir.join(&docs.last().expect("doc").id)).expect("rename");
         }
+        // A report Amazon does not list restricted, with columns the catalog does not know (schema
+        // drift): the drift detectors find the email and the phones there; the known column too.
+        let drifted = "amazon-order-id\tcontact-point\tbackup-phone\tloyalty-tier\tship-city\n\
+                       111-0000001-0000001\tdrift.buyer@example.com\t+1 206-555-0142\tgold\tSeattle\n\
+                       111-0000001-0000002\t\t(206) 555-0177\tsilver\tPortland\n";
+        docs.push(Doc {
+            id: DRIFTED_ID.into(),
+            report_type: UNRESTRICTED.into(),
+            gzip_flag: false,
+            plain: drifted.as_bytes().to_vec(),
+            planted: ["drift.buyer@example.com", "+1 206-555-0142", "(206) 555-0177", "Seattle", "Portland"].map(String::from).to_vec(),
+            rows: 2,
+        });
+        fs::write(doc_dir.join(DRIFTED_ID), drifted).expect("write");
         // A gzip document corrupt after its first MB (the host pauses there, so bytes surely went).
         let (_, big) = gen_report(&doc_dir, "big.tsv.gz", &["--type", FLAT, "--size-mb", "6", "--gzip", "--manifest-rows", "10"]);
         let mut corrupt = big.clone();
@@ -335,9 +352,22 @@ fn report_documents_stream_through_the_proxy_tokenized_byte_for_byte() {
         let tokenized: u64 = e["pii"].as_object().expect("pii").values().filter_map(|a| a["tokenized"].as_u64()).sum();
         assert!(tokenized >= doc.planted.len() as u64, "{e}");
     }
+    // Schema drift in the report that is not restricted: counted in its audit event, one
+    // security event per column (its name, never a value), and the drift metric.
+    let drifted = downloads.iter().zip(&s.docs).find(|(_, d)| d.id == DRIFTED_ID).map(|(e, _)| *e).expect("the drifted document's event");
+    assert_eq!(drifted["drift"], json!({"email": {"protected": 1}, "phone": {"protected": 2}}), "{drifted}");
+    assert_eq!(drifted["document"]["unknown_columns"], json!(3), "{drifted}");
+    let drift_events: Vec<Value> = s.stack.security_events().into_iter().filter(|e| e["event"] == json!("schema_drift")).collect();
+    let columns: BTreeSet<(&str, &str)> = drift_events.iter().map(|e| (e["path"].as_str().unwrap_or(""), e["reason"].as_str().unwrap_or(""))).collect();
+    assert_eq!(columns, BTreeSet::from([("column/backup-phone", "phone"), ("column/contact-point", "email")]), "{drift_events:?}");
+    assert!(drift_events.iter().all(|e| e["operation"] == json!("documents")), "{drift_events:?}");
     assert_schema_valid(&s.stack, &events);
     let metrics = s.stack.metrics();
     assert!(metrics.keys().any(|k| k.starts_with("spapi_guard_documents_total") && k.contains("result=\"complete\"")), "{metrics:?}");
+    assert!(
+        metrics.keys().any(|k| k.starts_with("spapi_guard_schema_drift_total") && k.contains("operation=\"documents\"") && k.contains("path=\"column/contact-point\"")),
+        "{metrics:?}"
+    );
     secrets.insert("X-Amz-Signature".into());
     secrets.insert("5ec4e7d1c0ffee".into());
     assert_nothing_printed_holds(&s.stack, &secrets, "report documents");

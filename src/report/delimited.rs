@@ -17,6 +17,12 @@
 //! * The header row goes out with the first data row, once that row has as many fields: a header
 //!   that swallowed a data row is refused. A document of a header alone, or with one column, is
 //!   accepted only if the catalog lists every name as it is (restricted reports).
+//! * A column the catalog does not know (Amazon added it): in a restricted report (or one of an
+//!   unknown type) every value is protected, as the class its name suggests; in a report Amazon
+//!   does not list restricted, each value is read by the drift detectors (an email address, a
+//!   phone number, an address line, a person's name under a name-like column) and protected or
+//!   reported as the policy's `drift` section says: the safety net for PII the catalog cannot
+//!   name.
 use std::rc::Rc;
 
 use super::columns::{Column, ReportCatalog};
@@ -37,14 +43,28 @@ enum State {
     CrAfterQuote,
 }
 
+/// What is done with a column's values.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Col {
+    Clear,
+    Protect(PiiClass),
+    /// Read by the drift detectors (an index into `detect_names`).
+    Detect(usize),
+}
+
 /// The flat-file rewriter.
 pub struct Delimited {
     delimiter: u8,
     quoting: bool,
     catalog: Rc<ReportCatalog>,
     restricted: bool,
-    /// The class of each column (`None`: clear); `None` while the header row is read.
-    columns: Option<Vec<Option<PiiClass>>>,
+    /// The policy runs drift detectors: unknown columns of a report that is not restricted are
+    /// read by them.
+    detecting: bool,
+    /// What each column is; `None` while the header row is read.
+    columns: Option<Vec<Col>>,
+    /// The names of the columns the drift detectors read (normalized: lowercase words and `-`).
+    detect_names: Vec<Box<str>>,
     /// The header's names, while it is read.
     names: Vec<Vec<u8>>,
     state: State,
@@ -52,6 +72,8 @@ pub struct Delimited {
     col: usize,
     /// The current field's class, if protected.
     class: Option<PiiClass>,
+    /// The current field's column, if the drift detectors read it.
+    detect: Option<usize>,
     /// The current field is held (a protected value or a header name).
     capture: bool,
     /// The current field's bytes go to the row as they come (clear fields and header names).
@@ -74,22 +96,26 @@ pub struct Delimited {
     /// Header names the catalog does not list as they are (unknown, or known by a prefix only).
     inexact_names: u32,
     pub rows: u64,
-    /// Columns the catalog did not know that were protected (restricted reports).
+    /// Columns the catalog did not know: protected (restricted reports) or read by the drift
+    /// detectors.
     pub unknown_columns: u32,
 }
 
 impl Delimited {
-    pub fn new(delimiter: u8, catalog: Rc<ReportCatalog>, restricted: bool) -> Delimited {
+    pub fn new(delimiter: u8, catalog: Rc<ReportCatalog>, restricted: bool, detecting: bool) -> Delimited {
         Delimited {
             delimiter,
             quoting: delimiter != b'\t',
             catalog,
             restricted,
+            detecting,
             columns: None,
+            detect_names: Vec::new(),
             names: Vec::new(),
             state: State::FieldStart,
             col: 0,
             class: None,
+            detect: None,
             capture: false,
             emit: true,
             quoted: false,
@@ -117,14 +143,17 @@ impl Delimited {
     }
 
     fn start_field(&mut self) {
-        self.class = match &self.columns {
-            None => None,
-            // A field past the header's count is protected (the record is refused at its end).
-            Some(cols) => cols.get(self.col).copied().unwrap_or(Some(PiiClass::Other)),
+        // A field past the header's count is protected (the record is refused at its end).
+        let col = self.columns.as_ref().map(|cols| cols.get(self.col).copied().unwrap_or(Col::Protect(PiiClass::Other)));
+        (self.class, self.detect) = match col {
+            Some(Col::Protect(class)) => (Some(class), None),
+            Some(Col::Detect(i)) => (None, Some(i)),
+            Some(Col::Clear) | None => (None, None),
         };
         let header = self.columns.is_none();
-        self.capture = header || self.class.is_some();
-        self.emit = header || self.class.is_none();
+        let held = self.class.is_some() || self.detect.is_some();
+        self.capture = header || held;
+        self.emit = header || !held;
         self.quoted = false;
         self.field_len = 0;
         self.pending_cr = false;
@@ -248,6 +277,12 @@ impl Delimited {
             self.names.push(std::mem::take(&mut self.value));
         } else if let (Some(class), false) = (self.class, self.emit) {
             self.write_protected(class, protector);
+        } else if let Some(i) = self.detect {
+            let name = self.detect_names.get(i).map_or("*", |n| n.as_ref());
+            match protector.detect(name, None, &self.value, || format!("column/{name}")) {
+                Some(class) => self.write_protected(class, protector),
+                None => self.write_kept(),
+            }
         }
         if cr {
             self.row.push(b'\r');
@@ -263,17 +298,20 @@ impl Delimited {
         self.end_record(out)
     }
 
+    /// The held field as it came: a quoted field's encoding is canonical (RFC 4180), so quoting
+    /// the decoded value again gives the original bytes.
+    fn write_kept(&mut self) {
+        if self.quoted {
+            quote_into(&self.value, &mut self.row);
+        } else {
+            self.row.extend_from_slice(&self.value);
+        }
+    }
+
     fn write_protected(&mut self, class: PiiClass, protector: &mut ValueProtector) {
         let quoted = self.quoted;
         match protector.apply(class, &self.value) {
-            Outcome::Keep => {
-                // The original bytes: a quoted field's encoding is canonical (RFC 4180).
-                if quoted {
-                    quote_into(&self.value, &mut self.row);
-                } else {
-                    self.row.extend_from_slice(&self.value);
-                }
-            }
+            Outcome::Keep => self.write_kept(),
             Outcome::Empty if quoted => self.row.extend_from_slice(b"\"\""),
             Outcome::Empty => {}
             Outcome::Token(t) if quoted => {
@@ -301,13 +339,18 @@ impl Delimited {
                     let name = String::from_utf8_lossy(raw);
                     self.inexact_names += u32::from(!self.catalog.knows(name.trim()));
                     columns.push(match self.catalog.column(name.trim()) {
-                        Column::Pii(class) => Some(class),
-                        Column::Clear => None,
+                        Column::Pii(class) => Col::Protect(class),
+                        Column::Clear => Col::Clear,
                         Column::Unknown(class) if self.restricted => {
                             self.unknown_columns += 1;
-                            Some(class)
+                            Col::Protect(class)
                         }
-                        Column::Unknown(_) => None,
+                        Column::Unknown(_) if self.detecting => {
+                            self.unknown_columns += 1;
+                            self.detect_names.push(column_label(name.trim()));
+                            Col::Detect(self.detect_names.len() - 1)
+                        }
+                        Column::Unknown(_) => Col::Clear,
                     });
                 }
                 // One column: no field count to tell a header from a header that swallowed a row.
@@ -356,6 +399,17 @@ impl Delimited {
         }
         Ok(())
     }
+}
+
+/// A column's name as drift findings and metrics show it: the catalog's normalized form
+/// (lowercase words joined by `-`), ASCII, at most 64 bytes, else `*` (a name is Amazon's, never a
+/// value; the bound keeps labels short).
+fn column_label(name: &str) -> Box<str> {
+    let n = super::columns::normalize(name);
+    if n.is_empty() || n.len() > 64 || !n.is_ascii() {
+        return "*".into();
+    }
+    n.into()
 }
 
 /// `value` as a quoted field: in quotes, quotes doubled.

@@ -28,6 +28,7 @@
 use std::fmt;
 use std::rc::Rc;
 
+use crate::drift::DriftFindings;
 use crate::fail_closed::FailReason;
 use crate::guard::{FieldCounts, Guard};
 use crate::policy::ClassActions;
@@ -189,9 +190,11 @@ pub struct DocumentSummary {
     pub bytes_in: u64,
     /// Bytes written (uncompressed, rewritten).
     pub bytes_out: u64,
-    /// Flat-file columns the catalog does not know, protected because the report is restricted
-    /// (or of an unknown type): a sign Amazon added columns.
+    /// Flat-file columns the catalog does not know: protected because the report is restricted
+    /// (or of an unknown type), else read by the drift detectors. A sign Amazon added columns.
     pub unknown_columns: u32,
+    /// What the drift detectors found (columns and elements no catalog entry names).
+    pub drift: DriftFindings,
 }
 
 /// Bytes of decompressed input one `push` may turn into before the document is refused
@@ -323,6 +326,11 @@ impl DocumentRewriter {
         &self.core.protector.counts
     }
 
+    /// What the drift detectors found so far (the summary's before `finish`).
+    pub fn drift_so_far(&self) -> &DriftFindings {
+        &self.core.protector.drift
+    }
+
     /// The end of the document: flushes what was carried, verifies it is complete (the gzip
     /// CRC-32 and length, no open quote or element) and returns the summary.
     pub fn finish(&mut self, out: &mut Vec<u8>) -> Result<DocumentSummary, DocumentError> {
@@ -351,6 +359,7 @@ impl DocumentRewriter {
                 Body::Delimited(d) => d.unknown_columns,
                 _ => 0,
             },
+            drift: self.core.protector.drift.clone(),
         })
     }
 
@@ -425,8 +434,8 @@ impl Core {
             sniffed => sniffed,
         };
         self.body = match self.format {
-            DocumentFormat::Delimited { delimiter } => Body::Delimited(Delimited::new(delimiter, self.catalog.clone(), self.restricted)),
-            DocumentFormat::Xml => Body::Xml(Xml::new(self.catalog.clone())),
+            DocumentFormat::Delimited { delimiter } => Body::Delimited(Delimited::new(delimiter, self.catalog.clone(), self.restricted, self.protector.detecting())),
+            DocumentFormat::Xml => Body::Xml(Xml::new(self.catalog.clone(), self.protector.detecting())),
             DocumentFormat::Json => Body::Json(Vec::new()),
             DocumentFormat::Binary => return Err(DocumentError::NotTokenizable),
             DocumentFormat::Unknown => return Err(DocumentError::UnknownFormat),
@@ -465,6 +474,7 @@ impl Core {
                 })?;
                 out.extend_from_slice(protected.body.as_deref().unwrap_or(held));
                 self.protector.counts = protected.counts;
+                self.protector.drift = protected.drift;
                 Ok(0)
             }
         }

@@ -4,6 +4,7 @@
 use std::collections::HashMap;
 use std::rc::Rc;
 
+use crate::drift::{detect, worth_a_look, DetectorAction, DriftAction, DriftFindings};
 use crate::guard::{FieldCounts, Guard};
 use crate::keyring::ActiveKeys;
 use crate::pii::PiiClass;
@@ -39,6 +40,8 @@ pub struct ValueProtector {
     actions: ClassActions,
     keys: ActiveKeys,
     pub counts: FieldCounts,
+    /// What the drift detectors found in values no catalog entry names.
+    pub drift: DriftFindings,
     token: String,
     scratch: Vec<u8>,
     memo_key: Vec<u8>,
@@ -58,6 +61,7 @@ impl ValueProtector {
             actions,
             keys,
             counts: FieldCounts::default(),
+            drift: DriftFindings::default(),
             token: String::new(),
             scratch: Vec::new(),
             memo_key: Vec::new(),
@@ -74,6 +78,29 @@ impl ValueProtector {
     /// The caller's actions.
     pub fn actions(&self) -> &ClassActions {
         &self.actions
+    }
+
+    /// Whether any drift detector runs (else values no catalog entry names are not read).
+    pub fn detecting(&self) -> bool {
+        self.guard.drift.any_detector()
+    }
+
+    /// The drift detectors (src/drift.rs) over a value no catalog entry names, under the column
+    /// or element `key` (and its `parent` element): the class to protect it as, if a detector the
+    /// policy sets to `tokenize` found it; `None` to keep it (nothing found, or reported only).
+    /// Findings are recorded at `path` (a template: a column or element name, never a value).
+    pub fn detect(&mut self, key: &str, parent: Option<&str>, value: &[u8], path: impl FnOnce() -> String) -> Option<PiiClass> {
+        // Most values are refused by their bytes alone; a value that is not UTF-8 is no text the
+        // detectors read (kept, as the JSON rewriter keeps what it cannot read as a string).
+        let text = std::str::from_utf8(value).ok().filter(|t| worth_a_look(t) && !t.trim_ascii().is_empty())?;
+        let policy = self.guard.drift;
+        let kind = detect(Some(key), parent, text, &|k| policy.action(k) != DetectorAction::Off)?;
+        if policy.action(kind) == DetectorAction::Report {
+            self.drift.add(kind, DriftAction::Reported, path);
+            return None;
+        }
+        self.drift.add(kind, DriftAction::Protected, path);
+        Some(kind.class())
     }
 
     /// Bytes held by the memo (the memory test's probe).

@@ -1,5 +1,6 @@
 //! Unit tests of the document rewriter (native, and in Wasmtime with `make test-wasm`).
 use super::*;
+use crate::drift::{DriftAction, DriftKind};
 use crate::pii::PiiClass;
 use crate::policy::Action;
 use crate::tokens::Mode;
@@ -224,11 +225,71 @@ fn unknown_columns_of_restricted_reports_are_protected() {
     assert!(!String::from_utf8_lossy(&out).contains("gold"));
     let (out, _) = run(&g, None, doc.as_bytes()).expect("rewrites");
     assert!(!String::from_utf8_lossy(&out).contains("gold"));
-    // A report Amazon does not restrict: its known customer columns only.
+    // A report Amazon does not restrict: its known customer columns, and the drift detectors
+    // over the unknown one (nothing there looks like PII: kept).
     let doc = "amazon-order-id\tloyalty-tier\tship-city\n1\tgold\tSeattle\n";
-    let (out, summary) = run(&g, Some("GET_FLAT_FILE_ALL_ORDERS_DATA_BY_ORDER_DATE_GENERAL"), doc.as_bytes()).expect("rewrites");
+    let (out, summary) = run(&g, Some(UNRESTRICTED), doc.as_bytes()).expect("rewrites");
     assert_eq!(opened(&g, &out), "amazon-order-id\tloyalty-tier\tship-city\n1\tgold\t<address:Seattle>\n");
+    assert_eq!(summary.unknown_columns, 1);
+    assert!(summary.drift.is_empty());
+}
+
+const UNRESTRICTED: &str = "GET_FLAT_FILE_ALL_ORDERS_DATA_BY_ORDER_DATE_GENERAL";
+
+/// A report Amazon does not list restricted, with columns the catalog does not know (schema
+/// drift): what the detectors find there is protected or reported as the policy's `drift` says;
+/// every other byte is unchanged.
+const DRIFTED_CSV: &str = "amazon-order-id,contact-point,backup-phone,delivery-contact-name,drop-off-note,ship-city\r\n\
+1,jane.doe@example.com,+1 206-555-0100,Jane Doe,\"Leave at door, \"\"back\"\"\",Seattle\r\n\
+2,,(206) 555-0199,\"John Doe\",12 Main Street,Portland\r\n\
+3,n/a,ABC-123,gold tier,see notes,Austin\r\n";
+
+#[test]
+fn unknown_columns_of_other_reports_go_to_the_drift_detectors() {
+    let g = guard();
+    let (out, summary) = run(&g, Some(UNRESTRICTED), DRIFTED_CSV.as_bytes()).expect("rewrites");
+    // Default detectors: email and phone tokenized; address and name reported, left as they are.
+    assert_eq!(
+        opened(&g, &out),
+        "amazon-order-id,contact-point,backup-phone,delivery-contact-name,drop-off-note,ship-city\r\n\
+         1,<email:jane.doe@example.com>,<phone:+1 206-555-0100>,Jane Doe,\"Leave at door, \"\"back\"\"\",<address:Seattle>\r\n\
+         2,,<phone:(206) 555-0199>,\"John Doe\",12 Main Street,<address:Portland>\r\n\
+         3,n/a,ABC-123,gold tier,see notes,<address:Austin>\r\n"
+    );
+    assert_eq!(summary.unknown_columns, 4);
+    assert_eq!(summary.drift.count(DriftKind::Email, DriftAction::Protected), 1);
+    assert_eq!(summary.drift.count(DriftKind::Phone, DriftAction::Protected), 2);
+    assert_eq!(summary.drift.count(DriftKind::Name, DriftAction::Reported), 2);
+    assert_eq!(summary.drift.count(DriftKind::Address, DriftAction::Reported), 1);
+    let paths: Vec<String> = summary.drift.findings().iter().map(crate::drift::describe).collect();
+    assert_eq!(
+        paths,
+        [
+            "email protected at column/contact-point",
+            "phone protected at column/backup-phone",
+            "name reported at column/delivery-contact-name",
+            "address reported at column/drop-off-note"
+        ]
+    );
+    assert_eq!(summary.counts.get(PiiClass::Email, Action::Tokenize(Mode::Deterministic)), 1);
+    // Every detector set to tokenize: the name and the address line too (a quoted value stays
+    // quoted); the policy's drift section off: the unknown columns pass as they came.
+    let all = guard_with(r#","drift":{"detectors":{"address":"tokenize","name":"tokenize"}}"#);
+    let (out, summary) = run(&all, Some(UNRESTRICTED), DRIFTED_CSV.as_bytes()).expect("rewrites");
+    let text = opened(&all, &out);
+    assert!(text.contains(",<name:Jane Doe>,") && !text.contains(",12 Main Street,") && text.contains(",\"<name:John Doe>\","), "{text}");
+    assert_eq!(summary.drift.count(DriftKind::Name, DriftAction::Protected), 2);
+    let off = guard_with(r#","drift":{"detectors":{"email":"off","phone":"off","address":"off","name":"off"}}"#);
+    let (out, summary) = run(&off, Some(UNRESTRICTED), DRIFTED_CSV.as_bytes()).expect("rewrites");
+    assert!(String::from_utf8_lossy(&out).contains("jane.doe@example.com"));
     assert_eq!(summary.unknown_columns, 0);
+    assert!(summary.drift.is_empty());
+    // Split at every byte: the same output.
+    let (whole, _) = run(&g, Some(UNRESTRICTED), DRIFTED_CSV.as_bytes()).expect("rewrites");
+    for at in 0..=DRIFTED_CSV.len() {
+        let (split, _) = run_split(&g, Some(UNRESTRICTED), Compression::Identity, DRIFTED_CSV.as_bytes(), &[at]).expect("rewrites");
+        assert_eq!(split, whole, "split at {at}");
+    }
 }
 
 #[test]
@@ -310,6 +371,56 @@ fn xml_customer_elements_are_tokenized_byte_faithfully() {
     assert_eq!(summary.counts.total(), 9, "white space carries nothing; the Address's attributes count");
     let gz = gzip(XML.as_bytes(), 6);
     assert_eq!(run_split(&g, None, Compression::Gzip, &gz, &[7]).expect("inflates").0, out);
+}
+
+/// An XML order report with elements the catalog does not name (schema drift): a contact email,
+/// a phone in CDATA, an entity-encoded address line and a recipient's name, next to clear text,
+/// text with an entity this filter does not decode, and a long note past the detectors' reach.
+fn drifted_xml() -> String {
+    format!(
+        "<?xml version=\"1.0\"?>\n<AmazonEnvelope><Message><OrderReport><AmazonOrderID>111-1</AmazonOrderID>\n\
+         <DeliveryContact><ContactEmail>jane.doe@example.com</ContactEmail><BackupPhone><![CDATA[+1 206]]>-555-0100</BackupPhone>\
+         <DropOffLine>12 Main&#32;Street</DropOffLine><RecipientName>Jane Doe</RecipientName></DeliveryContact>\n\
+         <Item><SKU>S-1</SKU><Title>Bolt &amp; nut</Title><Odd>x@y &nbsp; z</Odd><Note>{}</Note></Item>\n\
+         </OrderReport></Message></AmazonEnvelope>\n",
+        "call jane.doe@example.com ".repeat(100)
+    )
+}
+
+#[test]
+fn xml_elements_no_entry_names_go_to_the_drift_detectors() {
+    let g = guard_with(r#","drift":{"detectors":{"address":"tokenize","name":"tokenize"}}"#);
+    let doc = drifted_xml();
+    let (out, summary) = run(&g, Some("GET_ORDER_REPORT_DATA_SHIPPING"), doc.as_bytes()).expect("rewrites");
+    let expected = doc
+        .replace(">jane.doe@example.com<", "><email:jane.doe@example.com><")
+        .replace("<![CDATA[+1 206]]>-555-0100", "<phone:+1 206-555-0100>")
+        .replace("12 Main&#32;Street", "<address:12 Main Street>")
+        .replace(">Jane Doe<", "><name:Jane Doe><");
+    assert_eq!(opened(&g, &out), expected);
+    let paths: Vec<String> = summary.drift.findings().iter().map(crate::drift::describe).collect();
+    assert_eq!(
+        paths,
+        [
+            "email protected at */message/orderreport/deliverycontact/contactemail",
+            "phone protected at */message/orderreport/deliverycontact/backupphone",
+            "address protected at */message/orderreport/deliverycontact/dropoffline",
+            "name protected at */message/orderreport/deliverycontact/recipientname"
+        ]
+    );
+    // Defaults: the address line and the name are reported, left as they came.
+    let d = guard();
+    let (out, summary) = run(&d, Some("GET_ORDER_REPORT_DATA_SHIPPING"), doc.as_bytes()).expect("rewrites");
+    assert!(String::from_utf8_lossy(&out).contains("<RecipientName>Jane Doe</RecipientName>"));
+    assert_eq!(summary.drift.count(DriftKind::Name, DriftAction::Reported), 1);
+    assert_eq!(summary.drift.count(DriftKind::Email, DriftAction::Protected), 1);
+    // Every split point gives the same output.
+    let short = doc.replace(&"call jane.doe@example.com ".repeat(100), "n");
+    assert_split_invariant(&g, Some("GET_ORDER_REPORT_DATA_SHIPPING"), Compression::Identity, short.as_bytes());
+    // Detectors off: the elements pass as they came.
+    let off = guard_with(r#","drift":{"detectors":{"email":"off","phone":"off","address":"off","name":"off"}}"#);
+    let (out, _) = run(&off, Some("GET_ORDER_REPORT_DATA_SHIPPING"), doc.as_bytes()).expect("rewrites");
+    assert_eq!(out, doc.as_bytes());
 }
 
 #[test]

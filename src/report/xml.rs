@@ -15,6 +15,11 @@
 //!   as one value; a token needs no escaping, a mask is escaped. Attribute values of customer
 //!   elements are protected the same way (class from the attribute's name, else the element's;
 //!   namespace declarations excepted).
+//! * Text of an element no catalog entry names (Amazon added it) is read by the drift detectors
+//!   when the policy runs them (an email address, a phone number, an address line, a person's
+//!   name under a name-like element), held for that up to [`DETECT_RUN_BYTES`] (a longer run is
+//!   no single value a detector reads: it passes), and protected or reported as the policy's
+//!   `drift` section says; undecodable entities there leave the run as it came.
 //! * Refused (`malformed_xml`): a tag that does not close, an end tag that does not match, text
 //!   outside the root element, a second root, an unknown entity in a protected run, a DOCTYPE
 //!   with an internal subset (entity declarations could hide values), and the end of input
@@ -29,6 +34,10 @@ use crate::pii::PiiClass;
 
 /// Elements nested deeper than this are refused (a bounded stack).
 const MAX_DEPTH: usize = 256;
+
+/// Raw bytes of a text run held for the drift detectors (they read values up to 2,048 bytes; an
+/// entity-encoded value may be longer raw).
+pub const DETECT_RUN_BYTES: usize = 8 * 1024;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Kind {
@@ -60,10 +69,18 @@ pub struct Xml {
     markup: Vec<u8>,
     /// The quote an attribute value is in (0: none).
     quote: u8,
-    /// A protected run: its original bytes, its text not yet decoded, its decoded value.
+    /// A protected run (or one held for the drift detectors): its original bytes, its text not yet
+    /// decoded, its decoded value.
     run_raw: Vec<u8>,
     text_raw: Vec<u8>,
     value: Vec<u8>,
+    /// The policy runs drift detectors: text of elements no catalog entry names is read by them.
+    detecting: bool,
+    /// The run held for the detectors outgrew [`DETECT_RUN_BYTES`] and went out as it came; the
+    /// rest of it passes.
+    run_spilled: bool,
+    /// The run held for the detectors has an entity that does not decode: kept as it came.
+    run_undecodable: bool,
     root_seen: bool,
     /// Bytes seen (for the byte order mark at the start).
     seen: u64,
@@ -71,7 +88,7 @@ pub struct Xml {
 }
 
 impl Xml {
-    pub fn new(catalog: Rc<ReportCatalog>) -> Xml {
+    pub fn new(catalog: Rc<ReportCatalog>, detecting: bool) -> Xml {
         Xml {
             catalog,
             stack: Vec::new(),
@@ -82,6 +99,9 @@ impl Xml {
             run_raw: Vec::new(),
             text_raw: Vec::new(),
             value: Vec::new(),
+            detecting,
+            run_spilled: false,
+            run_undecodable: false,
             root_seen: false,
             seen: 0,
             rows: 0,
@@ -94,6 +114,21 @@ impl Xml {
 
     fn protecting(&self) -> Option<PiiClass> {
         self.stack.last().and_then(|e| e.class)
+    }
+
+    /// Whether text here is held for the drift detectors (inside an element no entry names).
+    fn detect_holding(&self) -> bool {
+        self.detecting && !self.run_spilled && self.stack.last().is_some_and(|e| e.class.is_none())
+    }
+
+    /// A run held for the detectors that outgrew them: out as it came, and the rest passes.
+    fn spill(&mut self, out: &mut Vec<u8>) {
+        out.extend_from_slice(&self.run_raw);
+        out.extend_from_slice(&self.text_raw);
+        self.run_raw.clear();
+        self.text_raw.clear();
+        self.value.clear();
+        self.run_spilled = true;
     }
 
     pub fn push(&mut self, mut data: &[u8], protector: &mut ValueProtector, out: &mut Vec<u8>) -> Result<(), DocumentError> {
@@ -118,6 +153,11 @@ impl Xml {
                 self.text_raw.extend_from_slice(text);
                 if self.text_raw.len() + self.run_raw.len() > MAX_CARRY_BYTES {
                     return Err(DocumentError::FieldTooLarge);
+                }
+            } else if self.detect_holding() {
+                self.text_raw.extend_from_slice(text);
+                if self.text_raw.len() + self.run_raw.len() > DETECT_RUN_BYTES {
+                    self.spill(out);
                 }
             } else {
                 if self.stack.is_empty() && !text.iter().all(u8::is_ascii_whitespace) {
@@ -146,7 +186,13 @@ impl Xml {
         if self.text_raw.is_empty() {
             return Ok(());
         }
-        decode_entities(&self.text_raw, &mut self.value)?;
+        if self.protecting().is_some() {
+            decode_entities(&self.text_raw, &mut self.value)?;
+        } else if decode_entities(&self.text_raw, &mut self.value).is_err() {
+            // Held for the detectors only: what this filter cannot decode passes as it came (as
+            // all text outside customer elements does).
+            self.run_undecodable = true;
+        }
         self.run_raw.extend_from_slice(&self.text_raw);
         self.text_raw.clear();
         Ok(())
@@ -197,12 +243,15 @@ impl Xml {
     fn on_markup(&mut self, protector: &mut ValueProtector, out: &mut Vec<u8>) -> Result<(), DocumentError> {
         match self.kind {
             Kind::Cdata if self.stack.is_empty() => return Err(DocumentError::MalformedXml),
-            Kind::Cdata if self.protecting().is_some() => {
+            Kind::Cdata if self.protecting().is_some() || self.detect_holding() => {
                 let m = &self.markup;
                 self.value.extend_from_slice(&m[9..m.len() - 3]);
                 self.run_raw.extend_from_slice(m);
-                if self.run_raw.len() > MAX_CARRY_BYTES {
+                if self.protecting().is_some() && self.run_raw.len() > MAX_CARRY_BYTES {
                     return Err(DocumentError::FieldTooLarge);
+                }
+                if self.protecting().is_none() && self.run_raw.len() > DETECT_RUN_BYTES {
+                    self.spill(out);
                 }
                 return Ok(());
             }
@@ -225,19 +274,37 @@ impl Xml {
 
     /// Replaces the protected run with what the caller's action gives.
     fn flush_run(&mut self, protector: &mut ValueProtector, out: &mut Vec<u8>) {
-        if self.run_raw.is_empty() {
-            return;
-        }
-        if let Some(class) = self.protecting() {
-            match protector.apply(class, &self.value) {
-                Outcome::Keep => out.extend_from_slice(&self.run_raw),
-                Outcome::Empty => {}
-                Outcome::Token(t) => out.extend_from_slice(t.as_bytes()),
-                Outcome::Mask(mask) => escape_into(mask, out),
+        let held = !self.run_raw.is_empty();
+        let class = match self.protecting() {
+            Some(class) => Some(class),
+            None if held && !self.run_undecodable => {
+                let (key, parent) = self.element_names();
+                let stack = &self.stack;
+                protector.detect(&key, parent.as_deref(), &self.value, || element_path(stack))
+            }
+            None => None,
+        };
+        if held {
+            match class.map(|c| protector.apply(c, &self.value)) {
+                None | Some(Outcome::Keep) => out.extend_from_slice(&self.run_raw),
+                Some(Outcome::Empty) => {}
+                Some(Outcome::Token(t)) => out.extend_from_slice(t.as_bytes()),
+                Some(Outcome::Mask(mask)) => escape_into(mask, out),
             }
         }
         self.run_raw.clear();
         self.value.clear();
+        self.run_spilled = false;
+        self.run_undecodable = false;
+    }
+
+    /// The current element's name and its parent's, as written (the detectors' member names:
+    /// `RecipientName` reads as two words, `recipientname` as one).
+    fn element_names(&self) -> (String, Option<String>) {
+        let name = |e: &Elem| String::from_utf8_lossy(&e.name).into_owned();
+        let key = self.stack.last().map(name).unwrap_or_default();
+        let parent = self.stack.len().checked_sub(2).and_then(|i| self.stack.get(i)).map(name);
+        (key, parent)
     }
 
     /// Reads a start tag; returns the element's class (its attribute values are protected too).
@@ -349,6 +416,22 @@ impl Xml {
         }
         Ok(())
     }
+}
+
+/// Where a drift finding sits: the element path (lowercase names), its last four elements at
+/// most (after `*` if deeper), `*` if that is still long (names are Amazon's, never values;
+/// labels stay short).
+fn element_path(stack: &[Elem]) -> String {
+    let from = stack.len().saturating_sub(4);
+    let mut path = String::from(if from > 0 { "*" } else { "" });
+    for e in &stack[from..] {
+        path.push('/');
+        path.push_str(&e.lower);
+    }
+    if path.len() > 160 {
+        return "*".to_string();
+    }
+    path
 }
 
 fn is_name(name: &[u8]) -> bool {
