@@ -80,6 +80,8 @@ pub struct Download {
     /// that receives PDF/ZIP documents gets it back if the document turns out to be one; bounded
     /// by the rewriter's own carry limit).
     held: Vec<u8>,
+    /// Canary records found in the document, not yet reported.
+    canary_hits: Vec<String>,
 }
 
 impl Download {
@@ -119,6 +121,7 @@ impl Download {
             result: "aborted",
             compression: Compression::Identity,
             held: Vec::new(),
+            canary_hits: Vec::new(),
         })
     }
 
@@ -186,6 +189,14 @@ impl Download {
             result = rewriter.finish(&mut self.out).map(|summary| {
                 self.summary = Some(summary);
             });
+        }
+        // A canary record in this chunk: reported by the exchange; with `canaries.block` the
+        // document ends here, before the chunk that holds it goes out.
+        let hits = rewriter.take_canary_hits();
+        let blocked = !hits.is_empty() && self.guard.canaries.block;
+        self.canary_hits.extend(hits);
+        if blocked {
+            return self.fail("canary_blocked");
         }
         if let Err(e) = result {
             if e == DocumentError::NotTokenizable && self.deliver_binary && self.mode == (Mode::Rewriting { released: false }) {
@@ -294,6 +305,11 @@ impl Download {
             (None, Some(rewriter)) => rewriter.counts_so_far().clone(),
             (None, None) => FieldCounts::default(),
         }
+    }
+
+    /// The canary records found since the last call (the exchange reports them as they come).
+    pub fn take_canary_hits(&mut self) -> Vec<String> {
+        std::mem::take(&mut self.canary_hits)
     }
 
     /// What the drift detectors found in the document (so far, for one that ended early).

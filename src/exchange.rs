@@ -616,6 +616,8 @@ impl Exchange {
             }
             (Reply::None, ResponseState::Document) => {
                 let step = self.download.as_mut().map_or(Step::Continue, |d| d.on_body(host, body_size, end_of_stream));
+                let hits = self.download.as_mut().map(|d| d.take_canary_hits()).unwrap_or_default();
+                self.canaries_seen(host, hits.iter().map(String::as_str).collect());
                 self.document_step(host, step)
             }
             // A body after a response that needed none (HEAD), or before any headers: nothing

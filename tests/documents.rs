@@ -208,6 +208,8 @@ impl DocStack {
         policy["access"]["passThroughPaths"].as_array_mut().expect("list").push(json!("/reports/"));
         policy["roles"]["order-sync"]["documents"] = json!({"reportTypes": ["*"]});
         policy["roles"]["label-printer"]["documents"] = json!({"reportTypes": ["GET_FLAT_FILE_*"]});
+        // A canary record planted in the drifted report (an order id): alert only.
+        policy["canaries"] = json!({"records": [{"id": "canary-report-order", "value": "111-0000001-0000002"}]});
         let mut opts = Options::new(name, &key);
         opts.policy = policy;
         opts.fixture_dirs = vec![fixtures];
@@ -361,8 +363,13 @@ fn report_documents_stream_through_the_proxy_tokenized_byte_for_byte() {
     let columns: BTreeSet<(&str, &str)> = drift_events.iter().map(|e| (e["path"].as_str().unwrap_or(""), e["reason"].as_str().unwrap_or(""))).collect();
     assert_eq!(columns, BTreeSet::from([("column/backup-phone", "phone"), ("column/contact-point", "email")]), "{drift_events:?}");
     assert!(drift_events.iter().all(|e| e["operation"] == json!("documents")), "{drift_events:?}");
+    // The canary record in the drifted report: alarmed by its id (never its value), delivered.
+    assert_eq!(drifted["canaries"], json!(["canary-report-order"]), "{drifted}");
+    let canary_events: Vec<Value> = s.stack.security_events().into_iter().filter(|e| e["event"] == json!("canary_hit")).collect();
+    assert_eq!(canary_events.iter().map(|e| e["detail"].clone()).collect::<Vec<_>>(), [json!("canary-report-order")], "{canary_events:?}");
     assert_schema_valid(&s.stack, &events);
     let metrics = s.stack.metrics();
+    assert_eq!(metrics.get("spapi_guard_canary_hits_total{canary=\"canary-report-order\"}"), Some(&1), "{metrics:?}");
     assert!(metrics.keys().any(|k| k.starts_with("spapi_guard_documents_total") && k.contains("result=\"complete\"")), "{metrics:?}");
     assert!(
         metrics.keys().any(|k| k.starts_with("spapi_guard_schema_drift_total") && k.contains("operation=\"documents\"") && k.contains("path=\"column/contact-point\"")),

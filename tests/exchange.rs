@@ -1321,6 +1321,37 @@ fn document_values_count_toward_the_pii_volume_lockout() {
 }
 
 #[test]
+fn a_canary_record_in_a_document_raises_the_alarm_and_blocks_it_when_the_policy_says_so() {
+    let canary_row = "111-0000001-7777777\tcanary.buyer@example.com\n";
+    let doc = "order-id\tbuyer-email\n".to_string() + &"111-1\ta@example.com\n".repeat(50) + canary_row + "111-3\tc@example.com\n";
+    for block in [false, true] {
+        let mut policy = documents_policy();
+        policy["canaries"] = json!({"block": block, "records": [{"id": "canary-order", "value": "111-0000001-7777777"}]});
+        let guard = guard_with(policy);
+        let (_, path, _) = document_pointer(&guard, ORDER_SYNC, NOW_2027, false);
+        let mut x = download(&guard, ORDER_SYNC, &path, NOW_2027);
+        // The canary arrives in the second chunk: the first one has gone out already.
+        let at = doc.find(canary_row).expect("row") + 5;
+        x.respond(&[(":status", "200"), ("content-type", "text/plain")], &[&doc.as_bytes()[..at], &doc.as_bytes()[at..]], false);
+        let hits: Vec<Value> = x.host.security_events().into_iter().filter(|e| e["event"] == json!("canary_hit")).collect();
+        assert_eq!(hits.len(), 1, "block {block}: {hits:?}");
+        assert_eq!(hits[0]["detail"], json!("canary-order"));
+        let delivered = String::from_utf8_lossy(&x.seen.delivered).into_owned();
+        let event = x.log(Some(200));
+        assert_eq!(event["canaries"], json!(["canary-order"]), "{event}");
+        if block {
+            assert!(x.host.reset, "blocked mid-stream: reset");
+            assert!(!delivered.contains("7777777"), "the chunk holding the canary never goes out");
+            assert_eq!((event["outcome"].as_str(), event["reason"].as_str()), (Some("reset"), Some("canary_blocked")), "{event}");
+        } else {
+            // Alert only: the document completes (its customer values tokenized as always).
+            assert!(!x.host.reset && delivered.contains("111-0000001-7777777") && !delivered.contains("c@example.com"));
+            assert_eq!(event["document"]["result"], json!("complete"));
+        }
+    }
+}
+
+#[test]
 fn trailers_end_a_document_and_a_remainder_they_would_cut_resets_it() {
     let guard = guard_with(documents_policy());
     let (_, path, _) = document_pointer(&guard, ORDER_SYNC, NOW_2027, false);

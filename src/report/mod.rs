@@ -28,6 +28,7 @@
 use std::fmt;
 use std::rc::Rc;
 
+use crate::canary::ChunkScanner;
 use crate::drift::DriftFindings;
 use crate::fail_closed::FailReason;
 use crate::guard::{FieldCounts, Guard};
@@ -230,6 +231,10 @@ struct Core {
     /// Decompressed bytes of this push, and their bound.
     inflated: usize,
     max_inflated: usize,
+    /// The policy's canary records, looked for in the decompressed text as it streams (a value
+    /// split across chunks included), and the ids found and not yet taken.
+    canary_scanner: ChunkScanner,
+    canary_hits: Vec<String>,
 }
 
 /// One document being rewritten. Holds no borrowed data: the filter keeps it per stream.
@@ -278,6 +283,8 @@ impl DocumentRewriter {
                 now_ms,
                 inflated: 0,
                 max_inflated: MAX_OUTPUT_PER_PUSH,
+                canary_scanner: ChunkScanner::default(),
+                canary_hits: Vec::new(),
             },
             compression,
             gunzip: None,
@@ -315,9 +322,15 @@ impl DocumentRewriter {
         self.core.inflated = 0;
         let core = &mut self.core;
         match &mut self.gunzip {
-            Some(g) => g.push(input, &mut |slice| core.push(slice, out)),
-            None => core.push(input, out),
+            Some(g) => g.push(input, &mut |slice| core.feed(slice, out)),
+            None => core.feed(input, out),
         }
+    }
+
+    /// The ids of the canary records found in the document since the last call (each once per
+    /// document). They are found before the bytes that hold them are written to `out`.
+    pub fn take_canary_hits(&mut self) -> Vec<String> {
+        std::mem::take(&mut self.core.canary_hits)
     }
 
     /// The PII values protected so far (the summary's counts before `finish`): what an audit event
@@ -397,6 +410,19 @@ impl DocumentRewriter {
 }
 
 impl Core {
+    /// Decompressed bytes as they come: looked at for canaries, then rewritten.
+    fn feed(&mut self, data: &[u8], out: &mut Vec<u8>) -> Result<(), DocumentError> {
+        let canaries = &self.protector.guard().canaries;
+        if !canaries.is_empty() {
+            for id in self.canary_scanner.feed(canaries, data) {
+                if !self.canary_hits.iter().any(|h| h == id) {
+                    self.canary_hits.push(id.to_string());
+                }
+            }
+        }
+        self.push(data, out)
+    }
+
     fn push(&mut self, data: &[u8], out: &mut Vec<u8>) -> Result<(), DocumentError> {
         self.inflated += data.len();
         if self.inflated > self.max_inflated {
