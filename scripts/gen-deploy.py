@@ -331,11 +331,28 @@ def wasm_filter_config(policy, image, digests):
     }
 
 
+def production_profile(policy_text):
+    """The production profile as the template renders it for this policy (a dict)."""
+    return yaml.safe_load(render_mod.render(policy_text, bind="0.0.0.0", listen_port=0, admin_port=0, upstream_host="unused",
+                                            upstream_port=0, wasm="unused", tls_dir="unused", profile="production"))
+
+
 def access_logs(policy_text):
     """The template's two audit access loggers (the filter's event; a line for requests it did not see)."""
-    doc = yaml.safe_load(render_mod.render(policy_text, bind="0.0.0.0", listen_port=0, admin_port=0, upstream_host="unused",
-                                           upstream_port=0, wasm="unused", tls_dir="unused", profile="production"))
-    return doc["static_resources"]["listeners"][0]["filter_chains"][0]["filters"][0]["typed_config"]["access_log"]
+    return production_profile(policy_text)["static_resources"]["listeners"][0]["filter_chains"][0]["filters"][0]["typed_config"]["access_log"]
+
+
+def document_parts(policy_text):
+    """The report-document pieces of the production profile, as the gateway needs them: the
+    documents virtual host, the dynamic forward proxy cluster, the filter that strips a client's
+    route header and the dynamic forward proxy HTTP filter (one source: envoy/envoy.template.yaml)."""
+    doc = production_profile(policy_text)
+    hcm = doc["static_resources"]["listeners"][0]["filter_chains"][0]["filters"][0]["typed_config"]
+    vhost = next(v for v in hcm["route_config"]["virtual_hosts"] if v["name"] == "documents")
+    cluster = next(c for c in doc["static_resources"]["clusters"] if c["name"] == "documents")
+    strip = next(f for f in hcm["http_filters"] if f["name"] == "envoy.filters.http.header_mutation")
+    dfp = next(f for f in hcm["http_filters"] if f["name"] == "envoy.filters.http.dynamic_forward_proxy")
+    return copy.deepcopy(vhost), copy.deepcopy(cluster), copy.deepcopy(strip), copy.deepcopy(dfp)
 
 
 def istio_envoyfilter(policy_text, policy, image, digests):
@@ -369,6 +386,25 @@ def istio_envoyfilter(policy_text, policy, image, digests):
              "access_log": access_logs(policy_text),
          }}}},
     ]
+    # Report documents (docs/POLICY.md, "Report documents"): the filter re-routes a download to the
+    # document host by :authority and a route header; the gateway needs the documents virtual host,
+    # the dynamic forward proxy cluster and filter, and the client's copy of the route header removed
+    # before any filter. INSERT_BEFORE router after the filter's own patch: between it and the router.
+    vhost, cluster, strip, dfp = document_parts(policy_text)
+    patches += [
+        {"applyTo": "HTTP_FILTER",
+         "match": {"context": "GATEWAY", "listener": copy.deepcopy(hcm_match)},
+         "patch": {"operation": "INSERT_FIRST", "value": strip}},
+        {"applyTo": "HTTP_FILTER",
+         "match": {"context": "GATEWAY", "listener": {**hcm_match, "filterChain": {"filter": {"name": HCM, "subFilter": {"name": "envoy.filters.http.router"}}}}},
+         "patch": {"operation": "INSERT_BEFORE", "value": dfp}},
+        {"applyTo": "VIRTUAL_HOST",
+         "match": {"context": "GATEWAY", "routeConfiguration": {"portNumber": 443, "gateway": f"{NAMESPACE}/{GATEWAY}"}},
+         "patch": {"operation": "ADD", "value": vhost}},
+        {"applyTo": "CLUSTER",
+         "match": {"context": "GATEWAY"},
+         "patch": {"operation": "ADD", "value": cluster}},
+    ]
     for _, host in endpoints():
         patches.append({"applyTo": "CLUSTER",
                         "match": {"context": "GATEWAY", "cluster": {"service": host, "portNumber": 80}},
@@ -394,7 +430,13 @@ def istio_envoyfilter(policy_text, policy, image, digests):
         "   the policy's trusted hops (the allow lists must not believe a client's X-Forwarded-For); the\n"
         "   audit access log (the filter's event, never the path or headers; telemetry.yaml turns Istio's\n"
         "   own access log, which prints the path, off for this gateway).\n"
-        "4. CLUSTER MERGE per SP-API endpoint: TLS 1.2 minimum written out (Envoy's client default).\n"
+        "4. Report documents: HTTP_FILTER INSERT_FIRST header_mutation (a client's copy of the route header\n"
+        "   removed before any filter: only spapi-guard picks the document route, after its checks);\n"
+        "   HTTP_FILTER INSERT_BEFORE router the dynamic forward proxy filter (after spapi-guard);\n"
+        "   VIRTUAL_HOST ADD the documents virtual host (the document hosts of the policy, the route only\n"
+        "   with the route header, else a 404); CLUSTER ADD the documents cluster (dynamic forward proxy,\n"
+        "   TLS 1.2+ with SNI and SAN from the host name, the trust store, 64 KiB per read: flat memory).\n"
+        "5. CLUSTER MERGE per SP-API endpoint: TLS 1.2 minimum written out (Envoy's client default).\n"
         "Check the result on a running gateway: scripts/lint-envoy.py on its /config_dump (see README).")
     doc = {"apiVersion": "networking.istio.io/v1alpha3", "kind": "EnvoyFilter",
            "metadata": {"name": "spapi-guard", "namespace": NAMESPACE},

@@ -143,6 +143,8 @@ def semantics(policy):
     ef = load("istio/envoyfilter.yaml")[0]["spec"]
     patches = {p["applyTo"]: p for p in ef["configPatches"]}
     ext = patches["EXTENSION_CONFIG"]["patch"]["value"]
+    http_filters = [p for p in ef["configPatches"] if p["applyTo"] == "HTTP_FILTER"]
+    patches["HTTP_FILTER"] = next(p for p in http_filters if p["patch"]["value"]["name"] == ext["name"])
     cfg = ext["typed_config"]["config"]
     check(cfg["failure_policy"] == "FAIL_RELOAD" and cfg["allow_on_headers_stop_iteration"] is True,
           "EnvoyFilter filter: FAIL_RELOAD and allow_on_headers_stop_iteration")
@@ -154,6 +156,26 @@ def semantics(policy):
           and patches["HTTP_FILTER"]["match"]["listener"]["filterChain"]["filter"]["subFilter"]["name"] == "envoy.filters.http.router",
           "the filter sits just before the router (after authentication and authorization)")
     check(patches["LISTENER"]["patch"]["value"]["per_connection_buffer_limit_bytes"] == limit, "listener buffer limit = bufferLimitBytes")
+    # Report documents: the client's route header removed first, the dynamic forward proxy filter
+    # after spapi-guard, the documents virtual host and cluster as the template has them.
+    order = [(p["patch"]["operation"], p["patch"]["value"]["name"]) for p in http_filters]
+    check(order == [("INSERT_BEFORE", ext["name"]), ("INSERT_FIRST", "envoy.filters.http.header_mutation"),
+                    ("INSERT_BEFORE", "envoy.filters.http.dynamic_forward_proxy")],
+          "documents: the route header stripped before every filter, the forward proxy filter between spapi-guard and the router", str(order))
+    strip = http_filters[1]["patch"]["value"]["typed_config"]["mutations"]["request_mutations"]
+    check(strip == [{"remove": "x-spapi-guard-document-route"}], "documents: a client's route header is removed", str(strip))
+    vhosts = [p for p in ef["configPatches"] if p["applyTo"] == "VIRTUAL_HOST"]
+    check(len(vhosts) == 1 and vhosts[0]["patch"]["operation"] == "ADD" and vhosts[0]["match"]["routeConfiguration"].get("gateway") == "spapi-guard/spapi-guard-egress",
+          "documents: the virtual host is added to the gateway's routes")
+    vhost = vhosts[0]["patch"]["value"] if vhosts else {}
+    routed = [r for r in vhost.get("routes", []) if "route" in r]
+    check(len(routed) == 1 and routed[0]["match"].get("headers") == [{"name": "x-spapi-guard-document-route", "present_match": True}]
+          and routed[0]["route"]["cluster"] == "documents" and vhost["routes"][-1].get("direct_response", {}).get("status") == 404,
+          "documents: the route only with the route header, else a 404 (no open proxy)", str(vhost))
+    clusters = [p["patch"]["value"] for p in ef["configPatches"] if p["applyTo"] == "CLUSTER" and p["patch"]["operation"] == "ADD"]
+    documents = next((c for c in clusters if c["name"] == "documents"), {})
+    check(documents.get("cluster_type", {}).get("name") == "envoy.clusters.dynamic_forward_proxy" and documents.get("per_connection_buffer_limit_bytes", 1 << 20) <= 262144,
+          "documents: a dynamic forward proxy cluster reading at most 256 KiB at a time", str(documents)[:500])
     hcm = patches["NETWORK_FILTER"]["patch"]["value"]["typed_config"]
     check(hcm["normalize_path"] and hcm["merge_slashes"] and hcm["path_with_escaped_slashes_action"] == "REJECT_REQUEST",
           "path normalisation")
@@ -214,19 +236,34 @@ def envoy_accepts(wasm, policy_path):
         # as the local file istio-agent writes.
         doc = yaml.safe_load(base.read_text())
         listener = doc["static_resources"]["listeners"][0]
-        patches = {p["applyTo"]: p for p in load("istio/envoyfilter.yaml")[0]["spec"]["configPatches"]}
+        all_patches = load("istio/envoyfilter.yaml")[0]["spec"]["configPatches"]
+        patches = {p["applyTo"]: p for p in all_patches}
         merge(listener, patches["LISTENER"]["patch"]["value"])
         ext = copy.deepcopy(patches["EXTENSION_CONFIG"]["patch"]["value"])
         ext["typed_config"]["config"]["vm_config"]["code"] = {"local": {"filename": str(wasm)}}
+        # Istio's gateway has none of the template's document pieces: they come from the patches.
+        documents_filters = ("envoy.filters.http.wasm", "envoy.filters.http.header_mutation", "envoy.filters.http.dynamic_forward_proxy")
+        doc["static_resources"]["clusters"] = [c for c in doc["static_resources"]["clusters"] if c["name"] != "documents"]
+        for p in all_patches:
+            if p["applyTo"] == "CLUSTER" and p["patch"]["operation"] == "ADD":
+                doc["static_resources"]["clusters"].append(copy.deepcopy(p["patch"]["value"]))
         for chain in listener["filter_chains"]:
             hcm = copy.deepcopy(chain["filters"][0]["typed_config"])
             hcm["access_log"] = []
             for k in ("normalize_path", "merge_slashes", "path_with_escaped_slashes_action", "use_remote_address", "xff_num_trusted_hops"):
                 hcm.pop(k, None)
-            hcm["http_filters"] = [f for f in hcm["http_filters"] if f["name"] != "envoy.filters.http.wasm"]
+            hcm["http_filters"] = [f for f in hcm["http_filters"] if f["name"] not in documents_filters]
+            hcm["route_config"]["virtual_hosts"] = [v for v in hcm["route_config"]["virtual_hosts"] if v["name"] != "documents"]
             merge(hcm, patches["NETWORK_FILTER"]["patch"]["value"]["typed_config"])
-            router = next(i for i, f in enumerate(hcm["http_filters"]) if f["name"] == "envoy.filters.http.router")
-            hcm["http_filters"].insert(router, {"name": ext["name"], "typed_config": ext["typed_config"]})
+            # The patches in their order, as Istio applies them.
+            for p in all_patches:
+                op = p["patch"]["operation"]
+                if p["applyTo"] == "HTTP_FILTER":
+                    value = {"name": ext["name"], "typed_config": ext["typed_config"]} if p["patch"]["value"]["name"] == ext["name"] else copy.deepcopy(p["patch"]["value"])
+                    router = next(i for i, f in enumerate(hcm["http_filters"]) if f["name"] == "envoy.filters.http.router")
+                    hcm["http_filters"].insert(0 if op == "INSERT_FIRST" else router, value)
+                elif p["applyTo"] == "VIRTUAL_HOST" and op == "ADD":
+                    hcm["route_config"]["virtual_hosts"].insert(0, copy.deepcopy(p["patch"]["value"]))
             chain["filters"][0]["typed_config"] = hcm
         gateway = tmp / "gateway.yaml"
         gateway.write_text(yaml.safe_dump(doc))
