@@ -9,8 +9,8 @@
 3. what the filter's safety rests on: FAIL_RELOAD, allow_on_headers_stop_iteration, the policy in
    the plugin config, keys from the Secret, buffer limit, path normalisation, trusted hops, no
    retried POSTs, TLS origination with SNI and SAN;
-4. Envoy accepts the EnvoyFilter's Envoy config: the patches applied to the production profile the
-   way Istio applies them (with the module as a local file, as istio-agent does) make a config
+4. Envoy accepts the EnvoyFilter's Envoy config: the patches applied in order to the production
+   profile without its report-document pieces (Istio's gateway has none of them), the way Istio applies them (with the module as a local file, as istio-agent does) make a config
    that `envoy --mode validate` loads and scripts/lint-envoy.py passes; the ConfigMap's envoy.yaml
    likewise.
 
