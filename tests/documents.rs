@@ -450,3 +450,54 @@ fn a_document_corrupt_mid_stream_resets_the_stream_over_http1_and_http2() {
     assert!(s.stack.security_events().iter().any(|e| e["event"] == json!("fail_closed") && e["detail"] == json!("reset")));
     assert_schema_valid(&s.stack, &events);
 }
+
+/// A hostile or broken document host's raw HTTP/1.1 response (tests/document_host.py `raw`), and
+/// a reference to it the proxy accepts (a flat file, identity).
+fn raw_document(s: &DocStack, name: &str, response: &[u8]) -> String {
+    fs::write(s.doc_dir.join(name), response).expect("write");
+    let index_file = s.doc_dir.join("INDEX.json");
+    let mut index: Value = serde_json::from_slice(&fs::read(&index_file).expect("index")).expect("json");
+    index[name] = json!({"raw": true});
+    fs::write(&index_file, serde_json::to_vec(&index).expect("json")).expect("index");
+    s.seal(&presigned(s.doc_port, name), &caller_id("order-sync"), now_ms() + 60_000)
+}
+
+#[test]
+fn a_hostile_document_hosts_headers_and_trailers_never_reach_the_client() {
+    let s = DocStack::start("documents-hostile");
+    let (name, email) = ("Jane Hostilehost", "jane.hostile@example.com");
+    let tsv = format!("order-id\tbuyer-name\tbuyer-email\tquantity-purchased\n111-2223333-4444444\t{name}\t{email}\t1\n");
+    // Headers no S3 object should carry, but a document host can: the buyer's data in user
+    // metadata and a file name, a cookie, a redirect target, and a trailer with PII (chunked).
+    let mut chunked = String::new();
+    for part in tsv.as_bytes().chunks(16) {
+        chunked += &format!("{:x}\r\n{}\r\n", part.len(), String::from_utf8_lossy(part));
+    }
+    chunked += &format!("0\r\nx-buyer-email: {email}\r\n\r\n");
+    let hostile = format!(
+        "HTTP/1.1 200 OK\r\nContent-Type: text/tab-separated-values\r\nx-amz-meta-buyer: {name}\r\nContent-Disposition: attachment; filename=\"{email}.tsv\"\r\n\
+         Set-Cookie: session=hostile\r\nLocation: https://evil.example.test/{email}\r\nTrailer: x-buyer-email\r\nx-amz-request-id: 4442587FB7D0A2F9\r\n\
+         Transfer-Encoding: chunked\r\n\r\n{chunked}"
+    );
+    let path = raw_document(&s, "hostile-headers", hostile.as_bytes());
+    let check = |headers: &[(String, String)], body: &[u8], trailers: &[(String, String)], how: &str| {
+        let text = String::from_utf8_lossy(body);
+        assert!(!text.contains(name) && !text.contains(email) && text.contains("spgt1."), "{how}: {text}");
+        for (k, v) in headers.iter().chain(trailers) {
+            assert!(!v.contains(name) && !v.contains(email) && !v.contains("hostile") && !v.contains("evil"), "{how}: {k}: {v} reached the client");
+            assert!(
+                !["set-cookie", "location", "content-disposition", "trailer", "x-buyer-email"].contains(&k.to_ascii_lowercase().as_str()) && !k.starts_with("x-amz-meta-"),
+                "{how}: {k}"
+            );
+        }
+        assert!(headers.iter().any(|(k, v)| k == "x-amz-request-id" && v == "4442587FB7D0A2F9"), "{how}: Amazon's request id is kept");
+    };
+    let h1 = s.get("order-sync", &path);
+    assert_eq!(h1.status, 200, "{}", h1.text());
+    check(&h1.headers, &h1.body, &[], "HTTP/1.1");
+    let h2 = s.stack.h2(&H2Request::new(Client::Cert("order-sync"), "GET", &path));
+    assert_eq!((h2.status, h2.error.as_deref()), (Some(200), None), "{h2:?}");
+    check(&h2.headers, &h2.body, &h2.trailers, "HTTP/2");
+    let secrets: BTreeSet<String> = [name.to_string(), email.to_string(), "X-Amz-Signature".into(), "5ec4e7d1c0ffee".into()].into();
+    assert_nothing_printed_holds(&s.stack, &secrets, "a hostile document host");
+}
