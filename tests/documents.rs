@@ -463,7 +463,7 @@ fn raw_document(s: &DocStack, name: &str, response: &[u8]) -> String {
 }
 
 #[test]
-fn a_hostile_document_hosts_headers_and_trailers_never_reach_the_client() {
+fn a_hostile_document_hosts_headers_trailers_and_broken_responses_never_reach_the_client() {
     let s = DocStack::start("documents-hostile");
     let (name, email) = ("Jane Hostilehost", "jane.hostile@example.com");
     let tsv = format!("order-id\tbuyer-name\tbuyer-email\tquantity-purchased\n111-2223333-4444444\t{name}\t{email}\t1\n");
@@ -498,6 +498,44 @@ fn a_hostile_document_hosts_headers_and_trailers_never_reach_the_client() {
     let h2 = s.stack.h2(&H2Request::new(Client::Cert("order-sync"), "GET", &path));
     assert_eq!((h2.status, h2.error.as_deref()), (Some(200), None), "{h2:?}");
     check(&h2.headers, &h2.body, &h2.trailers, "HTTP/2");
+
+    // Protocol corners that held (the attack review): each is refused before a byte (502 with
+    // its code) or reset after bytes went, never delivered as a complete document.
+    let code = |r: &Response| r.json()["errors"][0]["details"].as_str().unwrap_or_default().to_string();
+    // A redirect (to the proxy's own document host, to the buyer's data): Envoy does not follow
+    // it, the client gets a 502 without the Location.
+    let before = s.host_requests().len();
+    for status in ["301 Moved Permanently", "302 Found", "307 Temporary Redirect"] {
+        let target = format!("https://localhost:{}/{}?X-Amz-Signature=x&to={email}", s.doc_port, s.docs[0].id);
+        let path = raw_document(&s, "redirect", format!("HTTP/1.1 {status}\r\nLocation: {target}\r\nContent-Length: 0\r\n\r\n").as_bytes());
+        let r = s.get("order-sync", &path);
+        assert_eq!((r.status, code(&r).as_str()), (502, "spapi-guard:document_host_error"), "{status}");
+        assert!(r.header("location").is_none() && !r.text().contains(email), "{status}: {:?}", r.headers);
+    }
+    assert_eq!(s.host_requests().len(), before + 3, "a redirect is never followed");
+    // Two Content-Encoding headers (identity, then gzip): Envoy joins them, the filter refuses the list.
+    let gz = spapi_guard::report::gzip(tsv.as_bytes(), 6);
+    let mut twice = format!("HTTP/1.1 200 OK\r\nContent-Encoding: identity\r\nContent-Encoding: gzip\r\nContent-Length: {}\r\n\r\n", gz.len()).into_bytes();
+    twice.extend_from_slice(&gz);
+    let r = s.get("order-sync", &raw_document(&s, "two-encodings", &twice));
+    assert_eq!((r.status, code(&r).as_str()), (502, "spapi-guard:unsupported_content_encoding"));
+    // A gzip member followed by bytes that are no member: refused (a 502, or a reset if the first
+    // member's rows went in an earlier chunk), never the first member passed as the whole.
+    let mut trailing = format!("HTTP/1.1 200 OK\r\nContent-Encoding: gzip\r\nContent-Length: {}\r\n\r\n", gz.len() + 9).into_bytes();
+    trailing.extend_from_slice(&gz);
+    trailing.extend_from_slice(b"\tgarbage\n");
+    match s.stack.send(Client::Cert("order-sync"), "GET", &raw_document(&s, "gzip-trailing", &trailing), &[], None, None) {
+        Ok(r) => assert_eq!((r.status, code(&r).as_str()), (502, "spapi-guard:corrupt_gzip")),
+        Err(err) => assert!(err.contains("(18)") || err.contains("transfer closed"), "{err}"),
+    }
+    // A body shorter than its Content-Length, then the connection closes; a close-delimited
+    // HTTP/1.0 body that ends inside a record: the client sees the transfer cut, never an end.
+    let short = format!("HTTP/1.1 200 OK\r\nContent-Length: {}\r\n\r\n{tsv}", tsv.len() + 100);
+    let cut = format!("HTTP/1.0 200 OK\r\nContent-Type: text/plain\r\n\r\n{tsv}111-2223333-5555555\t{name}");
+    for (file, response) in [("short", short), ("cut", cut)] {
+        let err = s.stack.send(Client::Cert("order-sync"), "GET", &raw_document(&s, file, response.as_bytes()), &[], None, None).expect_err(file);
+        assert!(err.contains("(18)") || err.contains("transfer closed"), "{file}: {err}");
+    }
     let secrets: BTreeSet<String> = [name.to_string(), email.to_string(), "X-Amz-Signature".into(), "5ec4e7d1c0ffee".into()].into();
     assert_nothing_printed_holds(&s.stack, &secrets, "a hostile document host");
 }
