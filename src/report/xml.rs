@@ -259,7 +259,9 @@ impl Xml {
         if self.stack.len() >= MAX_DEPTH {
             return Err(DocumentError::MalformedXml);
         }
-        let lower: Box<str> = String::from_utf8_lossy(name).to_ascii_lowercase().into();
+        // Matched by the local name: a namespace prefix hides no customer element.
+        let local = name.iter().rposition(|b| *b == b':').map_or(name, |i| &name[i + 1..]);
+        let lower: Box<str> = String::from_utf8_lossy(local).to_ascii_lowercase().into();
         let (class, container) = self.classify_element(&lower);
         if self_closing {
             if self.stack.len() == 1 && lower.as_ref() == "message" {
