@@ -18,8 +18,13 @@ use crate::report::{sniff, Compression, DocumentError, DocumentFormat, DocumentR
 /// proxy, and conditions that would cut the document (a range cannot be rewritten).
 const STRIPPED_REQUEST_HEADERS: [&str; 10] =
     ["authorization", "x-amz-access-token", "cookie", "range", "if-range", "if-match", "if-none-match", "if-modified-since", "if-unmodified-since", "accept-encoding"];
-/// Response headers that describe the upstream's bytes, not the rewritten document.
-const STRIPPED_RESPONSE_HEADERS: [&str; 6] = ["content-length", "content-encoding", "etag", "content-md5", "accept-ranges", "x-amz-meta-md5"];
+/// The document host's response headers that reach the client (with the pseudo-headers); every
+/// other one is removed. The host's headers are no part of the document the proxy checked: user
+/// metadata (`x-amz-meta-*`), a `content-disposition` file name, cookies, a `location` or a
+/// `trailer` announcement could carry a buyer's data or the pre-signed URL.
+const KEPT_RESPONSE_HEADERS: [&str; 4] = ["content-type", "date", "last-modified", "x-amz-request-id"];
+/// Also kept for a PDF/ZIP document passed as it is: they still describe its bytes.
+const KEPT_BINARY_HEADERS: [&str; 2] = ["content-length", "content-encoding"];
 
 /// What the exchange does after a phase of the download.
 #[derive(Debug, PartialEq, Eq)]
@@ -146,12 +151,14 @@ impl Download {
         self.compression = compression;
         match DocumentRewriter::new(Rc::clone(&self.guard), self.actions, self.reference.report_type.as_deref(), compression, now_ms) {
             Ok(rewriter) => self.rewriter = Some(rewriter),
-            Err(DocumentError::NotTokenizable) if self.deliver_binary => return self.binary(host, compression),
+            Err(DocumentError::NotTokenizable) if self.deliver_binary => {
+                keep_only(host, &KEPT_BINARY_HEADERS);
+                return self.binary(host, compression);
+            }
             Err(e) => return self.refuse(e.code()),
         }
-        for name in STRIPPED_RESPONSE_HEADERS {
-            host.set_response_header(name, None);
-        }
+        // Rewritten: no length, no encoding, no validator of the upstream's bytes either.
+        keep_only(host, &[]);
         host.set_response_header("cache-control", Some("no-store"));
         self.mode = Mode::Rewriting { released: false };
         if end_of_stream {
@@ -335,6 +342,16 @@ impl Download {
             bytes_in: self.bytes_in,
             bytes_out: self.bytes_out,
             result: if self.is_open() && self.result == "aborted" { "aborted" } else { self.result },
+        }
+    }
+}
+
+/// Removes every response header but the pseudo-headers, [`KEPT_RESPONSE_HEADERS`] and `also`.
+fn keep_only(host: &mut dyn HttpHost, also: &[&str]) {
+    for name in host.response_header_names() {
+        let lower = name.to_ascii_lowercase();
+        if !lower.starts_with(':') && !KEPT_RESPONSE_HEADERS.contains(&lower.as_str()) && !also.contains(&lower.as_str()) {
+            host.set_response_header(&name, None);
         }
     }
 }

@@ -101,6 +101,8 @@ pub trait HttpHost: Host {
     fn request_header(&self, name: &str) -> Option<Vec<u8>>;
     fn set_request_header(&mut self, name: &str, value: Option<&str>);
     fn response_header(&self, name: &str) -> Option<Vec<u8>>;
+    /// The names of every response header (lower-case, pseudo-headers included).
+    fn response_header_names(&self) -> Vec<String>;
     fn set_response_header(&mut self, name: &str, value: Option<&str>);
     /// A property of the stream (`["connection", "tls_version"]`, `["request", "id"]`…).
     fn property(&self, path: &[&str]) -> Option<Vec<u8>>;

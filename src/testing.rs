@@ -175,6 +175,10 @@ impl HttpHost for MockHost {
         find(&self.response_headers, name).cloned()
     }
 
+    fn response_header_names(&self) -> Vec<String> {
+        self.response_headers.iter().map(|(k, _)| k.clone()).collect()
+    }
+
     fn set_response_header(&mut self, name: &str, value: Option<&str>) {
         set(&mut self.response_headers, name, value);
     }

@@ -9,7 +9,9 @@ X-Amz-Signature=…`: a request without an `X-Amz-Signature` is refused with S3'
 echoes the request, as S3's does: the filter must never pass such a body on). DOCS/INDEX.json may
 give per file: `headers` (e.g. {"Content-Encoding": "gzip"}), `chunk` (bytes per write, default
 65536) and `pause_after` (bytes after which the host waits 0.3 s, so the first part surely reached
-the client before what follows). One JSON line per request is appended to --events:
+the client before what follows), or `raw: true`: the file is the whole HTTP response (status
+line, headers, body, trailers — a hostile or broken host), written as it is before the
+connection closes. One JSON line per request is appended to --events:
 {"method", "path", "headers"}.
 """
 import argparse
@@ -64,6 +66,14 @@ def main():
             entry = index().get(name, {})
             with open(target, "rb") as f:
                 data = f.read()
+            if entry.get("raw"):
+                self.close_connection = True
+                try:
+                    self.wfile.write(data)
+                    self.wfile.flush()
+                except (BrokenPipeError, ConnectionResetError):
+                    pass
+                return
             self.send_response(200)
             self.send_header("Content-Type", entry.get("content_type", "text/plain"))
             self.send_header("ETag", '"0123456789abcdef"')

@@ -487,3 +487,92 @@ fn a_document_corrupt_mid_stream_resets_the_stream_over_http1_and_http2() {
     assert!(s.stack.security_events().iter().any(|e| e["event"] == json!("fail_closed") && e["detail"] == json!("reset")));
     assert_schema_valid(&s.stack, &events);
 }
+
+/// A hostile or broken document host's raw HTTP/1.1 response (tests/document_host.py `raw`), and
+/// a reference to it the proxy accepts (a flat file, identity).
+fn raw_document(s: &DocStack, name: &str, response: &[u8]) -> String {
+    fs::write(s.doc_dir.join(name), response).expect("write");
+    let index_file = s.doc_dir.join("INDEX.json");
+    let mut index: Value = serde_json::from_slice(&fs::read(&index_file).expect("index")).expect("json");
+    index[name] = json!({"raw": true});
+    fs::write(&index_file, serde_json::to_vec(&index).expect("json")).expect("index");
+    s.seal(&presigned(s.doc_port, name), &caller_id("order-sync"), now_ms() + 60_000)
+}
+
+#[test]
+fn a_hostile_document_hosts_headers_trailers_and_broken_responses_never_reach_the_client() {
+    let s = DocStack::start("documents-hostile");
+    let (name, email) = ("Jane Hostilehost", "jane.hostile@example.com");
+    let tsv = format!("order-id\tbuyer-name\tbuyer-email\tquantity-purchased\n111-2223333-4444444\t{name}\t{email}\t1\n");
+    // Headers no S3 object should carry, but a document host can: the buyer's data in user
+    // metadata and a file name, a cookie, a redirect target, and a trailer with PII (chunked).
+    let mut chunked = String::new();
+    for part in tsv.as_bytes().chunks(16) {
+        chunked += &format!("{:x}\r\n{}\r\n", part.len(), String::from_utf8_lossy(part));
+    }
+    chunked += &format!("0\r\nx-buyer-email: {email}\r\n\r\n");
+    let hostile = format!(
+        "HTTP/1.1 200 OK\r\nContent-Type: text/tab-separated-values\r\nx-amz-meta-buyer: {name}\r\nContent-Disposition: attachment; filename=\"{email}.tsv\"\r\n\
+         Set-Cookie: session=hostile\r\nLocation: https://evil.example.test/{email}\r\nTrailer: x-buyer-email\r\nx-amz-request-id: 4442587FB7D0A2F9\r\n\
+         Transfer-Encoding: chunked\r\n\r\n{chunked}"
+    );
+    let path = raw_document(&s, "hostile-headers", hostile.as_bytes());
+    let check = |headers: &[(String, String)], body: &[u8], trailers: &[(String, String)], how: &str| {
+        let text = String::from_utf8_lossy(body);
+        assert!(!text.contains(name) && !text.contains(email) && text.contains("spgt1."), "{how}: {text}");
+        for (k, v) in headers.iter().chain(trailers) {
+            assert!(!v.contains(name) && !v.contains(email) && !v.contains("hostile") && !v.contains("evil"), "{how}: {k}: {v} reached the client");
+            assert!(
+                !["set-cookie", "location", "content-disposition", "trailer", "x-buyer-email"].contains(&k.to_ascii_lowercase().as_str()) && !k.starts_with("x-amz-meta-"),
+                "{how}: {k}"
+            );
+        }
+        assert!(headers.iter().any(|(k, v)| k == "x-amz-request-id" && v == "4442587FB7D0A2F9"), "{how}: Amazon's request id is kept");
+    };
+    let h1 = s.get("order-sync", &path);
+    assert_eq!(h1.status, 200, "{}", h1.text());
+    check(&h1.headers, &h1.body, &[], "HTTP/1.1");
+    let h2 = s.stack.h2(&H2Request::new(Client::Cert("order-sync"), "GET", &path));
+    assert_eq!((h2.status, h2.error.as_deref()), (Some(200), None), "{h2:?}");
+    check(&h2.headers, &h2.body, &h2.trailers, "HTTP/2");
+
+    // Protocol corners that held (the attack review): each is refused before a byte (502 with
+    // its code) or reset after bytes went, never delivered as a complete document.
+    let code = |r: &Response| r.json()["errors"][0]["details"].as_str().unwrap_or_default().to_string();
+    // A redirect (to the proxy's own document host, to the buyer's data): Envoy does not follow
+    // it, the client gets a 502 without the Location.
+    let before = s.host_requests().len();
+    for status in ["301 Moved Permanently", "302 Found", "307 Temporary Redirect"] {
+        let target = format!("https://localhost:{}/{}?X-Amz-Signature=x&to={email}", s.doc_port, s.docs[0].id);
+        let path = raw_document(&s, "redirect", format!("HTTP/1.1 {status}\r\nLocation: {target}\r\nContent-Length: 0\r\n\r\n").as_bytes());
+        let r = s.get("order-sync", &path);
+        assert_eq!((r.status, code(&r).as_str()), (502, "spapi-guard:document_host_error"), "{status}");
+        assert!(r.header("location").is_none() && !r.text().contains(email), "{status}: {:?}", r.headers);
+    }
+    assert_eq!(s.host_requests().len(), before + 3, "a redirect is never followed");
+    // Two Content-Encoding headers (identity, then gzip): Envoy joins them, the filter refuses the list.
+    let gz = spapi_guard::report::gzip(tsv.as_bytes(), 6);
+    let mut twice = format!("HTTP/1.1 200 OK\r\nContent-Encoding: identity\r\nContent-Encoding: gzip\r\nContent-Length: {}\r\n\r\n", gz.len()).into_bytes();
+    twice.extend_from_slice(&gz);
+    let r = s.get("order-sync", &raw_document(&s, "two-encodings", &twice));
+    assert_eq!((r.status, code(&r).as_str()), (502, "spapi-guard:unsupported_content_encoding"));
+    // A gzip member followed by bytes that are no member: refused (a 502, or a reset if the first
+    // member's rows went in an earlier chunk), never the first member passed as the whole.
+    let mut trailing = format!("HTTP/1.1 200 OK\r\nContent-Encoding: gzip\r\nContent-Length: {}\r\n\r\n", gz.len() + 9).into_bytes();
+    trailing.extend_from_slice(&gz);
+    trailing.extend_from_slice(b"\tgarbage\n");
+    match s.stack.send(Client::Cert("order-sync"), "GET", &raw_document(&s, "gzip-trailing", &trailing), &[], None, None) {
+        Ok(r) => assert_eq!((r.status, code(&r).as_str()), (502, "spapi-guard:corrupt_gzip")),
+        Err(err) => assert!(err.contains("(18)") || err.contains("transfer closed"), "{err}"),
+    }
+    // A body shorter than its Content-Length, then the connection closes; a close-delimited
+    // HTTP/1.0 body that ends inside a record: the client sees the transfer cut, never an end.
+    let short = format!("HTTP/1.1 200 OK\r\nContent-Length: {}\r\n\r\n{tsv}", tsv.len() + 100);
+    let cut = format!("HTTP/1.0 200 OK\r\nContent-Type: text/plain\r\n\r\n{tsv}111-2223333-5555555\t{name}");
+    for (file, response) in [("short", short), ("cut", cut)] {
+        let err = s.stack.send(Client::Cert("order-sync"), "GET", &raw_document(&s, file, response.as_bytes()), &[], None, None).expect_err(file);
+        assert!(err.contains("(18)") || err.contains("transfer closed"), "{file}: {err}");
+    }
+    let secrets: BTreeSet<String> = [name.to_string(), email.to_string(), "X-Amz-Signature".into(), "5ec4e7d1c0ffee".into()].into();
+    assert_nothing_printed_holds(&s.stack, &secrets, "a hostile document host");
+}

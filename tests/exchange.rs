@@ -1235,6 +1235,54 @@ fn gzip_bytes(data: &[u8]) -> Vec<u8> {
     out
 }
 
+/// The document host's own response headers are no part of the document the proxy checked: user
+/// metadata, a file name, cookies, a redirect target, announced trailers could carry a buyer's
+/// data or the pre-signed URL. Only what describes the rewritten stream reaches the client.
+#[test]
+fn a_document_hosts_headers_do_not_reach_the_client() {
+    let doc: &[u8] = b"order-id\tbuyer-email\n123-1\tjane@example.com\n";
+    let hostile: &[(&str, &str)] = &[
+        (":status", "200"),
+        ("content-type", "text/tab-separated-values"),
+        ("content-length", "46"),
+        ("date", "Fri, 15 Jan 2027 08:00:00 GMT"),
+        ("last-modified", "Fri, 15 Jan 2027 07:00:00 GMT"),
+        ("x-amz-request-id", "4442587FB7D0A2F9"),
+        ("x-amz-meta-buyer", "jane@example.com"),
+        ("X-Amz-Meta-Ship-To", "Jane Doe"),
+        ("content-disposition", "attachment; filename=\"jane@example.com.tsv\""),
+        ("set-cookie", "session=abc"),
+        ("location", "https://bucket.s3.amazonaws.com/doc-1?X-Amz-Signature=abc"),
+        ("trailer", "x-buyer"),
+        ("x-amz-version-id", "v1"),
+    ];
+    for delivers_binary in [false, true] {
+        let mut policy = documents_policy();
+        if delivers_binary {
+            policy["roles"]["order-sync"]["documents"]["binaryDocuments"] = json!("deliver");
+        }
+        let guard = guard_with(policy);
+        let (_, path, _) = document_pointer(&guard, ORDER_SYNC, NOW_2027, false);
+        for body in [doc, b"%PDF-1.7 jane@example.com"] {
+            let mut x = download(&guard, ORDER_SYNC, &path, NOW_2027);
+            x.respond(hostile, &[body], false);
+            if x.seen.reply.is_some() {
+                assert!(!delivers_binary && body.starts_with(b"%PDF"), "only a PDF for a role that refuses them");
+                continue;
+            }
+            let names: Vec<&str> = x.host.response_headers.iter().map(|(k, _)| k.as_str()).collect();
+            for name in &names {
+                assert!(
+                    [":status", "content-type", "date", "last-modified", "x-amz-request-id", "cache-control", "content-length"].contains(name),
+                    "{name} from the document host reached the client ({names:?})"
+                );
+            }
+            assert!(!names.contains(&"content-length") || body.starts_with(b"%PDF"), "a rewritten document has no length: {names:?}");
+            assert_eq!(x.host.response_header_text("content-type").as_deref(), Some("text/tab-separated-values"));
+        }
+    }
+}
+
 #[test]
 fn a_document_host_error_is_a_502_with_a_code_never_its_body() {
     let guard = guard_with(documents_policy());

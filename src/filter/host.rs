@@ -138,6 +138,12 @@ impl HttpHost for Envoy {
         hostcalls::get_map_value_bytes(MapType::HttpResponseHeaders, name).ok().flatten()
     }
 
+    fn response_header_names(&self) -> Vec<String> {
+        // Envoy's codecs admit only token characters in header names, so the SDK's UTF-8 decoding
+        // of the names cannot fail; values (any bytes) are not decoded.
+        hostcalls::get_map_bytes(MapType::HttpResponseHeaders).map(|map| map.into_iter().map(|(name, _)| name).collect()).unwrap_or_default()
+    }
+
     fn set_response_header(&mut self, name: &str, value: Option<&str>) {
         if hostcalls::set_map_value(MapType::HttpResponseHeaders, name, value).is_err() {
             log(Level::Error, &format!("spapi-guard: could not set response header {name}"));

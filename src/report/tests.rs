@@ -450,6 +450,25 @@ fn canary_records_are_found_in_the_decompressed_text_at_every_split() {
     assert!(r.take_canary_hits().is_empty());
 }
 
+/// Elements are matched by their local name: a namespace prefix (`<ns:BillingData>`) does not take
+/// a customer element out of the catalog's reach (an XML reader that ignores prefixes, as most
+/// applications do, reads the same buyer's name). Found by the attack review: it passed in clear.
+#[test]
+fn xml_namespace_prefixes_do_not_hide_customer_elements() {
+    let g = guard();
+    let doc = "<AmazonEnvelope xmlns:ns=\"urn:x\"><Message><OrderReport>\
+<ns:BillingData><ns:BuyerName>Jane Doe</ns:BuyerName><BuyerEmailAddress>jane@example.com</BuyerEmailAddress></ns:BillingData>\
+<ns:FulfillmentData><a:Address xmlns:a=\"urn:a\"><a:City>Zürich</a:City><a:CountryCode>CH</a:CountryCode></a:Address></ns:FulfillmentData>\
+<Item><ns:GiftMessageText>Happy day</ns:GiftMessageText></Item></OrderReport></Message></AmazonEnvelope>";
+    let out = assert_split_invariant(&g, Some("GET_ORDER_REPORT_DATA_SHIPPING"), Compression::Identity, doc.as_bytes());
+    let expected = doc
+        .replace(">Jane Doe<", "><name:Jane Doe><")
+        .replace(">jane@example.com<", "><email:jane@example.com><")
+        .replace(">Zürich<", "><address:Zürich><")
+        .replace(">Happy day<", "><gift_message:Happy day><");
+    assert_eq!(opened(&g, &out), expected);
+}
+
 #[test]
 fn xml_masks_are_escaped_and_none_empties_the_element() {
     let g = guard_with(r#","redactMask":"<R&D>""#);

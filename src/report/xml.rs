@@ -301,7 +301,11 @@ impl Xml {
     /// The current element's name and its parent's, as written (the detectors' member names:
     /// `RecipientName` reads as two words, `recipientname` as one).
     fn element_names(&self) -> (String, Option<String>) {
-        let name = |e: &Elem| String::from_utf8_lossy(&e.name).into_owned();
+        // The local name, as the catalog matches (a namespace prefix is no word of the name).
+        let name = |e: &Elem| {
+            let local = e.name.iter().rposition(|b| *b == b':').map_or(&e.name[..], |i| &e.name[i + 1..]);
+            String::from_utf8_lossy(local).into_owned()
+        };
         let key = self.stack.last().map(name).unwrap_or_default();
         let parent = self.stack.len().checked_sub(2).and_then(|i| self.stack.get(i)).map(name);
         (key, parent)
@@ -326,7 +330,9 @@ impl Xml {
         if self.stack.len() >= MAX_DEPTH {
             return Err(DocumentError::MalformedXml);
         }
-        let lower: Box<str> = String::from_utf8_lossy(name).to_ascii_lowercase().into();
+        // Matched by the local name: a namespace prefix hides no customer element.
+        let local = name.iter().rposition(|b| *b == b':').map_or(name, |i| &name[i + 1..]);
+        let lower: Box<str> = String::from_utf8_lossy(local).to_ascii_lowercase().into();
         let (class, container) = self.classify_element(&lower);
         if self_closing {
             if self.stack.len() == 1 && lower.as_ref() == "message" {

@@ -985,6 +985,9 @@ impl HttpHost for FuzzHost {
     fn response_header(&self, name: &str) -> Option<Vec<u8>> {
         self.mock.response_header(name)
     }
+    fn response_header_names(&self) -> Vec<String> {
+        self.mock.response_header_names()
+    }
     fn set_response_header(&mut self, name: &str, value: Option<&str>) {
         self.mock.set_response_header(name, value)
     }
