@@ -108,6 +108,8 @@ pub struct ReportCatalog {
     pub xml_rules: Vec<XmlRule>,
     pub xml_containers: Vec<XmlContainer>,
     json: BTreeMap<String, Rc<Operation>>,
+    /// JSON reports of a type the catalog does not know (or none): every value protected.
+    json_unknown: Rc<Operation>,
 }
 
 /// A column name as the catalog keys it: lowercase words joined by `-` (`Ship To City`,
@@ -176,7 +178,12 @@ impl ReportCatalog {
         for (name, doc) in &file.json {
             json.insert(name.clone(), Rc::new(json_operation(name, doc)?));
         }
-        Ok(ReportCatalog { columns, prefixes, not_pii, not_pii_prefixes, reports, xml_rules, xml_containers, json })
+        // A JSON report of a type the catalog does not know is restricted, as flat files of such types
+        // are: the whole document is one customer object (each value tokenized as the class its
+        // member name or shape says, else `other`; objects and arrays keep their shape).
+        let everything = JsonDoc { fields: BTreeMap::new(), objects: vec![JsonObjectDoc { jsonpath: "$".into(), class: "other".into(), non_pii_members: Vec::new() }] };
+        let json_unknown = Rc::new(json_operation("unknown", &everything)?);
+        Ok(ReportCatalog { columns, prefixes, not_pii, not_pii_prefixes, reports, xml_rules, xml_containers, json, json_unknown })
     }
 
     /// What the catalog knows of `report_type`.
@@ -192,10 +199,18 @@ impl ReportCatalog {
     /// The JSON rewriting rules of `report_type`, as an operation of the response rewriter.
     pub fn json_operation(&self, report_type: Option<&str>) -> Option<Rc<Operation>> {
         match report_type {
-            Some(t) => self.json.get(t).cloned(),
-            // Unknown type: the only JSON report with customer data the catalog knows.
-            None => self.json.values().next().cloned(),
+            Some(t) if self.json.contains_key(t) => self.json.get(t).cloned(),
+            // A type the catalog knows in another format: no JSON rules to apply (refused).
+            Some(t) if self.reports.contains_key(t) => None,
+            // Unknown (or not learned, e.g. a download behind another Envoy than the getReport):
+            // every value protected, never another report's paths (a shape they miss would pass).
+            _ => Some(self.json_unknown.clone()),
         }
+    }
+
+    /// Whether `op` is the rule set of JSON reports of unknown types (the whole document protected).
+    pub fn is_unknown_json(&self, op: &Rc<Operation>) -> bool {
+        Rc::ptr_eq(op, &self.json_unknown)
     }
 
     /// Whether the catalog lists `name` itself (not by a prefix) as customer data or clear.
@@ -237,7 +252,10 @@ fn json_operation(name: &str, doc: &JsonDoc) -> Result<Operation, String> {
     let mut object_paths = Vec::new();
     for (i, o) in doc.objects.iter().enumerate() {
         let class = class(&o.class, &format!("json.{name}.objects[{i}].class"))?;
-        object_paths.push((FieldPath::parse(&o.jsonpath).map_err(|e| format!("json.{name}.objects[{i}].jsonpath: {e}"))?, rules.len() + i, o.non_pii_members.clone()));
+        // `$`: the whole document is the customer object (JSON reports of unknown types).
+        let path =
+            if o.jsonpath == "$" { FieldPath { steps: Vec::new() } } else { FieldPath::parse(&o.jsonpath).map_err(|e| format!("json.{name}.objects[{i}].jsonpath: {e}"))? };
+        object_paths.push((path, rules.len() + i, o.non_pii_members.clone()));
         catch_alls.push(CatchAll { object: format!("report.{name}[{i}]"), class });
         objects.push(ObjectInstance { jsonpath: o.jsonpath.clone(), object: format!("report.{name}[{i}]"), catch_all: i, except: o.non_pii_members.clone() });
     }

@@ -199,8 +199,21 @@ pub struct DocumentSummary {
 }
 
 /// Bytes of decompressed input one `push` may turn into before the document is refused
-/// (`output_too_large`): a gzip "bomb" cannot grow one push's output without bound.
-pub const MAX_OUTPUT_PER_PUSH: usize = 64 * 1024 * 1024;
+/// (`output_too_large`): a gzip "bomb" cannot grow one push's output without bound. Envoy hands
+/// the filter at most the documents cluster's read size at a time (64 KiB; lint-envoy's
+/// `document-buffer` allows 256 KiB): report text inflates 5–20×, so 16 MiB is far above any
+/// real report and a bomb costs at most this (and the VM keeps what it once grew to).
+pub const MAX_OUTPUT_PER_PUSH: usize = 16 * 1024 * 1024;
+
+/// Bytes one `push` may write (tokens are longer than the values they replace: a bomb of tiny
+/// values grows more in the rewrite than in the inflate).
+fn max_written(max_inflated: usize) -> usize {
+    2 * max_inflated
+}
+
+/// The object a JSON report of unknown type is wrapped in (see `Core::finish`).
+const JSON_WRAP_OPEN: &[u8] = b"{\"document\":";
+const JSON_WRAP_CLOSE: &[u8] = b"}";
 
 /// Bytes held before the format is decided: the header line (or the first bytes of XML or
 /// JSON) must be within them.
@@ -231,6 +244,8 @@ struct Core {
     /// Decompressed bytes of this push, and their bound.
     inflated: usize,
     max_inflated: usize,
+    /// Where this push's output starts in `out` (the bound on what one push writes).
+    out_start: usize,
     /// The policy's canary records, looked for in the decompressed text as it streams (a value
     /// split across chunks included), and the ids found and not yet taken.
     canary_scanner: ChunkScanner,
@@ -283,6 +298,7 @@ impl DocumentRewriter {
                 now_ms,
                 inflated: 0,
                 max_inflated: MAX_OUTPUT_PER_PUSH,
+                out_start: 0,
                 canary_scanner: ChunkScanner::default(),
                 canary_hits: Vec::new(),
             },
@@ -320,6 +336,7 @@ impl DocumentRewriter {
             }
         }
         self.core.inflated = 0;
+        self.core.out_start = out.len();
         let core = &mut self.core;
         match &mut self.gunzip {
             Some(g) => g.push(input, &mut |slice| core.feed(slice, out)),
@@ -420,7 +437,11 @@ impl Core {
                 }
             }
         }
-        self.push(data, out)
+        self.push(data, out)?;
+        if out.len() - self.out_start > max_written(self.max_inflated) {
+            return Err(DocumentError::OutputTooLarge);
+        }
+        Ok(())
     }
 
     fn push(&mut self, data: &[u8], out: &mut Vec<u8>) -> Result<(), DocumentError> {
@@ -492,13 +513,26 @@ impl Core {
             }
             Body::Json(held) => {
                 let op = self.catalog.json_operation(self.report_type.as_deref()).ok_or(DocumentError::UnknownFormat)?;
+                // A report of unknown type is one customer object: wrapped in one, so that values
+                // at its top (an array's loose strings, nested arrays) are members of it too; the
+                // wrapper's bytes come back unchanged and are taken off.
+                let wrap = self.catalog.is_unknown_json(&op);
+                let wrapped;
+                let body: &[u8] = if wrap {
+                    wrapped = [JSON_WRAP_OPEN, held.as_slice(), JSON_WRAP_CLOSE].concat();
+                    &wrapped
+                } else {
+                    held
+                };
                 let guard = self.protector.guard();
-                let protected = guard.protect_response_at(&op, held, self.protector.actions(), self.now_ms).map_err(|e| match e {
+                let protected = guard.protect_response_at(&op, body, self.protector.actions(), self.now_ms).map_err(|e| match e {
                     FailReason::BodyTooLarge => DocumentError::DocumentTooLarge,
                     FailReason::NoActiveKey => DocumentError::NoActiveKey,
                     _ => DocumentError::InvalidJson,
                 })?;
-                out.extend_from_slice(protected.body.as_deref().unwrap_or(held));
+                let rewritten = protected.body.as_deref().unwrap_or(body);
+                let inner = if wrap { rewritten.strip_prefix(JSON_WRAP_OPEN).and_then(|r| r.strip_suffix(JSON_WRAP_CLOSE)).ok_or(DocumentError::InvalidJson)? } else { rewritten };
+                out.extend_from_slice(inner);
                 self.protector.counts = protected.counts;
                 self.protector.drift = protected.drift;
                 Ok(0)

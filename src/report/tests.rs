@@ -530,6 +530,35 @@ fn json_reports_go_through_the_response_rewriter_within_the_body_limit() {
     assert_eq!(run(&g, Some("END_USER_DATA_REPORT"), b"{\"endUserData\":[").err(), Some(DocumentError::InvalidJson));
 }
 
+/// A JSON report whose type is not known (not learned: the getReport went through another Envoy,
+/// or a type the catalog lacks) is restricted: every value is protected, whatever its shape — not
+/// read with another report's paths, which a different shape would slip past (found by the attack
+/// review: `{"users":[{"fullName":…}]}` passed the name in clear).
+#[test]
+fn json_reports_of_unknown_types_have_every_value_protected() {
+    let g = guard();
+    let doc = r#"{"users":[{"fullName":"Jane Doe","contact":{"email":"j@x.de","cell":"+49 30 1234567"},"tier":"gold","visits":12,"vip":true,"note":null}],"owner":"Joe Bloggs","count":1}"#;
+    for report_type in [None, Some("GET_SOMETHING_NEW_AS_JSON")] {
+        let out = assert_split_invariant(&g, report_type, Compression::Identity, doc.as_bytes());
+        let text = String::from_utf8_lossy(&out).into_owned();
+        for clear in ["Jane Doe", "j@x.de", "1234567", "gold", "Joe Bloggs"] {
+            assert!(!text.contains(clear), "{report_type:?}: {clear} in clear: {text}");
+        }
+        let v: serde_json::Value = serde_json::from_slice(&out).expect("json");
+        let u = &v["users"][0];
+        let class = |t: &serde_json::Value| g.tokens.open(t.as_str().expect("token"), 0).expect("opens").class;
+        assert_eq!((class(&u["fullName"]), class(&u["contact"]["email"]), class(&u["tier"])), (PiiClass::Name, PiiClass::Email, PiiClass::Other));
+        // Shapes stay: booleans and null as they are, objects and arrays kept.
+        assert_eq!((u["vip"].as_bool(), u["note"].is_null(), v["users"].is_array()), (Some(true), true, true));
+    }
+    // An array at the top: each element, objects and loose strings alike.
+    let (out, _) = run(&g, None, br#"[{"fullName":"Jane Doe"},"Joe Bloggs",[7,"x y z"]]"#).expect("rewrites");
+    let text = String::from_utf8_lossy(&out).into_owned();
+    assert!(["Jane Doe", "Joe Bloggs", "x y z"].iter().all(|v| !text.contains(v)), "{text}");
+    // A type the catalog knows in another format: no JSON rules for it, refused.
+    assert_eq!(run(&g, Some(ORDERS), doc.as_bytes()).err(), Some(DocumentError::UnknownFormat));
+}
+
 #[test]
 fn binary_and_unknown_documents_are_not_tokenizable() {
     let g = guard();
@@ -592,6 +621,15 @@ fn a_decompression_bomb_cannot_grow_one_push_without_bound() {
     // The same document in small chunks streams.
     let splits: Vec<usize> = (1..gz.len() / 512 + 1).map(|i| i * 512).collect();
     assert_eq!(limited(&splits).expect("streams").rows as usize, (4 << 20) / 4);
+    // Tiny customer values grow in the rewrite (a token is longer than its value): under the
+    // inflate bound (512 KiB of text for 1 MiB), over the bound on what one push writes.
+    let mut tiny = b"order-id\tbuyer-email\n".to_vec();
+    tiny.extend(std::iter::repeat_n(b"1\ta@b.c\n".as_slice(), (512 << 10) / 8).flatten());
+    let mut r = rewriter(&g, Some(ORDERS), Compression::Gzip);
+    r.set_max_output_per_push(1 << 20);
+    let mut out = Vec::new();
+    assert_eq!(r.push(&gzip(&tiny, 9), &mut out).err(), Some(DocumentError::OutputTooLarge));
+    assert!(out.len() < (2 << 20) + 64 * 1024, "stopped near the bound: {}", out.len());
 }
 
 #[test]
