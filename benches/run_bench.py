@@ -635,7 +635,7 @@ def main():
         check = check_download(envoys, doc, manifest)
         results = memory = None
         if not args.download_only:
-            results, memory = run_requests(args, envoys, upstream, upstream_port, recorder)
+            results, memory = run_requests(args, envoys, upstream, upstream_port, recorder, idle)
         downloads = run_downloads(envoys, doc, args.download_rounds)
     finally:
         for p in procs:
@@ -650,7 +650,7 @@ def main():
     print(text)
 
 
-def run_requests(args, envoys, upstream, upstream_port, recorder):
+def run_requests(args, envoys, upstream, upstream_port, recorder, idle):
     """The wrk rows: checks, warm-up, the upstream alone, then the rounds."""
     request_side = next(p for p in PAYLOADS if p.name == REQUEST_SIDE)
     plaintext = (FIXTURES / request_side.body).read_bytes()
@@ -663,7 +663,9 @@ def run_requests(args, envoys, upstream, upstream_port, recorder):
     check_request_side(envoys, recorder, plaintext, (OUT / "directPurchaseShipment.tokens.json").read_bytes())
     time.sleep(1)
 
-    memory = {v: {"idle": rss_kb(e["proc"].pid), "rounds": []} for v, e in envoys.items()}
+    # Idle: each Envoy as started and ready, before any request or document (the check downloads
+    # before this grow a no-filter Envoy's buffers by ~35 MiB: not idle any more).
+    memory = {v: {"idle": idle[v], "rounds": []} for v in envoys}
     results = {}
     for p in PAYLOADS:  # warm-up: JIT, connection pools, first allocations
         for v in p.variants:
