@@ -149,6 +149,13 @@ impl Download {
         // compressionAlgorithm GZIP and Content-Encoding: gzip describe one compression.
         let compression = if gzip_encoded || self.reference.gzip { Compression::Gzip } else { Compression::Identity };
         self.compression = compression;
+        // An uncompressed document whose end only the connection's close marks (no length, not
+        // chunked: HTTP/1.0 style) cannot be told from one cut right after a complete record;
+        // a gzip document can (its CRC-32 and length). Amazon's hosts always send a length.
+        let delimited = host.response_header("content-length").is_some() || host.response_header("transfer-encoding").is_some();
+        if compression == Compression::Identity && !delimited {
+            return self.refuse("document_length_unknown");
+        }
         match DocumentRewriter::new(Rc::clone(&self.guard), self.actions, self.reference.report_type.as_deref(), compression, now_ms) {
             Ok(rewriter) => self.rewriter = Some(rewriter),
             Err(DocumentError::NotTokenizable) if self.deliver_binary => {

@@ -565,14 +565,31 @@ fn a_hostile_document_hosts_headers_trailers_and_broken_responses_never_reach_th
         Ok(r) => assert_eq!((r.status, code(&r).as_str()), (502, "spapi-guard:corrupt_gzip")),
         Err(err) => assert!(err.contains("(18)") || err.contains("transfer closed"), "{err}"),
     }
-    // A body shorter than its Content-Length, then the connection closes; a close-delimited
-    // HTTP/1.0 body that ends inside a record: the client sees the transfer cut, never an end.
+    // A body shorter than its Content-Length, then the connection closes: the client sees the
+    // transfer cut, never an end.
     let short = format!("HTTP/1.1 200 OK\r\nContent-Length: {}\r\n\r\n{tsv}", tsv.len() + 100);
+    let err = s.stack.send(Client::Cert("order-sync"), "GET", &raw_document(&s, "short", short.as_bytes()), &[], None, None).expect_err("short");
+    assert!(err.contains("(18)") || err.contains("transfer closed"), "short: {err}");
+    // An uncompressed body that only the connection's close ends (HTTP/1.0, no length, not
+    // chunked), cut inside a record or right after a complete one: nothing tells it from the whole
+    // document, so it is refused before any byte (it used to pass as complete when cut after a
+    // record: found by the attack review).
     let cut = format!("HTTP/1.0 200 OK\r\nContent-Type: text/plain\r\n\r\n{tsv}111-2223333-5555555\t{name}");
-    for (file, response) in [("short", short), ("cut", cut)] {
-        let err = s.stack.send(Client::Cert("order-sync"), "GET", &raw_document(&s, file, response.as_bytes()), &[], None, None).expect_err(file);
-        assert!(err.contains("(18)") || err.contains("transfer closed"), "{file}: {err}");
+    let whole_records = format!("HTTP/1.0 200 OK\r\nContent-Type: text/plain\r\n\r\n{tsv}");
+    for (file, response) in [("cut", cut), ("close-delimited", whole_records)] {
+        let r = s.get("order-sync", &raw_document(&s, file, response.as_bytes()));
+        assert_eq!((r.status, code(&r).as_str()), (502, "spapi-guard:document_length_unknown"), "{file}");
+        assert!(!r.text().contains(name), "{file}");
     }
+    // Every refusal and reset above is audited with a reason the audit schema knows.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let mut events = s.stack.audit_events();
+    while events.iter().filter(|e| e["reason"] == json!("document_length_unknown")).count() < 2 && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(100));
+        events = s.stack.audit_events();
+    }
+    assert_eq!(events.iter().filter(|e| e["reason"] == json!("document_length_unknown")).count(), 2, "{events:#?}");
+    assert_schema_valid(&s.stack, &events);
     let secrets: BTreeSet<String> = [name.to_string(), email.to_string(), "X-Amz-Signature".into(), "5ec4e7d1c0ffee".into()].into();
     assert_nothing_printed_holds(&s.stack, &secrets, "a hostile document host");
 }

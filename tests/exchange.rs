@@ -1297,6 +1297,26 @@ fn a_document_host_error_is_a_502_with_a_code_never_its_body() {
 }
 
 #[test]
+fn an_uncompressed_document_without_a_length_is_refused_a_gzip_one_checks_itself() {
+    let guard = guard_with(documents_policy());
+    let doc = b"order-id\tbuyer-email\n1\ta@example.com\n".to_vec();
+    // No content-length, not chunked: only the connection's close would end it, and a cut after a
+    // complete record would look whole.
+    let (_, path, _) = document_pointer(&guard, ORDER_SYNC, NOW_2027, false);
+    let mut x = download(&guard, ORDER_SYNC, &path, NOW_2027);
+    x.respond(&[(":status", "200"), ("content-type", "text/plain")], &[&doc], false);
+    let reply = x.seen.reply.clone().expect("refused");
+    assert_eq!((reply.status, reply.header("x-spapi-guard")), (502, Some("document_length_unknown")));
+    assert!(x.seen.delivered.is_empty());
+    // gzip carries its own length and CRC-32: accepted without a header length.
+    let (_, path, _) = document_pointer(&guard, ORDER_SYNC, NOW_2027, true);
+    let mut x = download(&guard, ORDER_SYNC, &path, NOW_2027);
+    x.respond(&[(":status", "200"), ("content-type", "text/plain")], &[&gzip_bytes(&doc)], false);
+    assert!(x.seen.reply.is_none() && !x.host.reset);
+    assert_eq!(x.log(Some(200))["document"]["result"], json!("complete"));
+}
+
+#[test]
 fn a_document_failing_after_bytes_went_is_reset_and_audited() {
     let guard = guard_with(documents_policy());
     let (_, path, _) = document_pointer(&guard, ORDER_SYNC, NOW_2027, true);
@@ -1336,7 +1356,7 @@ fn pdf_and_zip_documents_are_delivered_as_they_are_or_refused_per_role() {
             let (_, path, _) = document_pointer(&guard, ORDER_SYNC, NOW_2027, gzip);
             let mut x = download(&guard, ORDER_SYNC, &path, NOW_2027);
             let chunks: Vec<&[u8]> = doc.chunks(size).collect();
-            x.respond(&[(":status", "200"), ("content-type", "application/pdf")], &chunks, false);
+            x.respond(&[(":status", "200"), ("content-type", "application/pdf"), ("content-length", &doc.len().to_string())], &chunks, false);
             assert!(x.seen.reply.is_none() && !x.host.reset, "gzip {gzip} size {size}");
             assert_eq!(x.seen.delivered, doc, "gzip {gzip} size {size}: as received");
             assert_eq!(x.host.response_header_text("content-encoding").as_deref(), gzip.then_some("gzip"));
@@ -1348,7 +1368,7 @@ fn pdf_and_zip_documents_are_delivered_as_they_are_or_refused_per_role() {
     let guard = guard_with(documents_policy());
     let (_, path, _) = document_pointer(&guard, ORDER_SYNC, NOW_2027, false);
     let mut x = download(&guard, ORDER_SYNC, &path, NOW_2027);
-    x.respond(&[(":status", "200"), ("content-type", "application/pdf")], &[&pdf[..2], &pdf[2..]], false);
+    x.respond(&[(":status", "200"), ("content-type", "application/pdf"), ("content-length", &pdf.len().to_string())], &[&pdf[..2], &pdf[2..]], false);
     let reply = x.seen.reply.clone().expect("refused");
     assert_eq!((reply.status, reply.header("x-spapi-guard")), (502, Some("not_tokenizable")));
     assert!(x.seen.delivered.is_empty());
@@ -1362,7 +1382,7 @@ fn document_values_count_toward_the_pii_volume_lockout() {
     let (_, path, _) = document_pointer(&guard, ORDER_SYNC, NOW_2027, false);
     let doc = b"order-id\tbuyer-email\n1\ta@example.com\n2\tb@example.com\n3\tc@example.com\n4\td@example.com\n".to_vec();
     let mut x = download(&guard, ORDER_SYNC, &path, NOW_2027);
-    x.respond(&[(":status", "200"), ("content-type", "text/plain")], &[&doc], false);
+    x.respond(&[(":status", "200"), ("content-type", "text/plain"), ("content-length", &doc.len().to_string())], &[&doc], false);
     let event = x.log(Some(200));
     assert_eq!(event["pii"]["email"]["tokenized"], json!(4));
     assert!(event["security_events"].as_array().is_some_and(|e| e.contains(&json!("lockout_started"))), "{event}");
@@ -1380,7 +1400,7 @@ fn a_canary_record_in_a_document_raises_the_alarm_and_blocks_it_when_the_policy_
         let mut x = download(&guard, ORDER_SYNC, &path, NOW_2027);
         // The canary arrives in the second chunk: the first one has gone out already.
         let at = doc.find(canary_row).expect("row") + 5;
-        x.respond(&[(":status", "200"), ("content-type", "text/plain")], &[&doc.as_bytes()[..at], &doc.as_bytes()[at..]], false);
+        x.respond(&[(":status", "200"), ("content-type", "text/plain"), ("content-length", &doc.len().to_string())], &[&doc.as_bytes()[..at], &doc.as_bytes()[at..]], false);
         let hits: Vec<Value> = x.host.security_events().into_iter().filter(|e| e["event"] == json!("canary_hit")).collect();
         assert_eq!(hits.len(), 1, "block {block}: {hits:?}");
         assert_eq!(hits[0]["detail"], json!("canary-order"));
@@ -1405,7 +1425,7 @@ fn trailers_end_a_document_and_a_remainder_they_would_cut_resets_it() {
     let (_, path, _) = document_pointer(&guard, ORDER_SYNC, NOW_2027, false);
     let whole = b"order-id\tbuyer-email\n1\ta@example.com\n".to_vec();
     let mut x = download(&guard, ORDER_SYNC, &path, NOW_2027);
-    x.respond(&[(":status", "200"), ("content-type", "text/plain")], &[&whole], true);
+    x.respond(&[(":status", "200"), ("content-type", "text/plain"), ("transfer-encoding", "chunked")], &[&whole], true);
     assert!(!x.host.reset && x.seen.reply.is_none());
     no_pii(&x.seen.delivered, &["a@example.com"]);
     assert_eq!(x.log(Some(200))["document"]["result"], json!("complete"));
@@ -1413,7 +1433,7 @@ fn trailers_end_a_document_and_a_remainder_they_would_cut_resets_it() {
     // trailers cannot carry body bytes: reset, never a document silently missing its last row.
     let cut = b"order-id\tbuyer-email\n1\ta@example.com\n2\tb@example.com".to_vec();
     let mut x = download(&guard, ORDER_SYNC, &path, NOW_2027);
-    x.respond(&[(":status", "200"), ("content-type", "text/plain")], &[&cut], true);
+    x.respond(&[(":status", "200"), ("content-type", "text/plain"), ("transfer-encoding", "chunked")], &[&cut], true);
     assert!(x.host.reset, "reset");
     no_pii(&x.seen.delivered, &["a@example.com", "b@example.com"]);
     let event = x.log(Some(200));
