@@ -469,6 +469,18 @@ fn xml_namespace_prefixes_do_not_hide_customer_elements() {
     assert_eq!(opened(&g, &out), expected);
 }
 
+/// A text run held for the detectors that outgrows them (over 8 KiB) goes out as it came, CDATA
+/// and entities included, at every split; the run after the next tag is read again.
+#[test]
+fn xml_text_too_long_for_the_detectors_passes_unchanged_at_every_split() {
+    let g = guard();
+    let long = format!("{}<![CDATA[ tail & more ]]>{}", "note &amp; text ".repeat(600), "x".repeat(100));
+    assert!(long.len() > super::xml::DETECT_RUN_BYTES);
+    let doc = format!("<r><Message><Odd>{long}</Odd><ContactEmail>jane@example.com</ContactEmail></Message></r>");
+    let out = assert_split_invariant(&g, Some("GET_ORDER_REPORT_DATA_SHIPPING"), Compression::Identity, doc.as_bytes());
+    assert_eq!(opened(&g, &out), doc.replace(">jane@example.com<", "><email:jane@example.com><"));
+}
+
 #[test]
 fn xml_masks_are_escaped_and_none_empties_the_element() {
     let g = guard_with(r#","redactMask":"<R&D>""#);
