@@ -324,10 +324,12 @@ impl TokenEngine {
                 mac.update(&[0]);
                 mac.update(plaintext);
                 let tag: [u8; 32] = mac.finalize().into_bytes().into();
-                if let Some(token) = self.recent.map.borrow().get(&tag).filter(|_| remember) {
-                    out.truncate(header_start);
-                    out.push_str(token);
-                    return;
+                if remember {
+                    if let Some(token) = self.recent.map.borrow().get(&tag) {
+                        out.truncate(header_start);
+                        out.push_str(token);
+                        return;
+                    }
                 }
                 let mut nonce = [0u8; NONCE_LEN];
                 nonce.copy_from_slice(&tag[..NONCE_LEN]);
