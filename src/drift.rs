@@ -129,6 +129,20 @@ impl DriftPolicy {
     pub fn any_detector(&self) -> bool {
         self.detectors.iter().any(|a| *a != DetectorAction::Off)
     }
+
+    /// Runs the detectors this policy enables over `value` (under the member, column or element
+    /// name `key`, inside `parent`) and records what one found at `path` (built only then): the
+    /// detector whose class the value is to be protected as, or `None` to keep it — nothing
+    /// found, or the detector (or `report_only`, a body already sent) only reports.
+    pub fn judge(&self, key: Option<&str>, parent: Option<&str>, value: &str, report_only: bool, findings: &mut DriftFindings, path: impl FnOnce() -> String) -> Option<DriftKind> {
+        let kind = detect(key, parent, value, &|k| self.action(k) != DetectorAction::Off)?;
+        if self.action(kind) == DetectorAction::Report || report_only {
+            findings.add(kind, DriftAction::Reported, path);
+            return None;
+        }
+        findings.add(kind, DriftAction::Protected, path);
+        Some(kind)
+    }
 }
 
 // ---------------------------------------------------------------------------------------------

@@ -6,7 +6,7 @@ use crate::access::{Access, RoleDoc};
 use crate::canary::Canaries;
 use crate::catalog::{Catalog, FieldRule, Operation, UpstreamOperations};
 use crate::config_error::ConfigError;
-use crate::drift::{detect, looks_like_pii_key, member_class, worth_a_look, DetectorAction, DriftAction, DriftFindings, DriftKind, DriftPolicy};
+use crate::drift::{looks_like_pii_key, member_class, worth_a_look, DriftAction, DriftFindings, DriftKind, DriftPolicy};
 use crate::fail_closed::FailReason;
 use crate::json_rewrite::{rewrite, write_json_string, Edit, FieldHandler, MatchedValue, RewriteError, Site};
 use crate::keyring::{self, ActiveKeys};
@@ -512,14 +512,8 @@ impl FieldHandler for Protector<'_> {
         if !worth_a_look(value) {
             return Ok(Edit::Keep);
         }
-        let key = site.key();
-        let parent = site.parent_key();
-        let Some(kind) = detect(key.as_deref(), parent.as_deref(), value, &|k| policy.action(k) != DetectorAction::Off) else { return Ok(Edit::Keep) };
-        if policy.action(kind) == DetectorAction::Report || self.report_only {
-            self.drift.add(kind, DriftAction::Reported, || site.template());
-            return Ok(Edit::Keep);
-        }
-        self.drift.add(kind, DriftAction::Protected, || site.template());
+        let (key, parent) = (site.key(), site.parent_key());
+        let Some(kind) = policy.judge(key.as_deref(), parent.as_deref(), value, self.report_only, &mut self.drift, || site.template()) else { return Ok(Edit::Keep) };
         // Where the model says nothing, a value the caller may not see is emptied, not removed.
         Ok(self.protect(kind.class(), false, true, MatchedValue::Text(std::borrow::Cow::Borrowed(value)), out))
     }

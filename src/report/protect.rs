@@ -4,7 +4,7 @@
 use std::collections::HashMap;
 use std::rc::Rc;
 
-use crate::drift::{detect, worth_a_look, DetectorAction, DriftAction, DriftFindings};
+use crate::drift::{worth_a_look, DriftFindings};
 use crate::guard::{FieldCounts, Guard};
 use crate::keyring::ActiveKeys;
 use crate::pii::PiiClass;
@@ -93,14 +93,7 @@ impl ValueProtector {
         // Most values are refused by their bytes alone; a value that is not UTF-8 is no text the
         // detectors read (kept, as the JSON rewriter keeps what it cannot read as a string).
         let text = std::str::from_utf8(value).ok().filter(|t| worth_a_look(t) && !t.trim_ascii().is_empty())?;
-        let policy = self.guard.drift;
-        let kind = detect(Some(key), parent, text, &|k| policy.action(k) != DetectorAction::Off)?;
-        if policy.action(kind) == DetectorAction::Report {
-            self.drift.add(kind, DriftAction::Reported, path);
-            return None;
-        }
-        self.drift.add(kind, DriftAction::Protected, path);
-        Some(kind.class())
+        self.guard.drift.judge(Some(key), parent, text, false, &mut self.drift, path).map(|kind| kind.class())
     }
 
     /// Bytes held by the memo (the memory test's probe).
