@@ -344,8 +344,9 @@ impl DocumentRewriter {
         }
     }
 
-    /// The ids of the canary records found in the document since the last call (each once per
-    /// document). They are found before the bytes that hold them are written to `out`.
+    /// The ids of the canary records found in the document since the last call, each once (an id
+    /// found again in a later push comes again: the exchange reports each canary once). They are
+    /// found before the bytes that hold them are written to `out`.
     pub fn take_canary_hits(&mut self) -> Vec<String> {
         std::mem::take(&mut self.core.canary_hits)
     }

@@ -302,10 +302,7 @@ impl Xml {
     /// `RecipientName` reads as two words, `recipientname` as one).
     fn element_names(&self) -> (String, Option<String>) {
         // The local name, as the catalog matches (a namespace prefix is no word of the name).
-        let name = |e: &Elem| {
-            let local = e.name.iter().rposition(|b| *b == b':').map_or(&e.name[..], |i| &e.name[i + 1..]);
-            String::from_utf8_lossy(local).into_owned()
-        };
+        let name = |e: &Elem| String::from_utf8_lossy(local_name(&e.name)).into_owned();
         let key = self.stack.last().map(name).unwrap_or_default();
         let parent = self.stack.len().checked_sub(2).and_then(|i| self.stack.get(i)).map(name);
         (key, parent)
@@ -331,8 +328,7 @@ impl Xml {
             return Err(DocumentError::MalformedXml);
         }
         // Matched by the local name: a namespace prefix hides no customer element.
-        let local = name.iter().rposition(|b| *b == b':').map_or(name, |i| &name[i + 1..]);
-        let lower: Box<str> = String::from_utf8_lossy(local).to_ascii_lowercase().into();
+        let lower: Box<str> = String::from_utf8_lossy(local_name(name)).to_ascii_lowercase().into();
         let (class, container) = self.classify_element(&lower);
         if self_closing {
             if self.stack.len() == 1 && lower.as_ref() == "message" {
@@ -422,6 +418,11 @@ impl Xml {
         }
         Ok(())
     }
+}
+
+/// An element's name without its namespace prefix (`ns:BuyerName` → `BuyerName`).
+fn local_name(name: &[u8]) -> &[u8] {
+    name.iter().rposition(|b| *b == b':').map_or(name, |i| &name[i + 1..])
 }
 
 /// Where a drift finding sits: the element path (lowercase names), its last four elements at
