@@ -337,25 +337,27 @@ def production_profile(policy_text):
                                             upstream_port=0, wasm="unused", tls_dir="unused", profile="production"))
 
 
-def access_logs(policy_text):
-    """The template's two audit access loggers (the filter's event; a line for requests it did not see)."""
-    return production_profile(policy_text)["static_resources"]["listeners"][0]["filter_chains"][0]["filters"][0]["typed_config"]["access_log"]
+def production_hcm(profile):
+    """The HTTP connection manager of the production profile's listener."""
+    return profile["static_resources"]["listeners"][0]["filter_chains"][0]["filters"][0]["typed_config"]
 
 
-def document_parts(policy_text):
+def document_parts(profile):
     """The report-document pieces of the production profile, as the gateway needs them: the
     documents virtual host, the dynamic forward proxy cluster, the filter that strips a client's
     route header and the dynamic forward proxy HTTP filter (one source: envoy/envoy.template.yaml)."""
-    doc = production_profile(policy_text)
-    hcm = doc["static_resources"]["listeners"][0]["filter_chains"][0]["filters"][0]["typed_config"]
+    hcm = production_hcm(profile)
     vhost = next(v for v in hcm["route_config"]["virtual_hosts"] if v["name"] == "documents")
-    cluster = next(c for c in doc["static_resources"]["clusters"] if c["name"] == "documents")
+    cluster = next(c for c in profile["static_resources"]["clusters"] if c["name"] == "documents")
     strip = next(f for f in hcm["http_filters"] if f["name"] == "envoy.filters.http.header_mutation")
     dfp = next(f for f in hcm["http_filters"] if f["name"] == "envoy.filters.http.dynamic_forward_proxy")
     return copy.deepcopy(vhost), copy.deepcopy(cluster), copy.deepcopy(strip), copy.deepcopy(dfp)
 
 
 def istio_envoyfilter(policy_text, policy, image, digests):
+    # The template's pieces the gateway needs: the audit access loggers (the filter's event; a line
+    # for requests it did not see) and the report-document route.
+    profile = production_profile(policy_text)
     hops = int(((policy.get("access") or {}).get("xffTrustedHops", 0)))
     limit = int(policy.get("bufferLimitBytes", render_mod.DEFAULT_BUFFER_LIMIT_BYTES))
     listener = {"portNumber": GATEWAY_PORT}
@@ -383,14 +385,14 @@ def istio_envoyfilter(policy_text, policy, image, digests):
              "xff_num_trusted_hops": hops,
              "skip_xff_append": True,
              "always_set_request_id_in_response": True,
-             "access_log": access_logs(policy_text),
+             "access_log": production_hcm(profile)["access_log"],
          }}}},
     ]
     # Report documents (docs/POLICY.md, "Report documents"): the filter re-routes a download to the
     # document host by :authority and a route header; the gateway needs the documents virtual host,
     # the dynamic forward proxy cluster and filter, and the client's copy of the route header removed
     # before any filter. INSERT_BEFORE router after the filter's own patch: between it and the router.
-    vhost, cluster, strip, dfp = document_parts(policy_text)
+    vhost, cluster, strip, dfp = document_parts(profile)
     patches += [
         {"applyTo": "HTTP_FILTER",
          "match": {"context": "GATEWAY", "listener": copy.deepcopy(hcm_match)},
